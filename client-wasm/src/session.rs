@@ -1,0 +1,513 @@
+//! The client's session state machine, sans-IO: the same code runs natively and in the
+//! browser. It remembers every room with the last position seen, so that after a
+//! reconnect each room is joined again from where it stopped: missed events arrive first,
+//! in order, without duplicates, or the app is told plainly that they cannot.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use rtgate_protocol::pb::{self, client_frame::Kind as C, server_frame::Kind as S};
+use rtgate_protocol::{DisconnectCode, RoomName};
+
+/// What the application is told.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientEvent {
+    /// The server accepted the Hello.
+    Connected(pb::Welcome),
+    /// A room is live. `recovered` is meaningful when `resumed` is true.
+    Subscribed {
+        /// The room.
+        room: String,
+        /// Whether this subscription resumed from a known position.
+        resumed: bool,
+        /// Whether every missed event is being replayed.
+        recovered: bool,
+        /// How many events are replayed.
+        replayed: u32,
+    },
+    /// A resumed room could not be recovered: events were missed and will not come.
+    /// The application should refetch the room's state from the backend.
+    RecoveryFailed {
+        /// The room.
+        room: String,
+    },
+    /// The server refused a subscription; the room is forgotten.
+    SubscribeFailed {
+        /// The room.
+        room: String,
+        /// Why.
+        error: pb::Error,
+    },
+    /// An event of a room, in offset order, never twice.
+    Event {
+        /// The room.
+        room: String,
+        /// Its offset.
+        offset: u64,
+        /// The event.
+        event: pb::Event,
+    },
+    /// An ephemeral event (typing).
+    Ephemeral {
+        /// The room.
+        room: String,
+        /// The event.
+        event: pb::Event,
+    },
+    /// Answer to a publish, typing, unsubscribe or refresh request.
+    Reply {
+        /// The request id returned when the request was made.
+        id: u32,
+        /// The outcome.
+        result: Result<pb::Reply, pb::Error>,
+    },
+    /// The connection ended.
+    Disconnected {
+        /// The server's code, if it sent one.
+        code: Option<u32>,
+        /// The server's reason.
+        reason: String,
+        /// `Some(delay)`: reconnect after at least this long. `None`: do not reconnect.
+        reconnect: Option<Duration>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RoomStatus {
+    /// Wanted; sent on the next (re)connect.
+    Wanted,
+    /// Subscribe sent with this request id.
+    Joining(u32),
+    Live,
+}
+
+#[derive(Debug, Clone)]
+struct Room {
+    status: RoomStatus,
+    position: Option<pb::StreamPosition>,
+    token: String,
+    /// Joined automatically by the server (own and account rooms).
+    auto: bool,
+    /// The current join resumes from a position.
+    resuming: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Disconnected,
+    AwaitingWelcome,
+    Ready,
+}
+
+/// The client's session.
+#[derive(Debug)]
+pub struct ClientSession {
+    state: State,
+    next_id: u32,
+    rooms: BTreeMap<String, Room>,
+    /// Request ids of unsubscribe/publish/typing/refresh awaiting a reply.
+    requests: HashMap<u32, ()>,
+    transmit: VecDeque<pb::ClientFrame>,
+    events: VecDeque<ClientEvent>,
+    heartbeat: Duration,
+    last_tx: Instant,
+    last_rx: Instant,
+    client_name: String,
+    client_version: String,
+}
+
+/// Why a request could not be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// Not connected (or not yet welcomed).
+    #[error("not connected")]
+    NotConnected,
+    /// The room name is invalid.
+    #[error("invalid room name")]
+    InvalidRoom,
+}
+
+impl ClientSession {
+    /// A disconnected session.
+    pub fn new(client_name: &str, client_version: &str, now: Instant) -> Self {
+        ClientSession {
+            state: State::Disconnected,
+            next_id: 1,
+            rooms: BTreeMap::new(),
+            requests: HashMap::new(),
+            transmit: VecDeque::new(),
+            events: VecDeque::new(),
+            heartbeat: Duration::from_secs(25),
+            last_tx: now,
+            last_rx: now,
+            client_name: client_name.into(),
+            client_version: client_version.into(),
+        }
+    }
+
+    fn id(&mut self) -> u32 {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        id
+    }
+
+    fn send(&mut self, id: u32, kind: C) {
+        self.transmit.push_back(pb::ClientFrame { id, kind: Some(kind) });
+    }
+
+    /// Whether the session is welcomed and usable.
+    pub fn is_ready(&self) -> bool {
+        self.state == State::Ready
+    }
+
+    /// The last position seen in a room.
+    pub fn position(&self, room: &str) -> Option<&pb::StreamPosition> {
+        self.rooms.get(room)?.position.as_ref()
+    }
+
+    /// Rooms the session keeps (live or to be joined).
+    pub fn rooms(&self) -> impl Iterator<Item = &str> {
+        self.rooms.keys().map(String::as_str)
+    }
+
+    /// The transport is open: say Hello with `token`, resuming the automatic rooms.
+    pub fn connect(&mut self, token: &str, now: Instant) {
+        self.state = State::AwaitingWelcome;
+        self.last_rx = now;
+        self.last_tx = now;
+        let recover = self
+            .rooms
+            .iter()
+            .filter(|(_, r)| r.auto)
+            .filter_map(|(name, r)| {
+                Some(pb::RoomPosition {
+                    room: name.clone(),
+                    position: Some(r.position.clone()?),
+                })
+            })
+            .collect();
+        self.send(
+            0,
+            C::Hello(pb::Hello {
+                token: token.into(),
+                client_name: self.client_name.clone(),
+                client_version: self.client_version.clone(),
+                recover,
+            }),
+        );
+    }
+
+    fn send_subscribe(&mut self, name: &str) {
+        let id = self.id();
+        let Some(room) = self.rooms.get_mut(name) else { return };
+        room.status = RoomStatus::Joining(id);
+        room.resuming = room.position.is_some();
+        let since = room.position.clone();
+        let token = room.token.clone();
+        self.send(
+            id,
+            C::Subscribe(pb::Subscribe {
+                room: name.into(),
+                since,
+                token,
+            }),
+        );
+    }
+
+    /// Joins `room` (now if ready, else on connect), with an optional subscription token.
+    pub fn subscribe(&mut self, room: &str, token: Option<&str>) -> Result<(), RequestError> {
+        RoomName::parse(room).map_err(|_| RequestError::InvalidRoom)?;
+        let entry = self.rooms.entry(room.to_string()).or_insert(Room {
+            status: RoomStatus::Wanted,
+            position: None,
+            token: String::new(),
+            auto: false,
+            resuming: false,
+        });
+        entry.token = token.unwrap_or_default().to_string();
+        if self.state == State::Ready && entry.status == RoomStatus::Wanted {
+            self.send_subscribe(room);
+        }
+        Ok(())
+    }
+
+    /// Joins `room` resuming from a position the application kept (e.g. across restarts).
+    pub fn subscribe_from(&mut self, room: &str, token: Option<&str>, since: pb::StreamPosition) -> Result<(), RequestError> {
+        RoomName::parse(room).map_err(|_| RequestError::InvalidRoom)?;
+        self.rooms.insert(
+            room.to_string(),
+            Room {
+                status: RoomStatus::Wanted,
+                position: Some(since),
+                token: token.unwrap_or_default().to_string(),
+                auto: false,
+                resuming: false,
+            },
+        );
+        if self.state == State::Ready {
+            self.send_subscribe(room);
+        }
+        Ok(())
+    }
+
+    fn request(&mut self, kind: C) -> Result<u32, RequestError> {
+        if self.state != State::Ready {
+            return Err(RequestError::NotConnected);
+        }
+        let id = self.id();
+        self.requests.insert(id, ());
+        self.send(id, kind);
+        Ok(id)
+    }
+
+    /// Leaves a room.
+    pub fn unsubscribe(&mut self, room: &str) -> Result<Option<u32>, RequestError> {
+        let Some(entry) = self.rooms.remove(room) else {
+            return Ok(None);
+        };
+        if self.state != State::Ready || entry.status == RoomStatus::Wanted {
+            return Ok(None);
+        }
+        self.request(C::Unsubscribe(pb::Unsubscribe { room: room.into() })).map(Some)
+    }
+
+    /// Publishes a client event to a joined room.
+    pub fn publish(&mut self, room: &str, event: pb::Event) -> Result<u32, RequestError> {
+        self.request(C::Publish(pb::Publish {
+            room: room.into(),
+            event: Some(event),
+        }))
+    }
+
+    /// Typing on/off in a conversation room. Returns the frame to send (callers may send
+    /// it as a datagram); it is not queued.
+    pub fn typing_frame(&self, room: &str, on: bool, private: bool) -> pb::ClientFrame {
+        pb::ClientFrame {
+            id: 0,
+            kind: Some(C::Typing(pb::Typing {
+                room: room.into(),
+                on,
+                private,
+            })),
+        }
+    }
+
+    /// Sends a fresh token for the live connection.
+    pub fn refresh(&mut self, token: &str) -> Result<u32, RequestError> {
+        self.request(C::Refresh(pb::RefreshToken { token: token.into() }))
+    }
+
+    /// The next frame to send.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<pb::ClientFrame> {
+        let frame = self.transmit.pop_front()?;
+        self.last_tx = now;
+        Some(frame)
+    }
+
+    /// The next event for the application.
+    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) is due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.state {
+            State::Disconnected => None,
+            State::AwaitingWelcome | State::Ready => {
+                Some((self.last_tx + self.heartbeat).min(self.last_rx + self.dead_after()))
+            }
+        }
+    }
+
+    fn dead_after(&self) -> Duration {
+        self.heartbeat * 2 + Duration::from_secs(5)
+    }
+
+    /// Sends a heartbeat when due; reports the connection dead when the server has been
+    /// silent too long (the caller then closes the transport and reconnects).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.state == State::Disconnected {
+            return;
+        }
+        if now >= self.last_rx + self.dead_after() {
+            self.transport_closed();
+            self.events.push_back(ClientEvent::Disconnected {
+                code: None,
+                reason: "no answer from the server".into(),
+                reconnect: Some(Duration::ZERO),
+            });
+            return;
+        }
+        if now >= self.last_tx + self.heartbeat {
+            let nonce = now.elapsed().as_nanos() as u64;
+            self.send(0, C::Ping(pb::Ping { nonce }));
+            self.last_tx = now;
+        }
+    }
+
+    /// The transport closed (or was found dead): requests in flight are lost, rooms are
+    /// kept with their positions and joined again on the next connect.
+    pub fn transport_closed(&mut self) {
+        self.state = State::Disconnected;
+        self.transmit.clear();
+        for id in std::mem::take(&mut self.requests).into_keys() {
+            self.events.push_back(ClientEvent::Reply {
+                id,
+                result: Err(pb::Error {
+                    code: 0,
+                    message: "connection lost".into(),
+                }),
+            });
+        }
+        for room in self.rooms.values_mut() {
+            room.status = RoomStatus::Wanted;
+        }
+    }
+
+    fn subscribed(&mut self, result: &pb::SubscribeResult) {
+        let Some(room) = self.rooms.get_mut(&result.room) else { return };
+        room.status = RoomStatus::Live;
+        let resumed = room.resuming;
+        if !result.recovered {
+            let top = pb::StreamPosition {
+                epoch: result.epoch.clone(),
+                offset: result.offset,
+            };
+            room.position = match room.position.take() {
+                Some(p) if p.epoch == top.epoch && p.offset > top.offset => Some(p),
+                _ => Some(top),
+            };
+        } else if room.position.is_none() {
+            room.position = Some(pb::StreamPosition {
+                epoch: result.epoch.clone(),
+                offset: result.offset,
+            });
+        }
+        self.events.push_back(ClientEvent::Subscribed {
+            room: result.room.clone(),
+            resumed,
+            recovered: result.recovered,
+            replayed: result.replayed,
+        });
+        if resumed && !result.recovered {
+            self.events.push_back(ClientEvent::RecoveryFailed {
+                room: result.room.clone(),
+            });
+        }
+    }
+
+    /// A frame from the server.
+    pub fn handle_frame(&mut self, frame: pb::ServerFrame, now: Instant) {
+        self.last_rx = now;
+        match frame.kind {
+            None => {}
+            Some(S::Welcome(welcome)) => {
+                self.state = State::Ready;
+                self.heartbeat = Duration::from_millis(u64::from(welcome.heartbeat_interval_ms.max(1000)));
+                for r in &welcome.rooms {
+                    self.rooms.entry(r.room.clone()).or_insert(Room {
+                        status: RoomStatus::Live,
+                        position: None,
+                        token: String::new(),
+                        auto: true,
+                        resuming: false,
+                    });
+                    if let Some(room) = self.rooms.get_mut(&r.room) {
+                        room.auto = true;
+                        room.resuming = room.position.is_some();
+                    }
+                    self.subscribed(r);
+                }
+                self.events.push_back(ClientEvent::Connected(welcome));
+                let wanted: Vec<String> = self
+                    .rooms
+                    .iter()
+                    .filter(|(_, r)| r.status == RoomStatus::Wanted && !r.auto)
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                for name in wanted {
+                    self.send_subscribe(&name);
+                }
+            }
+            Some(S::Reply(reply)) => self.handle_reply(reply),
+            Some(S::Event(ev)) => {
+                let Some(room) = self.rooms.get_mut(&ev.room) else { return };
+                let fresh = match &room.position {
+                    Some(p) if p.epoch == ev.epoch => ev.offset > p.offset,
+                    _ => true,
+                };
+                if !fresh {
+                    return;
+                }
+                room.position = Some(pb::StreamPosition {
+                    epoch: ev.epoch.clone(),
+                    offset: ev.offset,
+                });
+                if let Some(event) = ev.event {
+                    self.events.push_back(ClientEvent::Event {
+                        room: ev.room,
+                        offset: ev.offset,
+                        event,
+                    });
+                }
+            }
+            Some(S::Ephemeral(ep)) => {
+                if let Some(event) = ep.event {
+                    self.events.push_back(ClientEvent::Ephemeral { room: ep.room, event });
+                }
+            }
+            Some(S::Pong(_)) => {}
+            Some(S::Disconnect(d)) => {
+                self.transport_closed();
+                let advice = d.reconnect.then(|| Duration::from_millis(u64::from(d.reconnect_after_ms)));
+                self.events.push_back(ClientEvent::Disconnected {
+                    code: Some(d.code),
+                    reason: d.reason,
+                    reconnect: advice,
+                });
+            }
+        }
+    }
+
+    fn handle_reply(&mut self, reply: pb::Reply) {
+        if let Some(result) = &reply.subscribed {
+            if matches!(self.rooms.get(&result.room).map(|r| &r.status), Some(RoomStatus::Joining(id)) if *id == reply.id) {
+                self.subscribed(result);
+            }
+            return;
+        }
+        let joining = self
+            .rooms
+            .iter()
+            .find(|(_, r)| r.status == RoomStatus::Joining(reply.id))
+            .map(|(n, _)| n.clone());
+        if let Some(room) = joining {
+            let error = reply.error.unwrap_or_default();
+            if error.code == rtgate_protocol::ErrorCode::AlreadySubscribed.code() {
+                if let Some(r) = self.rooms.get_mut(&room) {
+                    r.status = RoomStatus::Live;
+                }
+                return;
+            }
+            self.rooms.remove(&room);
+            self.events.push_back(ClientEvent::SubscribeFailed { room, error });
+            return;
+        }
+        if self.requests.remove(&reply.id).is_some() {
+            let id = reply.id;
+            let result = match reply.error.clone() {
+                Some(err) => Err(err),
+                None => Ok(reply),
+            };
+            self.events.push_back(ClientEvent::Reply { id, result });
+        }
+    }
+}
+
+/// Whether a disconnect code means the credentials must be renewed before reconnecting.
+pub fn needs_new_token(code: Option<u32>) -> bool {
+    matches!(
+        code.and_then(DisconnectCode::from_code),
+        Some(DisconnectCode::TokenExpired | DisconnectCode::Unauthorized)
+    )
+}

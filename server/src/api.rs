@@ -1,0 +1,298 @@
+//! The HTTP side of the gateway: the server API for backends (bearer API key), the
+//! WebSocket endpoint, health and, in development mode, the certificate hash.
+//!
+//! API bodies are protobuf (`Content-Type: application/x-protobuf`) or the protobuf JSON
+//! mapping (anything else); answers use the format asked for by `Accept`, else the
+//! request's.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use prost::Message;
+use rtgate_protocol::{ErrorCode, RoomName, pb};
+use sha2::{Digest, Sha256};
+
+use crate::engine::EngineError;
+use crate::node::Node;
+use crate::transport::websocket;
+
+/// Most rooms one publish may target.
+pub const MAX_PUBLISH_ROOMS: usize = 1000;
+
+/// State of the HTTP handlers.
+#[derive(Clone)]
+pub struct HttpState {
+    /// The node.
+    pub node: Arc<Node>,
+    /// SHA-256 of the API key.
+    pub api_key_sha256: [u8; 32],
+    /// Hex SHA-256 of the development certificate, when one is in use.
+    pub dev_cert_sha256: Option<String>,
+}
+
+/// The router serving `/ws`, `/api/v1/*`, `/healthz`, `/readyz` and `/dev/cert-hash`.
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/ws", get(ws_upgrade))
+        .route("/api/v1/publish", post(publish))
+        .route("/api/v1/rooms/{room}", get(room_info))
+        .route("/api/v1/disconnect", post(disconnect))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/dev/cert-hash", get(cert_hash))
+        .layer(DefaultBodyLimit::max(1 << 20))
+        .with_state(state)
+}
+
+async fn ws_upgrade(State(state): State<HttpState>, ws: WebSocketUpgrade) -> Response {
+    let node = state.node.clone();
+    let max = node.session.max_frame_size;
+    ws.read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_message_size(max * 4)
+        .max_frame_size(max * 4)
+        .on_upgrade(move |socket| websocket::serve(node, socket))
+}
+
+async fn readyz(State(state): State<HttpState>) -> Response {
+    if state.node.is_shutting_down() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
+    } else if !state.node.engine.is_ready() {
+        (StatusCode::SERVICE_UNAVAILABLE, "engine unavailable").into_response()
+    } else {
+        (StatusCode::OK, "ready").into_response()
+    }
+}
+
+async fn cert_hash(State(state): State<HttpState>) -> Response {
+    match &state.dev_cert_sha256 {
+        Some(hex) => {
+            let bytes = hex::decode(hex).unwrap_or_default();
+            axum::Json(serde_json::json!({
+                "algorithm": "sha-256",
+                "hex": hex,
+                "bytes": bytes,
+            }))
+            .into_response()
+        }
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Json,
+    Protobuf,
+}
+
+fn is_protobuf(value: Option<&header::HeaderValue>) -> bool {
+    value
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("protobuf"))
+}
+
+fn formats(headers: &HeaderMap) -> (Format, Format) {
+    let req = if is_protobuf(headers.get(header::CONTENT_TYPE)) {
+        Format::Protobuf
+    } else {
+        Format::Json
+    };
+    let resp = match headers.get(header::ACCEPT) {
+        Some(v) if is_protobuf(Some(v)) => Format::Protobuf,
+        Some(v) if v.to_str().is_ok_and(|v| v.contains("json")) => Format::Json,
+        _ => req,
+    };
+    (req, resp)
+}
+
+fn respond<T: Message + serde::Serialize>(format: Format, status: StatusCode, body: &T) -> Response {
+    match format {
+        Format::Protobuf => (
+            status,
+            [(header::CONTENT_TYPE, "application/x-protobuf")],
+            body.encode_to_vec(),
+        )
+            .into_response(),
+        Format::Json => (status, axum::Json(body)).into_response(),
+    }
+}
+
+/// A failed API call.
+struct ApiError {
+    status: StatusCode,
+    code: ErrorCode,
+    message: String,
+    format: Format,
+}
+
+impl ApiError {
+    fn new(format: Format, status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            format,
+        }
+    }
+
+    fn engine(format: Format, err: &EngineError) -> Self {
+        match err {
+            EngineError::Unavailable(_) => ApiError::new(
+                format,
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Unavailable,
+                "engine unavailable; retry with the same event id (receivers drop duplicates by id)",
+            ),
+            EngineError::Internal(_) => {
+                ApiError::new(format, StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, "engine failure")
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = pb::ApiError {
+            code: self.code.code(),
+            message: self.message,
+        };
+        let mut resp = respond(self.format, self.status, &body);
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+fn authorize(state: &HttpState, headers: &HeaderMap, format: Format) -> Result<(), ApiError> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Comparing digests keeps the comparison independent of where the key differs.
+    let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+    if presented.is_empty() || digest != state.api_key_sha256 {
+        return Err(ApiError::new(
+            format,
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "missing or wrong API key",
+        ));
+    }
+    Ok(())
+}
+
+fn decode<T: Message + Default + serde::de::DeserializeOwned>(format: Format, body: &[u8]) -> Result<T, ApiError> {
+    let result = match format {
+        Format::Protobuf => T::decode(body).map_err(|e| e.to_string()),
+        Format::Json => serde_json::from_slice(body).map_err(|e| e.to_string()),
+    };
+    result.map_err(|e| ApiError::new(format, StatusCode::BAD_REQUEST, ErrorCode::BadRequest, e))
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+async fn publish(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    let (req_format, format) = formats(&headers);
+    authorize(&state, &headers, format)?;
+    let req: pb::PublishRequest = decode(req_format, &body).map_err(|e| ApiError { format, ..e })?;
+    let bad = |msg: String, code| ApiError::new(format, StatusCode::BAD_REQUEST, code, msg);
+    let Some(mut event) = req.event else {
+        return Err(bad("event is required".into(), ErrorCode::BadRequest));
+    };
+    if event.name.is_empty() {
+        return Err(bad("event.name is required".into(), ErrorCode::BadRequest));
+    }
+    if req.rooms.is_empty() || req.rooms.len() > MAX_PUBLISH_ROOMS {
+        return Err(bad(format!("between 1 and {MAX_PUBLISH_ROOMS} rooms"), ErrorCode::BadRequest));
+    }
+    let mut rooms = Vec::with_capacity(req.rooms.len());
+    for r in &req.rooms {
+        let room = RoomName::parse(r).map_err(|e| {
+            ApiError::new(format, StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidRoom, format!("{r:?}: {e}"))
+        })?;
+        rooms.push(room);
+    }
+    if event.id.is_empty() {
+        event.id = uuid::Uuid::new_v4().to_string();
+    }
+    if event.occurred_at_ms == 0 {
+        event.occurred_at_ms = unix_ms();
+    }
+    let mut positions = Vec::with_capacity(rooms.len());
+    for room in &rooms {
+        let pos = tokio::time::timeout(std::time::Duration::from_secs(5), state.node.engine.publish(room, &event))
+            .await
+            .unwrap_or_else(|_| Err(EngineError::Unavailable("timeout".into())))
+            .map_err(|e| ApiError::engine(format, &e))?;
+        positions.push(pb::RoomPosition {
+            room: room.to_string(),
+            position: Some(pos.to_pb()),
+        });
+    }
+    Ok(respond(format, StatusCode::OK, &pb::PublishResponse { positions }))
+}
+
+async fn room_info(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Path(room): Path<String>,
+) -> Result<Response, ApiError> {
+    let (_, format) = formats(&headers);
+    authorize(&state, &headers, format)?;
+    let room = RoomName::parse(&room).map_err(|e| {
+        ApiError::new(format, StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidRoom, e.to_string())
+    })?;
+    let info = state
+        .node
+        .engine
+        .room_info(&room)
+        .await
+        .map_err(|e| ApiError::engine(format, &e))?;
+    Ok(respond(
+        format,
+        StatusCode::OK,
+        &pb::RoomInfo {
+            room: room.to_string(),
+            subscribers: info.subscribers,
+            epoch: info.pos.epoch.to_string(),
+            offset: info.pos.offset,
+        },
+    ))
+}
+
+async fn disconnect(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    let (req_format, format) = formats(&headers);
+    authorize(&state, &headers, format)?;
+    let req: pb::DisconnectUserRequest = decode(req_format, &body).map_err(|e| ApiError { format, ..e })?;
+    let (contact, id) = match req.user_id.strip_prefix("contact:") {
+        Some(rest) => (true, rest),
+        None => (false, req.user_id.as_str()),
+    };
+    let id: u64 = id.parse().map_err(|_| {
+        ApiError::new(
+            format,
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            "user_id is a user id (\"7\") or a contact (\"contact:7\")",
+        )
+    })?;
+    let reason = if req.reason.is_empty() { "disconnected by the server" } else { &req.reason };
+    let n = state.node.kick(contact, id, reason);
+    Ok(respond(
+        format,
+        StatusCode::OK,
+        &pb::DisconnectUserResponse { connections: n as u32 },
+    ))
+}

@@ -1,0 +1,284 @@
+//! Token verification: connection JWTs (HS256, RS256 or ES256) and the backend-signed
+//! subscription tokens that grant single rooms.
+//!
+//! Time is an input (`now_unix` seconds), never read from the system clock, so expiry is
+//! tested with controlled time. Exactly one algorithm is accepted, the one the key is for:
+//! `alg: none` and algorithm confusion (an HS256 token "signed" with an RSA public key) are
+//! refused by construction.
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use rtgate_protocol::RoomName;
+use serde::Deserialize;
+
+/// The key that verifies tokens, with its algorithm.
+#[derive(Clone)]
+pub struct TokenKey {
+    algorithm: Algorithm,
+    key: DecodingKey,
+}
+
+impl std::fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TokenKey({:?})", self.algorithm)
+    }
+}
+
+/// Why a key could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The PEM is neither an RSA nor a P-256 EC public key.
+    #[error("the public key PEM is neither an RSA (RS256) nor an EC P-256 (ES256) key: {0}")]
+    UnsupportedPem(String),
+    /// An HMAC secret shorter than 32 bytes.
+    #[error("the HS256 secret must be at least 32 bytes long")]
+    ShortSecret,
+}
+
+impl TokenKey {
+    /// An HS256 shared secret (at least 32 bytes).
+    pub fn hs256(secret: &[u8]) -> Result<Self, KeyError> {
+        if secret.len() < 32 {
+            return Err(KeyError::ShortSecret);
+        }
+        Ok(TokenKey {
+            algorithm: Algorithm::HS256,
+            key: DecodingKey::from_secret(secret),
+        })
+    }
+
+    /// An RS256 or ES256 public key in PEM form; the algorithm follows the key type.
+    pub fn public_pem(pem: &[u8]) -> Result<Self, KeyError> {
+        if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
+            return Ok(TokenKey {
+                algorithm: Algorithm::RS256,
+                key,
+            });
+        }
+        match DecodingKey::from_ec_pem(pem) {
+            Ok(key) => Ok(TokenKey {
+                algorithm: Algorithm::ES256,
+                key,
+            }),
+            Err(e) => Err(KeyError::UnsupportedPem(e.to_string())),
+        }
+    }
+
+    /// The algorithm this key verifies.
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+}
+
+/// What a connection is allowed to be, from its token's `role` claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// An agent of the account.
+    Agent,
+    /// An administrator of the account.
+    Admin,
+    /// A contact (the widget or an API client); `sub` is the contact id.
+    Contact,
+}
+
+/// The authenticated party behind a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// User id (agents and admins) or contact id (contacts).
+    pub id: u64,
+    /// The account this connection works in.
+    pub account_id: u64,
+    /// Agent, admin or contact.
+    pub role: Role,
+    /// Inboxes the user belongs to (for admins: every inbox of the account), sorted.
+    pub inboxes: Vec<u64>,
+    /// Unix seconds at which the token expires, if it does.
+    pub expires_at: Option<u64>,
+}
+
+impl Principal {
+    /// The principal's own room: `user:ID` or `contact:ID`.
+    pub fn own_room(&self) -> RoomName {
+        match self.role {
+            Role::Contact => RoomName::contact(self.id),
+            Role::Agent | Role::Admin => RoomName::user(self.id),
+        }
+    }
+
+    /// Rooms joined automatically on connect.
+    pub fn auto_rooms(&self) -> Vec<RoomName> {
+        match self.role {
+            Role::Contact => vec![self.own_room()],
+            Role::Agent | Role::Admin => vec![self.own_room(), RoomName::account(self.account_id)],
+        }
+    }
+
+    /// Whether this is a contact connection.
+    pub fn is_contact(&self) -> bool {
+        self.role == Role::Contact
+    }
+}
+
+/// Why a token was refused. The label goes to logs and metrics; clients only see a code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// Signature, format or algorithm wrong.
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    /// `exp` is in the past.
+    #[error("token expired")]
+    Expired,
+    /// `nbf` is in the future.
+    #[error("token not yet valid")]
+    NotYetValid,
+    /// Issuer or audience not accepted.
+    #[error("token issuer or audience not accepted")]
+    WrongAudience,
+    /// Claims missing or of the wrong form.
+    #[error("token claims: {0}")]
+    Claims(String),
+    /// A subscription token for another room or holder.
+    #[error("subscription token does not grant this room to this connection")]
+    WrongGrant,
+}
+
+impl AuthError {
+    /// A short stable label for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            AuthError::Invalid(_) => "invalid",
+            AuthError::Expired => "expired",
+            AuthError::NotYetValid => "not_yet_valid",
+            AuthError::WrongAudience => "wrong_audience",
+            AuthError::Claims(_) => "claims",
+            AuthError::WrongGrant => "wrong_grant",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ConnectionClaims {
+    sub: String,
+    account_id: u64,
+    role: Role,
+    #[serde(default)]
+    inboxes: Vec<u64>,
+    exp: Option<u64>,
+    nbf: Option<u64>,
+    /// Present only in subscription tokens; its presence here is refused.
+    room: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SubscriptionClaims {
+    sub: String,
+    room: String,
+    exp: u64,
+    nbf: Option<u64>,
+}
+
+/// Verifies tokens with one key and the configured issuer and audience.
+#[derive(Debug, Clone)]
+pub struct Authenticator {
+    key: TokenKey,
+    validation: Validation,
+    leeway_secs: u64,
+}
+
+impl Authenticator {
+    /// An authenticator accepting tokens signed with `key`; when `issuer` or `audience`
+    /// is given, tokens must carry it.
+    pub fn new(key: TokenKey, issuer: Option<&str>, audience: Option<&str>) -> Self {
+        let mut validation = Validation::new(key.algorithm);
+        // Time is checked by us against the caller's clock.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.required_spec_claims.clear();
+        validation.validate_aud = audience.is_some();
+        if let Some(aud) = audience {
+            validation.set_audience(&[aud]);
+            validation.required_spec_claims.insert("aud".into());
+        }
+        if let Some(iss) = issuer {
+            validation.set_issuer(&[iss]);
+            validation.required_spec_claims.insert("iss".into());
+        }
+        Authenticator {
+            key,
+            validation,
+            leeway_secs: 5,
+        }
+    }
+
+    fn decode<C: serde::de::DeserializeOwned>(&self, token: &str) -> Result<C, AuthError> {
+        use jsonwebtoken::errors::ErrorKind;
+        jsonwebtoken::decode::<C>(token, &self.key.key, &self.validation)
+            .map(|data| data.claims)
+            .map_err(|e| match e.kind() {
+                ErrorKind::InvalidAudience | ErrorKind::InvalidIssuer => AuthError::WrongAudience,
+                ErrorKind::Json(_) | ErrorKind::MissingRequiredClaim(_) => {
+                    AuthError::Claims(e.to_string())
+                }
+                _ => AuthError::Invalid(e.to_string()),
+            })
+    }
+
+    fn check_time(&self, exp: Option<u64>, nbf: Option<u64>, now_unix: u64) -> Result<(), AuthError> {
+        if let Some(exp) = exp
+            && now_unix >= exp + self.leeway_secs
+        {
+            return Err(AuthError::Expired);
+        }
+        if let Some(nbf) = nbf
+            && now_unix + self.leeway_secs < nbf
+        {
+            return Err(AuthError::NotYetValid);
+        }
+        Ok(())
+    }
+
+    /// Verifies a connection token at time `now_unix`.
+    pub fn verify_connection(&self, token: &str, now_unix: u64) -> Result<Principal, AuthError> {
+        let claims: ConnectionClaims = self.decode(token)?;
+        if claims.room.is_some() {
+            return Err(AuthError::Claims("a subscription token cannot open a connection".into()));
+        }
+        self.check_time(claims.exp, claims.nbf, now_unix)?;
+        let id: u64 = claims
+            .sub
+            .parse()
+            .ok()
+            .filter(|id| *id > 0)
+            .ok_or_else(|| AuthError::Claims("sub must be a positive integer id".into()))?;
+        if claims.account_id == 0 {
+            return Err(AuthError::Claims("account_id must be positive".into()));
+        }
+        let mut inboxes = claims.inboxes;
+        inboxes.sort_unstable();
+        inboxes.dedup();
+        Ok(Principal {
+            id,
+            account_id: claims.account_id,
+            role: claims.role,
+            inboxes,
+            expires_at: claims.exp,
+        })
+    }
+
+    /// Verifies a subscription token granting `room` to `principal` at time `now_unix`.
+    /// Its claims are `sub` (the holder's own room, e.g. `user:7`), `room` and `exp`.
+    pub fn verify_subscription(
+        &self,
+        token: &str,
+        principal: &Principal,
+        room: &RoomName,
+        now_unix: u64,
+    ) -> Result<(), AuthError> {
+        let claims: SubscriptionClaims = self.decode(token)?;
+        self.check_time(Some(claims.exp), claims.nbf, now_unix)?;
+        if claims.room != room.as_str() || claims.sub != principal.own_room().as_str() {
+            return Err(AuthError::WrongGrant);
+        }
+        Ok(())
+    }
+}

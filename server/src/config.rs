@@ -1,0 +1,164 @@
+//! Command-line flags, each with an environment equivalent (`rtgate --help`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Parses `250ms`, `10s`, `5m` or `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?} (e.g. 500ms, 10s, 5m)"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("invalid duration unit in {s:?} (use ms, s, m or h)")),
+    }
+}
+
+/// rtgate: realtime gateway over WebTransport (HTTP/3) with a WebSocket fallback.
+///
+/// With no configuration it runs in development mode: a self-signed certificate is
+/// generated under --cert-dir, and a JWT secret and API key are made up and printed.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "rtgate", version, about, long_about)]
+pub struct Config {
+    /// UDP address of the WebTransport listener ([::] is dual-stack).
+    #[arg(long, env = "RTGATE_WT_LISTEN", default_value = "[::]:4433")]
+    pub wt_listen: SocketAddr,
+
+    /// TCP address of the HTTP listener: WebSocket (/ws), server API (/api/v1), health.
+    #[arg(long, env = "RTGATE_HTTP_LISTEN", default_value = "[::]:8080")]
+    pub http_listen: SocketAddr,
+
+    /// TLS certificate chain (PEM) for WebTransport. Without it a development
+    /// certificate is generated.
+    #[arg(long, env = "RTGATE_CERT", requires = "key")]
+    pub cert: Option<PathBuf>,
+
+    /// TLS private key (PEM) matching --cert.
+    #[arg(long, env = "RTGATE_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
+
+    /// Where the development certificate is kept.
+    #[arg(long, env = "RTGATE_CERT_DIR", default_value = "certs")]
+    pub cert_dir: PathBuf,
+
+    /// HS256 secret for client tokens (at least 32 bytes).
+    #[arg(long, env = "RTGATE_JWT_SECRET", conflicts_with = "jwt_public_key", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// RS256 or ES256 public key (PEM file) for client tokens.
+    #[arg(long, env = "RTGATE_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// Required `iss` claim.
+    #[arg(long, env = "RTGATE_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` claim.
+    #[arg(long, env = "RTGATE_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Bearer key for the server API.
+    #[arg(long, env = "RTGATE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Production mode: refuse to start without a JWT key, an API key and a certificate.
+    #[arg(long, env = "RTGATE_PRODUCTION")]
+    pub production: bool,
+
+    /// This node's id (default: random).
+    #[arg(long, env = "RTGATE_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Events kept per room for recovery.
+    #[arg(long, env = "RTGATE_HISTORY_SIZE", default_value_t = 1000)]
+    pub history_size: usize,
+
+    /// Age beyond which history events are dropped.
+    #[arg(long, env = "RTGATE_HISTORY_TTL", default_value = "5m", value_parser = parse_duration)]
+    pub history_ttl: Duration,
+
+    /// Time a connection has to send Hello.
+    #[arg(long, env = "RTGATE_HELLO_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub hello_timeout: Duration,
+
+    /// Heartbeat interval announced to clients; silence for 2.5× this closes a connection.
+    #[arg(long, env = "RTGATE_HEARTBEAT", default_value = "25s", value_parser = parse_duration)]
+    pub heartbeat: Duration,
+
+    /// Largest frame accepted, in bytes.
+    #[arg(long, env = "RTGATE_MAX_FRAME_SIZE", default_value_t = 65536)]
+    pub max_frame_size: usize,
+
+    /// Most rooms per connection.
+    #[arg(long, env = "RTGATE_MAX_SUBSCRIPTIONS", default_value_t = 256)]
+    pub max_subscriptions: usize,
+
+    /// How long after expiry a connection may still refresh its token.
+    #[arg(long, env = "RTGATE_REFRESH_GRACE", default_value = "30s", value_parser = parse_duration)]
+    pub refresh_grace: Duration,
+
+    /// Bytes queued for one connection before it is disconnected as a slow consumer.
+    #[arg(long, env = "RTGATE_SEND_QUEUE_BYTES", default_value_t = 1 << 20)]
+    pub send_queue_bytes: usize,
+
+    /// Most concurrent connections.
+    #[arg(long, env = "RTGATE_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+
+    /// Most server-opened streams per WebTransport connection (rooms share beyond).
+    #[arg(long, env = "RTGATE_MAX_ROOM_STREAMS", default_value_t = 64)]
+    pub max_room_streams: usize,
+
+    /// Event names clients may publish (comma-separated; trailing * matches a suffix).
+    #[arg(long, env = "RTGATE_CLIENT_PUBLISH", default_value = "client.*", value_delimiter = ',')]
+    pub client_publish: Vec<String>,
+
+    /// How long shutdown waits for connections to close.
+    #[arg(long, env = "RTGATE_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+}
+
+impl Config {
+    /// A configuration with every default and both listeners on ephemeral loopback ports
+    /// (for tests and embedding).
+    pub fn ephemeral() -> Self {
+        let mut config = Config::parse_from(["rtgate"]);
+        config.wt_listen = "127.0.0.1:0".parse().expect("valid address");
+        config.http_listen = "127.0.0.1:0".parse().expect("valid address");
+        config
+    }
+
+    /// Whether the gateway runs in development mode.
+    pub fn dev_mode(&self) -> bool {
+        !self.production
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Config::command().debug_assert();
+    }
+}

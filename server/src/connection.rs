@@ -1,0 +1,208 @@
+//! The connection driver: runs one [`Session`] against one transport and the engine.
+//! Transport adapters deliver [`Incoming`] items and provide lanes to write to; this
+//! module turns session actions into engine calls and frames, and nothing else.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use prost::Message;
+use rtgate_protocol::pb::{self, server_frame::Kind as S};
+use rtgate_protocol::{DisconnectCode, FrameError, RoomName};
+use tokio::sync::mpsc;
+
+use crate::engine::EngineError;
+use crate::hub::Subscriber;
+use crate::ids::ConnectionId;
+use crate::node::{ConnControl, Node};
+use crate::outbox::{DatagramSink, Lane};
+use crate::session::{Action, Session};
+
+/// What a transport reads from the client.
+#[derive(Debug)]
+pub enum Incoming {
+    /// One frame body from the control path.
+    Frame(Bytes),
+    /// One datagram.
+    Datagram(Bytes),
+    /// The control path could not be framed; nothing more will come.
+    FramingError(FrameError),
+    /// The client went away.
+    Closed,
+}
+
+/// Lanes for room events: one per room stream on WebTransport, the socket on WebSocket.
+pub trait RoomLanes: Send {
+    /// The lane carrying `room`'s events.
+    fn lane(&mut self, room: &RoomName) -> Lane;
+    /// `room` was left; its stream may be finished.
+    fn release(&mut self, room: &RoomName);
+}
+
+/// Closes a transport once its last frames are flushed.
+pub trait Closer: Send {
+    /// Flushes what is queued (bounded by a timeout) and closes with `code`.
+    fn close(self: Box<Self>, code: DisconnectCode, reason: String) -> BoxFuture<'static, ()>;
+}
+
+/// Everything the driver needs from a transport.
+pub struct TransportHandle {
+    /// `"webtransport"` or `"websocket"`.
+    pub kind: &'static str,
+    /// Frames and datagrams read from the client.
+    pub incoming: mpsc::Receiver<Incoming>,
+    /// The control path.
+    pub control: Lane,
+    /// Room event lanes.
+    pub lanes: Box<dyn RoomLanes>,
+    /// Unreliable datagrams, when the peer supports them.
+    pub datagrams: Option<Arc<dyn DatagramSink>>,
+    /// Closes the transport.
+    pub closer: Box<dyn Closer>,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn encode(frame: &pb::ServerFrame) -> Bytes {
+    Bytes::from(frame.encode_to_vec())
+}
+
+async fn with_timeout<T>(
+    fut: impl std::future::Future<Output = Result<T, EngineError>>,
+) -> Result<T, EngineError> {
+    match tokio::time::timeout(std::time::Duration::from_secs(5), fut).await {
+        Ok(r) => r,
+        Err(_) => Err(EngineError::Unavailable("engine call timed out".into())),
+    }
+}
+
+/// Runs a connection to its end. `conn` and `control_rx` come from [`Node::register`].
+pub async fn drive(
+    node: Arc<Node>,
+    conn: ConnectionId,
+    mut control_rx: mpsc::UnboundedReceiver<ConnControl>,
+    mut t: TransportHandle,
+) {
+    let mut session = Session::new(
+        node.session.clone(),
+        node.auth.clone(),
+        format!("{}-{}", node.session.node_id, conn.0),
+        Instant::now(),
+        unix_ms(),
+    );
+    let engine = node.engine.clone();
+    let outbox = t.control.outbox().clone();
+    let mut shutdown = node.shutdown_signal();
+    let mut subs: HashMap<RoomName, Arc<Subscriber>> = HashMap::new();
+    let mut identified = false;
+    let mut close: Option<(DisconnectCode, String)> = None;
+    let mut peer_gone = false;
+    if *shutdown.borrow_and_update() {
+        session.close(DisconnectCode::Shutdown, "gateway shutting down");
+    }
+
+    'run: loop {
+        while let Some(action) = session.poll_action() {
+            match action {
+                Action::Send(frame) => {
+                    let _ = t.control.send(encode(&frame));
+                }
+                Action::Join { room, since } => {
+                    let contact = session.principal().is_some_and(|p| p.is_contact());
+                    let sub = Subscriber::new(conn, room.clone(), contact, t.lanes.lane(&room), t.datagrams.clone());
+                    subs.insert(room.clone(), sub.clone());
+                    let result = with_timeout(engine.subscribe(sub, since)).await;
+                    session.join_done(&room, result, Instant::now());
+                }
+                Action::Activate(room) => {
+                    if let Some(sub) = subs.get(&room) {
+                        sub.activate();
+                    }
+                }
+                Action::Leave(room) => {
+                    if let Some(sub) = subs.remove(&room) {
+                        sub.close();
+                    }
+                    engine.unsubscribe(&room, conn).await;
+                    t.lanes.release(&room);
+                }
+                Action::Publish { id, room, mut event } => {
+                    if event.id.is_empty() {
+                        event.id = uuid::Uuid::new_v4().to_string();
+                    }
+                    let result = with_timeout(engine.publish(&room, &event)).await;
+                    session.publish_done(id, result);
+                }
+                Action::Ephemeral { room, event, private } => {
+                    let frame = encode(&pb::ServerFrame {
+                        kind: Some(S::Ephemeral(pb::Ephemeral {
+                            room: room.to_string(),
+                            event: Some(event),
+                        })),
+                    });
+                    if let Err(err) = engine.publish_ephemeral(&room, frame, Some(conn), private).await {
+                        tracing::debug!(%conn, %room, %err, "ephemeral event dropped");
+                    }
+                }
+                Action::AuthFailed(reason) => {
+                    tracing::info!(%conn, reason, "authentication failed");
+                }
+                Action::Close(code, reason) => {
+                    close = Some((code, reason));
+                    break 'run;
+                }
+            }
+        }
+        if !identified && let Some(p) = session.principal() {
+            node.identify(conn, p);
+            identified = true;
+        }
+        let deadline = session.poll_timeout().map(tokio::time::Instant::from_std);
+        tokio::select! {
+            biased;
+            _ = outbox.overflowed() => session.close(DisconnectCode::SlowConsumer, "send queue overflow"),
+            Some(ctl) = control_rx.recv() => match ctl {
+                ConnControl::Kick(reason) => session.close(DisconnectCode::Kicked, &reason),
+            },
+            Ok(()) = shutdown.changed() => {
+                if *shutdown.borrow() {
+                    session.close(DisconnectCode::Shutdown, "gateway shutting down");
+                }
+            }
+            incoming = t.incoming.recv() => match incoming {
+                Some(Incoming::Frame(body)) => session.handle_frame(&body, Instant::now()),
+                Some(Incoming::Datagram(body)) => session.handle_datagram(&body, Instant::now()),
+                Some(Incoming::FramingError(err)) => session.handle_framing_error(&err),
+                Some(Incoming::Closed) | None => {
+                    peer_gone = true;
+                    break 'run;
+                }
+            },
+            _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
+                session.handle_timeout(Instant::now());
+            }
+        }
+    }
+
+    for (room, sub) in subs.drain() {
+        sub.close();
+        engine.unsubscribe(&room, conn).await;
+    }
+    node.deregister(conn);
+    let (code, reason) = close.unwrap_or((DisconnectCode::Normal, String::new()));
+    tracing::debug!(%conn, transport = t.kind, code = code.label(), %reason, peer_gone, "connection closed");
+    if !peer_gone {
+        let frame = pb::ServerFrame {
+            kind: Some(S::Disconnect(code.frame(reason.clone()))),
+        };
+        let _ = t.control.send_final(encode(&frame));
+    }
+    drop(t.lanes);
+    t.closer.close(code, reason).await;
+}

@@ -1,0 +1,275 @@
+//! The embedded engine: history in process memory, fan-out to this node's hub only.
+//! The default when no Redis is configured.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use rtgate_protocol::{RoomName, pb};
+
+use super::{Engine, EngineError, Recovery, RoomInfo, SubscribeOutcome, encode_publication, plan_recovery};
+use crate::hub::{Hub, Publication, Subscriber};
+use crate::ids::{ConnectionId, Epoch, StreamPos};
+
+/// How much history each room keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryLimits {
+    /// Most events kept per room.
+    pub max_events: usize,
+    /// Oldest event kept.
+    pub max_age: Duration,
+}
+
+impl Default for HistoryLimits {
+    fn default() -> Self {
+        HistoryLimits {
+            max_events: 1_000,
+            max_age: Duration::from_secs(300),
+        }
+    }
+}
+
+/// One room's numbered history, trimmed by count and age. Sans-IO: time is an argument.
+#[derive(Debug)]
+pub(crate) struct RoomLog {
+    epoch: Epoch,
+    top: u64,
+    entries: VecDeque<(Instant, Arc<Publication>)>,
+    last_used: Instant,
+}
+
+impl RoomLog {
+    pub(crate) fn new(now: Instant) -> Self {
+        RoomLog {
+            epoch: Epoch::random(),
+            top: 0,
+            entries: VecDeque::new(),
+            last_used: now,
+        }
+    }
+
+    fn top(&self) -> StreamPos {
+        StreamPos {
+            epoch: self.epoch.clone(),
+            offset: self.top,
+        }
+    }
+
+    fn trim(&mut self, limits: HistoryLimits, now: Instant) {
+        while self.entries.len() > limits.max_events {
+            self.entries.pop_front();
+        }
+        while let Some((at, _)) = self.entries.front() {
+            if now.saturating_duration_since(*at) > limits.max_age {
+                self.entries.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
+    pub(crate) fn append(
+        &mut self,
+        room: &RoomName,
+        event: &pb::Event,
+        limits: HistoryLimits,
+        now: Instant,
+    ) -> Arc<Publication> {
+        self.top += 1;
+        self.last_used = now;
+        let p = encode_publication(room, self.top(), event);
+        self.entries.push_back((now, p.clone()));
+        self.trim(limits, now);
+        p
+    }
+
+    fn oldest(&self) -> u64 {
+        self.entries.front().map_or(self.top + 1, |(_, p)| p.pos.offset)
+    }
+
+    /// The replay for a subscription from `since`, and whether it recovers.
+    pub(crate) fn recover(
+        &mut self,
+        since: Option<&StreamPos>,
+        limits: HistoryLimits,
+        now: Instant,
+    ) -> (Vec<Arc<Publication>>, bool) {
+        self.trim(limits, now);
+        self.last_used = now;
+        match plan_recovery(since, &self.top(), self.oldest()) {
+            Recovery::Fresh => (Vec::new(), false),
+            Recovery::Lost => (Vec::new(), false),
+            Recovery::ReplayAfter(after) => (
+                self.entries
+                    .iter()
+                    .filter(|(_, p)| p.pos.offset > after)
+                    .map(|(_, p)| p.clone())
+                    .collect(),
+                true,
+            ),
+        }
+    }
+}
+
+/// The embedded engine.
+#[derive(Debug)]
+pub struct MemoryEngine {
+    hub: Arc<Hub>,
+    limits: HistoryLimits,
+    rooms: Mutex<HashMap<RoomName, Arc<Mutex<RoomLog>>>>,
+}
+
+impl MemoryEngine {
+    /// An engine delivering to `hub` and keeping `limits` of history per room.
+    pub fn new(hub: Arc<Hub>, limits: HistoryLimits) -> Self {
+        MemoryEngine {
+            hub,
+            limits,
+            rooms: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn log(&self, room: &RoomName) -> Arc<Mutex<RoomLog>> {
+        self.rooms
+            .lock()
+            .expect("rooms lock")
+            .entry(room.clone())
+            .or_insert_with(|| Arc::new(Mutex::new(RoomLog::new(Instant::now()))))
+            .clone()
+    }
+
+    /// Drops the logs of rooms that have no subscriber and nothing left in history.
+    /// A dropped room starts over in a new epoch.
+    pub fn sweep(&self, now: Instant) -> usize {
+        let mut rooms = self.rooms.lock().expect("rooms lock");
+        let before = rooms.len();
+        rooms.retain(|room, log| {
+            let mut log = log.lock().expect("room lock");
+            log.trim(self.limits, now);
+            let idle = now.saturating_duration_since(log.last_used) > self.limits.max_age;
+            !(log.entries.is_empty() && idle && !self.hub.has_subscribers(room))
+        });
+        before - rooms.len()
+    }
+
+    /// Rooms with a history log.
+    pub fn logged_rooms(&self) -> usize {
+        self.rooms.lock().expect("rooms lock").len()
+    }
+}
+
+#[async_trait]
+impl Engine for MemoryEngine {
+    async fn publish(&self, room: &RoomName, event: &pb::Event) -> Result<StreamPos, EngineError> {
+        let log = self.log(room);
+        let mut log = log.lock().expect("room lock");
+        let p = log.append(room, event, self.limits, Instant::now());
+        // Broadcast under the room lock: offsets reach every subscriber in order.
+        self.hub.broadcast(&p);
+        Ok(p.pos.clone())
+    }
+
+    async fn subscribe(
+        &self,
+        sub: Arc<Subscriber>,
+        since: Option<StreamPos>,
+    ) -> Result<SubscribeOutcome, EngineError> {
+        let room = sub.room().clone();
+        // Register first: anything published from now on is buffered by the subscriber, and
+        // anything published before is in the history read below.
+        self.hub.add(sub.clone());
+        let log = self.log(&room);
+        let mut log = log.lock().expect("room lock");
+        let (replay, recovered) = log.recover(since.as_ref(), self.limits, Instant::now());
+        let outcome = SubscribeOutcome {
+            pos: log.top(),
+            recovered,
+            replayed: replay.len() as u32,
+        };
+        sub.prepare(replay, log.top());
+        Ok(outcome)
+    }
+
+    async fn unsubscribe(&self, room: &RoomName, conn: ConnectionId) {
+        self.hub.remove(room, conn);
+    }
+
+    async fn publish_ephemeral(
+        &self,
+        room: &RoomName,
+        frame: Bytes,
+        exclude: Option<ConnectionId>,
+        private: bool,
+    ) -> Result<(), EngineError> {
+        self.hub.broadcast_ephemeral(room, &frame, exclude, private);
+        Ok(())
+    }
+
+    async fn room_info(&self, room: &RoomName) -> Result<RoomInfo, EngineError> {
+        let pos = {
+            let rooms = self.rooms.lock().expect("rooms lock");
+            rooms.get(room).map(|log| log.lock().expect("room lock").top())
+        };
+        Ok(RoomInfo {
+            subscribers: self.hub.subscribers(room) as u32,
+            pos: pos.unwrap_or(StreamPos {
+                epoch: Epoch::from_wire(""),
+                offset: 0,
+            }),
+        })
+    }
+
+    fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    async fn maintain(&self) {
+        self.sweep(Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(n: u32) -> pb::Event {
+        pb::Event {
+            name: format!("test.{n}"),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn history_trims_by_count_and_age() {
+        let t0 = Instant::now();
+        let limits = HistoryLimits {
+            max_events: 3,
+            max_age: Duration::from_secs(10),
+        };
+        let room = RoomName::parse("public:x").unwrap();
+        let mut log = RoomLog::new(t0);
+        for i in 0..5 {
+            log.append(&room, &event(i), limits, t0 + Duration::from_secs(i as u64));
+        }
+        let offsets: Vec<u64> = log.entries.iter().map(|(_, p)| p.pos.offset).collect();
+        assert_eq!(offsets, vec![3, 4, 5]);
+
+        let since = StreamPos { epoch: log.epoch.clone(), offset: 3 };
+        let (replay, ok) = log.recover(Some(&since), limits, t0 + Duration::from_secs(5));
+        assert!(ok);
+        assert_eq!(replay.iter().map(|p| p.pos.offset).collect::<Vec<_>>(), vec![4, 5]);
+
+        let since = StreamPos { epoch: log.epoch.clone(), offset: 1 };
+        assert!(!log.recover(Some(&since), limits, t0 + Duration::from_secs(5)).1);
+
+        // At t=13.5 s the events of t=2 and t=3 are older than 10 s.
+        let since = StreamPos { epoch: log.epoch.clone(), offset: 4 };
+        let (replay, ok) = log.recover(Some(&since), limits, t0 + Duration::from_millis(13_500));
+        assert!(ok);
+        assert_eq!(replay.len(), 1);
+        let since = StreamPos { epoch: log.epoch.clone(), offset: 3 };
+        assert!(!log.recover(Some(&since), limits, t0 + Duration::from_millis(13_500)).1);
+    }
+}

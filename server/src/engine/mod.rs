@@ -1,0 +1,165 @@
+//! The engine: room offsets, history and delivery of publications to subscribers,
+//! wherever they are connected.
+//!
+//! [`Engine`] is the seam between the session layer and the storage/fan-out layer. The
+//! embedded [`MemoryEngine`] serves a single node with no external service.
+
+mod memory;
+
+pub use memory::{HistoryLimits, MemoryEngine};
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use prost::Message;
+use rtgate_protocol::{RoomName, pb};
+
+use crate::hub::{Hub, Publication, Subscriber};
+use crate::ids::{ConnectionId, StreamPos};
+
+/// Why the engine could not do what was asked.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EngineError {
+    /// The backing store is unreachable; the caller may retry later.
+    #[error("engine unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else.
+    #[error("engine failure: {0}")]
+    Internal(String),
+}
+
+/// The outcome of a subscription, once the subscriber is registered and prepared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscribeOutcome {
+    /// The room's newest position when the subscription became live.
+    pub pos: StreamPos,
+    /// A position was given and every event after it is being replayed.
+    pub recovered: bool,
+    /// Events replayed ahead of live ones.
+    pub replayed: u32,
+}
+
+/// What the gateway knows of a room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomInfo {
+    /// Subscribers (in the whole gateway for engines that can tell, else on this node).
+    pub subscribers: u32,
+    /// The room's newest position.
+    pub pos: StreamPos,
+}
+
+/// Storage and fan-out of room events.
+#[async_trait]
+pub trait Engine: Send + Sync + 'static {
+    /// Assigns the next offset of `room` to `event`, stores it in the room's history and
+    /// delivers it to every subscriber of the room.
+    async fn publish(&self, room: &RoomName, event: &pb::Event) -> Result<StreamPos, EngineError>;
+
+    /// Registers `sub` for live events of its room and prepares it with the events missed
+    /// since `since` (if given and still in history). The caller activates it once the
+    /// client has been told the outcome.
+    async fn subscribe(
+        &self,
+        sub: Arc<Subscriber>,
+        since: Option<StreamPos>,
+    ) -> Result<SubscribeOutcome, EngineError>;
+
+    /// Removes a connection from a room.
+    async fn unsubscribe(&self, room: &RoomName, conn: ConnectionId);
+
+    /// Delivers an ephemeral frame (not stored, not numbered) to the room's subscribers,
+    /// except `exclude`; `private` frames skip contact connections.
+    async fn publish_ephemeral(
+        &self,
+        room: &RoomName,
+        frame: Bytes,
+        exclude: Option<ConnectionId>,
+        private: bool,
+    ) -> Result<(), EngineError>;
+
+    /// Subscribers and position of a room.
+    async fn room_info(&self, room: &RoomName) -> Result<RoomInfo, EngineError>;
+
+    /// The node-local registry this engine delivers to.
+    fn hub(&self) -> &Arc<Hub>;
+
+    /// Whether the engine can serve requests now.
+    fn is_ready(&self) -> bool {
+        true
+    }
+
+    /// Periodic housekeeping (expiring history, …).
+    async fn maintain(&self) {}
+}
+
+/// Encodes a room event once, as the `ServerFrame` every subscriber receives.
+pub fn encode_publication(room: &RoomName, pos: StreamPos, event: &pb::Event) -> Arc<Publication> {
+    let frame = pb::ServerFrame {
+        kind: Some(pb::server_frame::Kind::Event(pb::RoomEvent {
+            room: room.to_string(),
+            epoch: pos.epoch.to_string(),
+            offset: pos.offset,
+            event: Some(event.clone()),
+        })),
+    };
+    Arc::new(Publication {
+        room: room.clone(),
+        pos,
+        frame: Bytes::from(frame.encode_to_vec()),
+    })
+}
+
+/// How a subscription from `since` can be served given the room's newest position `top`
+/// and the oldest offset still in history (`oldest`, or `top + 1` when history is empty).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// No position given: start live.
+    Fresh,
+    /// Replay the events after this offset (possibly none).
+    ReplayAfter(u64),
+    /// The gap cannot be filled: start live and say `recovered = false`.
+    Lost,
+}
+
+/// Decides whether a subscription can recover from `since`.
+pub fn plan_recovery(since: Option<&StreamPos>, top: &StreamPos, oldest: u64) -> Recovery {
+    let Some(since) = since else {
+        return Recovery::Fresh;
+    };
+    if since.epoch != top.epoch || since.offset > top.offset {
+        return Recovery::Lost;
+    }
+    if since.offset + 1 >= oldest {
+        Recovery::ReplayAfter(since.offset)
+    } else {
+        Recovery::Lost
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::Epoch;
+
+    fn pos(epoch: &str, offset: u64) -> StreamPos {
+        StreamPos {
+            epoch: Epoch::from_wire(epoch),
+            offset,
+        }
+    }
+
+    #[test]
+    fn recovery_plans() {
+        let top = pos("e1", 10);
+        assert_eq!(plan_recovery(None, &top, 1), Recovery::Fresh);
+        assert_eq!(plan_recovery(Some(&pos("e1", 10)), &top, 5), Recovery::ReplayAfter(10));
+        assert_eq!(plan_recovery(Some(&pos("e1", 4)), &top, 5), Recovery::ReplayAfter(4));
+        assert_eq!(plan_recovery(Some(&pos("e1", 3)), &top, 5), Recovery::Lost);
+        assert_eq!(plan_recovery(Some(&pos("e0", 9)), &top, 1), Recovery::Lost);
+        assert_eq!(plan_recovery(Some(&pos("e1", 11)), &top, 1), Recovery::Lost);
+        // Empty history (everything expired): only a client that saw the top recovers.
+        assert_eq!(plan_recovery(Some(&pos("e1", 10)), &top, 11), Recovery::ReplayAfter(10));
+        assert_eq!(plan_recovery(Some(&pos("e1", 9)), &top, 11), Recovery::Lost);
+    }
+}

@@ -1,0 +1,234 @@
+//! Starting and stopping a gateway: binds the QUIC and TCP listeners, wires the node, and
+//! shuts down gracefully (stop accepting, advise every client to reconnect, drain).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::task::JoinHandle;
+
+use crate::api::{HttpState, router};
+use crate::auth::{Authenticator, TokenKey};
+use crate::certs;
+use crate::config::Config;
+use crate::dev::DevCredentials;
+use crate::engine::{Engine, HistoryLimits, MemoryEngine};
+use crate::hub::Hub;
+use crate::node::{ConnectionLimits, Node};
+use crate::session::SessionConfig;
+use crate::transport::webtransport;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Configuration missing or inconsistent.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {err}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        err: std::io::Error,
+    },
+    /// No TLS identity.
+    #[error(transparent)]
+    Cert(#[from] certs::CertError),
+}
+
+/// A running gateway.
+pub struct Gateway {
+    /// The node.
+    pub node: Arc<Node>,
+    /// Bound WebTransport (UDP) address.
+    pub wt_addr: SocketAddr,
+    /// Bound HTTP (TCP) address.
+    pub http_addr: SocketAddr,
+    /// Hex SHA-256 of the certificate served over WebTransport.
+    pub cert_sha256: String,
+    /// Whether the certificate is a generated development one.
+    pub dev_cert: bool,
+    /// Generated credentials, in development mode when none were configured.
+    pub dev: Option<DevCredentials>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // Dual stack: browsers resolve localhost to ::1, others use 127.0.0.1.
+        socket.set_only_v6(false)?;
+    }
+    // Room for bursts of handshakes; the kernel default drops them.
+    let _ = socket.set_recv_buffer_size(4 << 20);
+    let _ = socket.set_send_buffer_size(4 << 20);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+impl Gateway {
+    /// Starts a gateway with the embedded engine.
+    pub async fn start(config: Config) -> Result<Gateway, StartError> {
+        let hub = Arc::new(Hub::new());
+        let engine = Arc::new(MemoryEngine::new(
+            hub,
+            HistoryLimits {
+                max_events: config.history_size,
+                max_age: config.history_ttl,
+            },
+        ));
+        Gateway::start_with_engine(config, engine).await
+    }
+
+    /// Starts a gateway on the given engine.
+    pub async fn start_with_engine(config: Config, engine: Arc<dyn Engine>) -> Result<Gateway, StartError> {
+        let dev_mode = config.dev_mode();
+        let need_dev = config.jwt_secret.is_none() && config.jwt_public_key.is_none() || config.api_key.is_none();
+        if !dev_mode && need_dev {
+            return Err(StartError::Config(
+                "production mode needs --jwt-secret or --jwt-public-key, and --api-key".into(),
+            ));
+        }
+        if !dev_mode && config.cert.is_none() {
+            return Err(StartError::Config("production mode needs --cert and --key".into()));
+        }
+        let dev = need_dev.then(DevCredentials::generate);
+
+        let key = match (&config.jwt_secret, &config.jwt_public_key) {
+            (Some(secret), _) => TokenKey::hs256(secret.as_bytes()).map_err(|e| StartError::Config(e.to_string()))?,
+            (None, Some(path)) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| StartError::Config(format!("cannot read {}: {e}", path.display())))?;
+                TokenKey::public_pem(&pem).map_err(|e| StartError::Config(e.to_string()))?
+            }
+            (None, None) => {
+                let secret = &dev.as_ref().expect("dev credentials made").jwt_secret;
+                TokenKey::hs256(secret.as_bytes()).map_err(|e| StartError::Config(e.to_string()))?
+            }
+        };
+        let auth = Authenticator::new(key, config.jwt_issuer.as_deref(), config.jwt_audience.as_deref());
+        let api_key = config
+            .api_key
+            .clone()
+            .unwrap_or_else(|| dev.as_ref().expect("dev credentials made").api_key.clone());
+
+        let identity = match (&config.cert, &config.key) {
+            (Some(cert), Some(key)) => certs::load(cert, key).await?,
+            _ => certs::dev_identity(&config.cert_dir).await?,
+        };
+
+        let node_id = config
+            .node_id
+            .clone()
+            .unwrap_or_else(|| format!("n{:08x}", rand::random::<u32>()));
+        let session = SessionConfig {
+            node_id,
+            hello_timeout: config.hello_timeout,
+            heartbeat_interval: config.heartbeat,
+            stale_timeout: config.heartbeat * 5 / 2,
+            max_frame_size: config.max_frame_size,
+            max_subscriptions: config.max_subscriptions,
+            refresh_grace: config.refresh_grace,
+            client_publish: config.client_publish.clone(),
+            ..SessionConfig::default()
+        };
+        let limits = ConnectionLimits {
+            send_queue_bytes: config.send_queue_bytes,
+            max_connections: config.max_connections,
+            max_room_streams: config.max_room_streams,
+            ..ConnectionLimits::default()
+        };
+        let node = Node::new(session, auth, engine.clone(), limits);
+
+        // WebTransport.
+        let socket = udp_socket(config.wt_listen).map_err(|err| StartError::Bind {
+            addr: config.wt_listen,
+            err,
+        })?;
+        let server_config = wtransport::ServerConfig::builder()
+            .with_bind_socket(socket)
+            .with_identity(identity.identity)
+            .max_idle_timeout(Some(config.heartbeat * 3))
+            .map_err(|e| StartError::Config(format!("idle timeout: {e}")))?
+            .build();
+        let endpoint = webtransport::bind(server_config).map_err(|err| StartError::Bind {
+            addr: config.wt_listen,
+            err,
+        })?;
+        let wt_addr = endpoint.local_addr().map_err(|err| StartError::Bind {
+            addr: config.wt_listen,
+            err,
+        })?;
+
+        // HTTP: WebSocket, server API, health.
+        let listener = tokio::net::TcpListener::bind(config.http_listen)
+            .await
+            .map_err(|err| StartError::Bind {
+                addr: config.http_listen,
+                err,
+            })?;
+        let http_addr = listener.local_addr().map_err(|err| StartError::Bind {
+            addr: config.http_listen,
+            err,
+        })?;
+        let state = HttpState {
+            node: node.clone(),
+            api_key_sha256: Sha256::digest(api_key.as_bytes()).into(),
+            dev_cert_sha256: identity.generated.then(|| identity.sha256_hex.clone()),
+        };
+        let app = router(state);
+
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(webtransport::accept_loop(
+            node.clone(),
+            endpoint,
+            node.shutdown_signal(),
+        )));
+        let mut shutdown = node.shutdown_signal();
+        tasks.push(tokio::spawn(async move {
+            let stop = async move {
+                while !*shutdown.borrow_and_update() {
+                    if shutdown.changed().await.is_err() {
+                        break;
+                    }
+                }
+            };
+            if let Err(err) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+                tracing::error!(%err, "http listener failed");
+            }
+        }));
+        let maintenance_engine = engine.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tick.tick().await;
+                maintenance_engine.maintain().await;
+            }
+        }));
+
+        tracing::info!(%wt_addr, %http_addr, node = %node.session.node_id, "rtgate listening");
+        Ok(Gateway {
+            node,
+            wt_addr,
+            http_addr,
+            cert_sha256: identity.sha256_hex,
+            dev_cert: identity.generated,
+            dev,
+            tasks,
+        })
+    }
+
+    /// Stops accepting, sends every client `Disconnect(shutdown)`, and waits up to
+    /// `drain` for connections to close. Returns how many were still open.
+    pub async fn shutdown(self, drain: Duration) -> usize {
+        self.node.begin_shutdown();
+        let left = self.node.drain(drain).await;
+        for task in self.tasks {
+            task.abort();
+        }
+        left
+    }
+}

@@ -1,0 +1,300 @@
+//! The node-local room registry and fan-out.
+//!
+//! Engines hand every publication of a room to [`Hub::broadcast`], which passes the same
+//! encoded bytes to each local [`Subscriber`]. A subscriber joins in two steps so that
+//! recovery is gap-free and duplicate-free: it is registered first (live events are buffered
+//! from then on), then prepared with the history replay and the room's position, and
+//! finally activated once the client has been told the subscription result: replay first,
+//! then buffered live events newer than the replay, then live events as they come.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash};
+use std::sync::{Arc, Mutex, RwLock};
+
+use bytes::Bytes;
+use rtgate_protocol::RoomName;
+
+use crate::ids::{ConnectionId, Epoch, StreamPos};
+use crate::outbox::{DatagramSink, Lane};
+
+/// One event of a room, encoded once as a `ServerFrame` and shared by every subscriber.
+#[derive(Debug)]
+pub struct Publication {
+    /// The room.
+    pub room: RoomName,
+    /// Its position.
+    pub pos: StreamPos,
+    /// The encoded `ServerFrame { event }` body (no length prefix).
+    pub frame: Bytes,
+}
+
+/// Most live events buffered while a subscription is being set up.
+const MAX_PENDING: usize = 10_000;
+
+#[derive(Debug)]
+enum SubState {
+    Pending {
+        buffered: Vec<Arc<Publication>>,
+        prepared: Option<(Vec<Arc<Publication>>, StreamPos)>,
+    },
+    Live {
+        epoch: Epoch,
+        last: u64,
+    },
+    Closed,
+}
+
+/// One connection's membership of one room.
+#[derive(Debug)]
+pub struct Subscriber {
+    conn: ConnectionId,
+    room: RoomName,
+    contact: bool,
+    lane: Lane,
+    datagrams: Option<Arc<dyn DatagramSink>>,
+    state: Mutex<SubState>,
+}
+
+impl Subscriber {
+    /// A subscriber of `room` for `conn`, writing to `lane`; `contact` marks contact
+    /// connections (they never get private typing).
+    pub fn new(
+        conn: ConnectionId,
+        room: RoomName,
+        contact: bool,
+        lane: Lane,
+        datagrams: Option<Arc<dyn DatagramSink>>,
+    ) -> Arc<Self> {
+        Arc::new(Subscriber {
+            conn,
+            room,
+            contact,
+            lane,
+            datagrams,
+            state: Mutex::new(SubState::Pending {
+                buffered: Vec::new(),
+                prepared: None,
+            }),
+        })
+    }
+
+    /// The connection.
+    pub fn conn(&self) -> ConnectionId {
+        self.conn
+    }
+
+    /// The room.
+    pub fn room(&self) -> &RoomName {
+        &self.room
+    }
+
+    fn send(&self, p: &Publication) {
+        // An overflow is noticed by the connection's driver through its outbox.
+        let _ = self.lane.send(p.frame.clone());
+    }
+
+    /// Hands over a live publication.
+    pub fn deliver(&self, p: &Arc<Publication>) {
+        let mut state = self.state.lock().expect("subscriber lock");
+        match &mut *state {
+            SubState::Pending { buffered, .. } => {
+                if buffered.len() >= MAX_PENDING {
+                    // Cannot keep up even before going live: treat as a slow consumer.
+                    self.lane.outbox().trip();
+                    *state = SubState::Closed;
+                    return;
+                }
+                buffered.push(p.clone());
+            }
+            SubState::Live { epoch, last } => {
+                if p.pos.epoch != *epoch {
+                    // The room's history was reset: follow the new epoch.
+                    *epoch = p.pos.epoch.clone();
+                    *last = p.pos.offset;
+                    self.send(p);
+                } else if p.pos.offset > *last {
+                    *last = p.pos.offset;
+                    self.send(p);
+                }
+            }
+            SubState::Closed => {}
+        }
+    }
+
+    /// Records what to replay and the position the subscription starts from.
+    pub fn prepare(&self, replay: Vec<Arc<Publication>>, pos: StreamPos) {
+        let mut state = self.state.lock().expect("subscriber lock");
+        if let SubState::Pending { prepared, .. } = &mut *state {
+            *prepared = Some((replay, pos));
+        }
+    }
+
+    /// Sends the replay, then buffered live events newer than it, and goes live.
+    pub fn activate(&self) {
+        let mut state = self.state.lock().expect("subscriber lock");
+        let SubState::Pending { buffered, prepared } = &mut *state else {
+            return;
+        };
+        let Some((replay, pos)) = prepared.take() else {
+            return;
+        };
+        for p in &replay {
+            self.send(p);
+        }
+        let mut epoch = pos.epoch;
+        let mut last = pos.offset;
+        for p in buffered.drain(..) {
+            if p.pos.epoch != epoch {
+                epoch = p.pos.epoch.clone();
+                last = p.pos.offset;
+                self.send(&p);
+            } else if p.pos.offset > last {
+                last = p.pos.offset;
+                self.send(&p);
+            }
+        }
+        *state = SubState::Live { epoch, last };
+    }
+
+    /// Hands over an ephemeral frame (typing); `private` ones skip contacts.
+    pub fn deliver_ephemeral(&self, frame: &Bytes, private: bool) {
+        if private && self.contact {
+            return;
+        }
+        if !matches!(*self.state.lock().expect("subscriber lock"), SubState::Live { .. }) {
+            return;
+        }
+        if let Some(d) = &self.datagrams
+            && d.send_datagram(frame.clone())
+        {
+            return;
+        }
+        let _ = self.lane.send(frame.clone());
+    }
+
+    /// Stops all further delivery.
+    pub fn close(&self) {
+        *self.state.lock().expect("subscriber lock") = SubState::Closed;
+    }
+}
+
+type Shard = RwLock<HashMap<RoomName, Vec<Arc<Subscriber>>>>;
+
+/// The rooms with subscribers on this node.
+#[derive(Debug)]
+pub struct Hub {
+    shards: Box<[Shard]>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub::new()
+    }
+}
+
+impl Hub {
+    /// An empty hub.
+    pub fn new() -> Self {
+        let shards = (0..64).map(|_| RwLock::new(HashMap::new())).collect();
+        Hub {
+            shards,
+            hasher: Default::default(),
+        }
+    }
+
+    fn shard(&self, room: &RoomName) -> &Shard {
+        let mut h = self.hasher.build_hasher();
+        room.hash(&mut h);
+        let i = std::hash::Hasher::finish(&h) as usize % self.shards.len();
+        &self.shards[i]
+    }
+
+    /// Registers a subscriber, replacing one of the same connection. Returns true when it
+    /// is the room's first subscriber on this node.
+    pub fn add(&self, sub: Arc<Subscriber>) -> bool {
+        let mut shard = self.shard(&sub.room).write().expect("hub lock");
+        let subs = shard.entry(sub.room.clone()).or_default();
+        let first = subs.is_empty();
+        if let Some(old) = subs.iter_mut().find(|s| s.conn == sub.conn) {
+            old.close();
+            *old = sub;
+        } else {
+            subs.push(sub);
+        }
+        first
+    }
+
+    /// Removes a connection from a room. Returns true when the room has no subscriber
+    /// left on this node.
+    pub fn remove(&self, room: &RoomName, conn: ConnectionId) -> bool {
+        let mut shard = self.shard(room).write().expect("hub lock");
+        let Some(subs) = shard.get_mut(room) else {
+            return false;
+        };
+        let Some(i) = subs.iter().position(|s| s.conn == conn) else {
+            return false;
+        };
+        subs.swap_remove(i).close();
+        if subs.is_empty() {
+            shard.remove(room);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Delivers a publication to every local subscriber of its room.
+    pub fn broadcast(&self, p: &Arc<Publication>) -> usize {
+        let shard = self.shard(&p.room).read().expect("hub lock");
+        let Some(subs) = shard.get(&p.room) else {
+            return 0;
+        };
+        for s in subs {
+            s.deliver(p);
+        }
+        subs.len()
+    }
+
+    /// Delivers an ephemeral frame to every local subscriber except `exclude`.
+    pub fn broadcast_ephemeral(
+        &self,
+        room: &RoomName,
+        frame: &Bytes,
+        exclude: Option<ConnectionId>,
+        private: bool,
+    ) -> usize {
+        let shard = self.shard(room).read().expect("hub lock");
+        let Some(subs) = shard.get(room) else {
+            return 0;
+        };
+        let mut n = 0;
+        for s in subs.iter().filter(|s| Some(s.conn) != exclude) {
+            s.deliver_ephemeral(frame, private);
+            n += 1;
+        }
+        n
+    }
+
+    /// Local subscribers of a room.
+    pub fn subscribers(&self, room: &RoomName) -> usize {
+        self.shard(room)
+            .read()
+            .expect("hub lock")
+            .get(room)
+            .map_or(0, Vec::len)
+    }
+
+    /// Whether a room has local subscribers.
+    pub fn has_subscribers(&self, room: &RoomName) -> bool {
+        self.subscribers(room) > 0
+    }
+
+    /// Rooms with local subscribers.
+    pub fn rooms(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.read().expect("hub lock").len())
+            .sum()
+    }
+}

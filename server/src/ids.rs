@@ -1,0 +1,77 @@
+//! Identifiers and positions, as newtypes with `Display`.
+
+use std::fmt;
+use std::sync::Arc;
+
+use rtgate_protocol::pb;
+
+/// A connection, unique within one gateway process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId(pub u64);
+
+impl fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "c{}", self.0)
+    }
+}
+
+/// A room history's epoch: changes whenever the history is lost, so that positions taken
+/// in an older epoch are recognised as unrecoverable.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Epoch(Arc<str>);
+
+impl Epoch {
+    /// A fresh random epoch.
+    pub fn random() -> Self {
+        Epoch(Arc::from(format!("{:012x}", rand::random::<u64>() >> 16)))
+    }
+
+    /// An epoch from its wire form.
+    pub fn from_wire(s: &str) -> Self {
+        Epoch(Arc::from(s))
+    }
+
+    /// The wire form.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A position in a room: its epoch and the offset of an event (0 before the first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamPos {
+    /// The history's epoch.
+    pub epoch: Epoch,
+    /// The offset.
+    pub offset: u64,
+}
+
+impl StreamPos {
+    /// The wire form.
+    pub fn to_pb(&self) -> pb::StreamPosition {
+        pb::StreamPosition {
+            epoch: self.epoch.as_str().to_string(),
+            offset: self.offset,
+        }
+    }
+
+    /// From the wire form.
+    pub fn from_pb(p: &pb::StreamPosition) -> Self {
+        StreamPos {
+            epoch: Epoch::from_wire(&p.epoch),
+            offset: p.offset,
+        }
+    }
+}
+
+impl fmt::Display for StreamPos {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.offset, self.epoch)
+    }
+}

@@ -1,0 +1,606 @@
+//! The transport-agnostic session state machine of one connection. Sans-IO: decoded
+//! frames, engine results and instants go in; frames to send, engine requests and timer
+//! deadlines come out. The transports and the connection driver only move bytes.
+//!
+//! Lifecycle: `AwaitingHello` → (token verified, auto rooms joining) `Joining` → `Welcome`
+//! sent → `Active` → `Closed`. Every input after `Closed` is ignored.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use rtgate_protocol::pb::{self, client_frame::Kind as C, server_frame::Kind as S};
+use rtgate_protocol::{DisconnectCode, ErrorCode, FrameError, PROTOCOL_VERSION, RoomKind, RoomName};
+
+use crate::auth::{AuthError, Authenticator, Principal, Role};
+use crate::authz::{Grant, may_join};
+use crate::engine::{EngineError, SubscribeOutcome};
+use crate::ids::StreamPos;
+
+/// Limits and timings of sessions; shared by all sessions of a node.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Announced in `Welcome`.
+    pub node_id: String,
+    /// A connection must say Hello within this.
+    pub hello_timeout: Duration,
+    /// The client sends at least one frame this often.
+    pub heartbeat_interval: Duration,
+    /// A connection silent for this long is closed as stale.
+    pub stale_timeout: Duration,
+    /// Largest frame accepted.
+    pub max_frame_size: usize,
+    /// Most rooms one connection may join (auto rooms included).
+    pub max_subscriptions: usize,
+    /// How long after its token expires a connection may still send a refresh.
+    pub refresh_grace: Duration,
+    /// Event names clients may publish; a trailing `*` matches any suffix.
+    pub client_publish: Vec<String>,
+    /// Least time between two typing frames of one connection in one room.
+    pub typing_min_interval: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            node_id: "node".into(),
+            hello_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(25),
+            stale_timeout: Duration::from_secs(60),
+            max_frame_size: rtgate_protocol::DEFAULT_MAX_FRAME_SIZE,
+            max_subscriptions: 256,
+            refresh_grace: Duration::from_secs(30),
+            client_publish: vec!["client.*".into()],
+            typing_min_interval: Duration::from_millis(300),
+        }
+    }
+}
+
+/// What the session asks its driver to do, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Send a frame on the control path.
+    Send(pb::ServerFrame),
+    /// Subscribe to a room in the engine, then call [`Session::join_done`].
+    Join {
+        /// The room.
+        room: RoomName,
+        /// Recovery position, if any.
+        since: Option<StreamPos>,
+    },
+    /// Start delivering the room's replay and live events (after its result was sent).
+    Activate(RoomName),
+    /// Unsubscribe from a room in the engine.
+    Leave(RoomName),
+    /// Publish a client event, then call [`Session::publish_done`].
+    Publish {
+        /// Request id to answer.
+        id: u32,
+        /// The room.
+        room: RoomName,
+        /// The event, with server-set fields filled in.
+        event: pb::Event,
+    },
+    /// Deliver an ephemeral event to the room's other subscribers.
+    Ephemeral {
+        /// The room.
+        room: RoomName,
+        /// The event.
+        event: pb::Event,
+        /// Hidden from contacts.
+        private: bool,
+    },
+    /// Count an authentication failure (for metrics), by reason label.
+    AuthFailed(&'static str),
+    /// Send `Disconnect` with this code, flush, and close the transport.
+    Close(DisconnectCode, String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RoomState {
+    /// Joining on behalf of request `id` (0 for rooms joined automatically).
+    Joining { id: u32 },
+    Live,
+}
+
+#[derive(Debug)]
+enum State {
+    AwaitingHello,
+    /// Auto rooms are being joined; frames that arrive meanwhile wait.
+    Joining {
+        pending: usize,
+        results: Vec<pb::SubscribeResult>,
+        queued: VecDeque<pb::ClientFrame>,
+    },
+    Active,
+    Closed,
+}
+
+/// One connection's session.
+#[derive(Debug)]
+pub struct Session {
+    config: Arc<SessionConfig>,
+    auth: Arc<Authenticator>,
+    session_id: String,
+    state: State,
+    principal: Option<Principal>,
+    started: Instant,
+    unix_ms_at_start: u64,
+    last_rx: Instant,
+    rooms: HashMap<RoomName, RoomState>,
+    last_typing: HashMap<RoomName, Instant>,
+    actions: VecDeque<Action>,
+}
+
+/// Most frames held back while a session is being set up.
+const MAX_QUEUED_DURING_SETUP: usize = 64;
+
+impl Session {
+    /// A session that started at `now`, when the wall clock read `unix_ms`.
+    pub fn new(
+        config: Arc<SessionConfig>,
+        auth: Arc<Authenticator>,
+        session_id: String,
+        now: Instant,
+        unix_ms: u64,
+    ) -> Self {
+        Session {
+            config,
+            auth,
+            session_id,
+            state: State::AwaitingHello,
+            principal: None,
+            started: now,
+            unix_ms_at_start: unix_ms,
+            last_rx: now,
+            rooms: HashMap::new(),
+            last_typing: HashMap::new(),
+            actions: VecDeque::new(),
+        }
+    }
+
+    /// The next thing for the driver to do.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// Whether the session has ended (its `Close` action may still be pending).
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
+    /// The authenticated principal, once Hello succeeded.
+    pub fn principal(&self) -> Option<&Principal> {
+        self.principal.as_ref()
+    }
+
+    /// Rooms joined or being joined.
+    pub fn rooms(&self) -> impl Iterator<Item = &RoomName> {
+        self.rooms.keys()
+    }
+
+    fn unix_ms(&self, now: Instant) -> u64 {
+        self.unix_ms_at_start + now.saturating_duration_since(self.started).as_millis() as u64
+    }
+
+    fn token_deadline(&self) -> Option<Instant> {
+        let exp = self.principal.as_ref()?.expires_at?;
+        let exp_ms = exp.saturating_mul(1000);
+        let from_start = exp_ms.saturating_sub(self.unix_ms_at_start);
+        Some(self.started + Duration::from_millis(from_start) + self.config.refresh_grace)
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.state {
+            State::Closed => None,
+            State::AwaitingHello => Some(self.started + self.config.hello_timeout),
+            State::Joining { .. } | State::Active => {
+                let stale = self.last_rx + self.config.stale_timeout;
+                Some(self.token_deadline().map_or(stale, |t| t.min(stale)))
+            }
+        }
+    }
+
+    /// Fires the timers that are due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.state {
+            State::Closed => {}
+            State::AwaitingHello => {
+                if now >= self.started + self.config.hello_timeout {
+                    self.close(DisconnectCode::HelloTimeout, "no hello in time");
+                }
+            }
+            State::Joining { .. } | State::Active => {
+                if let Some(deadline) = self.token_deadline()
+                    && now >= deadline
+                {
+                    self.close(DisconnectCode::TokenExpired, "token expired and was not refreshed");
+                } else if now >= self.last_rx + self.config.stale_timeout {
+                    self.close(DisconnectCode::Stale, "no heartbeat");
+                }
+            }
+        }
+    }
+
+    /// Ends the session with `code`.
+    pub fn close(&mut self, code: DisconnectCode, reason: &str) {
+        if self.is_closed() {
+            return;
+        }
+        self.state = State::Closed;
+        self.actions.push_back(Action::Close(code, reason.to_string()));
+    }
+
+    /// The transport could not frame the input (too large, bad length).
+    pub fn handle_framing_error(&mut self, err: &FrameError) {
+        match err {
+            FrameError::TooLarge { .. } => self.close(DisconnectCode::FrameTooLarge, &err.to_string()),
+            _ => self.close(DisconnectCode::BadFrame, &err.to_string()),
+        }
+    }
+
+    /// One frame body from the control path (a stream frame or a WebSocket message).
+    pub fn handle_frame(&mut self, body: &[u8], now: Instant) {
+        if self.is_closed() {
+            return;
+        }
+        match rtgate_protocol::decode_frame::<pb::ClientFrame>(body, self.config.max_frame_size) {
+            Ok(frame) => self.handle_client_frame(frame, now),
+            Err(err) => self.handle_framing_error(&err),
+        }
+    }
+
+    /// One datagram: only typing and ping are meaningful; undecodable ones are dropped
+    /// (datagrams are unreliable by nature, so nothing depends on them).
+    pub fn handle_datagram(&mut self, body: &[u8], now: Instant) {
+        if !matches!(self.state, State::Active) {
+            return;
+        }
+        if let Ok(frame) = pb::ClientFrame::decode(body)
+            && matches!(frame.kind, Some(C::Typing(_)) | Some(C::Ping(_)))
+        {
+            self.handle_client_frame(frame, now);
+        }
+    }
+
+    /// A decoded client frame.
+    pub fn handle_client_frame(&mut self, frame: pb::ClientFrame, now: Instant) {
+        self.last_rx = now;
+        match &mut self.state {
+            State::Closed => {}
+            State::AwaitingHello => match frame.kind {
+                Some(C::Hello(hello)) => self.handle_hello(hello, now),
+                _ => self.close(DisconnectCode::ProtocolViolation, "the first frame must be hello"),
+            },
+            State::Joining { queued, .. } => {
+                if queued.len() >= MAX_QUEUED_DURING_SETUP {
+                    self.close(DisconnectCode::ProtocolViolation, "too many frames before welcome");
+                } else {
+                    queued.push_back(frame);
+                }
+            }
+            State::Active => self.handle_active(frame, now),
+        }
+    }
+
+    fn reply_error(&mut self, id: u32, code: ErrorCode, message: &str) {
+        if id == 0 {
+            return;
+        }
+        self.send(S::Reply(pb::Reply {
+            id,
+            error: Some(code.error(message)),
+            ..Default::default()
+        }));
+    }
+
+    fn reply(&mut self, reply: pb::Reply) {
+        if reply.id != 0 {
+            self.send(S::Reply(reply));
+        }
+    }
+
+    fn send(&mut self, kind: S) {
+        self.actions.push_back(Action::Send(pb::ServerFrame { kind: Some(kind) }));
+    }
+
+    fn handle_hello(&mut self, hello: pb::Hello, now: Instant) {
+        let principal = match self.auth.verify_connection(&hello.token, self.unix_ms(now) / 1000) {
+            Ok(p) => p,
+            Err(err) => {
+                self.actions.push_back(Action::AuthFailed(err.label()));
+                let code = if err == AuthError::Expired {
+                    DisconnectCode::TokenExpired
+                } else {
+                    DisconnectCode::Unauthorized
+                };
+                return self.close(code, "token refused");
+            }
+        };
+        let auto = principal.auto_rooms();
+        let recover: HashMap<String, StreamPos> = hello
+            .recover
+            .iter()
+            .filter_map(|r| Some((r.room.clone(), StreamPos::from_pb(r.position.as_ref()?))))
+            .collect();
+        self.state = State::Joining {
+            pending: auto.len(),
+            results: Vec::new(),
+            queued: VecDeque::new(),
+        };
+        self.principal = Some(principal);
+        for room in auto {
+            let since = recover.get(room.as_str()).cloned();
+            self.rooms.insert(room.clone(), RoomState::Joining { id: 0 });
+            self.actions.push_back(Action::Join { room, since });
+        }
+    }
+
+    /// The engine finished a [`Action::Join`].
+    pub fn join_done(&mut self, room: &RoomName, result: Result<SubscribeOutcome, EngineError>, now: Instant) {
+        let Some(RoomState::Joining { id }) = self.rooms.get(room).copied() else {
+            return;
+        };
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(err) => {
+                self.rooms.remove(room);
+                self.actions.push_back(Action::Leave(room.clone()));
+                if let State::Joining { .. } = self.state {
+                    return self.close(DisconnectCode::ServerError, &format!("cannot join {room}: {err}"));
+                }
+                let code = match err {
+                    EngineError::Unavailable(_) => ErrorCode::Unavailable,
+                    EngineError::Internal(_) => ErrorCode::Internal,
+                };
+                return self.reply_error(id, code, "subscription failed, retry later");
+            }
+        };
+        self.rooms.insert(room.clone(), RoomState::Live);
+        let result = pb::SubscribeResult {
+            room: room.to_string(),
+            epoch: outcome.pos.epoch.to_string(),
+            offset: outcome.pos.offset,
+            recovered: outcome.recovered,
+            replayed: outcome.replayed,
+        };
+        match &mut self.state {
+            State::Joining { pending, results, .. } => {
+                results.push(result);
+                *pending -= 1;
+                if *pending == 0 {
+                    self.finish_setup(now);
+                }
+            }
+            State::Active => {
+                self.reply(pb::Reply {
+                    id,
+                    subscribed: Some(result),
+                    ..Default::default()
+                });
+                self.actions.push_back(Action::Activate(room.clone()));
+            }
+            State::AwaitingHello | State::Closed => {}
+        }
+    }
+
+    fn finish_setup(&mut self, now: Instant) {
+        let State::Joining { results, queued, .. } = std::mem::replace(&mut self.state, State::Active) else {
+            return;
+        };
+        let principal = self.principal.as_ref().expect("set at hello");
+        let welcome = pb::Welcome {
+            session_id: self.session_id.clone(),
+            node_id: self.config.node_id.clone(),
+            heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u32,
+            limits: Some(pb::Limits {
+                max_frame_size: self.config.max_frame_size as u32,
+                max_subscriptions: self.config.max_subscriptions as u32,
+                refresh_grace_ms: self.config.refresh_grace.as_millis() as u32,
+            }),
+            user_id: principal.id.to_string(),
+            account_id: principal.account_id,
+            token_expires_at_ms: principal.expires_at.map_or(0, |e| (e * 1000) as i64),
+            rooms: results.clone(),
+            protocol_version: PROTOCOL_VERSION,
+        };
+        self.send(S::Welcome(welcome));
+        for r in &results {
+            if let Ok(room) = RoomName::parse(&r.room) {
+                self.actions.push_back(Action::Activate(room));
+            }
+        }
+        for frame in queued {
+            if self.is_closed() {
+                break;
+            }
+            self.handle_active(frame, now);
+        }
+    }
+
+    fn parse_room(&mut self, id: u32, room: &str) -> Option<RoomName> {
+        match RoomName::parse(room) {
+            Ok(room) => Some(room),
+            Err(err) => {
+                self.reply_error(id, ErrorCode::InvalidRoom, &err.to_string());
+                None
+            }
+        }
+    }
+
+    fn handle_active(&mut self, frame: pb::ClientFrame, now: Instant) {
+        let id = frame.id;
+        match frame.kind {
+            None => self.reply_error(id, ErrorCode::BadRequest, "frame carries no known kind"),
+            Some(C::Hello(_)) => self.close(DisconnectCode::ProtocolViolation, "hello sent twice"),
+            Some(C::Ping(ping)) => self.send(S::Pong(pb::Pong { nonce: ping.nonce })),
+            Some(C::Subscribe(sub)) => self.handle_subscribe(id, sub, now),
+            Some(C::Unsubscribe(unsub)) => {
+                let Some(room) = self.parse_room(id, &unsub.room) else { return };
+                if self.rooms.remove(&room).is_none() {
+                    return self.reply_error(id, ErrorCode::NotSubscribed, "not subscribed to this room");
+                }
+                self.actions.push_back(Action::Leave(room));
+                self.reply(pb::Reply { id, ..Default::default() });
+            }
+            Some(C::Publish(publish)) => self.handle_publish(id, publish, now),
+            Some(C::Typing(typing)) => self.handle_typing(id, typing, now),
+            Some(C::Refresh(refresh)) => self.handle_refresh(id, &refresh.token, now),
+        }
+    }
+
+    fn handle_subscribe(&mut self, id: u32, sub: pb::Subscribe, now: Instant) {
+        let Some(room) = self.parse_room(id, &sub.room) else { return };
+        if self.rooms.contains_key(&room) {
+            return self.reply_error(id, ErrorCode::AlreadySubscribed, "already subscribed to this room");
+        }
+        if self.rooms.len() >= self.config.max_subscriptions {
+            return self.reply_error(id, ErrorCode::LimitExceeded, "too many subscriptions");
+        }
+        let principal = self.principal.as_ref().expect("active sessions are authenticated");
+        let grant = if sub.token.is_empty() {
+            Grant::Claims
+        } else {
+            match self
+                .auth
+                .verify_subscription(&sub.token, principal, &room, self.unix_ms(now) / 1000)
+            {
+                Ok(()) => Grant::SubscriptionToken,
+                Err(err) => {
+                    self.actions.push_back(Action::AuthFailed(err.label()));
+                    return self.reply_error(id, ErrorCode::PermissionDenied, "permission denied");
+                }
+            }
+        };
+        if !may_join(principal, &room, grant) {
+            return self.reply_error(id, ErrorCode::PermissionDenied, "permission denied");
+        }
+        self.rooms.insert(room.clone(), RoomState::Joining { id });
+        let since = sub.since.as_ref().map(StreamPos::from_pb);
+        self.actions.push_back(Action::Join { room, since });
+    }
+
+    fn may_publish(&self, name: &str) -> bool {
+        self.config.client_publish.iter().any(|pattern| match pattern.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix) && name.len() > prefix.len(),
+            None => name == pattern,
+        })
+    }
+
+    fn sender(&self) -> pb::Sender {
+        let principal = self.principal.as_ref().expect("active sessions are authenticated");
+        pb::Sender {
+            kind: if principal.is_contact() {
+                pb::sender::Kind::Contact
+            } else {
+                pb::sender::Kind::User
+            } as i32,
+            id: principal.id,
+            ..Default::default()
+        }
+    }
+
+    fn handle_publish(&mut self, id: u32, publish: pb::Publish, now: Instant) {
+        let Some(room) = self.parse_room(id, &publish.room) else { return };
+        let Some(mut event) = publish.event else {
+            return self.reply_error(id, ErrorCode::BadRequest, "publish without event");
+        };
+        if self.rooms.get(&room) != Some(&RoomState::Live) {
+            return self.reply_error(id, ErrorCode::NotSubscribed, "not subscribed to this room");
+        }
+        if !self.may_publish(&event.name) {
+            return self.reply_error(id, ErrorCode::PermissionDenied, "clients may not publish this event");
+        }
+        let principal = self.principal.as_ref().expect("active sessions are authenticated");
+        // Fields the server vouches for are never taken from the client.
+        event.account_id = principal.account_id;
+        event.occurred_at_ms = self.unix_ms(now) as i64;
+        event.performer = (!principal.is_contact()).then(|| pb::User {
+            id: principal.id,
+            ..Default::default()
+        });
+        self.actions.push_back(Action::Publish { id, room, event });
+    }
+
+    /// The engine finished a [`Action::Publish`].
+    pub fn publish_done(&mut self, id: u32, result: Result<StreamPos, EngineError>) {
+        match result {
+            Ok(pos) => self.reply(pb::Reply {
+                id,
+                published: Some(pb::PublishResult {
+                    epoch: pos.epoch.to_string(),
+                    offset: pos.offset,
+                }),
+                ..Default::default()
+            }),
+            Err(EngineError::Unavailable(_)) => {
+                self.reply_error(id, ErrorCode::Unavailable, "publish failed, retry later")
+            }
+            Err(EngineError::Internal(_)) => self.reply_error(id, ErrorCode::Internal, "publish failed"),
+        }
+    }
+
+    fn handle_typing(&mut self, id: u32, typing: pb::Typing, now: Instant) {
+        let Some(room) = self.parse_room(id, &typing.room) else { return };
+        if !matches!(room.kind(), RoomKind::Conversation(_)) {
+            return self.reply_error(id, ErrorCode::BadRequest, "typing is for conversation rooms");
+        }
+        if self.rooms.get(&room) != Some(&RoomState::Live) {
+            return self.reply_error(id, ErrorCode::NotSubscribed, "not subscribed to this room");
+        }
+        if let Some(last) = self.last_typing.get(&room)
+            && now.saturating_duration_since(*last) < self.config.typing_min_interval
+        {
+            return self.reply_error(id, ErrorCode::LimitExceeded, "typing too often");
+        }
+        self.last_typing.insert(room.clone(), now);
+        let principal = self.principal.as_ref().expect("active sessions are authenticated");
+        // Contacts cannot write private notes.
+        let private = typing.private && principal.role != Role::Contact;
+        let event = pb::Event {
+            name: if typing.on { "conversation.typing_on" } else { "conversation.typing_off" }.into(),
+            account_id: principal.account_id,
+            occurred_at_ms: self.unix_ms(now) as i64,
+            payload: Some(pb::event::Payload::Typing(pb::TypingIndicator {
+                room: room.to_string(),
+                on: typing.on,
+                private,
+                sender: Some(self.sender()),
+            })),
+            ..Default::default()
+        };
+        self.actions.push_back(Action::Ephemeral { room, event, private });
+        self.reply(pb::Reply { id, ..Default::default() });
+    }
+
+    fn handle_refresh(&mut self, id: u32, token: &str, now: Instant) {
+        let current = self.principal.as_ref().expect("active sessions are authenticated");
+        match self.auth.verify_connection(token, self.unix_ms(now) / 1000) {
+            Ok(new)
+                if new.id == current.id
+                    && new.role == current.role
+                    && new.account_id == current.account_id =>
+            {
+                let expires = new.expires_at;
+                self.principal = Some(new);
+                self.reply(pb::Reply {
+                    id,
+                    refreshed: Some(pb::RefreshResult {
+                        token_expires_at_ms: expires.map_or(0, |e| (e * 1000) as i64),
+                    }),
+                    ..Default::default()
+                });
+            }
+            Ok(_) => {
+                self.actions.push_back(Action::AuthFailed("refresh_mismatch"));
+                self.reply_error(id, ErrorCode::Unauthorized, "the new token is for another principal");
+            }
+            Err(err) => {
+                self.actions.push_back(Action::AuthFailed(err.label()));
+                self.reply_error(id, ErrorCode::Unauthorized, "token refused");
+            }
+        }
+    }
+}

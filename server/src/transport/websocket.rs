@@ -1,0 +1,152 @@
+//! WebSocket transport: one binary message per frame, every lane feeding the one socket.
+
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{SinkExt, StreamExt};
+use rtgate_protocol::{DisconnectCode, FrameError, RoomName};
+use tokio::sync::{mpsc, oneshot};
+
+use super::WriterCloser;
+use crate::connection::{Closer, Incoming, RoomLanes, TransportHandle, drive};
+use crate::node::Node;
+use crate::outbox::{Lane, LaneReceiver, Outbox};
+
+/// Frames beyond this many are written before a flush.
+const WRITE_BATCH: usize = 64;
+
+struct SocketLanes(Lane);
+
+impl RoomLanes for SocketLanes {
+    fn lane(&mut self, _room: &RoomName) -> Lane {
+        self.0.clone()
+    }
+    fn release(&mut self, _room: &RoomName) {}
+}
+
+struct WsCloser(WriterCloser<(DisconnectCode, String)>);
+
+impl Closer for WsCloser {
+    fn close(self: Box<Self>, code: DisconnectCode, reason: String) -> BoxFuture<'static, ()> {
+        Box::pin(self.0.close((code, reason)))
+    }
+}
+
+/// Serves one upgraded WebSocket until it closes.
+pub async fn serve(node: Arc<Node>, socket: WebSocket) {
+    let (mut sink, mut stream) = socket.split();
+    let Some((conn, control_rx)) = node.register("websocket") else {
+        let frame = DisconnectCode::Overloaded.frame("gateway at its connection limit");
+        let body = prost::Message::encode_to_vec(&rtgate_protocol::pb::ServerFrame {
+            kind: Some(rtgate_protocol::pb::server_frame::Kind::Disconnect(frame)),
+        });
+        let _ = sink.send(Message::Binary(body.into())).await;
+        let _ = sink.send(close_message(DisconnectCode::Overloaded, "overloaded")).await;
+        return;
+    };
+    let max = node.session.max_frame_size;
+    let (in_tx, in_rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        while let Some(msg) = stream.next().await {
+            let item = match msg {
+                Ok(Message::Binary(body)) if body.len() > max => Incoming::FramingError(FrameError::TooLarge {
+                    size: body.len() as u64,
+                    max,
+                }),
+                Ok(Message::Binary(body)) => Incoming::Frame(body),
+                Ok(Message::Text(_)) => {
+                    Incoming::FramingError(FrameError::Decode("text messages are not accepted; send binary frames".into()))
+                }
+                Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+                Ok(Message::Close(_)) => Incoming::Closed,
+                // Beyond the socket's own hard limit (4× the frame limit) or a broken
+                // connection: nothing more can be read.
+                Err(_) => Incoming::Closed,
+            };
+            let last = !matches!(item, Incoming::Frame(_));
+            if in_tx.send(item).await.is_err() || last {
+                break;
+            }
+        }
+        let _ = in_tx.send(Incoming::Closed).await;
+    });
+
+    let outbox = Outbox::new(node.limits.send_queue_bytes);
+    let (lane, lane_rx) = Lane::new(&outbox);
+    let (close_tx, close_rx) = oneshot::channel();
+    let writer = tokio::spawn(write_loop(sink, lane_rx, close_rx));
+    let handle = TransportHandle {
+        kind: "websocket",
+        incoming: in_rx,
+        control: lane.clone(),
+        lanes: Box::new(SocketLanes(lane)),
+        datagrams: None,
+        closer: Box::new(WsCloser(WriterCloser {
+            signal: close_tx,
+            writer,
+            timeout: node.limits.close_flush_timeout,
+        })),
+    };
+    drive(node, conn, control_rx, handle).await;
+}
+
+fn close_message(code: DisconnectCode, reason: &str) -> Message {
+    let mut reason = reason.to_string();
+    // A close frame's reason is at most 123 bytes.
+    while reason.len() > 120 {
+        reason.pop();
+    }
+    Message::Close(Some(CloseFrame {
+        code: code.code() as u16,
+        reason: reason.into(),
+    }))
+}
+
+async fn write_loop(
+    mut sink: futures::stream::SplitSink<WebSocket, Message>,
+    mut rx: LaneReceiver,
+    mut close_rx: oneshot::Receiver<(DisconnectCode, String)>,
+) {
+    let mut batch: Vec<Bytes> = Vec::with_capacity(0);
+    loop {
+        tokio::select! {
+            biased;
+            frame = rx.recv() => {
+                let Some(frame) = frame else { break };
+                batch.push(frame);
+                while batch.len() < WRITE_BATCH {
+                    match rx.try_recv() {
+                        Some(f) => batch.push(f),
+                        None => break,
+                    }
+                }
+                let n: usize = batch.iter().map(Bytes::len).sum();
+                for frame in batch.drain(..) {
+                    if sink.feed(Message::Binary(frame)).await.is_err() {
+                        return;
+                    }
+                }
+                if sink.flush().await.is_err() {
+                    return;
+                }
+                rx.written(n);
+                if batch.capacity() > WRITE_BATCH * 4 {
+                    batch = Vec::with_capacity(0);
+                }
+            }
+            closing = &mut close_rx => {
+                let (code, reason) = closing.unwrap_or((DisconnectCode::Normal, String::new()));
+                while let Some(frame) = rx.try_recv() {
+                    if sink.feed(Message::Binary(frame)).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = sink.send(close_message(code, &reason)).await;
+                let _ = sink.close().await;
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,358 @@
+//! WebTransport transport (HTTP/3 over QUIC, via wtransport).
+//!
+//! - The client opens one bidirectional **control stream**: Hello, requests, replies,
+//!   pongs and the final Disconnect travel on it as length-delimited frames.
+//! - The server opens one **unidirectional stream per joined room** and writes that room's
+//!   events on it in order, so a room the client reads slowly never delays another. When the
+//!   peer's stream credit (or `max_room_streams`) runs out, further rooms share the existing
+//!   streams; a room never moves between streams, so its order holds.
+//! - Typing travels as **datagrams** when the peer supports them and the frame fits.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use rtgate_protocol::{DisconnectCode, FrameDecoder, RoomName};
+use tokio::sync::{mpsc, oneshot, watch};
+use wtransport::endpoint::IncomingSession;
+use wtransport::{Connection, Endpoint, RecvStream, SendStream, ServerConfig, VarInt};
+
+use super::WriterCloser;
+use crate::connection::{Closer, Incoming, RoomLanes, TransportHandle, drive};
+use crate::node::Node;
+use crate::outbox::{DatagramSink, Lane, LaneReceiver, Outbox};
+
+/// The path WebTransport sessions are accepted on.
+pub const PATH: &str = "/wt";
+
+/// Frames beyond this many are written in one go.
+const WRITE_BATCH: usize = 64;
+
+/// Binds the QUIC endpoint with the given server config.
+pub fn bind(config: ServerConfig) -> std::io::Result<Endpoint<wtransport::endpoint::endpoint_side::Server>> {
+    Endpoint::server(config)
+}
+
+/// Accepts sessions until shutdown begins.
+pub async fn accept_loop(
+    node: Arc<Node>,
+    endpoint: Endpoint<wtransport::endpoint::endpoint_side::Server>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => {
+                tokio::spawn(handle(node.clone(), incoming));
+            }
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    break;
+                }
+            }
+        }
+    }
+    // Refuse new sessions while the existing ones are drained.
+    let _ = node.drain(std::time::Duration::from_secs(3600)).await;
+    endpoint.close(VarInt::from_u32(DisconnectCode::Shutdown.code()), b"shutdown");
+}
+
+async fn handle(node: Arc<Node>, incoming: IncomingSession) {
+    let request = match incoming.await {
+        Ok(r) => r,
+        Err(err) => {
+            tracing::debug!(%err, "webtransport handshake failed");
+            return;
+        }
+    };
+    if request.path() != PATH {
+        request.not_found().await;
+        return;
+    }
+    if node.is_shutting_down() {
+        request.too_many_requests().await;
+        return;
+    }
+    let Some((conn, control_rx)) = node.register("webtransport") else {
+        request.too_many_requests().await;
+        return;
+    };
+    let connection = match request.accept().await {
+        Ok(c) => c,
+        Err(err) => {
+            tracing::debug!(%err, "webtransport session not established");
+            node.deregister(conn);
+            return;
+        }
+    };
+    let control = tokio::time::timeout(node.session.hello_timeout, connection.accept_bi()).await;
+    let (send, recv) = match control {
+        Ok(Ok(streams)) => streams,
+        _ => {
+            connection.close(VarInt::from_u32(DisconnectCode::HelloTimeout.code()), b"no control stream");
+            node.deregister(conn);
+            return;
+        }
+    };
+    let remote: SocketAddr = connection.remote_address();
+    tracing::debug!(%conn, %remote, "webtransport session");
+
+    let (in_tx, in_rx) = mpsc::channel(64);
+    tokio::spawn(read_control(recv, node.session.max_frame_size, in_tx.clone()));
+    if connection.max_datagram_size().is_some() {
+        tokio::spawn(read_datagrams(connection.clone(), in_tx));
+    }
+
+    let outbox = Outbox::new(node.limits.send_queue_bytes);
+    let (control_lane, control_rx_lane) = Lane::new(&outbox);
+    let (close_tx, close_rx) = oneshot::channel();
+    let writer = tokio::spawn(write_control(send, control_rx_lane, close_rx, connection.clone()));
+    let datagrams: Option<Arc<dyn DatagramSink>> = connection
+        .max_datagram_size()
+        .map(|_| Arc::new(Datagrams(connection.clone())) as Arc<dyn DatagramSink>);
+    let handle = TransportHandle {
+        kind: "webtransport",
+        incoming: in_rx,
+        control: control_lane,
+        lanes: Box::new(StreamLanes {
+            connection: connection.clone(),
+            outbox,
+            max_streams: node.limits.max_room_streams,
+            rooms: HashMap::new(),
+            streams: Vec::new(),
+            next_shared: 0,
+        }),
+        datagrams,
+        closer: Box::new(WtCloser {
+            writer: WriterCloser {
+                signal: close_tx,
+                writer,
+                timeout: node.limits.close_flush_timeout,
+            },
+            connection: connection.clone(),
+        }),
+    };
+    drive(node, conn, control_rx, handle).await;
+}
+
+async fn read_control(mut recv: RecvStream, max: usize, tx: mpsc::Sender<Incoming>) {
+    let mut decoder = FrameDecoder::new(max);
+    loop {
+        let chunk = match recv.quic_stream_mut().read_chunk(max.max(4096), true).await {
+            Ok(Some(chunk)) => chunk.bytes,
+            Ok(None) | Err(_) => {
+                let _ = tx.send(Incoming::Closed).await;
+                return;
+            }
+        };
+        decoder.push(&chunk);
+        loop {
+            match decoder.next_frame() {
+                Ok(Some(body)) => {
+                    if tx.send(Incoming::Frame(body)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(err) => {
+                    let _ = tx.send(Incoming::FramingError(err)).await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn read_datagrams(connection: Connection, tx: mpsc::Sender<Incoming>) {
+    while let Ok(datagram) = connection.receive_datagram().await {
+        // Datagrams are droppable: never wait for room in the queue.
+        if tx.try_send(Incoming::Datagram(datagram.payload())).is_err() && tx.is_closed() {
+            return;
+        }
+    }
+}
+
+fn prefix(len: usize) -> Bytes {
+    let mut buf = BytesMut::with_capacity(prost::length_delimiter_len(len));
+    prost::encode_length_delimiter(len, &mut buf).expect("capacity reserved");
+    buf.freeze()
+}
+
+/// Writes queued frames (length-prefixed) until the lane closes. Returns false if the
+/// stream broke.
+async fn write_frames(send: &mut SendStream, rx: &mut LaneReceiver, first: Bytes) -> bool {
+    let mut chunks = Vec::with_capacity(2);
+    let mut n = first.len();
+    chunks.push(prefix(first.len()));
+    chunks.push(first);
+    while chunks.len() < WRITE_BATCH * 2 {
+        match rx.try_recv() {
+            Some(frame) => {
+                n += frame.len();
+                chunks.push(prefix(frame.len()));
+                chunks.push(frame);
+            }
+            None => break,
+        }
+    }
+    let ok = send.quic_stream_mut().write_all_chunks(&mut chunks).await.is_ok();
+    rx.written(n);
+    ok
+}
+
+async fn write_control(
+    mut send: SendStream,
+    mut rx: LaneReceiver,
+    mut close_rx: oneshot::Receiver<(DisconnectCode, String)>,
+    connection: Connection,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            frame = rx.recv() => {
+                let Some(frame) = frame else { break };
+                if !write_frames(&mut send, &mut rx, frame).await {
+                    return;
+                }
+            }
+            closing = &mut close_rx => {
+                let (code, reason) = closing.unwrap_or((DisconnectCode::Normal, String::new()));
+                while let Some(frame) = rx.try_recv() {
+                    if !write_frames(&mut send, &mut rx, frame).await {
+                        break;
+                    }
+                }
+                let _ = send.finish().await;
+                // Give the peer a moment to read the Disconnect frame before the session ends.
+                let _ = tokio::time::timeout(std::time::Duration::from_millis(200), send.stopped()).await;
+                connection.close(VarInt::from_u32(code.code()), reason.as_bytes());
+                return;
+            }
+        }
+    }
+}
+
+async fn write_room_stream(opening: BoxFuture<'static, Option<SendStream>>, mut rx: LaneReceiver) {
+    let Some(first) = rx.recv().await else { return };
+    let Some(mut send) = opening.await else {
+        rx.written(first.len());
+        while let Some(f) = rx.recv().await {
+            rx.written(f.len());
+        }
+        return;
+    };
+    let mut next = Some(first);
+    while let Some(frame) = next {
+        if !write_frames(&mut send, &mut rx, frame).await {
+            // The client stopped the stream: drain so the budget stays honest.
+            while let Some(f) = rx.recv().await {
+                rx.written(f.len());
+            }
+            return;
+        }
+        next = rx.recv().await;
+    }
+    let _ = send.finish().await;
+}
+
+struct StreamSlot {
+    lane: Lane,
+    rooms: usize,
+}
+
+struct StreamLanes {
+    connection: Connection,
+    outbox: Arc<Outbox>,
+    max_streams: usize,
+    rooms: HashMap<RoomName, usize>,
+    streams: Vec<Option<StreamSlot>>,
+    next_shared: usize,
+}
+
+impl StreamLanes {
+    fn open_stream(&mut self, opening: BoxFuture<'static, Option<SendStream>>) -> usize {
+        let (lane, rx) = Lane::new(&self.outbox);
+        tokio::spawn(write_room_stream(opening, rx));
+        let slot = StreamSlot { lane, rooms: 0 };
+        match self.streams.iter().position(Option::is_none) {
+            Some(i) => {
+                self.streams[i] = Some(slot);
+                i
+            }
+            None => {
+                self.streams.push(Some(slot));
+                self.streams.len() - 1
+            }
+        }
+    }
+}
+
+impl RoomLanes for StreamLanes {
+    fn lane(&mut self, room: &RoomName) -> Lane {
+        let open = self.streams.iter().flatten().count();
+        let slot = if open == 0 {
+            // No stream to share yet: wait for credit.
+            let connection = self.connection.clone();
+            self.open_stream(Box::pin(async move {
+                let opening = connection.open_uni().await.ok()?;
+                opening.await.ok()
+            }))
+        } else if open < self.max_streams
+            && let Some(Ok(opening)) = self.connection.open_uni().now_or_never()
+        {
+            self.open_stream(Box::pin(async move { opening.await.ok() }))
+        } else {
+            // Out of stream credit: share the stream carrying the fewest rooms.
+            self.next_shared += 1;
+            let (i, _) = self
+                .streams
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| s.as_ref().map(|s| (i, s.rooms)))
+                .min_by_key(|(i, rooms)| (*rooms, (*i + self.next_shared) % self.streams.len()))
+                .expect("at least one stream is open");
+            i
+        };
+        let s = self.streams[slot].as_mut().expect("slot just chosen");
+        s.rooms += 1;
+        self.rooms.insert(room.clone(), slot);
+        s.lane.clone()
+    }
+
+    fn release(&mut self, room: &RoomName) {
+        let Some(slot) = self.rooms.remove(room) else { return };
+        if let Some(s) = self.streams[slot].as_mut() {
+            s.rooms -= 1;
+            if s.rooms == 0 {
+                // Dropping the last lane finishes the stream once its queue is written.
+                self.streams[slot] = None;
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Datagrams(Connection);
+
+impl DatagramSink for Datagrams {
+    fn send_datagram(&self, frame: Bytes) -> bool {
+        self.0.send_datagram(frame).is_ok()
+    }
+}
+
+struct WtCloser {
+    writer: WriterCloser<(DisconnectCode, String)>,
+    connection: Connection,
+}
+
+impl Closer for WtCloser {
+    fn close(self: Box<Self>, code: DisconnectCode, reason: String) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            self.writer.close((code, reason.clone())).await;
+            // In case the writer was cut short by the flush timeout.
+            self.connection.close(VarInt::from_u32(code.code()), reason.as_bytes());
+        })
+    }
+}

@@ -1,0 +1,169 @@
+//! Test harness: gateways on ephemeral loopback ports, tokens, the server API, and raw
+//! frame-level clients for both transports.
+#![allow(dead_code)]
+
+pub mod raw;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rtgate_client::{Client, ClientConfig, ClientEvent, TransportPreference, fixed_token};
+use rtgate_protocol::pb;
+use rtgate_server::{Config, Gateway};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+pub const SECRET: &str = "test-secret-test-secret-test-secret-0123456789";
+pub const API_KEY: &str = "test-api-key";
+
+/// Both transports, for tests that run over each.
+pub const TRANSPORTS: [TransportPreference; 2] = [TransportPreference::WebTransport, TransportPreference::WebSocket];
+
+pub fn now_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+pub struct TestGateway {
+    pub gw: Gateway,
+    pub http: reqwest::Client,
+    _certs: tempfile::TempDir,
+}
+
+pub fn config() -> Config {
+    let mut config = Config::ephemeral();
+    config.jwt_secret = Some(SECRET.into());
+    config.api_key = Some(API_KEY.into());
+    config
+}
+
+impl TestGateway {
+    pub async fn start() -> Self {
+        Self::start_with(config()).await
+    }
+
+    pub async fn start_with(mut config: Config) -> Self {
+        let certs = tempfile::tempdir().unwrap();
+        config.cert_dir = certs.path().to_path_buf();
+        let gw = Gateway::start(config).await.expect("gateway starts");
+        TestGateway {
+            gw,
+            http: reqwest::Client::new(),
+            _certs: certs,
+        }
+    }
+
+    pub fn wt_url(&self) -> String {
+        format!("https://127.0.0.1:{}/wt", self.gw.wt_addr.port())
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/ws", self.gw.http_addr.port())
+    }
+
+    pub fn api(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.gw.http_addr.port(), path)
+    }
+
+    pub fn cert_hash(&self) -> [u8; 32] {
+        hex::decode(&self.gw.cert_sha256).unwrap().try_into().unwrap()
+    }
+
+    pub fn client_config(&self, prefer: TransportPreference, token: &str) -> ClientConfig {
+        let mut c = ClientConfig::new(self.wt_url(), self.ws_url(), fixed_token(token));
+        c.cert_sha256 = Some(self.cert_hash());
+        c.prefer = prefer;
+        c
+    }
+
+    /// A connected client and its events (Connected already consumed).
+    pub async fn client(&self, prefer: TransportPreference, token: &str) -> (Client, mpsc::UnboundedReceiver<ClientEvent>) {
+        let (client, mut events) = Client::connect(self.client_config(prefer, token));
+        tokio::time::timeout(Duration::from_secs(10), client.connected())
+            .await
+            .expect("connects in time")
+            .expect("connects");
+        loop {
+            if let ClientEvent::Connected(_) = next(&mut events).await {
+                break;
+            }
+        }
+        (client, events)
+    }
+
+    /// Publishes a JSON event to rooms through the server API; returns the offsets.
+    pub async fn publish(&self, rooms: &[&str], name: &str, json_payload: &str) -> Vec<u64> {
+        let resp = self
+            .http
+            .post(self.api("/api/v1/publish"))
+            .bearer_auth(API_KEY)
+            .json(&json!({
+                "rooms": rooms,
+                "event": { "name": name, "accountId": "1", "json": json_payload },
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "publish failed: {}", resp.text().await.unwrap());
+        let body: serde_json::Value = resp.json().await.unwrap();
+        body["positions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["position"]["offset"].as_str().map_or_else(|| p["position"]["offset"].as_u64().unwrap(), |s| s.parse().unwrap()))
+            .collect()
+    }
+}
+
+pub fn token_with(claims: serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// A connection token.
+pub fn token(role: &str, id: u64, account: u64, inboxes: &[u64]) -> String {
+    token_with(json!({
+        "sub": id.to_string(), "account_id": account, "role": role, "inboxes": inboxes,
+        "exp": now_unix() + 3600,
+    }))
+}
+
+/// A subscription token granting `room` to the holder whose own room is `holder`.
+pub fn sub_token(holder: &str, room: &str, exp_in: i64) -> String {
+    token_with(json!({ "sub": holder, "room": room, "exp": (now_unix() as i64 + exp_in) as u64 }))
+}
+
+/// The next client event (panics after 10 s).
+pub async fn next(events: &mut mpsc::UnboundedReceiver<ClientEvent>) -> ClientEvent {
+    tokio::time::timeout(Duration::from_secs(10), events.recv())
+        .await
+        .expect("an event in time")
+        .expect("client running")
+}
+
+/// The next room event, skipping everything else; returns (room, offset, json payload).
+pub async fn next_room_event(events: &mut mpsc::UnboundedReceiver<ClientEvent>) -> (String, u64, String) {
+    loop {
+        if let ClientEvent::Event { room, offset, event } = next(events).await {
+            return (room, offset, event.json);
+        }
+    }
+}
+
+/// The next Disconnected event.
+pub async fn next_disconnect(events: &mut mpsc::UnboundedReceiver<ClientEvent>) -> (Option<u32>, Option<Duration>) {
+    loop {
+        if let ClientEvent::Disconnected { code, reconnect, .. } = next(events).await {
+            return (code, reconnect);
+        }
+    }
+}
+
+pub fn event(name: &str) -> pb::Event {
+    pb::Event {
+        name: name.into(),
+        ..Default::default()
+    }
+}
