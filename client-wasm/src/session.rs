@@ -114,7 +114,12 @@ pub struct ClientSession {
     last_rx: Instant,
     client_name: String,
     client_version: String,
+    /// Room events that arrived (on other streams) before the Welcome that names their room.
+    early: Vec<pb::RoomEvent>,
 }
+
+/// Most early events kept while waiting for the Welcome.
+const MAX_EARLY_EVENTS: usize = 1024;
 
 /// Why a request could not be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -142,6 +147,7 @@ impl ClientSession {
             last_rx: now,
             client_name: client_name.into(),
             client_version: client_version.into(),
+            early: Vec::new(),
         }
     }
 
@@ -214,7 +220,13 @@ impl ClientSession {
         );
     }
 
+    /// Whether a room is joined and live.
+    pub fn is_live(&self, room: &str) -> bool {
+        self.rooms.get(room).is_some_and(|r| r.status == RoomStatus::Live)
+    }
+
     /// Joins `room` (now if ready, else on connect), with an optional subscription token.
+    /// Joining a room that is already live changes nothing.
     pub fn subscribe(&mut self, room: &str, token: Option<&str>) -> Result<(), RequestError> {
         RoomName::parse(room).map_err(|_| RequestError::InvalidRoom)?;
         let entry = self.rooms.entry(room.to_string()).or_insert(Room {
@@ -350,6 +362,7 @@ impl ClientSession {
     pub fn transport_closed(&mut self) {
         self.state = State::Disconnected;
         self.transmit.clear();
+        self.early.clear();
         for id in std::mem::take(&mut self.requests).into_keys() {
             self.events.push_back(ClientEvent::Reply {
                 id,
@@ -419,6 +432,9 @@ impl ClientSession {
                     self.subscribed(r);
                 }
                 self.events.push_back(ClientEvent::Connected(welcome));
+                for ev in std::mem::take(&mut self.early) {
+                    self.handle_event(ev);
+                }
                 let wanted: Vec<String> = self
                     .rooms
                     .iter()
@@ -430,27 +446,7 @@ impl ClientSession {
                 }
             }
             Some(S::Reply(reply)) => self.handle_reply(reply),
-            Some(S::Event(ev)) => {
-                let Some(room) = self.rooms.get_mut(&ev.room) else { return };
-                let fresh = match &room.position {
-                    Some(p) if p.epoch == ev.epoch => ev.offset > p.offset,
-                    _ => true,
-                };
-                if !fresh {
-                    return;
-                }
-                room.position = Some(pb::StreamPosition {
-                    epoch: ev.epoch.clone(),
-                    offset: ev.offset,
-                });
-                if let Some(event) = ev.event {
-                    self.events.push_back(ClientEvent::Event {
-                        room: ev.room,
-                        offset: ev.offset,
-                        event,
-                    });
-                }
-            }
+            Some(S::Event(ev)) => self.handle_event(ev),
             Some(S::Ephemeral(ep)) => {
                 if let Some(event) = ep.event {
                     self.events.push_back(ClientEvent::Ephemeral { room: ep.room, event });
@@ -466,6 +462,34 @@ impl ClientSession {
                     reconnect: advice,
                 });
             }
+        }
+    }
+
+    fn handle_event(&mut self, ev: pb::RoomEvent) {
+        let Some(room) = self.rooms.get_mut(&ev.room) else {
+            // On WebTransport an automatic room's events may overtake the Welcome.
+            if self.state == State::AwaitingWelcome && self.early.len() < MAX_EARLY_EVENTS {
+                self.early.push(ev);
+            }
+            return;
+        };
+        let fresh = match &room.position {
+            Some(p) if p.epoch == ev.epoch => ev.offset > p.offset,
+            _ => true,
+        };
+        if !fresh {
+            return;
+        }
+        room.position = Some(pb::StreamPosition {
+            epoch: ev.epoch.clone(),
+            offset: ev.offset,
+        });
+        if let Some(event) = ev.event {
+            self.events.push_back(ClientEvent::Event {
+                room: ev.room,
+                offset: ev.offset,
+                event,
+            });
         }
     }
 

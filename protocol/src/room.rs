@@ -17,7 +17,8 @@ pub enum RoomKind {
     Contact(u64),
     /// `account:ID`: everyone of an account.
     Account(u64),
-    /// `inbox:ID`: members of an inbox and the account's administrators.
+    /// `inbox:ID`: members of an inbox and the account's administrators (a token lists the
+    /// inboxes its holder may read; for administrators, every inbox of the account).
     Inbox(u64),
     /// `conversation:ID`: granted per conversation by a backend-signed subscription token.
     Conversation(u64),

@@ -280,7 +280,7 @@ async fn disconnect(State(state): State<HttpState>, headers: HeaderMap, body: By
         Some(rest) => (true, rest),
         None => (false, req.user_id.as_str()),
     };
-    let id: u64 = id.parse().map_err(|_| {
+    let id: u64 = id.parse().ok().filter(|n: &u64| *n > 0 && n.to_string() == id).ok_or(()).map_err(|_| {
         ApiError::new(
             format,
             StatusCode::BAD_REQUEST,

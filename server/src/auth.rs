@@ -212,6 +212,12 @@ impl Authenticator {
 
     fn decode<C: serde::de::DeserializeOwned>(&self, token: &str) -> Result<C, AuthError> {
         use jsonwebtoken::errors::ErrorKind;
+        // The header is checked first: an unknown or other algorithm (`none`, HS256 against
+        // a public key) is refused before anything else is looked at.
+        let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        if header.alg != self.key.algorithm {
+            return Err(AuthError::Invalid(format!("algorithm {:?} not accepted", header.alg)));
+        }
         jsonwebtoken::decode::<C>(token, &self.key.key, &self.validation)
             .map(|data| data.claims)
             .map_err(|e| match e.kind() {

@@ -369,6 +369,10 @@ impl Driver {
     async fn command(&mut self, cmd: Command, link: Option<&mut Link>) {
         match cmd {
             Command::Subscribe { room, token, since, done } => {
+                if since.is_none() && self.session.is_live(&room) {
+                    let _ = done.send(Ok((false, 0)));
+                    return;
+                }
                 let result = match since {
                     Some(since) => self.session.subscribe_from(&room, token.as_deref(), since),
                     None => self.session.subscribe(&room, token.as_deref()),
