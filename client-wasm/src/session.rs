@@ -535,3 +535,193 @@ pub fn needs_new_token(code: Option<u32>) -> bool {
         Some(DisconnectCode::TokenExpired | DisconnectCode::Unauthorized)
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn welcome(rooms: &[(&str, &str, u64, bool)]) -> pb::ServerFrame {
+        pb::ServerFrame {
+            kind: Some(S::Welcome(pb::Welcome {
+                heartbeat_interval_ms: 10_000,
+                rooms: rooms
+                    .iter()
+                    .map(|(room, epoch, offset, recovered)| pb::SubscribeResult {
+                        room: room.to_string(),
+                        epoch: epoch.to_string(),
+                        offset: *offset,
+                        recovered: *recovered,
+                        replayed: 0,
+                    })
+                    .collect(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn event(room: &str, epoch: &str, offset: u64) -> pb::ServerFrame {
+        pb::ServerFrame {
+            kind: Some(S::Event(pb::RoomEvent {
+                room: room.into(),
+                epoch: epoch.into(),
+                offset,
+                event: Some(pb::Event { name: format!("e{offset}"), ..Default::default() }),
+            })),
+        }
+    }
+
+    fn sub_reply(id: u32, room: &str, epoch: &str, offset: u64, recovered: bool) -> pb::ServerFrame {
+        pb::ServerFrame {
+            kind: Some(S::Reply(pb::Reply {
+                id,
+                subscribed: Some(pb::SubscribeResult {
+                    room: room.into(),
+                    epoch: epoch.into(),
+                    offset,
+                    recovered,
+                    replayed: 0,
+                }),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn drain(s: &mut ClientSession) -> Vec<ClientEvent> {
+        std::iter::from_fn(|| s.poll_event()).collect()
+    }
+
+    fn sent(s: &mut ClientSession, now: Instant) -> Vec<pb::ClientFrame> {
+        std::iter::from_fn(|| s.poll_transmit(now)).collect()
+    }
+
+    fn offsets(events: &[ClientEvent]) -> Vec<u64> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                ClientEvent::Event { offset, .. } => Some(*offset),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rooms_resume_from_their_last_position_after_a_reconnect() {
+        let t0 = Instant::now();
+        let mut s = ClientSession::new("t", "0", t0);
+        s.subscribe("public:a", None).unwrap();
+        s.connect("tok", t0);
+        assert!(matches!(sent(&mut s, t0)[0].kind, Some(C::Hello(_))));
+        s.handle_frame(welcome(&[("user:1", "u", 0, false)]), t0);
+        let subs = sent(&mut s, t0);
+        let Some(C::Subscribe(sub)) = &subs[0].kind else { panic!() };
+        assert_eq!((sub.room.as_str(), sub.since.is_none()), ("public:a", true));
+        s.handle_frame(sub_reply(subs[0].id, "public:a", "E", 5, false), t0);
+        for o in 6..=8 {
+            s.handle_frame(event("public:a", "E", o), t0);
+        }
+        s.handle_frame(event("user:1", "u", 1), t0);
+        assert_eq!(offsets(&drain(&mut s)), vec![6, 7, 8, 1]);
+
+        s.transport_closed();
+        s.connect("tok", t0);
+        let hello = sent(&mut s, t0);
+        let Some(C::Hello(h)) = &hello[0].kind else { panic!() };
+        assert_eq!(h.recover.len(), 1, "the automatic room resumes through Hello");
+        assert_eq!(h.recover[0].position.as_ref().unwrap().offset, 1);
+        s.handle_frame(welcome(&[("user:1", "u", 1, true)]), t0);
+        let subs = sent(&mut s, t0);
+        let Some(C::Subscribe(sub)) = &subs[0].kind else { panic!() };
+        assert_eq!(sub.since.as_ref().unwrap().offset, 8);
+        // Replays, possibly overlapping what was seen: duplicates are dropped.
+        s.handle_frame(event("public:a", "E", 8), t0);
+        s.handle_frame(event("public:a", "E", 9), t0);
+        s.handle_frame(sub_reply(subs[0].id, "public:a", "E", 10, true), t0);
+        s.handle_frame(event("public:a", "E", 10), t0);
+        s.handle_frame(event("public:a", "E", 9), t0);
+        let events = drain(&mut s);
+        assert_eq!(offsets(&events), vec![9, 10]);
+        assert!(events.iter().any(|e| matches!(e, ClientEvent::Subscribed { resumed: true, recovered: true, .. })));
+        assert!(!events.iter().any(|e| matches!(e, ClientEvent::RecoveryFailed { .. })));
+    }
+
+    #[test]
+    fn an_unrecoverable_gap_is_reported_and_the_position_jumps_to_the_top() {
+        let t0 = Instant::now();
+        let mut s = ClientSession::new("t", "0", t0);
+        s.subscribe_from("public:a", None, pb::StreamPosition { epoch: "E".into(), offset: 3 }).unwrap();
+        s.connect("tok", t0);
+        s.handle_frame(welcome(&[]), t0);
+        let subs: Vec<_> = sent(&mut s, t0).into_iter().filter(|f| matches!(f.kind, Some(C::Subscribe(_)))).collect();
+        s.handle_frame(sub_reply(subs[0].id, "public:a", "F", 40, false), t0);
+        let events = drain(&mut s);
+        assert!(events.contains(&ClientEvent::RecoveryFailed { room: "public:a".into() }));
+        assert_eq!(s.position("public:a").unwrap(), &pb::StreamPosition { epoch: "F".into(), offset: 40 });
+        s.handle_frame(event("public:a", "F", 40), t0);
+        s.handle_frame(event("public:a", "F", 41), t0);
+        assert_eq!(offsets(&drain(&mut s)), vec![41]);
+    }
+
+    #[test]
+    fn events_that_overtake_the_welcome_are_kept() {
+        let t0 = Instant::now();
+        let mut s = ClientSession::new("t", "0", t0);
+        s.connect("tok", t0);
+        s.handle_frame(event("user:1", "u", 1), t0);
+        s.handle_frame(welcome(&[("user:1", "u", 0, false)]), t0);
+        assert_eq!(offsets(&drain(&mut s)), vec![1]);
+    }
+
+    #[test]
+    fn heartbeats_are_sent_and_a_silent_server_is_declared_dead() {
+        let t0 = Instant::now();
+        let mut s = ClientSession::new("t", "0", t0);
+        s.connect("tok", t0);
+        sent(&mut s, t0);
+        s.handle_frame(welcome(&[]), t0);
+        assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(10)));
+        s.handle_timeout(t0 + Duration::from_secs(10));
+        let ping = sent(&mut s, t0 + Duration::from_secs(10));
+        assert!(matches!(ping[0].kind, Some(C::Ping(_))));
+        // Dead after twice the heartbeat plus 5 s of silence.
+        s.handle_timeout(t0 + Duration::from_millis(24_999));
+        assert!(s.is_ready());
+        s.handle_timeout(t0 + Duration::from_secs(25));
+        assert!(!s.is_ready());
+        assert!(drain(&mut s).iter().any(|e| matches!(e, ClientEvent::Disconnected { code: None, reconnect: Some(_), .. })));
+    }
+
+    #[test]
+    fn requests_in_flight_fail_when_the_connection_drops() {
+        let t0 = Instant::now();
+        let mut s = ClientSession::new("t", "0", t0);
+        assert_eq!(s.publish("public:a", pb::Event::default()), Err(RequestError::NotConnected));
+        s.connect("tok", t0);
+        s.handle_frame(welcome(&[]), t0);
+        let id = s.publish("public:a", pb::Event::default()).unwrap();
+        s.transport_closed();
+        assert!(drain(&mut s).iter().any(|e| matches!(e, ClientEvent::Reply { id: i, result: Err(_) } if *i == id)));
+    }
+
+    #[test]
+    fn server_disconnect_advice_is_passed_on() {
+        let t0 = Instant::now();
+        let mut s = ClientSession::new("t", "0", t0);
+        s.connect("tok", t0);
+        s.handle_frame(
+            pb::ServerFrame {
+                kind: Some(S::Disconnect(DisconnectCode::Shutdown.frame("bye"))),
+            },
+            t0,
+        );
+        assert_eq!(
+            drain(&mut s),
+            vec![ClientEvent::Disconnected {
+                code: Some(3001),
+                reason: "bye".into(),
+                reconnect: Some(Duration::from_millis(500)),
+            }]
+        );
+        assert!(needs_new_token(Some(DisconnectCode::TokenExpired.code())));
+        assert!(!needs_new_token(Some(DisconnectCode::Shutdown.code())));
+    }
+}
