@@ -18,7 +18,8 @@ pub use session::{ClientEvent, ClientSession, RequestError, needs_new_token};
 
 #[cfg(not(target_arch = "wasm32"))]
 pub use native::{
-    Client, ClientConfig, ClientError, ConnectionState, TokenProvider, TransportKind, TransportPreference, fixed_token,
+    Client, ClientConfig, ClientError, ConnectionState, TokenProvider, TransportKind,
+    TransportPreference, fixed_token,
 };
 
 pub use rtgate_protocol as protocol;

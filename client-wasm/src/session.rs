@@ -158,7 +158,10 @@ impl ClientSession {
     }
 
     fn send(&mut self, id: u32, kind: C) {
-        self.transmit.push_back(pb::ClientFrame { id, kind: Some(kind) });
+        self.transmit.push_back(pb::ClientFrame {
+            id,
+            kind: Some(kind),
+        });
     }
 
     /// Whether the session is welcomed and usable.
@@ -205,7 +208,9 @@ impl ClientSession {
 
     fn send_subscribe(&mut self, name: &str) {
         let id = self.id();
-        let Some(room) = self.rooms.get_mut(name) else { return };
+        let Some(room) = self.rooms.get_mut(name) else {
+            return;
+        };
         room.status = RoomStatus::Joining(id);
         room.resuming = room.position.is_some();
         let since = room.position.clone();
@@ -222,7 +227,9 @@ impl ClientSession {
 
     /// Whether a room is joined and live.
     pub fn is_live(&self, room: &str) -> bool {
-        self.rooms.get(room).is_some_and(|r| r.status == RoomStatus::Live)
+        self.rooms
+            .get(room)
+            .is_some_and(|r| r.status == RoomStatus::Live)
     }
 
     /// Joins `room` (now if ready, else on connect), with an optional subscription token.
@@ -244,7 +251,12 @@ impl ClientSession {
     }
 
     /// Joins `room` resuming from a position the application kept (e.g. across restarts).
-    pub fn subscribe_from(&mut self, room: &str, token: Option<&str>, since: pb::StreamPosition) -> Result<(), RequestError> {
+    pub fn subscribe_from(
+        &mut self,
+        room: &str,
+        token: Option<&str>,
+        since: pb::StreamPosition,
+    ) -> Result<(), RequestError> {
         RoomName::parse(room).map_err(|_| RequestError::InvalidRoom)?;
         self.rooms.insert(
             room.to_string(),
@@ -280,7 +292,8 @@ impl ClientSession {
         if self.state != State::Ready || entry.status == RoomStatus::Wanted {
             return Ok(None);
         }
-        self.request(C::Unsubscribe(pb::Unsubscribe { room: room.into() })).map(Some)
+        self.request(C::Unsubscribe(pb::Unsubscribe { room: room.into() }))
+            .map(Some)
     }
 
     /// Publishes a client event to a joined room.
@@ -306,7 +319,9 @@ impl ClientSession {
 
     /// Sends a fresh token for the live connection.
     pub fn refresh(&mut self, token: &str) -> Result<u32, RequestError> {
-        self.request(C::Refresh(pb::RefreshToken { token: token.into() }))
+        self.request(C::Refresh(pb::RefreshToken {
+            token: token.into(),
+        }))
     }
 
     /// The next frame to send.
@@ -378,7 +393,9 @@ impl ClientSession {
     }
 
     fn subscribed(&mut self, result: &pb::SubscribeResult) {
-        let Some(room) = self.rooms.get_mut(&result.room) else { return };
+        let Some(room) = self.rooms.get_mut(&result.room) else {
+            return;
+        };
         room.status = RoomStatus::Live;
         let resumed = room.resuming;
         if !result.recovered {
@@ -416,7 +433,8 @@ impl ClientSession {
             None => {}
             Some(S::Welcome(welcome)) => {
                 self.state = State::Ready;
-                self.heartbeat = Duration::from_millis(u64::from(welcome.heartbeat_interval_ms.max(1000)));
+                self.heartbeat =
+                    Duration::from_millis(u64::from(welcome.heartbeat_interval_ms.max(1000)));
                 for r in &welcome.rooms {
                     self.rooms.entry(r.room.clone()).or_insert(Room {
                         status: RoomStatus::Live,
@@ -449,13 +467,18 @@ impl ClientSession {
             Some(S::Event(ev)) => self.handle_event(ev),
             Some(S::Ephemeral(ep)) => {
                 if let Some(event) = ep.event {
-                    self.events.push_back(ClientEvent::Ephemeral { room: ep.room, event });
+                    self.events.push_back(ClientEvent::Ephemeral {
+                        room: ep.room,
+                        event,
+                    });
                 }
             }
             Some(S::Pong(_)) => {}
             Some(S::Disconnect(d)) => {
                 self.transport_closed();
-                let advice = d.reconnect.then(|| Duration::from_millis(u64::from(d.reconnect_after_ms)));
+                let advice = d
+                    .reconnect
+                    .then(|| Duration::from_millis(u64::from(d.reconnect_after_ms)));
                 self.events.push_back(ClientEvent::Disconnected {
                     code: Some(d.code),
                     reason: d.reason,
@@ -495,7 +518,8 @@ impl ClientSession {
 
     fn handle_reply(&mut self, reply: pb::Reply) {
         if let Some(result) = &reply.subscribed {
-            if matches!(self.rooms.get(&result.room).map(|r| &r.status), Some(RoomStatus::Joining(id)) if *id == reply.id) {
+            if matches!(self.rooms.get(&result.room).map(|r| &r.status), Some(RoomStatus::Joining(id)) if *id == reply.id)
+            {
                 self.subscribed(result);
             }
             return;
@@ -514,7 +538,8 @@ impl ClientSession {
                 return;
             }
             self.rooms.remove(&room);
-            self.events.push_back(ClientEvent::SubscribeFailed { room, error });
+            self.events
+                .push_back(ClientEvent::SubscribeFailed { room, error });
             return;
         }
         if self.requests.remove(&reply.id).is_some() {
@@ -565,12 +590,21 @@ mod tests {
                 room: room.into(),
                 epoch: epoch.into(),
                 offset,
-                event: Some(pb::Event { name: format!("e{offset}"), ..Default::default() }),
+                event: Some(pb::Event {
+                    name: format!("e{offset}"),
+                    ..Default::default()
+                }),
             })),
         }
     }
 
-    fn sub_reply(id: u32, room: &str, epoch: &str, offset: u64, recovered: bool) -> pb::ServerFrame {
+    fn sub_reply(
+        id: u32,
+        room: &str,
+        epoch: &str,
+        offset: u64,
+        recovered: bool,
+    ) -> pb::ServerFrame {
         pb::ServerFrame {
             kind: Some(S::Reply(pb::Reply {
                 id,
@@ -613,7 +647,9 @@ mod tests {
         assert!(matches!(sent(&mut s, t0)[0].kind, Some(C::Hello(_))));
         s.handle_frame(welcome(&[("user:1", "u", 0, false)]), t0);
         let subs = sent(&mut s, t0);
-        let Some(C::Subscribe(sub)) = &subs[0].kind else { panic!() };
+        let Some(C::Subscribe(sub)) = &subs[0].kind else {
+            panic!()
+        };
         assert_eq!((sub.room.as_str(), sub.since.is_none()), ("public:a", true));
         s.handle_frame(sub_reply(subs[0].id, "public:a", "E", 5, false), t0);
         for o in 6..=8 {
@@ -625,12 +661,20 @@ mod tests {
         s.transport_closed();
         s.connect("tok", t0);
         let hello = sent(&mut s, t0);
-        let Some(C::Hello(h)) = &hello[0].kind else { panic!() };
-        assert_eq!(h.recover.len(), 1, "the automatic room resumes through Hello");
+        let Some(C::Hello(h)) = &hello[0].kind else {
+            panic!()
+        };
+        assert_eq!(
+            h.recover.len(),
+            1,
+            "the automatic room resumes through Hello"
+        );
         assert_eq!(h.recover[0].position.as_ref().unwrap().offset, 1);
         s.handle_frame(welcome(&[("user:1", "u", 1, true)]), t0);
         let subs = sent(&mut s, t0);
-        let Some(C::Subscribe(sub)) = &subs[0].kind else { panic!() };
+        let Some(C::Subscribe(sub)) = &subs[0].kind else {
+            panic!()
+        };
         assert_eq!(sub.since.as_ref().unwrap().offset, 8);
         // Replays, possibly overlapping what was seen: duplicates are dropped.
         s.handle_frame(event("public:a", "E", 8), t0);
@@ -640,22 +684,52 @@ mod tests {
         s.handle_frame(event("public:a", "E", 9), t0);
         let events = drain(&mut s);
         assert_eq!(offsets(&events), vec![9, 10]);
-        assert!(events.iter().any(|e| matches!(e, ClientEvent::Subscribed { resumed: true, recovered: true, .. })));
-        assert!(!events.iter().any(|e| matches!(e, ClientEvent::RecoveryFailed { .. })));
+        assert!(events.iter().any(|e| matches!(
+            e,
+            ClientEvent::Subscribed {
+                resumed: true,
+                recovered: true,
+                ..
+            }
+        )));
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e, ClientEvent::RecoveryFailed { .. }))
+        );
     }
 
     #[test]
     fn an_unrecoverable_gap_is_reported_and_the_position_jumps_to_the_top() {
         let t0 = Instant::now();
         let mut s = ClientSession::new("t", "0", t0);
-        s.subscribe_from("public:a", None, pb::StreamPosition { epoch: "E".into(), offset: 3 }).unwrap();
+        s.subscribe_from(
+            "public:a",
+            None,
+            pb::StreamPosition {
+                epoch: "E".into(),
+                offset: 3,
+            },
+        )
+        .unwrap();
         s.connect("tok", t0);
         s.handle_frame(welcome(&[]), t0);
-        let subs: Vec<_> = sent(&mut s, t0).into_iter().filter(|f| matches!(f.kind, Some(C::Subscribe(_)))).collect();
+        let subs: Vec<_> = sent(&mut s, t0)
+            .into_iter()
+            .filter(|f| matches!(f.kind, Some(C::Subscribe(_))))
+            .collect();
         s.handle_frame(sub_reply(subs[0].id, "public:a", "F", 40, false), t0);
         let events = drain(&mut s);
-        assert!(events.contains(&ClientEvent::RecoveryFailed { room: "public:a".into() }));
-        assert_eq!(s.position("public:a").unwrap(), &pb::StreamPosition { epoch: "F".into(), offset: 40 });
+        assert!(events.contains(&ClientEvent::RecoveryFailed {
+            room: "public:a".into()
+        }));
+        assert_eq!(
+            s.position("public:a").unwrap(),
+            &pb::StreamPosition {
+                epoch: "F".into(),
+                offset: 40
+            }
+        );
         s.handle_frame(event("public:a", "F", 40), t0);
         s.handle_frame(event("public:a", "F", 41), t0);
         assert_eq!(offsets(&drain(&mut s)), vec![41]);
@@ -687,19 +761,33 @@ mod tests {
         assert!(s.is_ready());
         s.handle_timeout(t0 + Duration::from_secs(25));
         assert!(!s.is_ready());
-        assert!(drain(&mut s).iter().any(|e| matches!(e, ClientEvent::Disconnected { code: None, reconnect: Some(_), .. })));
+        assert!(drain(&mut s).iter().any(|e| matches!(
+            e,
+            ClientEvent::Disconnected {
+                code: None,
+                reconnect: Some(_),
+                ..
+            }
+        )));
     }
 
     #[test]
     fn requests_in_flight_fail_when_the_connection_drops() {
         let t0 = Instant::now();
         let mut s = ClientSession::new("t", "0", t0);
-        assert_eq!(s.publish("public:a", pb::Event::default()), Err(RequestError::NotConnected));
+        assert_eq!(
+            s.publish("public:a", pb::Event::default()),
+            Err(RequestError::NotConnected)
+        );
         s.connect("tok", t0);
         s.handle_frame(welcome(&[]), t0);
         let id = s.publish("public:a", pb::Event::default()).unwrap();
         s.transport_closed();
-        assert!(drain(&mut s).iter().any(|e| matches!(e, ClientEvent::Reply { id: i, result: Err(_) } if *i == id)));
+        assert!(
+            drain(&mut s)
+                .iter()
+                .any(|e| matches!(e, ClientEvent::Reply { id: i, result: Err(_) } if *i == id))
+        );
     }
 
     #[test]

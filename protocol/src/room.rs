@@ -94,7 +94,8 @@ impl RoomName {
 }
 
 fn parse_id(s: &str) -> Result<u64, RoomNameError> {
-    if s.is_empty() || s.len() > 20 || s.starts_with('0') || !s.bytes().all(|b| b.is_ascii_digit()) {
+    if s.is_empty() || s.len() > 20 || s.starts_with('0') || !s.bytes().all(|b| b.is_ascii_digit())
+    {
         return Err(RoomNameError::BadId);
     }
     s.parse().map_err(|_| RoomNameError::BadId)
@@ -158,23 +159,51 @@ mod tests {
     #[test]
     fn accepts_the_documented_forms() {
         assert_eq!(RoomName::parse("user:7").unwrap().kind(), RoomKind::User(7));
-        assert_eq!(RoomName::parse("contact:3").unwrap().kind(), RoomKind::Contact(3));
-        assert_eq!(RoomName::parse("account:1").unwrap().kind(), RoomKind::Account(1));
-        assert_eq!(RoomName::parse("inbox:12").unwrap().kind(), RoomKind::Inbox(12));
         assert_eq!(
-            RoomName::parse("conversation:18446744073709551615").unwrap().kind(),
+            RoomName::parse("contact:3").unwrap().kind(),
+            RoomKind::Contact(3)
+        );
+        assert_eq!(
+            RoomName::parse("account:1").unwrap().kind(),
+            RoomKind::Account(1)
+        );
+        assert_eq!(
+            RoomName::parse("inbox:12").unwrap().kind(),
+            RoomKind::Inbox(12)
+        );
+        assert_eq!(
+            RoomName::parse("conversation:18446744073709551615")
+                .unwrap()
+                .kind(),
             RoomKind::Conversation(u64::MAX)
         );
-        assert_eq!(RoomName::parse("public:lobby-1.a_b").unwrap().kind(), RoomKind::Public);
+        assert_eq!(
+            RoomName::parse("public:lobby-1.a_b").unwrap().kind(),
+            RoomKind::Public
+        );
         assert_eq!(RoomName::user(7).as_str(), "user:7");
     }
 
     #[test]
     fn refuses_non_canonical_and_unknown_forms() {
         for bad in [
-            "", "user", "user:", "user:07", "user:0", "user:-1", "user:+1", "user:1a", "user: 1",
-            "USER:1", "room:1", "public:", "public:Lobby", "public:a b", "public:a/b",
-            "conversation:18446744073709551616", "inbox:1:2",
+            "",
+            "user",
+            "user:",
+            "user:07",
+            "user:0",
+            "user:-1",
+            "user:+1",
+            "user:1a",
+            "user: 1",
+            "USER:1",
+            "room:1",
+            "public:",
+            "public:Lobby",
+            "public:a b",
+            "public:a/b",
+            "conversation:18446744073709551616",
+            "inbox:1:2",
         ] {
             assert!(RoomName::parse(bad).is_err(), "{bad:?} was accepted");
         }

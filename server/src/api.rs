@@ -110,7 +110,11 @@ fn formats(headers: &HeaderMap) -> (Format, Format) {
     (req, resp)
 }
 
-fn respond<T: Message + serde::Serialize>(format: Format, status: StatusCode, body: &T) -> Response {
+fn respond<T: Message + serde::Serialize>(
+    format: Format,
+    status: StatusCode,
+    body: &T,
+) -> Response {
     match format {
         Format::Protobuf => (
             status,
@@ -131,7 +135,12 @@ struct ApiError {
 }
 
 impl ApiError {
-    fn new(format: Format, status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
+    fn new(
+        format: Format,
+        status: StatusCode,
+        code: ErrorCode,
+        message: impl Into<String>,
+    ) -> Self {
         ApiError {
             status,
             code,
@@ -148,9 +157,12 @@ impl ApiError {
                 ErrorCode::Unavailable,
                 "engine unavailable; retry with the same event id (receivers drop duplicates by id)",
             ),
-            EngineError::Internal(_) => {
-                ApiError::new(format, StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, "engine failure")
-            }
+            EngineError::Internal(_) => ApiError::new(
+                format,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+                "engine failure",
+            ),
         }
     }
 }
@@ -189,7 +201,10 @@ fn authorize(state: &HttpState, headers: &HeaderMap, format: Format) -> Result<(
     Ok(())
 }
 
-fn decode<T: Message + Default + serde::de::DeserializeOwned>(format: Format, body: &[u8]) -> Result<T, ApiError> {
+fn decode<T: Message + Default + serde::de::DeserializeOwned>(
+    format: Format,
+    body: &[u8],
+) -> Result<T, ApiError> {
     let result = match format {
         Format::Protobuf => T::decode(body).map_err(|e| e.to_string()),
         Format::Json => serde_json::from_slice(body).map_err(|e| e.to_string()),
@@ -203,10 +218,15 @@ fn unix_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-async fn publish(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+async fn publish(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let (req_format, format) = formats(&headers);
     authorize(&state, &headers, format)?;
-    let req: pb::PublishRequest = decode(req_format, &body).map_err(|e| ApiError { format, ..e })?;
+    let req: pb::PublishRequest =
+        decode(req_format, &body).map_err(|e| ApiError { format, ..e })?;
     let bad = |msg: String, code| ApiError::new(format, StatusCode::BAD_REQUEST, code, msg);
     let Some(mut event) = req.event else {
         return Err(bad("event is required".into(), ErrorCode::BadRequest));
@@ -215,12 +235,20 @@ async fn publish(State(state): State<HttpState>, headers: HeaderMap, body: Bytes
         return Err(bad("event.name is required".into(), ErrorCode::BadRequest));
     }
     if req.rooms.is_empty() || req.rooms.len() > MAX_PUBLISH_ROOMS {
-        return Err(bad(format!("between 1 and {MAX_PUBLISH_ROOMS} rooms"), ErrorCode::BadRequest));
+        return Err(bad(
+            format!("between 1 and {MAX_PUBLISH_ROOMS} rooms"),
+            ErrorCode::BadRequest,
+        ));
     }
     let mut rooms = Vec::with_capacity(req.rooms.len());
     for r in &req.rooms {
         let room = RoomName::parse(r).map_err(|e| {
-            ApiError::new(format, StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidRoom, format!("{r:?}: {e}"))
+            ApiError::new(
+                format,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::InvalidRoom,
+                format!("{r:?}: {e}"),
+            )
         })?;
         rooms.push(room);
     }
@@ -232,16 +260,23 @@ async fn publish(State(state): State<HttpState>, headers: HeaderMap, body: Bytes
     }
     let mut positions = Vec::with_capacity(rooms.len());
     for room in &rooms {
-        let pos = tokio::time::timeout(std::time::Duration::from_secs(5), state.node.engine.publish(room, &event))
-            .await
-            .unwrap_or_else(|_| Err(EngineError::Unavailable("timeout".into())))
-            .map_err(|e| ApiError::engine(format, &e))?;
+        let pos = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            state.node.engine.publish(room, &event),
+        )
+        .await
+        .unwrap_or_else(|_| Err(EngineError::Unavailable("timeout".into())))
+        .map_err(|e| ApiError::engine(format, &e))?;
         positions.push(pb::RoomPosition {
             room: room.to_string(),
             position: Some(pos.to_pb()),
         });
     }
-    Ok(respond(format, StatusCode::OK, &pb::PublishResponse { positions }))
+    Ok(respond(
+        format,
+        StatusCode::OK,
+        &pb::PublishResponse { positions },
+    ))
 }
 
 async fn room_info(
@@ -252,7 +287,12 @@ async fn room_info(
     let (_, format) = formats(&headers);
     authorize(&state, &headers, format)?;
     let room = RoomName::parse(&room).map_err(|e| {
-        ApiError::new(format, StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidRoom, e.to_string())
+        ApiError::new(
+            format,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::InvalidRoom,
+            e.to_string(),
+        )
     })?;
     let info = state
         .node
@@ -272,27 +312,43 @@ async fn room_info(
     ))
 }
 
-async fn disconnect(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+async fn disconnect(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let (req_format, format) = formats(&headers);
     authorize(&state, &headers, format)?;
-    let req: pb::DisconnectUserRequest = decode(req_format, &body).map_err(|e| ApiError { format, ..e })?;
+    let req: pb::DisconnectUserRequest =
+        decode(req_format, &body).map_err(|e| ApiError { format, ..e })?;
     let (contact, id) = match req.user_id.strip_prefix("contact:") {
         Some(rest) => (true, rest),
         None => (false, req.user_id.as_str()),
     };
-    let id: u64 = id.parse().ok().filter(|n: &u64| *n > 0 && n.to_string() == id).ok_or(()).map_err(|_| {
-        ApiError::new(
-            format,
-            StatusCode::BAD_REQUEST,
-            ErrorCode::BadRequest,
-            "user_id is a user id (\"7\") or a contact (\"contact:7\")",
-        )
-    })?;
-    let reason = if req.reason.is_empty() { "disconnected by the server" } else { &req.reason };
+    let id: u64 = id
+        .parse()
+        .ok()
+        .filter(|n: &u64| *n > 0 && n.to_string() == id)
+        .ok_or(())
+        .map_err(|_| {
+            ApiError::new(
+                format,
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                "user_id is a user id (\"7\") or a contact (\"contact:7\")",
+            )
+        })?;
+    let reason = if req.reason.is_empty() {
+        "disconnected by the server"
+    } else {
+        &req.reason
+    };
     let n = state.node.kick(contact, id, reason);
     Ok(respond(
         format,
         StatusCode::OK,
-        &pb::DisconnectUserResponse { connections: n as u32 },
+        &pb::DisconnectUserResponse {
+            connections: n as u32,
+        },
     ))
 }

@@ -214,9 +214,13 @@ impl Authenticator {
         use jsonwebtoken::errors::ErrorKind;
         // The header is checked first: an unknown or other algorithm (`none`, HS256 against
         // a public key) is refused before anything else is looked at.
-        let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
         if header.alg != self.key.algorithm {
-            return Err(AuthError::Invalid(format!("algorithm {:?} not accepted", header.alg)));
+            return Err(AuthError::Invalid(format!(
+                "algorithm {:?} not accepted",
+                header.alg
+            )));
         }
         jsonwebtoken::decode::<C>(token, &self.key.key, &self.validation)
             .map(|data| data.claims)
@@ -229,7 +233,12 @@ impl Authenticator {
             })
     }
 
-    fn check_time(&self, exp: Option<u64>, nbf: Option<u64>, now_unix: u64) -> Result<(), AuthError> {
+    fn check_time(
+        &self,
+        exp: Option<u64>,
+        nbf: Option<u64>,
+        now_unix: u64,
+    ) -> Result<(), AuthError> {
         if let Some(exp) = exp
             && now_unix >= exp + self.leeway_secs
         {
@@ -247,7 +256,9 @@ impl Authenticator {
     pub fn verify_connection(&self, token: &str, now_unix: u64) -> Result<Principal, AuthError> {
         let claims: ConnectionClaims = self.decode(token)?;
         if claims.room.is_some() {
-            return Err(AuthError::Claims("a subscription token cannot open a connection".into()));
+            return Err(AuthError::Claims(
+                "a subscription token cannot open a connection".into(),
+            ));
         }
         self.check_time(claims.exp, claims.nbf, now_unix)?;
         let id: u64 = claims

@@ -101,6 +101,10 @@ mod tests {
                 who.id
             );
         }
-        assert!(may_join(&contact, &room("conversation:5"), Grant::SubscriptionToken));
+        assert!(may_join(
+            &contact,
+            &room("conversation:5"),
+            Grant::SubscriptionToken
+        ));
     }
 }

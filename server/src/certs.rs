@@ -40,11 +40,15 @@ pub const DEV_CERT_VALIDITY_DAYS: u32 = 14;
 
 fn leaf_hash(identity: &Identity) -> String {
     use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(identity.certificate_chain().as_slice()[0].der()))
+    hex::encode(sha2::Sha256::digest(
+        identity.certificate_chain().as_slice()[0].der(),
+    ))
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Loads `cert` and `key` (PEM).
@@ -86,7 +90,9 @@ pub async fn dev_identity(dir: &Path) -> Result<LoadedIdentity, CertError> {
         .validity_days(DEV_CERT_VALIDITY_DAYS)
         .build()
         .map_err(|e| gen_err(e.to_string()))?;
-    tokio::fs::create_dir_all(dir).await.map_err(|e| gen_err(e.to_string()))?;
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| gen_err(e.to_string()))?;
     identity
         .certificate_chain()
         .store_pemfile(&cert_path)

@@ -11,13 +11,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?} (e.g. 500ms, 10s, 5m)"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (e.g. 500ms, 10s, 5m)"))?;
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" | "" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n * 60)),
         "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("invalid duration unit in {s:?} (use ms, s, m or h)")),
+        _ => Err(format!(
+            "invalid duration unit in {s:?} (use ms, s, m or h)"
+        )),
     }
 }
 
@@ -50,7 +54,12 @@ pub struct Config {
     pub cert_dir: PathBuf,
 
     /// HS256 secret for client tokens (at least 32 bytes).
-    #[arg(long, env = "RTGATE_JWT_SECRET", conflicts_with = "jwt_public_key", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "RTGATE_JWT_SECRET",
+        conflicts_with = "jwt_public_key",
+        hide_env_values = true
+    )]
     pub jwt_secret: Option<String>,
 
     /// RS256 or ES256 public key (PEM file) for client tokens.
@@ -118,7 +127,12 @@ pub struct Config {
     pub max_room_streams: usize,
 
     /// Event names clients may publish (comma-separated; trailing * matches a suffix).
-    #[arg(long, env = "RTGATE_CLIENT_PUBLISH", default_value = "client.*", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "RTGATE_CLIENT_PUBLISH",
+        default_value = "client.*",
+        value_delimiter = ','
+    )]
     pub client_publish: Vec<String>,
 
     /// How long shutdown waits for connections to close.

@@ -115,7 +115,13 @@ pub async fn drive(
                 }
                 Action::Join { room, since } => {
                     let contact = session.principal().is_some_and(|p| p.is_contact());
-                    let sub = Subscriber::new(conn, room.clone(), contact, t.lanes.lane(&room), t.datagrams.clone());
+                    let sub = Subscriber::new(
+                        conn,
+                        room.clone(),
+                        contact,
+                        t.lanes.lane(&room),
+                        t.datagrams.clone(),
+                    );
                     subs.insert(room.clone(), sub.clone());
                     let result = with_timeout(engine.subscribe(sub, since)).await;
                     session.join_done(&room, result, Instant::now());
@@ -132,21 +138,32 @@ pub async fn drive(
                     engine.unsubscribe(&room, conn).await;
                     t.lanes.release(&room);
                 }
-                Action::Publish { id, room, mut event } => {
+                Action::Publish {
+                    id,
+                    room,
+                    mut event,
+                } => {
                     if event.id.is_empty() {
                         event.id = uuid::Uuid::new_v4().to_string();
                     }
                     let result = with_timeout(engine.publish(&room, &event)).await;
                     session.publish_done(id, result);
                 }
-                Action::Ephemeral { room, event, private } => {
+                Action::Ephemeral {
+                    room,
+                    event,
+                    private,
+                } => {
                     let frame = encode(&pb::ServerFrame {
                         kind: Some(S::Ephemeral(pb::Ephemeral {
                             room: room.to_string(),
                             event: Some(event),
                         })),
                     });
-                    if let Err(err) = engine.publish_ephemeral(&room, frame, Some(conn), private).await {
+                    if let Err(err) = engine
+                        .publish_ephemeral(&room, frame, Some(conn), private)
+                        .await
+                    {
                         tracing::debug!(%conn, %room, %err, "ephemeral event dropped");
                     }
                 }

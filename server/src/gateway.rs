@@ -84,24 +84,33 @@ impl Gateway {
     }
 
     /// Starts a gateway on the given engine.
-    pub async fn start_with_engine(config: Config, engine: Arc<dyn Engine>) -> Result<Gateway, StartError> {
+    pub async fn start_with_engine(
+        config: Config,
+        engine: Arc<dyn Engine>,
+    ) -> Result<Gateway, StartError> {
         let dev_mode = config.dev_mode();
-        let need_dev = config.jwt_secret.is_none() && config.jwt_public_key.is_none() || config.api_key.is_none();
+        let need_dev = config.jwt_secret.is_none() && config.jwt_public_key.is_none()
+            || config.api_key.is_none();
         if !dev_mode && need_dev {
             return Err(StartError::Config(
                 "production mode needs --jwt-secret or --jwt-public-key, and --api-key".into(),
             ));
         }
         if !dev_mode && config.cert.is_none() {
-            return Err(StartError::Config("production mode needs --cert and --key".into()));
+            return Err(StartError::Config(
+                "production mode needs --cert and --key".into(),
+            ));
         }
         let dev = need_dev.then(DevCredentials::generate);
 
         let key = match (&config.jwt_secret, &config.jwt_public_key) {
-            (Some(secret), _) => TokenKey::hs256(secret.as_bytes()).map_err(|e| StartError::Config(e.to_string()))?,
+            (Some(secret), _) => {
+                TokenKey::hs256(secret.as_bytes()).map_err(|e| StartError::Config(e.to_string()))?
+            }
             (None, Some(path)) => {
-                let pem = std::fs::read(path)
-                    .map_err(|e| StartError::Config(format!("cannot read {}: {e}", path.display())))?;
+                let pem = std::fs::read(path).map_err(|e| {
+                    StartError::Config(format!("cannot read {}: {e}", path.display()))
+                })?;
                 TokenKey::public_pem(&pem).map_err(|e| StartError::Config(e.to_string()))?
             }
             (None, None) => {
@@ -109,7 +118,11 @@ impl Gateway {
                 TokenKey::hs256(secret.as_bytes()).map_err(|e| StartError::Config(e.to_string()))?
             }
         };
-        let auth = Authenticator::new(key, config.jwt_issuer.as_deref(), config.jwt_audience.as_deref());
+        let auth = Authenticator::new(
+            key,
+            config.jwt_issuer.as_deref(),
+            config.jwt_audience.as_deref(),
+        );
         let api_key = config
             .api_key
             .clone()
@@ -196,7 +209,10 @@ impl Gateway {
                     }
                 }
             };
-            if let Err(err) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+            if let Err(err) = axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+            {
                 tracing::error!(%err, "http listener failed");
             }
         }));

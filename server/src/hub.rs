@@ -161,7 +161,10 @@ impl Subscriber {
         if private && self.contact {
             return;
         }
-        if !matches!(*self.state.lock().expect("subscriber lock"), SubState::Live { .. }) {
+        if !matches!(
+            *self.state.lock().expect("subscriber lock"),
+            SubState::Live { .. }
+        ) {
             return;
         }
         if let Some(d) = &self.datagrams

@@ -24,7 +24,10 @@ async fn terminate() {
 
 fn print_dev_help(gw: &Gateway) {
     let Some(dev) = &gw.dev else { return };
-    let exp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) + 86_400;
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        + 86_400;
     let token = dev.sign(&ConnectionClaims {
         sub: "1".into(),
         account_id: 1,
@@ -56,7 +59,9 @@ fn print_dev_help(gw: &Gateway) {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("RTGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_env("RTGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .init();
     let config = Config::parse();
     let drain = config.drain_timeout;

@@ -153,7 +153,9 @@ impl Node {
             if let Some((role, who)) = e.who
                 && who == id
                 && (role == Role::Contact) == contact
-                && e.control.send(ConnControl::Kick(reason.to_string())).is_ok()
+                && e.control
+                    .send(ConnControl::Kick(reason.to_string()))
+                    .is_ok()
             {
                 n += 1;
             }

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use prost::Message;
 use rtgate_protocol::pb::{self, client_frame::Kind as C, server_frame::Kind as S};
-use rtgate_protocol::{DisconnectCode, ErrorCode, FrameError, PROTOCOL_VERSION, RoomKind, RoomName};
+use rtgate_protocol::{
+    DisconnectCode, ErrorCode, FrameError, PROTOCOL_VERSION, RoomKind, RoomName,
+};
 
 use crate::auth::{AuthError, Authenticator, Principal, Role};
 use crate::authz::{Grant, may_join};
@@ -100,7 +102,9 @@ pub enum Action {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RoomState {
     /// Joining on behalf of request `id` (0 for rooms joined automatically).
-    Joining { id: u32 },
+    Joining {
+        id: u32,
+    },
     Live,
 }
 
@@ -216,7 +220,10 @@ impl Session {
                 if let Some(deadline) = self.token_deadline()
                     && now >= deadline
                 {
-                    self.close(DisconnectCode::TokenExpired, "token expired and was not refreshed");
+                    self.close(
+                        DisconnectCode::TokenExpired,
+                        "token expired and was not refreshed",
+                    );
                 } else if now >= self.last_rx + self.config.stale_timeout {
                     self.close(DisconnectCode::Stale, "no heartbeat");
                 }
@@ -230,13 +237,16 @@ impl Session {
             return;
         }
         self.state = State::Closed;
-        self.actions.push_back(Action::Close(code, reason.to_string()));
+        self.actions
+            .push_back(Action::Close(code, reason.to_string()));
     }
 
     /// The transport could not frame the input (too large, bad length).
     pub fn handle_framing_error(&mut self, err: &FrameError) {
         match err {
-            FrameError::TooLarge { .. } => self.close(DisconnectCode::FrameTooLarge, &err.to_string()),
+            FrameError::TooLarge { .. } => {
+                self.close(DisconnectCode::FrameTooLarge, &err.to_string())
+            }
             _ => self.close(DisconnectCode::BadFrame, &err.to_string()),
         }
     }
@@ -272,11 +282,17 @@ impl Session {
             State::Closed => {}
             State::AwaitingHello => match frame.kind {
                 Some(C::Hello(hello)) => self.handle_hello(hello, now),
-                _ => self.close(DisconnectCode::ProtocolViolation, "the first frame must be hello"),
+                _ => self.close(
+                    DisconnectCode::ProtocolViolation,
+                    "the first frame must be hello",
+                ),
             },
             State::Joining { queued, .. } => {
                 if queued.len() >= MAX_QUEUED_DURING_SETUP {
-                    self.close(DisconnectCode::ProtocolViolation, "too many frames before welcome");
+                    self.close(
+                        DisconnectCode::ProtocolViolation,
+                        "too many frames before welcome",
+                    );
                 } else {
                     queued.push_back(frame);
                 }
@@ -303,11 +319,15 @@ impl Session {
     }
 
     fn send(&mut self, kind: S) {
-        self.actions.push_back(Action::Send(pb::ServerFrame { kind: Some(kind) }));
+        self.actions
+            .push_back(Action::Send(pb::ServerFrame { kind: Some(kind) }));
     }
 
     fn handle_hello(&mut self, hello: pb::Hello, now: Instant) {
-        let principal = match self.auth.verify_connection(&hello.token, self.unix_ms(now) / 1000) {
+        let principal = match self
+            .auth
+            .verify_connection(&hello.token, self.unix_ms(now) / 1000)
+        {
             Ok(p) => p,
             Err(err) => {
                 self.actions.push_back(Action::AuthFailed(err.label()));
@@ -333,13 +353,19 @@ impl Session {
         self.principal = Some(principal);
         for room in auto {
             let since = recover.get(room.as_str()).cloned();
-            self.rooms.insert(room.clone(), RoomState::Joining { id: 0 });
+            self.rooms
+                .insert(room.clone(), RoomState::Joining { id: 0 });
             self.actions.push_back(Action::Join { room, since });
         }
     }
 
     /// The engine finished a [`Action::Join`].
-    pub fn join_done(&mut self, room: &RoomName, result: Result<SubscribeOutcome, EngineError>, now: Instant) {
+    pub fn join_done(
+        &mut self,
+        room: &RoomName,
+        result: Result<SubscribeOutcome, EngineError>,
+        now: Instant,
+    ) {
         let Some(RoomState::Joining { id }) = self.rooms.get(room).copied() else {
             return;
         };
@@ -349,7 +375,10 @@ impl Session {
                 self.rooms.remove(room);
                 self.actions.push_back(Action::Leave(room.clone()));
                 if let State::Joining { .. } = self.state {
-                    return self.close(DisconnectCode::ServerError, &format!("cannot join {room}: {err}"));
+                    return self.close(
+                        DisconnectCode::ServerError,
+                        &format!("cannot join {room}: {err}"),
+                    );
                 }
                 let code = match err {
                     EngineError::Unavailable(_) => ErrorCode::Unavailable,
@@ -367,7 +396,9 @@ impl Session {
             replayed: outcome.replayed,
         };
         match &mut self.state {
-            State::Joining { pending, results, .. } => {
+            State::Joining {
+                pending, results, ..
+            } => {
                 results.push(result);
                 *pending -= 1;
                 if *pending == 0 {
@@ -387,7 +418,10 @@ impl Session {
     }
 
     fn finish_setup(&mut self, now: Instant) {
-        let State::Joining { results, queued, .. } = std::mem::replace(&mut self.state, State::Active) else {
+        let State::Joining {
+            results, queued, ..
+        } = std::mem::replace(&mut self.state, State::Active)
+        else {
             return;
         };
         let principal = self.principal.as_ref().expect("set at hello");
@@ -438,12 +472,21 @@ impl Session {
             Some(C::Ping(ping)) => self.send(S::Pong(pb::Pong { nonce: ping.nonce })),
             Some(C::Subscribe(sub)) => self.handle_subscribe(id, sub, now),
             Some(C::Unsubscribe(unsub)) => {
-                let Some(room) = self.parse_room(id, &unsub.room) else { return };
+                let Some(room) = self.parse_room(id, &unsub.room) else {
+                    return;
+                };
                 if self.rooms.remove(&room).is_none() {
-                    return self.reply_error(id, ErrorCode::NotSubscribed, "not subscribed to this room");
+                    return self.reply_error(
+                        id,
+                        ErrorCode::NotSubscribed,
+                        "not subscribed to this room",
+                    );
                 }
                 self.actions.push_back(Action::Leave(room));
-                self.reply(pb::Reply { id, ..Default::default() });
+                self.reply(pb::Reply {
+                    id,
+                    ..Default::default()
+                });
             }
             Some(C::Publish(publish)) => self.handle_publish(id, publish, now),
             Some(C::Typing(typing)) => self.handle_typing(id, typing, now),
@@ -452,21 +495,32 @@ impl Session {
     }
 
     fn handle_subscribe(&mut self, id: u32, sub: pb::Subscribe, now: Instant) {
-        let Some(room) = self.parse_room(id, &sub.room) else { return };
+        let Some(room) = self.parse_room(id, &sub.room) else {
+            return;
+        };
         if self.rooms.contains_key(&room) {
-            return self.reply_error(id, ErrorCode::AlreadySubscribed, "already subscribed to this room");
+            return self.reply_error(
+                id,
+                ErrorCode::AlreadySubscribed,
+                "already subscribed to this room",
+            );
         }
         if self.rooms.len() >= self.config.max_subscriptions {
             return self.reply_error(id, ErrorCode::LimitExceeded, "too many subscriptions");
         }
-        let principal = self.principal.as_ref().expect("active sessions are authenticated");
+        let principal = self
+            .principal
+            .as_ref()
+            .expect("active sessions are authenticated");
         let grant = if sub.token.is_empty() {
             Grant::Claims
         } else {
-            match self
-                .auth
-                .verify_subscription(&sub.token, principal, &room, self.unix_ms(now) / 1000)
-            {
+            match self.auth.verify_subscription(
+                &sub.token,
+                principal,
+                &room,
+                self.unix_ms(now) / 1000,
+            ) {
                 Ok(()) => Grant::SubscriptionToken,
                 Err(err) => {
                     self.actions.push_back(Action::AuthFailed(err.label()));
@@ -483,14 +537,20 @@ impl Session {
     }
 
     fn may_publish(&self, name: &str) -> bool {
-        self.config.client_publish.iter().any(|pattern| match pattern.strip_suffix('*') {
-            Some(prefix) => name.starts_with(prefix) && name.len() > prefix.len(),
-            None => name == pattern,
-        })
+        self.config
+            .client_publish
+            .iter()
+            .any(|pattern| match pattern.strip_suffix('*') {
+                Some(prefix) => name.starts_with(prefix) && name.len() > prefix.len(),
+                None => name == pattern,
+            })
     }
 
     fn sender(&self) -> pb::Sender {
-        let principal = self.principal.as_ref().expect("active sessions are authenticated");
+        let principal = self
+            .principal
+            .as_ref()
+            .expect("active sessions are authenticated");
         pb::Sender {
             kind: if principal.is_contact() {
                 pb::sender::Kind::Contact
@@ -503,7 +563,9 @@ impl Session {
     }
 
     fn handle_publish(&mut self, id: u32, publish: pb::Publish, now: Instant) {
-        let Some(room) = self.parse_room(id, &publish.room) else { return };
+        let Some(room) = self.parse_room(id, &publish.room) else {
+            return;
+        };
         let Some(mut event) = publish.event else {
             return self.reply_error(id, ErrorCode::BadRequest, "publish without event");
         };
@@ -511,9 +573,16 @@ impl Session {
             return self.reply_error(id, ErrorCode::NotSubscribed, "not subscribed to this room");
         }
         if !self.may_publish(&event.name) {
-            return self.reply_error(id, ErrorCode::PermissionDenied, "clients may not publish this event");
+            return self.reply_error(
+                id,
+                ErrorCode::PermissionDenied,
+                "clients may not publish this event",
+            );
         }
-        let principal = self.principal.as_ref().expect("active sessions are authenticated");
+        let principal = self
+            .principal
+            .as_ref()
+            .expect("active sessions are authenticated");
         // Fields the server vouches for are never taken from the client.
         event.account_id = principal.account_id;
         event.occurred_at_ms = self.unix_ms(now) as i64;
@@ -538,14 +607,22 @@ impl Session {
             Err(EngineError::Unavailable(_)) => {
                 self.reply_error(id, ErrorCode::Unavailable, "publish failed, retry later")
             }
-            Err(EngineError::Internal(_)) => self.reply_error(id, ErrorCode::Internal, "publish failed"),
+            Err(EngineError::Internal(_)) => {
+                self.reply_error(id, ErrorCode::Internal, "publish failed")
+            }
         }
     }
 
     fn handle_typing(&mut self, id: u32, typing: pb::Typing, now: Instant) {
-        let Some(room) = self.parse_room(id, &typing.room) else { return };
+        let Some(room) = self.parse_room(id, &typing.room) else {
+            return;
+        };
         if !matches!(room.kind(), RoomKind::Conversation(_)) {
-            return self.reply_error(id, ErrorCode::BadRequest, "typing is for conversation rooms");
+            return self.reply_error(
+                id,
+                ErrorCode::BadRequest,
+                "typing is for conversation rooms",
+            );
         }
         if self.rooms.get(&room) != Some(&RoomState::Live) {
             return self.reply_error(id, ErrorCode::NotSubscribed, "not subscribed to this room");
@@ -556,11 +633,19 @@ impl Session {
             return self.reply_error(id, ErrorCode::LimitExceeded, "typing too often");
         }
         self.last_typing.insert(room.clone(), now);
-        let principal = self.principal.as_ref().expect("active sessions are authenticated");
+        let principal = self
+            .principal
+            .as_ref()
+            .expect("active sessions are authenticated");
         // Contacts cannot write private notes.
         let private = typing.private && principal.role != Role::Contact;
         let event = pb::Event {
-            name: if typing.on { "conversation.typing_on" } else { "conversation.typing_off" }.into(),
+            name: if typing.on {
+                "conversation.typing_on"
+            } else {
+                "conversation.typing_off"
+            }
+            .into(),
             account_id: principal.account_id,
             occurred_at_ms: self.unix_ms(now) as i64,
             payload: Some(pb::event::Payload::Typing(pb::TypingIndicator {
@@ -571,12 +656,22 @@ impl Session {
             })),
             ..Default::default()
         };
-        self.actions.push_back(Action::Ephemeral { room, event, private });
-        self.reply(pb::Reply { id, ..Default::default() });
+        self.actions.push_back(Action::Ephemeral {
+            room,
+            event,
+            private,
+        });
+        self.reply(pb::Reply {
+            id,
+            ..Default::default()
+        });
     }
 
     fn handle_refresh(&mut self, id: u32, token: &str, now: Instant) {
-        let current = self.principal.as_ref().expect("active sessions are authenticated");
+        let current = self
+            .principal
+            .as_ref()
+            .expect("active sessions are authenticated");
         match self.auth.verify_connection(token, self.unix_ms(now) / 1000) {
             Ok(new)
                 if new.id == current.id
@@ -594,8 +689,13 @@ impl Session {
                 });
             }
             Ok(_) => {
-                self.actions.push_back(Action::AuthFailed("refresh_mismatch"));
-                self.reply_error(id, ErrorCode::Unauthorized, "the new token is for another principal");
+                self.actions
+                    .push_back(Action::AuthFailed("refresh_mismatch"));
+                self.reply_error(
+                    id,
+                    ErrorCode::Unauthorized,
+                    "the new token is for another principal",
+                );
             }
             Err(err) => {
                 self.actions.push_back(Action::AuthFailed(err.label()));
@@ -617,7 +717,12 @@ mod tests {
     const T0_UNIX_MS: u64 = 1_900_000_000_000;
 
     fn token(claims: serde_json::Value) -> String {
-        jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(SECRET)).unwrap()
+        jsonwebtoken::encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap()
     }
 
     fn agent_token(exp_in_secs: u64) -> String {
@@ -634,15 +739,30 @@ mod tests {
             ..SessionConfig::default()
         };
         let auth = Authenticator::new(TokenKey::hs256(SECRET).unwrap(), None, None);
-        Session::new(Arc::new(config), Arc::new(auth), "s1".into(), t0, T0_UNIX_MS)
+        Session::new(
+            Arc::new(config),
+            Arc::new(auth),
+            "s1".into(),
+            t0,
+            T0_UNIX_MS,
+        )
     }
 
     fn frame(id: u32, kind: C) -> pb::ClientFrame {
-        pb::ClientFrame { id, kind: Some(kind) }
+        pb::ClientFrame {
+            id,
+            kind: Some(kind),
+        }
     }
 
     fn hello(token: &str) -> pb::ClientFrame {
-        frame(0, C::Hello(pb::Hello { token: token.into(), ..Default::default() }))
+        frame(
+            0,
+            C::Hello(pb::Hello {
+                token: token.into(),
+                ..Default::default()
+            }),
+        )
     }
 
     fn actions(s: &mut Session) -> Vec<Action> {
@@ -651,7 +771,10 @@ mod tests {
 
     fn outcome(offset: u64) -> SubscribeOutcome {
         SubscribeOutcome {
-            pos: StreamPos { epoch: Epoch::from_wire("e"), offset },
+            pos: StreamPos {
+                epoch: Epoch::from_wire("e"),
+                offset,
+            },
             recovered: false,
             replayed: 0,
         }
@@ -667,7 +790,12 @@ mod tests {
             }
         }
         let acts = actions(&mut s);
-        assert!(matches!(&acts[0], Action::Send(pb::ServerFrame { kind: Some(S::Welcome(_)) })));
+        assert!(matches!(
+            &acts[0],
+            Action::Send(pb::ServerFrame {
+                kind: Some(S::Welcome(_))
+            })
+        ));
         s
     }
 
@@ -681,7 +809,9 @@ mod tests {
     fn reply(acts: &[Action]) -> pb::Reply {
         acts.iter()
             .find_map(|a| match a {
-                Action::Send(pb::ServerFrame { kind: Some(S::Reply(r)) }) => Some(r.clone()),
+                Action::Send(pb::ServerFrame {
+                    kind: Some(S::Reply(r)),
+                }) => Some(r.clone()),
                 _ => None,
             })
             .expect("a reply")
@@ -695,7 +825,10 @@ mod tests {
         s.handle_timeout(t0 + Duration::from_millis(4999));
         assert!(actions(&mut s).is_empty());
         s.handle_timeout(t0 + Duration::from_secs(5));
-        assert_eq!(closed_with(&actions(&mut s)), Some(DisconnectCode::HelloTimeout));
+        assert_eq!(
+            closed_with(&actions(&mut s)),
+            Some(DisconnectCode::HelloTimeout)
+        );
         assert_eq!(s.poll_timeout(), None);
     }
 
@@ -711,18 +844,31 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(joins.iter().map(|r| r.as_str()).collect::<Vec<_>>(), ["user:7", "account:1"]);
+        assert_eq!(
+            joins.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+            ["user:7", "account:1"]
+        );
         s.handle_client_frame(frame(1, C::Ping(pb::Ping { nonce: 9 })), t0);
         s.join_done(&joins[0], Ok(outcome(3)), t0);
         assert!(actions(&mut s).is_empty(), "nothing before the Welcome");
         s.join_done(&joins[1], Ok(outcome(4)), t0);
         let acts = actions(&mut s);
-        let Action::Send(pb::ServerFrame { kind: Some(S::Welcome(w)) }) = &acts[0] else { panic!("{acts:?}") };
+        let Action::Send(pb::ServerFrame {
+            kind: Some(S::Welcome(w)),
+        }) = &acts[0]
+        else {
+            panic!("{acts:?}")
+        };
         assert_eq!(w.rooms.len(), 2);
-        assert_eq!(w.token_expires_at_ms, (T0_UNIX_MS / 1000 + 3600) as i64 * 1000);
+        assert_eq!(
+            w.token_expires_at_ms,
+            (T0_UNIX_MS / 1000 + 3600) as i64 * 1000
+        );
         assert!(matches!(acts[1], Action::Activate(_)));
         assert!(matches!(acts[2], Action::Activate(_)));
-        assert!(matches!(&acts[3], Action::Send(pb::ServerFrame { kind: Some(S::Pong(p)) }) if p.nonce == 9));
+        assert!(
+            matches!(&acts[3], Action::Send(pb::ServerFrame { kind: Some(S::Pong(p)) }) if p.nonce == 9)
+        );
     }
 
     #[test]
@@ -732,36 +878,58 @@ mod tests {
         // Deadline: expiry (60 s) + grace (10 s).
         assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(60)));
         // Keep the connection from going stale meanwhile.
-        s.handle_client_frame(frame(0, C::Ping(pb::Ping { nonce: 1 })), t0 + Duration::from_secs(30));
+        s.handle_client_frame(
+            frame(0, C::Ping(pb::Ping { nonce: 1 })),
+            t0 + Duration::from_secs(30),
+        );
         actions(&mut s);
         assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(70)));
         s.handle_timeout(t0 + Duration::from_secs(69));
         assert!(closed_with(&actions(&mut s)).is_none());
         s.handle_timeout(t0 + Duration::from_secs(70));
-        assert_eq!(closed_with(&actions(&mut s)), Some(DisconnectCode::TokenExpired));
+        assert_eq!(
+            closed_with(&actions(&mut s)),
+            Some(DisconnectCode::TokenExpired)
+        );
 
         // Refreshed during the grace period: the deadline moves.
         let mut s = active(t0, 60);
         let fresh = token(serde_json::json!({
             "sub": "7", "account_id": 1, "role": "agent", "exp": T0_UNIX_MS / 1000 + 3600,
         }));
-        s.handle_client_frame(frame(5, C::Refresh(pb::RefreshToken { token: fresh })), t0 + Duration::from_secs(65));
+        s.handle_client_frame(
+            frame(5, C::Refresh(pb::RefreshToken { token: fresh })),
+            t0 + Duration::from_secs(65),
+        );
         let r = reply(&actions(&mut s));
         assert_eq!(r.id, 5);
         assert!(r.error.is_none());
         s.handle_timeout(t0 + Duration::from_secs(70));
         assert!(closed_with(&actions(&mut s)).is_none());
-        assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(65 + 60)), "now the stale timer is next");
+        assert_eq!(
+            s.poll_timeout(),
+            Some(t0 + Duration::from_secs(65 + 60)),
+            "now the stale timer is next"
+        );
 
         // A refresh for another user is refused and changes nothing.
         let mut s = active(t0, 60);
         let other = token(serde_json::json!({
             "sub": "8", "account_id": 1, "role": "agent", "exp": T0_UNIX_MS / 1000 + 3600,
         }));
-        s.handle_client_frame(frame(6, C::Refresh(pb::RefreshToken { token: other })), t0 + Duration::from_secs(1));
-        assert_eq!(reply(&actions(&mut s)).error.unwrap().code, ErrorCode::Unauthorized.code());
+        s.handle_client_frame(
+            frame(6, C::Refresh(pb::RefreshToken { token: other })),
+            t0 + Duration::from_secs(1),
+        );
+        assert_eq!(
+            reply(&actions(&mut s)).error.unwrap().code,
+            ErrorCode::Unauthorized.code()
+        );
         s.handle_timeout(t0 + Duration::from_secs(70));
-        assert_eq!(closed_with(&actions(&mut s)), Some(DisconnectCode::TokenExpired));
+        assert_eq!(
+            closed_with(&actions(&mut s)),
+            Some(DisconnectCode::TokenExpired)
+        );
     }
 
     #[test]
@@ -770,7 +938,10 @@ mod tests {
         let mut s = active(t0, 100_000);
         s.handle_timeout(t0 + Duration::from_secs(59));
         assert!(actions(&mut s).is_empty());
-        s.handle_client_frame(frame(0, C::Ping(pb::Ping { nonce: 1 })), t0 + Duration::from_secs(59));
+        s.handle_client_frame(
+            frame(0, C::Ping(pb::Ping { nonce: 1 })),
+            t0 + Duration::from_secs(59),
+        );
         actions(&mut s);
         s.handle_timeout(t0 + Duration::from_secs(100));
         assert!(actions(&mut s).is_empty());
@@ -779,10 +950,26 @@ mod tests {
     }
 
     fn join(s: &mut Session, room: &str, token: &str, now: Instant) {
-        s.handle_client_frame(frame(9, C::Subscribe(pb::Subscribe { room: room.into(), since: None, token: token.into() })), now);
+        s.handle_client_frame(
+            frame(
+                9,
+                C::Subscribe(pb::Subscribe {
+                    room: room.into(),
+                    since: None,
+                    token: token.into(),
+                }),
+            ),
+            now,
+        );
         let acts = actions(s);
         let room = RoomName::parse(room).unwrap();
-        assert!(acts.contains(&Action::Join { room: room.clone(), since: None }), "{acts:?}");
+        assert!(
+            acts.contains(&Action::Join {
+                room: room.clone(),
+                since: None
+            }),
+            "{acts:?}"
+        );
         s.join_done(&room, Ok(outcome(0)), now);
         actions(s);
     }
@@ -791,25 +978,61 @@ mod tests {
     fn typing_is_for_joined_conversations_rate_limited_and_private_only_for_agents() {
         let t0 = Instant::now();
         let mut s = active(t0, 3600);
-        let typing = |on: bool| frame(1, C::Typing(pb::Typing { room: "conversation:5".into(), on, private: true }));
+        let typing = |on: bool| {
+            frame(
+                1,
+                C::Typing(pb::Typing {
+                    room: "conversation:5".into(),
+                    on,
+                    private: true,
+                }),
+            )
+        };
         s.handle_client_frame(typing(true), t0);
-        assert_eq!(reply(&actions(&mut s)).error.unwrap().code, ErrorCode::NotSubscribed.code());
+        assert_eq!(
+            reply(&actions(&mut s)).error.unwrap().code,
+            ErrorCode::NotSubscribed.code()
+        );
 
-        let grant = token(serde_json::json!({ "sub": "user:7", "room": "conversation:5", "exp": T0_UNIX_MS / 1000 + 60 }));
+        let grant = token(
+            serde_json::json!({ "sub": "user:7", "room": "conversation:5", "exp": T0_UNIX_MS / 1000 + 60 }),
+        );
         join(&mut s, "conversation:5", &grant, t0);
         s.handle_client_frame(typing(true), t0);
         let acts = actions(&mut s);
-        let Some(Action::Ephemeral { event, private, .. }) = acts.iter().find(|a| matches!(a, Action::Ephemeral { .. })) else {
+        let Some(Action::Ephemeral { event, private, .. }) =
+            acts.iter().find(|a| matches!(a, Action::Ephemeral { .. }))
+        else {
             panic!("{acts:?}")
         };
         assert!(*private);
         assert_eq!(event.name, "conversation.typing_on");
         s.handle_client_frame(typing(false), t0 + Duration::from_millis(100));
-        assert_eq!(reply(&actions(&mut s)).error.unwrap().code, ErrorCode::LimitExceeded.code());
+        assert_eq!(
+            reply(&actions(&mut s)).error.unwrap().code,
+            ErrorCode::LimitExceeded.code()
+        );
         s.handle_client_frame(typing(false), t0 + Duration::from_millis(400));
-        assert!(actions(&mut s).iter().any(|a| matches!(a, Action::Ephemeral { .. })));
-        s.handle_client_frame(frame(1, C::Typing(pb::Typing { room: "public:x".into(), on: true, private: false })), t0 + Duration::from_secs(1));
-        assert_eq!(reply(&actions(&mut s)).error.unwrap().code, ErrorCode::BadRequest.code());
+        assert!(
+            actions(&mut s)
+                .iter()
+                .any(|a| matches!(a, Action::Ephemeral { .. }))
+        );
+        s.handle_client_frame(
+            frame(
+                1,
+                C::Typing(pb::Typing {
+                    room: "public:x".into(),
+                    on: true,
+                    private: false,
+                }),
+            ),
+            t0 + Duration::from_secs(1),
+        );
+        assert_eq!(
+            reply(&actions(&mut s)).error.unwrap().code,
+            ErrorCode::BadRequest.code()
+        );
     }
 
     #[test]
@@ -817,26 +1040,53 @@ mod tests {
         let t0 = Instant::now();
         let mut s = active(t0, 3600);
         let publish = |room: &str, name: &str| {
-            frame(3, C::Publish(pb::Publish {
-                room: room.into(),
-                event: Some(pb::Event { name: name.into(), account_id: 999, ..Default::default() }),
-            }))
+            frame(
+                3,
+                C::Publish(pb::Publish {
+                    room: room.into(),
+                    event: Some(pb::Event {
+                        name: name.into(),
+                        account_id: 999,
+                        ..Default::default()
+                    }),
+                }),
+            )
         };
         s.handle_client_frame(publish("public:x", "client.hi"), t0);
-        assert_eq!(reply(&actions(&mut s)).error.unwrap().code, ErrorCode::NotSubscribed.code());
+        assert_eq!(
+            reply(&actions(&mut s)).error.unwrap().code,
+            ErrorCode::NotSubscribed.code()
+        );
         join(&mut s, "public:x", "", t0);
         s.handle_client_frame(publish("public:x", "message.created"), t0);
-        assert_eq!(reply(&actions(&mut s)).error.unwrap().code, ErrorCode::PermissionDenied.code());
+        assert_eq!(
+            reply(&actions(&mut s)).error.unwrap().code,
+            ErrorCode::PermissionDenied.code()
+        );
         s.handle_client_frame(publish("public:x", "client."), t0);
-        assert_eq!(reply(&actions(&mut s)).error.unwrap().code, ErrorCode::PermissionDenied.code());
-        s.handle_client_frame(publish("public:x", "client.hi"), t0 + Duration::from_secs(2));
+        assert_eq!(
+            reply(&actions(&mut s)).error.unwrap().code,
+            ErrorCode::PermissionDenied.code()
+        );
+        s.handle_client_frame(
+            publish("public:x", "client.hi"),
+            t0 + Duration::from_secs(2),
+        );
         let acts = actions(&mut s);
-        let Some(Action::Publish { event, .. }) = acts.first() else { panic!("{acts:?}") };
-        assert_eq!(event.account_id, 1, "the account comes from the token, not the client");
+        let Some(Action::Publish { event, .. }) = acts.first() else {
+            panic!("{acts:?}")
+        };
+        assert_eq!(
+            event.account_id, 1,
+            "the account comes from the token, not the client"
+        );
         assert_eq!(event.performer.as_ref().unwrap().id, 7);
         assert_eq!(event.occurred_at_ms, (T0_UNIX_MS + 2000) as i64);
         s.publish_done(3, Err(EngineError::Unavailable("down".into())));
-        assert_eq!(reply(&actions(&mut s)).error.unwrap().code, ErrorCode::Unavailable.code());
+        assert_eq!(
+            reply(&actions(&mut s)).error.unwrap().code,
+            ErrorCode::Unavailable.code()
+        );
     }
 
     #[test]
@@ -847,14 +1097,33 @@ mod tests {
         let room = RoomName::user(7);
         actions(&mut s);
         s.join_done(&room, Err(EngineError::Unavailable("down".into())), t0);
-        assert_eq!(closed_with(&actions(&mut s)), Some(DisconnectCode::ServerError));
+        assert_eq!(
+            closed_with(&actions(&mut s)),
+            Some(DisconnectCode::ServerError)
+        );
 
         let mut s = active(t0, 3600);
-        s.handle_client_frame(frame(4, C::Subscribe(pb::Subscribe { room: "public:y".into(), ..Default::default() })), t0);
+        s.handle_client_frame(
+            frame(
+                4,
+                C::Subscribe(pb::Subscribe {
+                    room: "public:y".into(),
+                    ..Default::default()
+                }),
+            ),
+            t0,
+        );
         actions(&mut s);
-        s.join_done(&RoomName::parse("public:y").unwrap(), Err(EngineError::Unavailable("down".into())), t0);
+        s.join_done(
+            &RoomName::parse("public:y").unwrap(),
+            Err(EngineError::Unavailable("down".into())),
+            t0,
+        );
         let acts = actions(&mut s);
         assert!(acts.contains(&Action::Leave(RoomName::parse("public:y").unwrap())));
-        assert_eq!(reply(&acts).error.unwrap().code, ErrorCode::Unavailable.code());
+        assert_eq!(
+            reply(&acts).error.unwrap().code,
+            ErrorCode::Unavailable.code()
+        );
     }
 }

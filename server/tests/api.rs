@@ -24,10 +24,25 @@ async fn the_api_key_is_required_and_checked() {
     for path in ["/api/v1/rooms/public:a"] {
         assert_eq!(t.http.get(t.api(path)).send().await.unwrap().status(), 401);
     }
-    assert_eq!(t.http.post(t.api("/api/v1/disconnect")).json(&json!({"userId": "1"})).send().await.unwrap().status(), 401);
+    assert_eq!(
+        t.http
+            .post(t.api("/api/v1/disconnect"))
+            .json(&json!({"userId": "1"}))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
     // Health needs no key.
-    assert_eq!(t.http.get(t.api("/healthz")).send().await.unwrap().status(), 200);
-    assert_eq!(t.http.get(t.api("/readyz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        t.http.get(t.api("/healthz")).send().await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        t.http.get(t.api("/readyz")).send().await.unwrap().status(),
+        200
+    );
 }
 
 #[tokio::test]
@@ -71,7 +86,9 @@ async fn publish_accepts_protobuf_and_json_and_validates() {
             assert!(!event.id.is_empty(), "the gateway assigns an id");
             assert!(event.occurred_at_ms > 0);
             match event.payload {
-                Some(pb::event::Payload::Message(m)) => assert_eq!((m.id, m.content.as_str()), (99, "hello")),
+                Some(pb::event::Payload::Message(m)) => {
+                    assert_eq!((m.id, m.content.as_str()), (99, "hello"))
+                }
                 other => panic!("{other:?}"),
             }
             break;
@@ -110,14 +127,33 @@ async fn publish_accepts_protobuf_and_json_and_validates() {
     }
 
     let bad = [
-        (json!({ "rooms": ["inbox:03"], "event": { "name": "x" } }), 422, 422),
+        (
+            json!({ "rooms": ["inbox:03"], "event": { "name": "x" } }),
+            422,
+            422,
+        ),
         (json!({ "rooms": ["inbox:3"] }), 400, 400),
         (json!({ "rooms": [], "event": { "name": "x" } }), 400, 400),
-        (json!({ "rooms": ["inbox:3"], "event": { "name": "" } }), 400, 400),
-        (json!({ "rooms": "inbox:3", "event": { "name": "x" } }), 400, 400),
+        (
+            json!({ "rooms": ["inbox:3"], "event": { "name": "" } }),
+            400,
+            400,
+        ),
+        (
+            json!({ "rooms": "inbox:3", "event": { "name": "x" } }),
+            400,
+            400,
+        ),
     ];
     for (body, status, code) in bad {
-        let resp = t.http.post(t.api("/api/v1/publish")).bearer_auth(API_KEY).json(&body).send().await.unwrap();
+        let resp = t
+            .http
+            .post(t.api("/api/v1/publish"))
+            .bearer_auth(API_KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), status, "{body}");
         let err: serde_json::Value = resp.json().await.unwrap();
         assert_eq!(err["code"], code, "{body}");
@@ -159,7 +195,13 @@ async fn room_info_reports_subscribers_and_position() {
     assert_eq!(info["subscribers"], 2);
     assert_eq!(info["offset"], "2");
     assert!(!info["epoch"].as_str().unwrap().is_empty());
-    let resp = t.http.get(t.api("/api/v1/rooms/nope")).bearer_auth(API_KEY).send().await.unwrap();
+    let resp = t
+        .http
+        .get(t.api("/api/v1/rooms/nope"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 422);
     for bad in ["x", "0", "007", "+7", "contact:x"] {
         let resp = t
@@ -179,7 +221,15 @@ async fn room_info_reports_subscribers_and_position() {
 #[tokio::test]
 async fn the_dev_certificate_hash_is_served() {
     let t = TestGateway::start().await;
-    let body: serde_json::Value = t.http.get(t.api("/dev/cert-hash")).send().await.unwrap().json().await.unwrap();
+    let body: serde_json::Value = t
+        .http
+        .get(t.api("/dev/cert-hash"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(body["algorithm"], "sha-256");
     assert_eq!(body["hex"], t.gw.cert_sha256);
     assert_eq!(body["bytes"].as_array().unwrap().len(), 32);

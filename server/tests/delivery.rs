@@ -12,7 +12,13 @@ async fn published_events_reach_subscribers_over_both_transports() {
     for prefer in TRANSPORTS {
         let (client, mut events) = t.client(prefer, &token("agent", 7, 1, &[3])).await;
         assert_eq!(client.subscribe("inbox:3", None).await, Ok((false, 0)));
-        let offsets = t.publish(&["inbox:3", "account:1", "user:7"], "message.created", r#"{"n":1}"#).await;
+        let offsets = t
+            .publish(
+                &["inbox:3", "account:1", "user:7"],
+                "message.created",
+                r#"{"n":1}"#,
+            )
+            .await;
         let mut got = Vec::new();
         for _ in 0..3 {
             let (room, offset, json) = next_room_event(&mut events).await;
@@ -42,12 +48,16 @@ async fn fan_out_keeps_order_for_every_subscriber() {
         clients.push((client, events));
     }
     for n in 1..=100 {
-        t.publish(&["public:fanout"], "client.tick", &n.to_string()).await;
+        t.publish(&["public:fanout"], "client.tick", &n.to_string())
+            .await;
     }
     for (client, events) in &mut clients {
         for n in 1..=100u64 {
             let (room, offset, json) = next_room_event(events).await;
-            assert_eq!((room.as_str(), offset, json), ("public:fanout", n, n.to_string()));
+            assert_eq!(
+                (room.as_str(), offset, json),
+                ("public:fanout", n, n.to_string())
+            );
         }
         client.close();
     }
@@ -84,11 +94,20 @@ async fn resubscribing_from_a_position_replays_missed_events_or_says_it_cannot()
             t.publish(&[&room], "client.a", &n.to_string()).await;
         }
         let (client, mut events) = t.client(prefer, &token("agent", 7, 1, &[])).await;
-        let since = rtgate_protocol::pb::StreamPosition { epoch: epoch.clone(), offset: first };
-        assert_eq!(client.subscribe_from(&room, None, since).await, Ok((true, 3)));
+        let since = rtgate_protocol::pb::StreamPosition {
+            epoch: epoch.clone(),
+            offset: first,
+        };
+        assert_eq!(
+            client.subscribe_from(&room, None, since).await,
+            Ok((true, 3))
+        );
         t.publish(&[&room], "client.a", "5").await;
         for n in 2..=5u64 {
-            assert_eq!(next_room_event(&mut events).await, (room.clone(), n, n.to_string()));
+            assert_eq!(
+                next_room_event(&mut events).await,
+                (room.clone(), n, n.to_string())
+            );
         }
         client.close();
 
@@ -97,8 +116,14 @@ async fn resubscribing_from_a_position_replays_missed_events_or_says_it_cannot()
             t.publish(&[&room], "client.a", &n.to_string()).await;
         }
         let (client, mut events) = t.client(prefer, &token("agent", 7, 1, &[])).await;
-        let since = rtgate_protocol::pb::StreamPosition { epoch: epoch.clone(), offset: 5 };
-        assert_eq!(client.subscribe_from(&room, None, since).await, Ok((false, 0)));
+        let since = rtgate_protocol::pb::StreamPosition {
+            epoch: epoch.clone(),
+            offset: 5,
+        };
+        assert_eq!(
+            client.subscribe_from(&room, None, since).await,
+            Ok((false, 0))
+        );
         loop {
             match next(&mut events).await {
                 ClientEvent::RecoveryFailed { room: r } => {
@@ -111,8 +136,14 @@ async fn resubscribing_from_a_position_replays_missed_events_or_says_it_cannot()
         }
         // A stale epoch is never recovered either.
         client.unsubscribe(&room);
-        let since = rtgate_protocol::pb::StreamPosition { epoch: "other".into(), offset: 14 };
-        assert_eq!(client.subscribe_from(&room, None, since).await, Ok((false, 0)));
+        let since = rtgate_protocol::pb::StreamPosition {
+            epoch: "other".into(),
+            offset: 14,
+        };
+        assert_eq!(
+            client.subscribe_from(&room, None, since).await,
+            Ok((false, 0))
+        );
         client.close();
     }
 }

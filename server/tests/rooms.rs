@@ -7,7 +7,11 @@ use common::*;
 use rtgate_client::{ClientError, TransportPreference};
 use rtgate_protocol::ErrorCode;
 
-async fn outcome(client: &rtgate_client::Client, room: &str, token: Option<&str>) -> Result<(), u32> {
+async fn outcome(
+    client: &rtgate_client::Client,
+    room: &str,
+    token: Option<&str>,
+) -> Result<(), u32> {
     match client.subscribe(room, token).await {
         Ok(_) => Ok(()),
         Err(ClientError::Server(e)) => Err(e.code),
@@ -51,16 +55,73 @@ async fn authorization_matrix_over_both_transports() {
 
         // Conversations need a subscription token for this holder and room.
         assert_eq!(outcome(&agent, "conversation:5", None).await, denied);
-        assert_eq!(outcome(&agent, "conversation:5", Some(&sub_token("user:8", "conversation:5", 60))).await, denied);
-        assert_eq!(outcome(&agent, "conversation:5", Some(&sub_token("user:7", "conversation:6", 60))).await, denied);
-        assert_eq!(outcome(&agent, "conversation:5", Some(&sub_token("user:7", "conversation:5", -60))).await, denied);
-        assert_eq!(outcome(&agent, "conversation:5", Some("not-a-token")).await, denied);
-        assert_eq!(outcome(&agent, "conversation:5", Some(&sub_token("user:7", "conversation:5", 60))).await, Ok(()));
-        assert_eq!(outcome(&contact, "conversation:5", Some(&sub_token("user:7", "conversation:5", 60))).await, denied);
-        assert_eq!(outcome(&contact, "conversation:5", Some(&sub_token("contact:7", "conversation:5", 60))).await, Ok(()));
+        assert_eq!(
+            outcome(
+                &agent,
+                "conversation:5",
+                Some(&sub_token("user:8", "conversation:5", 60))
+            )
+            .await,
+            denied
+        );
+        assert_eq!(
+            outcome(
+                &agent,
+                "conversation:5",
+                Some(&sub_token("user:7", "conversation:6", 60))
+            )
+            .await,
+            denied
+        );
+        assert_eq!(
+            outcome(
+                &agent,
+                "conversation:5",
+                Some(&sub_token("user:7", "conversation:5", -60))
+            )
+            .await,
+            denied
+        );
+        assert_eq!(
+            outcome(&agent, "conversation:5", Some("not-a-token")).await,
+            denied
+        );
+        assert_eq!(
+            outcome(
+                &agent,
+                "conversation:5",
+                Some(&sub_token("user:7", "conversation:5", 60))
+            )
+            .await,
+            Ok(())
+        );
+        assert_eq!(
+            outcome(
+                &contact,
+                "conversation:5",
+                Some(&sub_token("user:7", "conversation:5", 60))
+            )
+            .await,
+            denied
+        );
+        assert_eq!(
+            outcome(
+                &contact,
+                "conversation:5",
+                Some(&sub_token("contact:7", "conversation:5", 60))
+            )
+            .await,
+            Ok(())
+        );
 
         for bad in ["inbox:010", "room:1", "", "public:UPPER"] {
-            assert!(matches!(agent.subscribe(bad, None).await, Err(ClientError::Invalid(_))), "{bad:?}");
+            assert!(
+                matches!(
+                    agent.subscribe(bad, None).await,
+                    Err(ClientError::Invalid(_))
+                ),
+                "{bad:?}"
+            );
         }
         for c in [agent, admin, contact, other] {
             c.close();
@@ -80,7 +141,8 @@ async fn invalid_and_repeated_subscriptions_get_their_own_codes() {
         ("user:7", ErrorCode::AlreadySubscribed),
     ];
     for (i, (room, code)) in cases.iter().enumerate() {
-        ws.send(&common::raw::subscribe(i as u32 + 1, room, "")).await;
+        ws.send(&common::raw::subscribe(i as u32 + 1, room, ""))
+            .await;
         match ws.recv().await.unwrap().kind {
             Some(rtgate_protocol::pb::server_frame::Kind::Reply(r)) => {
                 assert_eq!(r.id, i as u32 + 1);
@@ -96,7 +158,9 @@ async fn subscription_limit_is_enforced() {
     let mut config = config();
     config.max_subscriptions = 4;
     let t = TestGateway::start_with(config).await;
-    let (client, _events) = t.client(TransportPreference::WebSocket, &token("agent", 7, 1, &[])).await;
+    let (client, _events) = t
+        .client(TransportPreference::WebSocket, &token("agent", 7, 1, &[]))
+        .await;
     // user:7 and account:1 count too.
     client.subscribe("public:a", None).await.unwrap();
     client.subscribe("public:b", None).await.unwrap();

@@ -184,7 +184,11 @@ impl Client {
     }
 
     /// Joins a room and waits until it is live. Returns (recovered, replayed).
-    pub async fn subscribe(&self, room: &str, token: Option<&str>) -> Result<(bool, u32), ClientError> {
+    pub async fn subscribe(
+        &self,
+        room: &str,
+        token: Option<&str>,
+    ) -> Result<(bool, u32), ClientError> {
         self.subscribe_inner(room, token, None).await
     }
 
@@ -218,7 +222,9 @@ impl Client {
 
     /// Leaves a room.
     pub fn unsubscribe(&self, room: &str) {
-        let _ = self.commands.send(Command::Unsubscribe { room: room.into() });
+        let _ = self
+            .commands
+            .send(Command::Unsubscribe { room: room.into() });
     }
 
     /// Publishes a client event to a joined room.
@@ -308,21 +314,27 @@ impl Driver {
     async fn open(&self) -> Result<(Link, mpsc::Receiver<transport::Inbound>), String> {
         let c = &self.config;
         match c.prefer {
-            TransportPreference::WebTransport => Link::webtransport(&c.wt_url, c.cert_sha256, c.connect_timeout).await,
+            TransportPreference::WebTransport => {
+                Link::webtransport(&c.wt_url, c.cert_sha256, c.connect_timeout).await
+            }
             TransportPreference::WebSocket => Link::websocket(&c.ws_url, c.connect_timeout).await,
-            TransportPreference::Auto => match Link::webtransport(&c.wt_url, c.cert_sha256, c.connect_timeout).await {
-                Ok(link) => Ok(link),
-                Err(err) => {
-                    tracing::debug!(%err, "webtransport unavailable, falling back to websocket");
-                    Link::websocket(&c.ws_url, c.connect_timeout).await
+            TransportPreference::Auto => {
+                match Link::webtransport(&c.wt_url, c.cert_sha256, c.connect_timeout).await {
+                    Ok(link) => Ok(link),
+                    Err(err) => {
+                        tracing::debug!(%err, "webtransport unavailable, falling back to websocket");
+                        Link::websocket(&c.ws_url, c.connect_timeout).await
+                    }
                 }
-            },
+            }
         }
     }
 
     async fn run(mut self) {
         loop {
-            let _ = self.state.send(ConnectionState::Connecting(self.backoff.attempt()));
+            let _ = self
+                .state
+                .send(ConnectionState::Connecting(self.backoff.attempt()));
             let advice = match self.open().await {
                 Ok((link, inbound)) => match self.serve(link, inbound).await {
                     LinkEnd::Stop => break,
@@ -368,7 +380,12 @@ impl Driver {
 
     async fn command(&mut self, cmd: Command, link: Option<&mut Link>) {
         match cmd {
-            Command::Subscribe { room, token, since, done } => {
+            Command::Subscribe {
+                room,
+                token,
+                since,
+                done,
+            } => {
                 if since.is_none() && self.session.is_live(&room) {
                     let _ = done.send(Ok((false, 0)));
                     return;
@@ -462,7 +479,11 @@ impl Driver {
         end
     }
 
-    async fn serve(&mut self, mut link: Link, mut inbound: mpsc::Receiver<transport::Inbound>) -> LinkEnd {
+    async fn serve(
+        &mut self,
+        mut link: Link,
+        mut inbound: mpsc::Receiver<transport::Inbound>,
+    ) -> LinkEnd {
         let kind = link.kind();
         let token = match (self.config.token)().await {
             Ok(t) => t,
@@ -482,7 +503,10 @@ impl Driver {
             if let Some(end) = self.dispatch(kind) {
                 break end;
             }
-            let deadline = self.session.poll_timeout().map(tokio::time::Instant::from_std);
+            let deadline = self
+                .session
+                .poll_timeout()
+                .map(tokio::time::Instant::from_std);
             tokio::select! {
                 frame = inbound.recv() => match frame {
                     Some(Ok(frame)) => self.session.handle_frame(frame, Instant::now()),

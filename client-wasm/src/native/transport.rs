@@ -122,11 +122,20 @@ impl Link {
                 }
             }
         });
-        Ok((Link::Wt { connection, control }, rx))
+        Ok((
+            Link::Wt {
+                connection,
+                control,
+            },
+            rx,
+        ))
     }
 
     /// Opens a WebSocket.
-    pub(crate) async fn websocket(url: &str, timeout: Duration) -> Result<(Link, mpsc::Receiver<Inbound>), String> {
+    pub(crate) async fn websocket(
+        url: &str,
+        timeout: Duration,
+    ) -> Result<(Link, mpsc::Receiver<Inbound>), String> {
         let (ws, _) = tokio::time::timeout(timeout, tokio_tungstenite::connect_async(url))
             .await
             .map_err(|_| "websocket connect timed out".to_string())?
@@ -185,7 +194,10 @@ impl Link {
     /// Closes the transport.
     pub(crate) async fn close(mut self) {
         match &mut self {
-            Link::Wt { connection, control } => {
+            Link::Wt {
+                connection,
+                control,
+            } => {
                 let _ = control.finish().await;
                 connection.close(wtransport::VarInt::from_u32(3000), b"client closed");
             }

@@ -9,7 +9,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use rtgate_protocol::{RoomName, pb};
 
-use super::{Engine, EngineError, Recovery, RoomInfo, SubscribeOutcome, encode_publication, plan_recovery};
+use super::{
+    Engine, EngineError, Recovery, RoomInfo, SubscribeOutcome, encode_publication, plan_recovery,
+};
 use crate::hub::{Hub, Publication, Subscriber};
 use crate::ids::{ConnectionId, Epoch, StreamPos};
 
@@ -86,7 +88,9 @@ impl RoomLog {
     }
 
     fn oldest(&self) -> u64 {
-        self.entries.front().map_or(self.top + 1, |(_, p)| p.pos.offset)
+        self.entries
+            .front()
+            .map_or(self.top + 1, |(_, p)| p.pos.offset)
     }
 
     /// The replay for a subscription from `since`, and whether it recovers.
@@ -210,7 +214,9 @@ impl Engine for MemoryEngine {
     async fn room_info(&self, room: &RoomName) -> Result<RoomInfo, EngineError> {
         let pos = {
             let rooms = self.rooms.lock().expect("rooms lock");
-            rooms.get(room).map(|log| log.lock().expect("room lock").top())
+            rooms
+                .get(room)
+                .map(|log| log.lock().expect("room lock").top())
         };
         Ok(RoomInfo {
             subscribers: self.hub.subscribers(room) as u32,
@@ -256,20 +262,41 @@ mod tests {
         let offsets: Vec<u64> = log.entries.iter().map(|(_, p)| p.pos.offset).collect();
         assert_eq!(offsets, vec![3, 4, 5]);
 
-        let since = StreamPos { epoch: log.epoch.clone(), offset: 3 };
+        let since = StreamPos {
+            epoch: log.epoch.clone(),
+            offset: 3,
+        };
         let (replay, ok) = log.recover(Some(&since), limits, t0 + Duration::from_secs(5));
         assert!(ok);
-        assert_eq!(replay.iter().map(|p| p.pos.offset).collect::<Vec<_>>(), vec![4, 5]);
+        assert_eq!(
+            replay.iter().map(|p| p.pos.offset).collect::<Vec<_>>(),
+            vec![4, 5]
+        );
 
-        let since = StreamPos { epoch: log.epoch.clone(), offset: 1 };
-        assert!(!log.recover(Some(&since), limits, t0 + Duration::from_secs(5)).1);
+        let since = StreamPos {
+            epoch: log.epoch.clone(),
+            offset: 1,
+        };
+        assert!(
+            !log.recover(Some(&since), limits, t0 + Duration::from_secs(5))
+                .1
+        );
 
         // At t=13.5 s the events of t=2 and t=3 are older than 10 s.
-        let since = StreamPos { epoch: log.epoch.clone(), offset: 4 };
+        let since = StreamPos {
+            epoch: log.epoch.clone(),
+            offset: 4,
+        };
         let (replay, ok) = log.recover(Some(&since), limits, t0 + Duration::from_millis(13_500));
         assert!(ok);
         assert_eq!(replay.len(), 1);
-        let since = StreamPos { epoch: log.epoch.clone(), offset: 3 };
-        assert!(!log.recover(Some(&since), limits, t0 + Duration::from_millis(13_500)).1);
+        let since = StreamPos {
+            epoch: log.epoch.clone(),
+            offset: 3,
+        };
+        assert!(
+            !log.recover(Some(&since), limits, t0 + Duration::from_millis(13_500))
+                .1
+        );
     }
 }

@@ -153,13 +153,22 @@ mod tests {
     fn recovery_plans() {
         let top = pos("e1", 10);
         assert_eq!(plan_recovery(None, &top, 1), Recovery::Fresh);
-        assert_eq!(plan_recovery(Some(&pos("e1", 10)), &top, 5), Recovery::ReplayAfter(10));
-        assert_eq!(plan_recovery(Some(&pos("e1", 4)), &top, 5), Recovery::ReplayAfter(4));
+        assert_eq!(
+            plan_recovery(Some(&pos("e1", 10)), &top, 5),
+            Recovery::ReplayAfter(10)
+        );
+        assert_eq!(
+            plan_recovery(Some(&pos("e1", 4)), &top, 5),
+            Recovery::ReplayAfter(4)
+        );
         assert_eq!(plan_recovery(Some(&pos("e1", 3)), &top, 5), Recovery::Lost);
         assert_eq!(plan_recovery(Some(&pos("e0", 9)), &top, 1), Recovery::Lost);
         assert_eq!(plan_recovery(Some(&pos("e1", 11)), &top, 1), Recovery::Lost);
         // Empty history (everything expired): only a client that saw the top recovers.
-        assert_eq!(plan_recovery(Some(&pos("e1", 10)), &top, 11), Recovery::ReplayAfter(10));
+        assert_eq!(
+            plan_recovery(Some(&pos("e1", 10)), &top, 11),
+            Recovery::ReplayAfter(10)
+        );
         assert_eq!(plan_recovery(Some(&pos("e1", 9)), &top, 11), Recovery::Lost);
     }
 }

@@ -43,7 +43,9 @@ pub async fn serve(node: Arc<Node>, socket: WebSocket) {
             kind: Some(rtgate_protocol::pb::server_frame::Kind::Disconnect(frame)),
         });
         let _ = sink.send(Message::Binary(body.into())).await;
-        let _ = sink.send(close_message(DisconnectCode::Overloaded, "overloaded")).await;
+        let _ = sink
+            .send(close_message(DisconnectCode::Overloaded, "overloaded"))
+            .await;
         return;
     };
     let max = node.session.max_frame_size;
@@ -51,14 +53,16 @@ pub async fn serve(node: Arc<Node>, socket: WebSocket) {
     tokio::spawn(async move {
         while let Some(msg) = stream.next().await {
             let item = match msg {
-                Ok(Message::Binary(body)) if body.len() > max => Incoming::FramingError(FrameError::TooLarge {
-                    size: body.len() as u64,
-                    max,
-                }),
-                Ok(Message::Binary(body)) => Incoming::Frame(body),
-                Ok(Message::Text(_)) => {
-                    Incoming::FramingError(FrameError::Decode("text messages are not accepted; send binary frames".into()))
+                Ok(Message::Binary(body)) if body.len() > max => {
+                    Incoming::FramingError(FrameError::TooLarge {
+                        size: body.len() as u64,
+                        max,
+                    })
                 }
+                Ok(Message::Binary(body)) => Incoming::Frame(body),
+                Ok(Message::Text(_)) => Incoming::FramingError(FrameError::Decode(
+                    "text messages are not accepted; send binary frames".into(),
+                )),
                 Ok(Message::Ping(_) | Message::Pong(_)) => continue,
                 Ok(Message::Close(_)) => Incoming::Closed,
                 // Beyond the socket's own hard limit (4× the frame limit) or a broken

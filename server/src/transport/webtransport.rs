@@ -32,7 +32,9 @@ pub const PATH: &str = "/wt";
 const WRITE_BATCH: usize = 64;
 
 /// Binds the QUIC endpoint with the given server config.
-pub fn bind(config: ServerConfig) -> std::io::Result<Endpoint<wtransport::endpoint::endpoint_side::Server>> {
+pub fn bind(
+    config: ServerConfig,
+) -> std::io::Result<Endpoint<wtransport::endpoint::endpoint_side::Server>> {
     Endpoint::server(config)
 }
 
@@ -56,7 +58,10 @@ pub async fn accept_loop(
     }
     // Refuse new sessions while the existing ones are drained.
     let _ = node.drain(std::time::Duration::from_secs(3600)).await;
-    endpoint.close(VarInt::from_u32(DisconnectCode::Shutdown.code()), b"shutdown");
+    endpoint.close(
+        VarInt::from_u32(DisconnectCode::Shutdown.code()),
+        b"shutdown",
+    );
 }
 
 async fn handle(node: Arc<Node>, incoming: IncomingSession) {
@@ -91,7 +96,10 @@ async fn handle(node: Arc<Node>, incoming: IncomingSession) {
     let (send, recv) = match control {
         Ok(Ok(streams)) => streams,
         _ => {
-            connection.close(VarInt::from_u32(DisconnectCode::HelloTimeout.code()), b"no control stream");
+            connection.close(
+                VarInt::from_u32(DisconnectCode::HelloTimeout.code()),
+                b"no control stream",
+            );
             node.deregister(conn);
             return;
         }
@@ -100,7 +108,11 @@ async fn handle(node: Arc<Node>, incoming: IncomingSession) {
     tracing::debug!(%conn, %remote, "webtransport session");
 
     let (in_tx, in_rx) = mpsc::channel(64);
-    tokio::spawn(read_control(recv, node.session.max_frame_size, in_tx.clone()));
+    tokio::spawn(read_control(
+        recv,
+        node.session.max_frame_size,
+        in_tx.clone(),
+    ));
     if connection.max_datagram_size().is_some() {
         tokio::spawn(read_datagrams(connection.clone(), in_tx));
     }
@@ -108,7 +120,12 @@ async fn handle(node: Arc<Node>, incoming: IncomingSession) {
     let outbox = Outbox::new(node.limits.send_queue_bytes);
     let (control_lane, control_rx_lane) = Lane::new(&outbox);
     let (close_tx, close_rx) = oneshot::channel();
-    let writer = tokio::spawn(write_control(send, control_rx_lane, close_rx, connection.clone()));
+    let writer = tokio::spawn(write_control(
+        send,
+        control_rx_lane,
+        close_rx,
+        connection.clone(),
+    ));
     let datagrams: Option<Arc<dyn DatagramSink>> = connection
         .max_datagram_size()
         .map(|_| Arc::new(Datagrams(connection.clone())) as Arc<dyn DatagramSink>);
@@ -197,7 +214,11 @@ async fn write_frames(send: &mut SendStream, rx: &mut LaneReceiver, first: Bytes
             None => break,
         }
     }
-    let ok = send.quic_stream_mut().write_all_chunks(&mut chunks).await.is_ok();
+    let ok = send
+        .quic_stream_mut()
+        .write_all_chunks(&mut chunks)
+        .await
+        .is_ok();
     rx.written(n);
     ok
 }
@@ -322,7 +343,9 @@ impl RoomLanes for StreamLanes {
     }
 
     fn release(&mut self, room: &RoomName) {
-        let Some(slot) = self.rooms.remove(room) else { return };
+        let Some(slot) = self.rooms.remove(room) else {
+            return;
+        };
         if let Some(s) = self.streams[slot].as_mut() {
             s.rooms -= 1;
             if s.rooms == 0 {
@@ -352,7 +375,8 @@ impl Closer for WtCloser {
         Box::pin(async move {
             self.writer.close((code, reason.clone())).await;
             // In case the writer was cut short by the flush timeout.
-            self.connection.close(VarInt::from_u32(code.code()), reason.as_bytes());
+            self.connection
+                .close(VarInt::from_u32(code.code()), reason.as_bytes());
         })
     }
 }

@@ -16,10 +16,16 @@ pub const SECRET: &str = "test-secret-test-secret-test-secret-0123456789";
 pub const API_KEY: &str = "test-api-key";
 
 /// Both transports, for tests that run over each.
-pub const TRANSPORTS: [TransportPreference; 2] = [TransportPreference::WebTransport, TransportPreference::WebSocket];
+pub const TRANSPORTS: [TransportPreference; 2] = [
+    TransportPreference::WebTransport,
+    TransportPreference::WebSocket,
+];
 
 pub fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 pub struct TestGateway {
@@ -64,7 +70,10 @@ impl TestGateway {
     }
 
     pub fn cert_hash(&self) -> [u8; 32] {
-        hex::decode(&self.gw.cert_sha256).unwrap().try_into().unwrap()
+        hex::decode(&self.gw.cert_sha256)
+            .unwrap()
+            .try_into()
+            .unwrap()
     }
 
     pub fn client_config(&self, prefer: TransportPreference, token: &str) -> ClientConfig {
@@ -75,7 +84,11 @@ impl TestGateway {
     }
 
     /// A connected client and its events (Connected already consumed).
-    pub async fn client(&self, prefer: TransportPreference, token: &str) -> (Client, mpsc::UnboundedReceiver<ClientEvent>) {
+    pub async fn client(
+        &self,
+        prefer: TransportPreference,
+        token: &str,
+    ) -> (Client, mpsc::UnboundedReceiver<ClientEvent>) {
         let (client, mut events) = Client::connect(self.client_config(prefer, token));
         tokio::time::timeout(Duration::from_secs(10), client.connected())
             .await
@@ -102,13 +115,23 @@ impl TestGateway {
             .send()
             .await
             .unwrap();
-        assert_eq!(resp.status(), 200, "publish failed: {}", resp.text().await.unwrap());
+        assert_eq!(
+            resp.status(),
+            200,
+            "publish failed: {}",
+            resp.text().await.unwrap()
+        );
         let body: serde_json::Value = resp.json().await.unwrap();
         body["positions"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|p| p["position"]["offset"].as_str().map_or_else(|| p["position"]["offset"].as_u64().unwrap(), |s| s.parse().unwrap()))
+            .map(|p| {
+                p["position"]["offset"].as_str().map_or_else(
+                    || p["position"]["offset"].as_u64().unwrap(),
+                    |s| s.parse().unwrap(),
+                )
+            })
             .collect()
     }
 }
@@ -144,18 +167,30 @@ pub async fn next(events: &mut mpsc::UnboundedReceiver<ClientEvent>) -> ClientEv
 }
 
 /// The next room event, skipping everything else; returns (room, offset, json payload).
-pub async fn next_room_event(events: &mut mpsc::UnboundedReceiver<ClientEvent>) -> (String, u64, String) {
+pub async fn next_room_event(
+    events: &mut mpsc::UnboundedReceiver<ClientEvent>,
+) -> (String, u64, String) {
     loop {
-        if let ClientEvent::Event { room, offset, event } = next(events).await {
+        if let ClientEvent::Event {
+            room,
+            offset,
+            event,
+        } = next(events).await
+        {
             return (room, offset, event.json);
         }
     }
 }
 
 /// The next Disconnected event.
-pub async fn next_disconnect(events: &mut mpsc::UnboundedReceiver<ClientEvent>) -> (Option<u32>, Option<Duration>) {
+pub async fn next_disconnect(
+    events: &mut mpsc::UnboundedReceiver<ClientEvent>,
+) -> (Option<u32>, Option<Duration>) {
     loop {
-        if let ClientEvent::Disconnected { code, reconnect, .. } = next(events).await {
+        if let ClientEvent::Disconnected {
+            code, reconnect, ..
+        } = next(events).await
+        {
             return (code, reconnect);
         }
     }

@@ -35,7 +35,9 @@ pub fn subscribe(id: u32, room: &str, token: &str) -> pb::ClientFrame {
 
 /// A WebSocket speaking raw frames.
 pub struct RawWs {
-    pub ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    pub ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
 }
 
 /// How a raw connection ended.
@@ -82,11 +84,16 @@ impl RawWs {
                 .expect("the connection ends in time");
             match msg {
                 Some(Ok(Message::Binary(b))) => {
-                    if let Ok(pb::ServerFrame { kind: Some(S::Disconnect(d)) }) = pb::ServerFrame::decode(&b[..]) {
+                    if let Ok(pb::ServerFrame {
+                        kind: Some(S::Disconnect(d)),
+                    }) = pb::ServerFrame::decode(&b[..])
+                    {
                         disconnect = Some(d);
                     }
                 }
-                Some(Ok(Message::Close(frame))) => return (disconnect, frame.map(|f| u16::from(f.code))),
+                Some(Ok(Message::Close(frame))) => {
+                    return (disconnect, frame.map(|f| u16::from(f.code)));
+                }
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => return (disconnect, None),
             }
@@ -98,7 +105,9 @@ impl RawWs {
         let mut ws = RawWs::connect(url).await;
         ws.send(&hello(token)).await;
         match ws.recv().await {
-            Some(pb::ServerFrame { kind: Some(S::Welcome(w)) }) => (ws, w),
+            Some(pb::ServerFrame {
+                kind: Some(S::Welcome(w)),
+            }) => (ws, w),
             other => panic!("expected welcome, got {other:?}"),
         }
     }
@@ -168,7 +177,9 @@ impl RawWt {
         let mut wt = RawWt::connect(url, cert).await;
         wt.send(&hello(token)).await;
         match wt.recv().await {
-            Some(pb::ServerFrame { kind: Some(S::Welcome(w)) }) => (wt, w),
+            Some(pb::ServerFrame {
+                kind: Some(S::Welcome(w)),
+            }) => (wt, w),
             other => panic!("expected welcome, got {other:?}"),
         }
     }
