@@ -24,6 +24,16 @@ log "toolchain"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 cargo --version
 
+log "redis"
+# The multi-node tests use a Redis on 127.0.0.1:6379 (keys under a prefix per test), and
+# start private redis-server processes on free ports for restart and outage tests.
+command -v redis-server >/dev/null || apt_install redis-server
+if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
+  for _ in $(seq 50); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break; sleep 0.1; done
+fi
+redis-cli -h 127.0.0.1 -p 6379 ping
+
 log "format"
 cargo fmt --all -- --check
 

@@ -473,6 +473,13 @@ impl ClientSession {
                     });
                 }
             }
+            Some(S::Reset(reset)) => {
+                if let Some(room) = self.rooms.get_mut(&reset.room) {
+                    room.position = reset.position;
+                    self.events
+                        .push_back(ClientEvent::RecoveryFailed { room: reset.room });
+                }
+            }
             Some(S::Pong(_)) => {}
             Some(S::Disconnect(d)) => {
                 self.transport_closed();

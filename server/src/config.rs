@@ -135,6 +135,32 @@ pub struct Config {
     )]
     pub client_publish: Vec<String>,
 
+    /// Redis URL (`redis://host:port/db`): share rooms, history and presence with every
+    /// node on the same Redis. Without it the node runs on its embedded engine.
+    #[arg(long, env = "RTGATE_REDIS")]
+    pub redis: Option<String>,
+
+    /// Prefix of every Redis key and channel.
+    #[arg(long, env = "RTGATE_REDIS_PREFIX", default_value = "rtgate")]
+    pub redis_prefix: String,
+
+    /// Sharded pub/sub (SSUBSCRIBE/SPUBLISH): auto uses it on Redis 7 and newer.
+    #[arg(
+        long,
+        env = "RTGATE_REDIS_SHARDED_PUBSUB",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub redis_sharded_pubsub: crate::engine::ShardedPubSub,
+
+    /// Timeout of every Redis call.
+    #[arg(long, env = "RTGATE_REDIS_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
+
+    /// How long a room's epoch and last offset are kept after its last event.
+    #[arg(long, env = "RTGATE_REDIS_META_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub redis_meta_ttl: Duration,
+
     /// How long shutdown waits for connections to close.
     #[arg(long, env = "RTGATE_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,

@@ -114,11 +114,12 @@ pub async fn drive(
                     let _ = t.control.send(encode(&frame));
                 }
                 Action::Join { room, since } => {
-                    let contact = session.principal().is_some_and(|p| p.is_contact());
+                    let principal = session.principal().expect("joins follow hello");
                     let sub = Subscriber::new(
                         conn,
                         room.clone(),
-                        contact,
+                        principal.own_room(),
+                        principal.is_contact(),
                         t.lanes.lane(&room),
                         t.datagrams.clone(),
                     );
@@ -160,8 +161,9 @@ pub async fn drive(
                             event: Some(event),
                         })),
                     });
+                    let me = session.principal().map(|p| p.own_room());
                     if let Err(err) = engine
-                        .publish_ephemeral(&room, frame, Some(conn), private)
+                        .publish_ephemeral(&room, frame, me.as_ref().map(|r| r.as_str()), private)
                         .await
                     {
                         tracing::debug!(%conn, %room, %err, "ephemeral event dropped");

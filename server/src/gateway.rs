@@ -13,7 +13,7 @@ use crate::auth::{Authenticator, TokenKey};
 use crate::certs;
 use crate::config::Config;
 use crate::dev::DevCredentials;
-use crate::engine::{Engine, HistoryLimits, MemoryEngine};
+use crate::engine::{Engine, HistoryLimits, MemoryEngine, RedisConfig, RedisEngine};
 use crate::hub::Hub;
 use crate::node::{ConnectionLimits, Node};
 use crate::session::SessionConfig;
@@ -52,7 +52,8 @@ pub struct Gateway {
     pub dev_cert: bool,
     /// Generated credentials, in development mode when none were configured.
     pub dev: Option<DevCredentials>,
-    tasks: Vec<JoinHandle<()>>,
+    listeners: Vec<JoinHandle<()>>,
+    maintenance: JoinHandle<()>,
 }
 
 fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
@@ -70,16 +71,30 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
 }
 
 impl Gateway {
-    /// Starts a gateway with the embedded engine.
+    /// Starts a gateway: on Redis when `--redis` is given, else on the embedded engine.
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
         let hub = Arc::new(Hub::new());
-        let engine = Arc::new(MemoryEngine::new(
-            hub,
-            HistoryLimits {
-                max_events: config.history_size,
-                max_age: config.history_ttl,
-            },
-        ));
+        let history = HistoryLimits {
+            max_events: config.history_size,
+            max_age: config.history_ttl,
+        };
+        let engine: Arc<dyn Engine> = match &config.redis {
+            Some(url) => {
+                let redis = RedisConfig {
+                    prefix: config.redis_prefix.clone(),
+                    history,
+                    meta_ttl: config.redis_meta_ttl,
+                    sharded: config.redis_sharded_pubsub,
+                    timeout: config.redis_timeout,
+                    ..RedisConfig::new(url)
+                };
+                Arc::new(
+                    RedisEngine::new(hub, redis)
+                        .map_err(|e| StartError::Config(format!("redis: {e}")))?,
+                )
+            }
+            None => Arc::new(MemoryEngine::new(hub, history)),
+        };
         Gateway::start_with_engine(config, engine).await
     }
 
@@ -194,14 +209,14 @@ impl Gateway {
         };
         let app = router(state);
 
-        let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(webtransport::accept_loop(
+        let mut listeners = Vec::new();
+        listeners.push(tokio::spawn(webtransport::accept_loop(
             node.clone(),
             endpoint,
             node.shutdown_signal(),
         )));
         let mut shutdown = node.shutdown_signal();
-        tasks.push(tokio::spawn(async move {
+        listeners.push(tokio::spawn(async move {
             let stop = async move {
                 while !*shutdown.borrow_and_update() {
                     if shutdown.changed().await.is_err() {
@@ -217,13 +232,13 @@ impl Gateway {
             }
         }));
         let maintenance_engine = engine.clone();
-        tasks.push(tokio::spawn(async move {
+        let maintenance = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(10));
             loop {
                 tick.tick().await;
                 maintenance_engine.maintain().await;
             }
-        }));
+        });
 
         tracing::info!(%wt_addr, %http_addr, node = %node.session.node_id, "rtgate listening");
         Ok(Gateway {
@@ -233,7 +248,8 @@ impl Gateway {
             cert_sha256: identity.sha256_hex,
             dev_cert: identity.generated,
             dev,
-            tasks,
+            listeners,
+            maintenance,
         })
     }
 
@@ -242,8 +258,21 @@ impl Gateway {
     pub async fn shutdown(self, drain: Duration) -> usize {
         self.node.begin_shutdown();
         let left = self.node.drain(drain).await;
-        for task in self.tasks {
-            task.abort();
+        self.maintenance.abort();
+        // The listeners release their sockets once drained; a restart may bind them again.
+        for mut task in self.listeners {
+            if tokio::time::timeout(Duration::from_secs(3), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
+        }
+        // QUIC's endpoint task closes the UDP socket just after the endpoint is dropped:
+        // wait for it, so that a restarted gateway can bind the same port at once.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while udp_socket(self.wt_addr).is_err() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         left
     }

@@ -15,6 +15,21 @@ use bytes::Bytes;
 use rtgate_protocol::RoomName;
 
 use crate::ids::{ConnectionId, Epoch, StreamPos};
+
+/// Encodes `ServerFrame { reset }` for a room.
+pub fn encode_reset(room: &RoomName, pos: &StreamPos) -> Bytes {
+    use prost::Message;
+    use rtgate_protocol::pb;
+    Bytes::from(
+        pb::ServerFrame {
+            kind: Some(pb::server_frame::Kind::Reset(pb::RoomReset {
+                room: room.to_string(),
+                position: Some(pos.to_pb()),
+            })),
+        }
+        .encode_to_vec(),
+    )
+}
 use crate::outbox::{DatagramSink, Lane};
 
 /// One event of a room, encoded once as a `ServerFrame` and shared by every subscriber.
@@ -49,6 +64,8 @@ enum SubState {
 pub struct Subscriber {
     conn: ConnectionId,
     room: RoomName,
+    /// The principal's own room (`user:7`): typing is never echoed to its sender.
+    principal: RoomName,
     contact: bool,
     lane: Lane,
     datagrams: Option<Arc<dyn DatagramSink>>,
@@ -56,11 +73,12 @@ pub struct Subscriber {
 }
 
 impl Subscriber {
-    /// A subscriber of `room` for `conn`, writing to `lane`; `contact` marks contact
-    /// connections (they never get private typing).
+    /// A subscriber of `room` for `conn` of `principal` (its own room), writing to `lane`;
+    /// `contact` marks contact connections (they never get private typing).
     pub fn new(
         conn: ConnectionId,
         room: RoomName,
+        principal: RoomName,
         contact: bool,
         lane: Lane,
         datagrams: Option<Arc<dyn DatagramSink>>,
@@ -68,6 +86,7 @@ impl Subscriber {
         Arc::new(Subscriber {
             conn,
             room,
+            principal,
             contact,
             lane,
             datagrams,
@@ -93,6 +112,10 @@ impl Subscriber {
         let _ = self.lane.send(p.frame.clone());
     }
 
+    fn send_reset(&self, pos: &StreamPos) {
+        let _ = self.lane.send(encode_reset(&self.room, pos));
+    }
+
     /// Hands over a live publication.
     pub fn deliver(&self, p: &Arc<Publication>) {
         let mut state = self.state.lock().expect("subscriber lock");
@@ -108,7 +131,11 @@ impl Subscriber {
             }
             SubState::Live { epoch, last } => {
                 if p.pos.epoch != *epoch {
-                    // The room's history was reset: follow the new epoch.
+                    // The room's history was reset: say so, then follow the new epoch.
+                    self.send_reset(&StreamPos {
+                        epoch: p.pos.epoch.clone(),
+                        offset: p.pos.offset - 1,
+                    });
                     *epoch = p.pos.epoch.clone();
                     *last = p.pos.offset;
                     self.send(p);
@@ -145,6 +172,10 @@ impl Subscriber {
         let mut last = pos.offset;
         for p in buffered.drain(..) {
             if p.pos.epoch != epoch {
+                self.send_reset(&StreamPos {
+                    epoch: p.pos.epoch.clone(),
+                    offset: p.pos.offset - 1,
+                });
                 epoch = p.pos.epoch.clone();
                 last = p.pos.offset;
                 self.send(&p);
@@ -154,6 +185,30 @@ impl Subscriber {
             }
         }
         *state = SubState::Live { epoch, last };
+    }
+
+    /// Events were lost: tell the client, and continue after `pos`.
+    pub fn reset(&self, pos: &StreamPos) {
+        let mut state = self.state.lock().expect("subscriber lock");
+        match &mut *state {
+            SubState::Live { epoch, last } => {
+                if *epoch == pos.epoch && *last >= pos.offset {
+                    return;
+                }
+                self.send_reset(pos);
+                *epoch = pos.epoch.clone();
+                *last = pos.offset;
+            }
+            SubState::Pending {
+                prepared: Some((replay, prepared_pos)),
+                ..
+            } => {
+                // Not live yet: the client will hear of it as recovered = false.
+                replay.clear();
+                *prepared_pos = pos.clone();
+            }
+            SubState::Pending { .. } | SubState::Closed => {}
+        }
     }
 
     /// Hands over an ephemeral frame (typing); `private` ones skip contacts.
@@ -259,12 +314,21 @@ impl Hub {
         subs.len()
     }
 
-    /// Delivers an ephemeral frame to every local subscriber except `exclude`.
+    /// Tells every local subscriber of `room` that events were lost up to `pos`.
+    pub fn reset(&self, room: &RoomName, pos: &StreamPos) {
+        let shard = self.shard(room).read().expect("hub lock");
+        for s in shard.get(room).into_iter().flatten() {
+            s.reset(pos);
+        }
+    }
+
+    /// Delivers an ephemeral frame to every local subscriber except the connections of
+    /// the principal `exclude` (e.g. `user:7`).
     pub fn broadcast_ephemeral(
         &self,
         room: &RoomName,
         frame: &Bytes,
-        exclude: Option<ConnectionId>,
+        exclude: Option<&str>,
         private: bool,
     ) -> usize {
         let shard = self.shard(room).read().expect("hub lock");
@@ -272,7 +336,10 @@ impl Hub {
             return 0;
         };
         let mut n = 0;
-        for s in subs.iter().filter(|s| Some(s.conn) != exclude) {
+        for s in subs
+            .iter()
+            .filter(|s| Some(s.principal.as_str()) != exclude)
+        {
             s.deliver_ephemeral(frame, private);
             n += 1;
         }

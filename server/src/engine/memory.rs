@@ -81,7 +81,7 @@ impl RoomLog {
     ) -> Arc<Publication> {
         self.top += 1;
         self.last_used = now;
-        let p = encode_publication(room, self.top(), event);
+        let p = encode_publication(room, self.top(), &prost::Message::encode_to_vec(event));
         self.entries.push_back((now, p.clone()));
         self.trim(limits, now);
         p
@@ -204,7 +204,7 @@ impl Engine for MemoryEngine {
         &self,
         room: &RoomName,
         frame: Bytes,
-        exclude: Option<ConnectionId>,
+        exclude: Option<&str>,
         private: bool,
     ) -> Result<(), EngineError> {
         self.hub.broadcast_ephemeral(room, &frame, exclude, private);

@@ -4,9 +4,12 @@
 //! [`Engine`] is the seam between the session layer and the storage/fan-out layer. The
 //! embedded [`MemoryEngine`] serves a single node with no external service.
 
+pub mod bus;
 mod memory;
+pub mod redis;
 
 pub use memory::{HistoryLimits, MemoryEngine};
+pub use redis::{RedisConfig, RedisEngine, ShardedPubSub};
 
 use std::sync::Arc;
 
@@ -69,12 +72,13 @@ pub trait Engine: Send + Sync + 'static {
     async fn unsubscribe(&self, room: &RoomName, conn: ConnectionId);
 
     /// Delivers an ephemeral frame (not stored, not numbered) to the room's subscribers,
-    /// except `exclude`; `private` frames skip contact connections.
+    /// except the connections of the principal `exclude` (e.g. `user:7`); `private` frames
+    /// skip contact connections.
     async fn publish_ephemeral(
         &self,
         room: &RoomName,
         frame: Bytes,
-        exclude: Option<ConnectionId>,
+        exclude: Option<&str>,
         private: bool,
     ) -> Result<(), EngineError>;
 
@@ -93,20 +97,31 @@ pub trait Engine: Send + Sync + 'static {
     async fn maintain(&self) {}
 }
 
-/// Encodes a room event once, as the `ServerFrame` every subscriber receives.
-pub fn encode_publication(room: &RoomName, pos: StreamPos, event: &pb::Event) -> Arc<Publication> {
-    let frame = pb::ServerFrame {
-        kind: Some(pb::server_frame::Kind::Event(pb::RoomEvent {
-            room: room.to_string(),
-            epoch: pos.epoch.to_string(),
-            offset: pos.offset,
-            event: Some(event.clone()),
-        })),
+/// Builds the `ServerFrame { event: RoomEvent }` every subscriber receives, around an
+/// already encoded `Event`, without decoding it: the frame is encoded once per node and
+/// its bytes shared by every local subscriber.
+pub fn encode_publication(room: &RoomName, pos: StreamPos, event: &[u8]) -> Arc<Publication> {
+    use prost::encoding::{WireType, encode_key, encode_varint};
+    let head = pb::RoomEvent {
+        room: room.to_string(),
+        epoch: pos.epoch.to_string(),
+        offset: pos.offset,
+        event: None,
     };
+    // RoomEvent.event is field 4; ServerFrame.event is field 3.
+    let inner_len = head.encoded_len() + 1 + prost::length_delimiter_len(event.len()) + event.len();
+    let mut buf =
+        bytes::BytesMut::with_capacity(inner_len + 1 + prost::length_delimiter_len(inner_len));
+    encode_key(3, WireType::LengthDelimited, &mut buf);
+    encode_varint(inner_len as u64, &mut buf);
+    head.encode_raw(&mut buf);
+    encode_key(4, WireType::LengthDelimited, &mut buf);
+    encode_varint(event.len() as u64, &mut buf);
+    buf.extend_from_slice(event);
     Arc::new(Publication {
         room: room.clone(),
         pos,
-        frame: Bytes::from(frame.encode_to_vec()),
+        frame: buf.freeze(),
     })
 }
 
@@ -147,6 +162,28 @@ mod tests {
             epoch: Epoch::from_wire(epoch),
             offset,
         }
+    }
+
+    #[test]
+    fn publication_frames_decode_as_server_frames() {
+        let event = pb::Event {
+            id: "x".into(),
+            name: "message.created".into(),
+            json: "{}".into(),
+            ..Default::default()
+        };
+        let room = RoomName::parse("inbox:3").unwrap();
+        let p = encode_publication(&room, pos("ep", 300), &event.encode_to_vec());
+        let frame = pb::ServerFrame::decode(&p.frame[..]).unwrap();
+        assert_eq!(
+            frame.kind,
+            Some(pb::server_frame::Kind::Event(pb::RoomEvent {
+                room: "inbox:3".into(),
+                epoch: "ep".into(),
+                offset: 300,
+                event: Some(event),
+            }))
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod raw;
+pub mod redis;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -34,6 +35,14 @@ pub struct TestGateway {
     _certs: tempfile::TempDir,
 }
 
+/// A configuration on Redis at `url`, keys under `prefix`.
+pub fn redis_config(url: &str, prefix: &str) -> Config {
+    let mut c = config();
+    c.redis = Some(url.to_string());
+    c.redis_prefix = prefix.to_string();
+    c
+}
+
 pub fn config() -> Config {
     let mut config = Config::ephemeral();
     config.jwt_secret = Some(SECRET.into());
@@ -55,6 +64,26 @@ impl TestGateway {
             http: reqwest::Client::new(),
             _certs: certs,
         }
+    }
+
+    /// Waits until `/readyz` says ready (the engine is connected).
+    pub async fn ready(self) -> Self {
+        self.wait_ready(true).await;
+        self
+    }
+
+    /// Waits until `/readyz` answers `ready` (200) or not (503).
+    pub async fn wait_ready(&self, ready: bool) {
+        let want = if ready { 200 } else { 503 };
+        for _ in 0..500 {
+            if let Ok(r) = self.http.get(self.api("/readyz")).send().await
+                && r.status() == want
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("readyz never answered {want}");
     }
 
     pub fn wt_url(&self) -> String {

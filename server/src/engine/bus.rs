@@ -1,0 +1,118 @@
+//! The messages nodes exchange over Redis pub/sub, one per room channel. Publications are
+//! written by the publish script inside Redis (so the format is one Lua can build):
+//!
+//! - `P<epoch>:<offset>:<Event protobuf bytes>`: a numbered room event;
+//! - `E<0|1><principal>:<ServerFrame bytes>`: an ephemeral frame (typing), `1` when
+//!   private, not to be delivered to `principal`'s own connections.
+
+/// A decoded bus message, borrowing from the received bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusMessage<'a> {
+    /// A numbered room event.
+    Publication {
+        /// The room's epoch.
+        epoch: &'a str,
+        /// Its offset.
+        offset: u64,
+        /// The encoded `Event`.
+        event: &'a [u8],
+    },
+    /// An ephemeral frame.
+    Ephemeral {
+        /// Hidden from contacts.
+        private: bool,
+        /// The sender's own room (`user:7`), never echoed to.
+        exclude: &'a str,
+        /// The encoded `ServerFrame`.
+        frame: &'a [u8],
+    },
+}
+
+fn split_once(bytes: &[u8], sep: u8) -> Option<(&[u8], &[u8])> {
+    let i = bytes.iter().position(|b| *b == sep)?;
+    Some((&bytes[..i], &bytes[i + 1..]))
+}
+
+/// Decodes a bus message; `None` for anything malformed.
+pub fn decode(bytes: &[u8]) -> Option<BusMessage<'_>> {
+    let (&kind, rest) = bytes.split_first()?;
+    match kind {
+        b'P' => {
+            let (epoch, rest) = split_once(rest, b':')?;
+            let (offset, event) = split_once(rest, b':')?;
+            Some(BusMessage::Publication {
+                epoch: std::str::from_utf8(epoch).ok()?,
+                offset: std::str::from_utf8(offset).ok()?.parse().ok()?,
+                event,
+            })
+        }
+        b'E' => {
+            let (&flag, rest) = rest.split_first()?;
+            let (exclude, frame) = split_once(rest, b':')?;
+            Some(BusMessage::Ephemeral {
+                private: flag == b'1',
+                exclude: std::str::from_utf8(exclude).ok()?,
+                frame,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Encodes an ephemeral message.
+pub fn encode_ephemeral(private: bool, exclude: &str, frame: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(3 + exclude.len() + frame.len());
+    out.push(b'E');
+    out.push(if private { b'1' } else { b'0' });
+    out.extend_from_slice(exclude.as_bytes());
+    out.push(b':');
+    out.extend_from_slice(frame);
+    out
+}
+
+/// Encodes a publication (the publish script builds the same bytes).
+pub fn encode_publication(epoch: &str, offset: u64, event: &[u8]) -> Vec<u8> {
+    let mut out = format!("P{epoch}:{offset}:").into_bytes();
+    out.extend_from_slice(event);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn round_trips(epoch in "[0-9a-f]{1,16}", offset in any::<u64>(), payload in proptest::collection::vec(any::<u8>(), 0..64),
+                       private in any::<bool>(), exclude in "[a-z]{1,8}:[0-9]{1,5}") {
+            let p = encode_publication(&epoch, offset, &payload);
+            prop_assert_eq!(decode(&p), Some(BusMessage::Publication { epoch: &epoch, offset, event: &payload }));
+            let e = encode_ephemeral(private, &exclude, &payload);
+            prop_assert_eq!(decode(&e), Some(BusMessage::Ephemeral { private, exclude: &exclude, frame: &payload }));
+        }
+
+        #[test]
+        fn garbage_is_refused_not_panicked_on(bytes in proptest::collection::vec(any::<u8>(), 0..32)) {
+            let _ = decode(&bytes);
+        }
+    }
+
+    #[test]
+    fn malformed_messages_are_refused() {
+        for bad in [
+            &b""[..],
+            b"X",
+            b"P",
+            b"Pe",
+            b"Pe:",
+            b"Pe:x:",
+            b"Pe:-1:",
+            b"E",
+            b"E1",
+            b"E1user:7",
+        ] {
+            assert_eq!(decode(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! The Redis key layout (see docs/architecture.md, "Redis key layout").
+
+use rtgate_protocol::RoomName;
+
+/// Key names under one prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// Keys under `prefix` (e.g. `rtgate`).
+    pub fn new(prefix: &str) -> Self {
+        Keys {
+            prefix: prefix.to_string(),
+        }
+    }
+
+    /// The room's metadata hash: `e` (epoch), `o` (last offset).
+    pub fn meta(&self, room: &RoomName) -> String {
+        format!("{}:{{{}}}:m", self.prefix, room)
+    }
+
+    /// The room's history stream: entries `o` (offset), `d` (encoded Event).
+    pub fn history(&self, room: &RoomName) -> String {
+        format!("{}:{{{}}}:h", self.prefix, room)
+    }
+
+    /// The room's pub/sub channel.
+    pub fn channel(&self, room: &RoomName) -> String {
+        format!("{}:{{{}}}:c", self.prefix, room)
+    }
+
+    /// The room a channel belongs to.
+    pub fn room_of_channel(&self, channel: &[u8]) -> Option<RoomName> {
+        let s = std::str::from_utf8(channel).ok()?;
+        let rest = s.strip_prefix(&self.prefix)?.strip_prefix(":{")?;
+        let room = rest.strip_suffix("}:c")?;
+        RoomName::parse(room).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channels_map_back_to_rooms() {
+        let keys = Keys::new("rt:test");
+        let room = RoomName::parse("conversation:42").unwrap();
+        assert_eq!(keys.meta(&room), "rt:test:{conversation:42}:m");
+        assert_eq!(
+            keys.room_of_channel(keys.channel(&room).as_bytes()),
+            Some(room)
+        );
+        assert_eq!(keys.room_of_channel(b"other:{conversation:42}:c"), None);
+        assert_eq!(keys.room_of_channel(b"rt:test:{nope}:c"), None);
+    }
+}

@@ -1,0 +1,629 @@
+//! The Redis engine: any number of nodes sharing one Redis act as one gateway.
+//!
+//! - **Publish** is one script: next offset, append to the room's history stream (trimmed
+//!   by count and age), refresh expiries, and broadcast on the room's channel.
+//! - **Fan-out**: a node subscribes only to the channels of rooms with local subscribers,
+//!   reference-counted, over one pub/sub connection (sharded pub/sub where the server
+//!   supports it); commands use one multiplexed connection.
+//! - **Recovery**: the node remembers the last position it delivered in every room.
+//!   When a message arrives past a gap, or when the pub/sub connection comes back, it
+//!   fills the gap from history; when history cannot, local subscribers get a `RoomReset`
+//!   (the client's `recovered = false`). Never a silent gap.
+//! - **Outage**: every call has a timeout; while Redis is unreachable publishes fail fast
+//!   (`Unavailable`, HTTP 503), the node reports not ready, and everything resumes by
+//!   itself when Redis returns.
+
+mod keys;
+mod pubsub;
+mod scripts;
+
+pub use keys::Keys;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use prost::Message;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use rtgate_protocol::{RoomName, pb};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    Engine, EngineError, HistoryLimits, RoomInfo, SubscribeOutcome, bus, encode_publication,
+};
+use crate::hub::{Hub, Publication, Subscriber};
+use crate::ids::{ConnectionId, Epoch, StreamPos};
+
+/// Whether to use sharded pub/sub (`SSUBSCRIBE`/`SPUBLISH`, Redis 7+).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ShardedPubSub {
+    /// Sharded when the server is Redis 7 or newer.
+    Auto,
+    /// Always sharded.
+    On,
+    /// Classic `SUBSCRIBE`/`PUBLISH`.
+    Off,
+}
+
+/// How to use Redis.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://host:port/db`.
+    pub url: String,
+    /// Prefix of every key and channel.
+    pub prefix: String,
+    /// History kept per room.
+    pub history: HistoryLimits,
+    /// How long a room's epoch and last offset outlive its last event.
+    pub meta_ttl: Duration,
+    /// Sharded pub/sub choice.
+    pub sharded: ShardedPubSub,
+    /// Timeout of every Redis call.
+    pub timeout: Duration,
+}
+
+impl RedisConfig {
+    /// Defaults for `url`.
+    pub fn new(url: &str) -> Self {
+        RedisConfig {
+            url: url.to_string(),
+            prefix: "rtgate".into(),
+            history: HistoryLimits::default(),
+            meta_ttl: Duration::from_secs(86_400),
+            sharded: ShardedPubSub::Auto,
+            timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What the read script found.
+#[derive(Debug)]
+enum Read {
+    Fresh,
+    Replay(Vec<(u64, Bytes)>),
+    Lost,
+}
+
+/// Counters of the engine's health.
+#[derive(Debug, Default)]
+pub struct RedisStats {
+    /// Redis calls that failed or timed out.
+    pub errors: AtomicU64,
+    /// Times the pub/sub connection was re-established.
+    pub reconnects: AtomicU64,
+    /// Gaps filled from history.
+    pub gaps_repaired: AtomicU64,
+    /// Rooms reset because history could not fill a gap.
+    pub resets: AtomicU64,
+}
+
+pub(crate) struct Inner {
+    hub: Arc<Hub>,
+    config: RedisConfig,
+    keys: Keys,
+    client: redis::Client,
+    pubsub_client: redis::Client,
+    commands: tokio::sync::Mutex<Option<ConnectionManager>>,
+    publish_script: redis::Script,
+    read_script: redis::Script,
+    sharded: AtomicBool,
+    pubsub_up: AtomicBool,
+    commands_ok: AtomicBool,
+    /// Last position delivered by this node, per room with local subscribers.
+    tracks: Mutex<HashMap<RoomName, Option<StreamPos>>>,
+    stats: Arc<RedisStats>,
+}
+
+/// The Redis engine.
+pub struct RedisEngine {
+    inner: Arc<Inner>,
+    pubsub: mpsc::UnboundedSender<pubsub::Command>,
+}
+
+impl std::fmt::Debug for RedisEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisEngine")
+            .field("prefix", &self.inner.config.prefix)
+            .finish()
+    }
+}
+
+fn unavailable(err: impl std::fmt::Display) -> EngineError {
+    EngineError::Unavailable(err.to_string())
+}
+
+impl RedisEngine {
+    /// An engine on `config`, delivering to `hub`. Connects in the background: a node
+    /// starts (not ready) even while Redis is unreachable.
+    pub fn new(hub: Arc<Hub>, config: RedisConfig) -> Result<Self, EngineError> {
+        let client = redis::Client::open(config.url.as_str())
+            .map_err(|e| EngineError::Internal(e.to_string()))?;
+        let info = client.get_connection_info().clone();
+        let resp3 = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        let pubsub_client = redis::Client::open(info.set_redis_settings(resp3))
+            .map_err(|e| EngineError::Internal(e.to_string()))?;
+        let inner = Arc::new(Inner {
+            hub,
+            keys: Keys::new(&config.prefix),
+            sharded: AtomicBool::new(config.sharded == ShardedPubSub::On),
+            config,
+            client,
+            pubsub_client,
+            commands: tokio::sync::Mutex::new(None),
+            publish_script: redis::Script::new(scripts::PUBLISH),
+            read_script: redis::Script::new(scripts::READ),
+            pubsub_up: AtomicBool::new(false),
+            commands_ok: AtomicBool::new(false),
+            tracks: Mutex::new(HashMap::new()),
+            stats: Arc::new(RedisStats::default()),
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(pubsub::run(inner.clone(), rx));
+        Ok(RedisEngine { inner, pubsub: tx })
+    }
+
+    /// Health counters.
+    pub fn stats(&self) -> Arc<RedisStats> {
+        self.inner.stats.clone()
+    }
+
+    async fn join_channel(&self, room: &RoomName) -> Result<(), EngineError> {
+        let (tx, rx) = oneshot::channel();
+        self.pubsub
+            .send(pubsub::Command::Subscribe(room.clone(), tx))
+            .map_err(|_| EngineError::Internal("pub/sub task gone".into()))?;
+        match tokio::time::timeout(self.inner.config.timeout * 2, rx).await {
+            Ok(Ok(result)) => result,
+            _ => Err(unavailable("pub/sub subscribe timed out")),
+        }
+    }
+}
+
+impl Inner {
+    /// The command connection, established on first use.
+    async fn conn(&self) -> Result<ConnectionManager, EngineError> {
+        let mut guard = self.commands.lock().await;
+        if let Some(c) = guard.as_ref() {
+            return Ok(c.clone());
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.config.timeout))
+            .set_response_timeout(Some(self.config.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let mut conn = tokio::time::timeout(
+            self.config.timeout * 2,
+            ConnectionManager::new_with_config(self.client.clone(), config),
+        )
+        .await
+        .map_err(|_| unavailable("connecting to redis timed out"))?
+        .map_err(unavailable)?;
+        if self.config.sharded == ShardedPubSub::Auto {
+            let info: String = redis::cmd("INFO")
+                .arg("server")
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            let major = info
+                .lines()
+                .find_map(|l| l.strip_prefix("redis_version:"))
+                .and_then(|v| v.split('.').next())
+                .and_then(|v| v.trim().parse::<u32>().ok())
+                .unwrap_or(0);
+            self.sharded.store(major >= 7, Ordering::Relaxed);
+        }
+        *guard = Some(conn.clone());
+        Ok(conn)
+    }
+
+    fn note<T>(&self, result: &Result<T, EngineError>) {
+        match result {
+            Ok(_) => self.commands_ok.store(true, Ordering::Relaxed),
+            Err(_) => {
+                self.commands_ok.store(false, Ordering::Relaxed);
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    async fn call<T: redis::FromRedisValue>(
+        &self,
+        mut invocation: redis::ScriptInvocation<'_>,
+    ) -> Result<T, EngineError> {
+        let result = async {
+            let mut conn = self.conn().await?;
+            match tokio::time::timeout(self.config.timeout, invocation.invoke_async::<T>(&mut conn))
+                .await
+            {
+                Err(_) => Err(unavailable("redis call timed out")),
+                Ok(Err(e))
+                    if e.is_io_error()
+                        || e.is_timeout()
+                        || e.is_connection_dropped()
+                        || e.is_connection_refusal() =>
+                {
+                    Err(unavailable(e))
+                }
+                Ok(Err(e)) => Err(EngineError::Internal(e.to_string())),
+                Ok(Ok(v)) => Ok(v),
+            }
+        }
+        .await;
+        let _ = &mut invocation;
+        self.note(&result);
+        result
+    }
+
+    fn sharded(&self) -> bool {
+        self.sharded.load(Ordering::Relaxed)
+    }
+
+    async fn read(
+        &self,
+        room: &RoomName,
+        since: Option<&StreamPos>,
+    ) -> Result<(StreamPos, Read), EngineError> {
+        let mut inv = self.read_script.prepare_invoke();
+        inv.key(self.keys.meta(room))
+            .key(self.keys.history(room))
+            .arg(Epoch::random().as_str())
+            .arg(self.config.history.max_age.as_millis() as u64)
+            .arg(self.config.meta_ttl.as_millis() as u64)
+            .arg(since.map_or("", |s| s.epoch.as_str()))
+            .arg(since.map_or(0, |s| s.offset));
+        let values: Vec<redis::Value> = self.call(inv).await?;
+        parse_read(values)
+            .ok_or_else(|| EngineError::Internal("unexpected read script reply".into()))
+    }
+
+    fn publication(
+        &self,
+        room: &RoomName,
+        epoch: &Epoch,
+        offset: u64,
+        event: &[u8],
+    ) -> Arc<Publication> {
+        encode_publication(
+            room,
+            StreamPos {
+                epoch: epoch.clone(),
+                offset,
+            },
+            event,
+        )
+    }
+
+    /// Fills the gap after the last position this node delivered in `room`, or resets the
+    /// room's subscribers when history cannot. False when Redis could not be asked (the
+    /// caller retries).
+    async fn repair(&self, room: &RoomName) -> bool {
+        let last = match self.tracks.lock().expect("tracks lock").get(room) {
+            Some(Some(last)) => last.clone(),
+            _ => return true,
+        };
+        match self.read(room, Some(&last)).await {
+            Ok((top, Read::Replay(entries))) => {
+                if !entries.is_empty() {
+                    self.stats.gaps_repaired.fetch_add(1, Ordering::Relaxed);
+                }
+                for (offset, event) in entries {
+                    self.deliver(room, self.publication(room, &top.epoch, offset, &event));
+                }
+            }
+            Ok((top, _)) => {
+                tracing::warn!(%room, from = %last, to = %top, "history cannot fill the gap: resetting the room");
+                self.stats.resets.fetch_add(1, Ordering::Relaxed);
+                self.hub.reset(room, &top);
+                if let Some(t) = self.tracks.lock().expect("tracks lock").get_mut(room) {
+                    *t = Some(top);
+                }
+            }
+            Err(err) => {
+                tracing::debug!(%room, %err, "gap repair failed; retrying");
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Hands a publication to the hub and advances the room's position.
+    fn deliver(&self, room: &RoomName, p: Arc<Publication>) {
+        let mut tracks = self.tracks.lock().expect("tracks lock");
+        let Some(last) = tracks.get_mut(room) else {
+            return;
+        };
+        if let Some(l) = last
+            && l.epoch == p.pos.epoch
+            && l.offset >= p.pos.offset
+        {
+            return;
+        }
+        *last = Some(p.pos.clone());
+        self.hub.broadcast(&p);
+    }
+
+    /// A message from a room channel.
+    async fn on_message(&self, channel: &[u8], payload: &[u8]) {
+        let Some(room) = self.keys.room_of_channel(channel) else {
+            return;
+        };
+        match bus::decode(payload) {
+            Some(bus::BusMessage::Publication {
+                epoch,
+                offset,
+                event,
+            }) => {
+                let epoch = Epoch::from_wire(epoch);
+                let arrival = {
+                    let tracks = self.tracks.lock().expect("tracks lock");
+                    match tracks.get(&room) {
+                        None => return,
+                        Some(last) => classify(last.as_ref(), &epoch, offset),
+                    }
+                };
+                match arrival {
+                    Arrival::Duplicate => {}
+                    Arrival::Next | Arrival::NewEpoch => {
+                        self.deliver(&room, self.publication(&room, &epoch, offset, event))
+                    }
+                    Arrival::Gap => {
+                        // If history cannot be read now, deliver anyway: the pub/sub task
+                        // retries the repair, and subscribers drop what they already have.
+                        self.repair(&room).await;
+                        self.deliver(&room, self.publication(&room, &epoch, offset, event));
+                    }
+                }
+            }
+            Some(bus::BusMessage::Ephemeral {
+                private,
+                exclude,
+                frame,
+            }) => {
+                self.hub.broadcast_ephemeral(
+                    &room,
+                    &Bytes::copy_from_slice(frame),
+                    Some(exclude),
+                    private,
+                );
+            }
+            None => tracing::warn!(%room, "undecodable message on a room channel"),
+        }
+    }
+}
+
+/// How a publication relates to the last position a node delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Arrival {
+    /// Already delivered.
+    Duplicate,
+    /// The next one (or the first this node sees).
+    Next,
+    /// Some were missed: fill from history first.
+    Gap,
+    /// Another epoch: history was reset.
+    NewEpoch,
+}
+
+/// Classifies an arriving publication against the last delivered position.
+pub(crate) fn classify(last: Option<&StreamPos>, epoch: &Epoch, offset: u64) -> Arrival {
+    match last {
+        None => Arrival::Next,
+        Some(l) if l.epoch != *epoch => Arrival::NewEpoch,
+        Some(l) if offset <= l.offset => Arrival::Duplicate,
+        Some(l) if offset == l.offset + 1 => Arrival::Next,
+        Some(_) => Arrival::Gap,
+    }
+}
+
+fn value_str(v: &redis::Value) -> Option<String> {
+    match v {
+        redis::Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        redis::Value::SimpleString(s) => Some(s.clone()),
+        redis::Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+fn parse_read(values: Vec<redis::Value>) -> Option<(StreamPos, Read)> {
+    let mut it = values.into_iter();
+    let epoch = value_str(&it.next()?)?;
+    let top: u64 = value_str(&it.next()?)?.parse().ok()?;
+    let status = value_str(&it.next()?)?;
+    let pos = StreamPos {
+        epoch: Epoch::from_wire(&epoch),
+        offset: top,
+    };
+    let read = match status.as_str() {
+        "fresh" => Read::Fresh,
+        "lost" => Read::Lost,
+        "ok" => {
+            let mut entries = Vec::new();
+            while let Some(offset) = it.next() {
+                let offset: u64 = value_str(&offset)?.parse().ok()?;
+                let data = match it.next()? {
+                    redis::Value::BulkString(b) => Bytes::from(b),
+                    _ => return None,
+                };
+                entries.push((offset, data));
+            }
+            Read::Replay(entries)
+        }
+        _ => return None,
+    };
+    Some((pos, read))
+}
+
+#[async_trait]
+impl Engine for RedisEngine {
+    async fn publish(&self, room: &RoomName, event: &pb::Event) -> Result<StreamPos, EngineError> {
+        let inner = &self.inner;
+        let mut inv = inner.publish_script.prepare_invoke();
+        inv.key(inner.keys.meta(room))
+            .key(inner.keys.history(room))
+            .key(inner.keys.channel(room))
+            .arg(event.encode_to_vec())
+            .arg(inner.config.history.max_events)
+            .arg(inner.config.history.max_age.as_millis() as u64)
+            .arg(inner.config.meta_ttl.as_millis() as u64)
+            .arg(Epoch::random().as_str())
+            .arg(if inner.sharded() { "1" } else { "0" });
+        let (epoch, offset): (String, u64) = inner.call(inv).await?;
+        Ok(StreamPos {
+            epoch: Epoch::from_wire(&epoch),
+            offset,
+        })
+    }
+
+    async fn subscribe(
+        &self,
+        sub: Arc<Subscriber>,
+        since: Option<StreamPos>,
+    ) -> Result<SubscribeOutcome, EngineError> {
+        let room = sub.room().clone();
+        // Registered first, the channel joined next: whatever is published from then on
+        // reaches the subscriber's buffer, and whatever came before is in the history read.
+        self.inner.hub.add(sub.clone());
+        self.join_channel(&room).await?;
+        let (top, read) = self.inner.read(&room, since.as_ref()).await?;
+        {
+            let mut tracks = self.inner.tracks.lock().expect("tracks lock");
+            if let Some(last) = tracks.get_mut(&room)
+                && last
+                    .as_ref()
+                    .is_none_or(|l| l.epoch != top.epoch || l.offset < top.offset)
+            {
+                *last = Some(top.clone());
+            }
+        }
+        let (replay, recovered) = match read {
+            Read::Replay(entries) => (
+                entries
+                    .iter()
+                    .map(|(offset, event)| {
+                        self.inner.publication(&room, &top.epoch, *offset, event)
+                    })
+                    .collect(),
+                true,
+            ),
+            Read::Fresh | Read::Lost => (Vec::new(), false),
+        };
+        let outcome = SubscribeOutcome {
+            pos: top.clone(),
+            recovered,
+            replayed: replay.len() as u32,
+        };
+        sub.prepare(replay, top);
+        Ok(outcome)
+    }
+
+    async fn unsubscribe(&self, room: &RoomName, conn: ConnectionId) {
+        self.inner.hub.remove(room, conn);
+        let _ = self.pubsub.send(pubsub::Command::Unsubscribe(room.clone()));
+    }
+
+    async fn publish_ephemeral(
+        &self,
+        room: &RoomName,
+        frame: Bytes,
+        exclude: Option<&str>,
+        private: bool,
+    ) -> Result<(), EngineError> {
+        let inner = &self.inner;
+        let mut conn = inner.conn().await?;
+        let message = bus::encode_ephemeral(private, exclude.unwrap_or(""), &frame);
+        let cmd = if inner.sharded() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        };
+        let result = tokio::time::timeout(
+            inner.config.timeout,
+            redis::cmd(cmd)
+                .arg(inner.keys.channel(room))
+                .arg(message)
+                .exec_async(&mut conn),
+        )
+        .await
+        .map_err(|_| unavailable("redis call timed out"))
+        .and_then(|r| r.map_err(unavailable));
+        inner.note(&result);
+        result
+    }
+
+    async fn room_info(&self, room: &RoomName) -> Result<RoomInfo, EngineError> {
+        let inner = &self.inner;
+        let mut conn = inner.conn().await?;
+        let result = tokio::time::timeout(
+            inner.config.timeout,
+            redis::cmd("HMGET")
+                .arg(inner.keys.meta(room))
+                .arg("e")
+                .arg("o")
+                .query_async::<(Option<String>, Option<u64>)>(&mut conn),
+        )
+        .await
+        .map_err(|_| unavailable("redis call timed out"))
+        .and_then(|r| r.map_err(unavailable));
+        inner.note(&result);
+        let (epoch, offset) = result?;
+        Ok(RoomInfo {
+            subscribers: inner.hub.subscribers(room) as u32,
+            pos: StreamPos {
+                epoch: Epoch::from_wire(epoch.as_deref().unwrap_or("")),
+                offset: offset.unwrap_or(0),
+            },
+        })
+    }
+
+    fn hub(&self) -> &Arc<Hub> {
+        &self.inner.hub
+    }
+
+    fn is_ready(&self) -> bool {
+        self.inner.pubsub_up.load(Ordering::Relaxed)
+            && self.inner.commands_ok.load(Ordering::Relaxed)
+    }
+
+    async fn maintain(&self) {
+        // A cheap round trip keeps readiness honest while the node is idle.
+        if let Ok(mut conn) = self.inner.conn().await {
+            let result = tokio::time::timeout(
+                self.inner.config.timeout,
+                redis::cmd("PING").exec_async(&mut conn),
+            )
+            .await
+            .map_err(|_| unavailable("redis ping timed out"))
+            .and_then(|r| r.map_err(unavailable));
+            self.inner.note(&result);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pos(epoch: &str, offset: u64) -> StreamPos {
+        StreamPos {
+            epoch: Epoch::from_wire(epoch),
+            offset,
+        }
+    }
+
+    #[test]
+    fn arrivals_are_classified() {
+        let e = Epoch::from_wire("e");
+        assert_eq!(classify(None, &e, 9), Arrival::Next);
+        assert_eq!(classify(Some(&pos("e", 4)), &e, 5), Arrival::Next);
+        assert_eq!(classify(Some(&pos("e", 4)), &e, 4), Arrival::Duplicate);
+        assert_eq!(classify(Some(&pos("e", 4)), &e, 2), Arrival::Duplicate);
+        assert_eq!(classify(Some(&pos("e", 4)), &e, 7), Arrival::Gap);
+        assert_eq!(classify(Some(&pos("f", 4)), &e, 1), Arrival::NewEpoch);
+    }
+}

@@ -1,0 +1,261 @@
+//! Several nodes on one Redis act as one gateway: cross-node delivery in order, moving
+//! between nodes without loss, Redis restarts and outages never causing silent gaps.
+
+mod common;
+
+use std::time::Duration;
+
+use common::redis::{PrivateRedis, SHARED_REDIS, free_tcp_port, free_udp_port, unique_prefix};
+use common::*;
+use rtgate_client::{Client, ClientEvent, TransportPreference};
+use rtgate_protocol::pb;
+
+async fn node(url: &str, prefix: &str) -> TestGateway {
+    TestGateway::start_with(redis_config(url, prefix))
+        .await
+        .ready()
+        .await
+}
+
+#[tokio::test]
+async fn events_published_on_one_node_reach_clients_on_another_in_order() {
+    let prefix = unique_prefix("cross");
+    let a = node(SHARED_REDIS, &prefix).await;
+    let b = node(SHARED_REDIS, &prefix).await;
+    for prefer in TRANSPORTS {
+        let (client, mut events) = a.client(prefer, &token("agent", 7, 1, &[3])).await;
+        client.subscribe("inbox:3", None).await.unwrap();
+        let (client_b, mut events_b) = b.client(prefer, &token("agent", 8, 1, &[3])).await;
+        client_b.subscribe("inbox:3", None).await.unwrap();
+        let mut offsets = Vec::new();
+        for n in 0..50 {
+            let via = if n % 2 == 0 { &b } else { &a };
+            offsets.push(
+                via.publish(&["inbox:3"], "message.created", &n.to_string())
+                    .await[0],
+            );
+        }
+        for events in [&mut events, &mut events_b] {
+            for (n, offset) in offsets.iter().enumerate() {
+                assert_eq!(
+                    next_room_event(events).await,
+                    ("inbox:3".into(), *offset, n.to_string())
+                );
+            }
+        }
+        client.close();
+        client_b.close();
+    }
+}
+
+#[tokio::test]
+async fn a_client_moving_to_another_node_recovers_everything_published_meanwhile() {
+    let prefix = unique_prefix("move");
+    let a = node(SHARED_REDIS, &prefix).await;
+    let b = node(SHARED_REDIS, &prefix).await;
+    for prefer in TRANSPORTS {
+        let room = "public:moving";
+        let (client, mut events) = a.client(prefer, &token("agent", 7, 1, &[])).await;
+        client.subscribe(room, None).await.unwrap();
+        let first = b.publish(&[room], "client.n", "first").await[0];
+        let (_, offset, _) = next_room_event(&mut events).await;
+        assert_eq!(offset, first);
+        let info: serde_json::Value = b
+            .http
+            .get(b.api(&format!("/api/v1/rooms/{room}")))
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let epoch = info["epoch"].as_str().unwrap().to_string();
+        client.close();
+
+        for n in 0..30 {
+            a.publish(&[room], "client.n", &n.to_string()).await;
+        }
+        let (client, mut events) = b.client(prefer, &token("agent", 7, 1, &[])).await;
+        let since = pb::StreamPosition { epoch, offset };
+        assert_eq!(
+            client.subscribe_from(room, None, since).await,
+            Ok((true, 30))
+        );
+        b.publish(&[room], "client.n", "live").await;
+        for n in 0..30 {
+            assert_eq!(
+                next_room_event(&mut events).await,
+                (room.into(), offset + 1 + n, n.to_string())
+            );
+        }
+        assert_eq!(next_room_event(&mut events).await.2, "live");
+        client.close();
+    }
+}
+
+#[tokio::test]
+async fn a_restarted_node_is_rejoined_automatically_with_nothing_lost() {
+    let prefix = unique_prefix("restart");
+    let other = node(SHARED_REDIS, &prefix).await;
+    for prefer in TRANSPORTS {
+        let (wt_port, http_port) = (free_udp_port(), free_tcp_port());
+        let mut config = redis_config(SHARED_REDIS, &prefix);
+        config.wt_listen = format!("127.0.0.1:{wt_port}").parse().unwrap();
+        config.http_listen = format!("127.0.0.1:{http_port}").parse().unwrap();
+        let cert_dir = tempfile::tempdir().unwrap();
+        config.cert_dir = cert_dir.path().to_path_buf();
+        let first = rtgate_server::Gateway::start(config.clone()).await.unwrap();
+        let mut cc = rtgate_client::ClientConfig::new(
+            format!("https://127.0.0.1:{wt_port}/wt"),
+            format!("ws://127.0.0.1:{http_port}/ws"),
+            rtgate_client::fixed_token(token("agent", 7, 1, &[])),
+        );
+        cc.cert_sha256 = Some(hex::decode(&first.cert_sha256).unwrap().try_into().unwrap());
+        cc.prefer = prefer;
+        cc.backoff.base = Duration::from_millis(50);
+        cc.backoff.max = Duration::from_millis(300);
+        let (client, mut events) = Client::connect(cc);
+        client.connected().await.unwrap();
+        client.subscribe("public:restart", None).await.unwrap();
+        other.publish(&["public:restart"], "client.n", "0").await;
+        assert_eq!(next_room_event(&mut events).await.2, "0");
+
+        first.shutdown(Duration::from_secs(5)).await;
+        for n in 1..=20 {
+            other
+                .publish(&["public:restart"], "client.n", &n.to_string())
+                .await;
+        }
+        // The same node comes back on the same ports (and the same certificate).
+        let second = rtgate_server::Gateway::start(config).await.unwrap();
+        for n in 1..=20 {
+            let (room, _, json) = next_room_event(&mut events).await;
+            assert_eq!(
+                (room.as_str(), json),
+                ("public:restart", n.to_string()),
+                "{prefer:?}"
+            );
+        }
+        other.publish(&["public:restart"], "client.n", "21").await;
+        assert_eq!(next_room_event(&mut events).await.2, "21");
+        client.close();
+        second.shutdown(Duration::from_secs(2)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_lost_pubsub_connection_is_repaired_from_history() {
+    let redis = PrivateRedis::start().await;
+    let prefix = unique_prefix("gap");
+    let a = node(&redis.url(), &prefix).await;
+    let b = node(&redis.url(), &prefix).await;
+    let (client, mut events) = a
+        .client(TransportPreference::WebSocket, &token("agent", 7, 1, &[]))
+        .await;
+    client.subscribe("public:gap", None).await.unwrap();
+    b.publish(&["public:gap"], "client.n", "0").await;
+    next_room_event(&mut events).await;
+    // Cut every pub/sub connection, and publish while they come back.
+    redis.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]).await;
+    for n in 1..=40 {
+        b.publish(&["public:gap"], "client.n", &n.to_string()).await;
+    }
+    for n in 1..=40u64 {
+        assert_eq!(
+            next_room_event(&mut events).await.1,
+            n + 1,
+            "in order, none missing, none twice"
+        );
+    }
+    client.close();
+}
+
+#[tokio::test]
+async fn a_redis_restart_that_loses_history_is_reported_never_silent() {
+    let mut redis = PrivateRedis::start().await;
+    let prefix = unique_prefix("wipe");
+    let a = node(&redis.url(), &prefix).await;
+    let (client, mut events) = a
+        .client(
+            TransportPreference::WebTransport,
+            &token("agent", 7, 1, &[]),
+        )
+        .await;
+    client.subscribe("public:wipe", None).await.unwrap();
+    a.publish(&["public:wipe"], "client.n", "before").await;
+    assert_eq!(next_room_event(&mut events).await.2, "before");
+
+    redis.kill();
+    redis.resume().await;
+    a.wait_ready(true).await;
+    // The node noticed that the rooms' history is gone and told the client, for every
+    // room it had joined.
+    let mut reset = std::collections::BTreeSet::new();
+    while reset.len() < 3 {
+        match next(&mut events).await {
+            ClientEvent::RecoveryFailed { room } => {
+                reset.insert(room);
+            }
+            ClientEvent::Event { .. } => panic!("no event before the reset"),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        reset.into_iter().collect::<Vec<_>>(),
+        ["account:1", "public:wipe", "user:7"]
+    );
+    a.publish(&["public:wipe"], "client.n", "after").await;
+    assert_eq!(
+        next_room_event(&mut events).await,
+        ("public:wipe".into(), 1, "after".into())
+    );
+    client.close();
+}
+
+#[tokio::test]
+async fn while_redis_is_down_publishes_fail_fast_and_everything_resumes_after() {
+    let mut redis = PrivateRedis::start().await;
+    let prefix = unique_prefix("down");
+    let a = node(&redis.url(), &prefix).await;
+    let (client, mut events) = a
+        .client(TransportPreference::WebSocket, &token("agent", 7, 1, &[]))
+        .await;
+    client.subscribe("public:down", None).await.unwrap();
+
+    redis.kill();
+    a.wait_ready(false).await;
+    let started = std::time::Instant::now();
+    let resp = a
+        .http
+        .post(a.api("/api/v1/publish"))
+        .bearer_auth(API_KEY)
+        .json(&serde_json::json!({ "rooms": ["public:down"], "event": { "name": "x" } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    assert!(started.elapsed() < Duration::from_secs(5), "fails fast");
+    // The node keeps its connections meanwhile.
+    assert!(matches!(
+        client.state(),
+        rtgate_client::ConnectionState::Connected(_)
+    ));
+
+    redis.resume().await;
+    a.wait_ready(true).await;
+    // Redis came back empty: the room was reset, then delivery resumes.
+    a.publish(&["public:down"], "client.n", "back").await;
+    loop {
+        match next(&mut events).await {
+            ClientEvent::Event { event, .. } => {
+                assert_eq!(event.json, "back");
+                break;
+            }
+            ClientEvent::Disconnected { .. } => panic!("the connection was kept"),
+            _ => {}
+        }
+    }
+    client.close();
+}
