@@ -27,6 +27,8 @@ pub const MAX_PUBLISH_ROOMS: usize = 1000;
 /// State of the HTTP handlers.
 #[derive(Clone)]
 pub struct HttpState {
+    /// Development credentials: when set, `/dev/token` mints tokens with them.
+    pub dev: Option<crate::dev::DevCredentials>,
     /// The node.
     pub node: Arc<Node>,
     /// SHA-256 of the API key.
@@ -35,9 +37,16 @@ pub struct HttpState {
     pub dev_cert_sha256: Option<String>,
 }
 
-/// The router serving `/ws`, `/api/v1/*`, `/healthz`, `/readyz` and `/dev/cert-hash`.
-pub fn router(state: HttpState) -> Router {
+/// The router serving `/ws`, `/api/v1/*`, `/healthz`, `/readyz`, `/dev/*` and `/demo`.
+pub fn router(state: HttpState, demo_dir: &std::path::Path, pkg_dir: &std::path::Path) -> Router {
+    use tower_http::services::ServeDir;
     Router::new()
+        .route("/dev/token", get(dev_token))
+        .nest_service("/demo/pkg", ServeDir::new(pkg_dir))
+        .nest_service(
+            "/demo",
+            ServeDir::new(demo_dir).append_index_html_on_directories(true),
+        )
         .route("/ws", get(ws_upgrade))
         .route("/api/v1/publish", post(publish))
         .route("/api/v1/rooms/{room}", get(room_info))
@@ -57,6 +66,65 @@ async fn ws_upgrade(State(state): State<HttpState>, ws: WebSocketUpgrade) -> Res
         .max_message_size(max * 4)
         .max_frame_size(max * 4)
         .on_upgrade(move |socket| websocket::serve(node, socket))
+}
+
+/// Query of `/dev/token`.
+#[derive(Debug, serde::Deserialize)]
+struct DevTokenQuery {
+    user: Option<u64>,
+    account: Option<u64>,
+    role: Option<String>,
+    inboxes: Option<String>,
+    conversation: Option<u64>,
+    ttl: Option<u64>,
+}
+
+/// Development only: a connection token (and a subscription token for a conversation).
+/// Answers 404 unless the gateway runs with generated development credentials.
+async fn dev_token(
+    State(state): State<HttpState>,
+    axum::extract::Query(q): axum::extract::Query<DevTokenQuery>,
+) -> Response {
+    use crate::dev::{ConnectionClaims, SubscriptionClaims};
+    let Some(dev) = &state.dev else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let user = q.user.unwrap_or(1).max(1);
+    let role = q.role.unwrap_or_else(|| "agent".into());
+    if !matches!(role.as_str(), "agent" | "admin" | "contact") {
+        return (StatusCode::BAD_REQUEST, "role is agent, admin or contact").into_response();
+    }
+    let exp = (unix_ms() / 1000) as u64 + q.ttl.unwrap_or(3600).clamp(1, 86_400);
+    let inboxes = q
+        .inboxes
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let own = if role == "contact" {
+        RoomName::contact(user)
+    } else {
+        RoomName::user(user)
+    };
+    let token = dev.sign(&ConnectionClaims {
+        sub: user.to_string(),
+        account_id: q.account.unwrap_or(1).max(1),
+        role,
+        inboxes,
+        exp,
+    });
+    let subscription = q.conversation.map(|c| {
+        dev.sign(&SubscriptionClaims {
+            sub: own.to_string(),
+            room: RoomName::conversation(c).to_string(),
+            exp,
+        })
+    });
+    axum::Json(
+        serde_json::json!({ "token": token, "subscription_token": subscription, "exp": exp }),
+    )
+    .into_response()
 }
 
 async fn readyz(State(state): State<HttpState>) -> Response {

@@ -161,6 +161,14 @@ pub struct Config {
     #[arg(long, env = "RTGATE_REDIS_META_TTL", default_value = "24h", value_parser = parse_duration)]
     pub redis_meta_ttl: Duration,
 
+    /// Directory of the demo page served at /demo.
+    #[arg(long, env = "RTGATE_DEMO_DIR", default_value = "server/demo")]
+    pub demo_dir: PathBuf,
+
+    /// Directory of the built browser package, served at /demo/pkg.
+    #[arg(long, env = "RTGATE_DEMO_PKG_DIR", default_value = "client-wasm/pkg")]
+    pub demo_pkg_dir: PathBuf,
+
     /// How long shutdown waits for connections to close.
     #[arg(long, env = "RTGATE_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,

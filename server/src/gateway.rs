@@ -203,11 +203,12 @@ impl Gateway {
             err,
         })?;
         let state = HttpState {
+            dev: if dev_mode { dev.clone() } else { None },
             node: node.clone(),
             api_key_sha256: Sha256::digest(api_key.as_bytes()).into(),
             dev_cert_sha256: identity.generated.then(|| identity.sha256_hex.clone()),
         };
-        let app = router(state);
+        let app = router(state, &config.demo_dir, &config.demo_pkg_dir);
 
         let mut listeners = Vec::new();
         listeners.push(tokio::spawn(webtransport::accept_loop(
