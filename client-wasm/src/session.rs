@@ -4,7 +4,9 @@
 //! in order, without duplicates, or the app is told plainly that they cannot.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use web_time::Instant;
 
 use rtgate_protocol::pb::{self, client_frame::Kind as C, server_frame::Kind as S};
 use rtgate_protocol::{DisconnectCode, RoomName};

@@ -9,12 +9,17 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use web_time::Instant;
 
 use rtgate_protocol::pb;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::backoff::{Backoff, BackoffConfig};
+use crate::connector::{
+    Connector, ConnectorAction, ConnectorConfig, ConnectorState, TransportPreference,
+};
 use crate::session::{ClientEvent, ClientSession, RequestError};
 use transport::Link;
 
@@ -29,17 +34,6 @@ pub fn fixed_token(token: impl Into<String>) -> TokenProvider {
         let token = token.clone();
         Box::pin(async move { Ok(token) })
     })
-}
-
-/// Which transports to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TransportPreference {
-    /// WebTransport, falling back to WebSocket when it does not connect in time.
-    Auto,
-    /// Only WebTransport.
-    WebTransport,
-    /// Only WebSocket.
-    WebSocket,
 }
 
 /// How to reach the gateway.
@@ -276,7 +270,7 @@ struct Driver {
     events: mpsc::UnboundedSender<ClientEvent>,
     state: watch::Sender<ConnectionState>,
     session: ClientSession,
-    backoff: Backoff,
+    connector: Connector,
     sub_waiters: HashMap<String, Vec<SubWaiter>>,
     reply_waiters: HashMap<u32, ReplyWaiter>,
     closed: bool,
@@ -297,77 +291,94 @@ impl Driver {
         state: watch::Sender<ConnectionState>,
     ) -> Self {
         let session = ClientSession::new(&config.name, env!("CARGO_PKG_VERSION"), Instant::now());
-        let backoff = Backoff::new(config.backoff);
+        let connector_config = ConnectorConfig {
+            prefer: config.prefer,
+            connect_timeout: config.connect_timeout,
+            backoff: config.backoff,
+            ..ConnectorConfig::default()
+        };
+        let connector = Connector::new(
+            connector_config,
+            Backoff::new(config.backoff),
+            Instant::now(),
+        );
         Driver {
             config,
             commands,
             events,
             state,
             session,
-            backoff,
+            connector,
             sub_waiters: HashMap::new(),
             reply_waiters: HashMap::new(),
             closed: false,
         }
     }
 
-    async fn open(&self) -> Result<(Link, mpsc::Receiver<transport::Inbound>), String> {
+    async fn open(
+        &self,
+        transport: TransportKind,
+        timeout: Duration,
+    ) -> Result<(Link, mpsc::Receiver<transport::Inbound>), String> {
         let c = &self.config;
-        match c.prefer {
-            TransportPreference::WebTransport => {
-                Link::webtransport(&c.wt_url, c.cert_sha256, c.connect_timeout).await
+        match transport {
+            TransportKind::WebTransport => {
+                Link::webtransport(&c.wt_url, c.cert_sha256, timeout).await
             }
-            TransportPreference::WebSocket => Link::websocket(&c.ws_url, c.connect_timeout).await,
-            TransportPreference::Auto => {
-                match Link::webtransport(&c.wt_url, c.cert_sha256, c.connect_timeout).await {
-                    Ok(link) => Ok(link),
-                    Err(err) => {
-                        tracing::debug!(%err, "webtransport unavailable, falling back to websocket");
-                        Link::websocket(&c.ws_url, c.connect_timeout).await
-                    }
-                }
-            }
+            TransportKind::WebSocket => Link::websocket(&c.ws_url, timeout).await,
         }
     }
 
     async fn run(mut self) {
         loop {
-            let _ = self
-                .state
-                .send(ConnectionState::Connecting(self.backoff.attempt()));
-            let advice = match self.open().await {
-                Ok((link, inbound)) => match self.serve(link, inbound).await {
-                    LinkEnd::Stop => break,
-                    LinkEnd::Reconnect(advice) => advice,
-                },
-                Err(err) => {
-                    tracing::debug!(%err, "connect failed");
-                    None
-                }
-            };
-            if self.closed || !self.config.reconnect {
-                break;
+            if self.closed {
+                self.connector.stop();
             }
-            let delay = self.backoff.next_delay(advice);
-            let _ = self.state.send(ConnectionState::Waiting(delay));
-            let sleep = tokio::time::sleep(delay);
-            tokio::pin!(sleep);
-            loop {
-                tokio::select! {
-                    _ = &mut sleep => break,
-                    cmd = self.commands.recv() => {
-                        match cmd {
-                            Some(cmd) => self.command(cmd, None).await,
-                            None => self.closed = true,
+            while let Some(action) = self.connector.poll_action() {
+                let ConnectorAction::Open { transport, timeout } = action else {
+                    continue;
+                };
+                let _ = self
+                    .state
+                    .send(ConnectionState::Connecting(self.connector.attempt()));
+                match self.open(transport, timeout).await {
+                    Ok((link, inbound)) => {
+                        self.connector.opened(transport);
+                        match self.serve(link, inbound).await {
+                            LinkEnd::Reconnect(advice) if self.config.reconnect && !self.closed => {
+                                self.connector
+                                    .closed(Some(advice.unwrap_or(Duration::ZERO)), Instant::now())
+                            }
+                            _ => self.connector.stop(),
                         }
-                        if self.closed {
-                            break;
+                    }
+                    Err(err) => {
+                        tracing::debug!(%err, ?transport, "connect failed");
+                        if self.config.reconnect || transport == TransportKind::WebTransport {
+                            self.connector.open_failed(transport, Instant::now());
+                        } else {
+                            self.connector.stop();
                         }
                     }
                 }
             }
-            if self.closed {
+            if self.connector.state() == ConnectorState::Stopped {
                 break;
+            }
+            let Some(until) = self.connector.poll_timeout() else {
+                break;
+            };
+            let _ = self.state.send(ConnectionState::Waiting(
+                until.saturating_duration_since(Instant::now()),
+            ));
+            tokio::select! {
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(until)) => {
+                    self.connector.handle_timeout(Instant::now());
+                }
+                cmd = self.commands.recv() => match cmd {
+                    Some(cmd) => self.command(cmd, None).await,
+                    None => self.closed = true,
+                },
             }
         }
         let _ = self.state.send(ConnectionState::Stopped);
@@ -439,7 +450,7 @@ impl Driver {
         while let Some(event) = self.session.poll_event() {
             match &event {
                 ClientEvent::Connected(_) => {
-                    self.backoff.reset();
+                    self.connector.welcomed();
                     let _ = self.state.send(ConnectionState::Connected(kind));
                 }
                 ClientEvent::Subscribed {

@@ -13,14 +13,7 @@ use tokio_tungstenite::tungstenite::Message;
 use wtransport::tls::Sha256Digest;
 use wtransport::{ClientConfig, Endpoint};
 
-/// Which transport a connection uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TransportKind {
-    /// HTTP/3 WebTransport.
-    WebTransport,
-    /// WebSocket.
-    WebSocket,
-}
+pub use crate::connector::TransportKind;
 
 /// What a reader reports.
 pub(crate) type Inbound = Result<pb::ServerFrame, String>;

@@ -2,7 +2,7 @@
 //! written by the publish script inside Redis (so the format is one Lua can build):
 //!
 //! - `P<epoch>:<offset>:<Event protobuf bytes>`: a numbered room event;
-//! - `E<0|1><principal>:<ServerFrame bytes>`: an ephemeral frame (typing), `1` when
+//! - `E<0|1><principal>|<ServerFrame bytes>`: an ephemeral frame (typing), `1` when
 //!   private, not to be delivered to `principal`'s own connections.
 
 /// A decoded bus message, borrowing from the received bytes.
@@ -48,7 +48,7 @@ pub fn decode(bytes: &[u8]) -> Option<BusMessage<'_>> {
         }
         b'E' => {
             let (&flag, rest) = rest.split_first()?;
-            let (exclude, frame) = split_once(rest, b':')?;
+            let (exclude, frame) = split_once(rest, b'|')?;
             Some(BusMessage::Ephemeral {
                 private: flag == b'1',
                 exclude: std::str::from_utf8(exclude).ok()?,
@@ -65,7 +65,7 @@ pub fn encode_ephemeral(private: bool, exclude: &str, frame: &[u8]) -> Vec<u8> {
     out.push(b'E');
     out.push(if private { b'1' } else { b'0' });
     out.extend_from_slice(exclude.as_bytes());
-    out.push(b':');
+    out.push(b'|');
     out.extend_from_slice(frame);
     out
 }
