@@ -15,14 +15,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = protox::compile(files, ["proto"])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     let descriptor_path = out_dir.join("rtgate_descriptor.bin");
-    std::fs::write(
-        &descriptor_path,
-        prost::Message::encode_to_vec(&descriptors),
-    )?;
+    std::fs::write(&descriptor_path, prost::Message::encode_to_vec(&descriptors))?;
 
-    prost_build::Config::new()
-        .bytes(["."])
-        .compile_fds(descriptors)?;
+    prost_build::Config::new().bytes(["."]).compile_fds(descriptors)?;
 
     let descriptor_bytes = std::fs::read(&descriptor_path)?;
     pbjson_build::Builder::new()

@@ -145,9 +145,7 @@ impl Connector {
             TransportPreference::WebTransport => TransportKind::WebTransport,
             TransportPreference::WebSocket => TransportKind::WebSocket,
             TransportPreference::Auto => match self.webtransport_failed_at {
-                Some(at)
-                    if now.saturating_duration_since(at) < self.config.webtransport_cooldown =>
-                {
+                Some(at) if now.saturating_duration_since(at) < self.config.webtransport_cooldown => {
                     TransportKind::WebSocket
                 }
                 _ => TransportKind::WebTransport,
@@ -199,9 +197,7 @@ impl Connector {
         if self.state != ConnectorState::Opening(transport) {
             return;
         }
-        if transport == TransportKind::WebTransport
-            && self.config.prefer == TransportPreference::Auto
-        {
+        if transport == TransportKind::WebTransport && self.config.prefer == TransportPreference::Auto {
             self.webtransport_failed_at = Some(now);
             return self.open(TransportKind::WebSocket);
         }
@@ -231,10 +227,7 @@ impl Connector {
     /// The platform is back online: try at once.
     pub fn online(&mut self, now: Instant) {
         self.online = true;
-        if matches!(
-            self.state,
-            ConnectorState::Offline | ConnectorState::Waiting
-        ) {
+        if matches!(self.state, ConnectorState::Offline | ConnectorState::Waiting) {
             self.backoff.reset();
             let transport = self.first_transport(now);
             self.open(transport);
@@ -283,10 +276,7 @@ mod tests {
         let t0 = Instant::now();
         let mut c = connector(TransportPreference::Auto, t0);
         assert_eq!(open_of(&mut c), TransportKind::WebTransport);
-        c.open_failed(
-            TransportKind::WebTransport,
-            t0 + Duration::from_millis(1500),
-        );
+        c.open_failed(TransportKind::WebTransport, t0 + Duration::from_millis(1500));
         assert_eq!(
             open_of(&mut c),
             TransportKind::WebSocket,
@@ -294,10 +284,7 @@ mod tests {
         );
         c.opened(TransportKind::WebSocket);
         c.welcomed();
-        assert_eq!(
-            c.state(),
-            ConnectorState::Connected(TransportKind::WebSocket)
-        );
+        assert_eq!(c.state(), ConnectorState::Connected(TransportKind::WebSocket));
         // On reconnect within the cooldown, WebSocket straight away.
         c.closed(Some(Duration::ZERO), t0 + Duration::from_secs(10));
         let due = c.poll_timeout().unwrap();

@@ -160,10 +160,7 @@ impl ClientSession {
     }
 
     fn send(&mut self, id: u32, kind: C) {
-        self.transmit.push_back(pb::ClientFrame {
-            id,
-            kind: Some(kind),
-        });
+        self.transmit.push_back(pb::ClientFrame { id, kind: Some(kind) });
     }
 
     /// Whether the session is welcomed and usable.
@@ -229,9 +226,7 @@ impl ClientSession {
 
     /// Whether a room is joined and live.
     pub fn is_live(&self, room: &str) -> bool {
-        self.rooms
-            .get(room)
-            .is_some_and(|r| r.status == RoomStatus::Live)
+        self.rooms.get(room).is_some_and(|r| r.status == RoomStatus::Live)
     }
 
     /// Joins `room` (now if ready, else on connect), with an optional subscription token.
@@ -319,11 +314,21 @@ impl ClientSession {
         }
     }
 
+    /// Sets the agent's availability.
+    pub fn set_availability(&mut self, availability: pb::Availability) -> Result<u32, RequestError> {
+        self.request(C::SetAvailability(pb::SetAvailability {
+            availability: availability as i32,
+        }))
+    }
+
+    /// Asks for the account's presence (answered by a Reply with `presence`).
+    pub fn query_presence(&mut self) -> Result<u32, RequestError> {
+        self.request(C::Presence(pb::PresenceQuery {}))
+    }
+
     /// Sends a fresh token for the live connection.
     pub fn refresh(&mut self, token: &str) -> Result<u32, RequestError> {
-        self.request(C::Refresh(pb::RefreshToken {
-            token: token.into(),
-        }))
+        self.request(C::Refresh(pb::RefreshToken { token: token.into() }))
     }
 
     /// The next frame to send.
@@ -435,8 +440,7 @@ impl ClientSession {
             None => {}
             Some(S::Welcome(welcome)) => {
                 self.state = State::Ready;
-                self.heartbeat =
-                    Duration::from_millis(u64::from(welcome.heartbeat_interval_ms.max(1000)));
+                self.heartbeat = Duration::from_millis(u64::from(welcome.heartbeat_interval_ms.max(1000)));
                 for r in &welcome.rooms {
                     self.rooms.entry(r.room.clone()).or_insert(Room {
                         status: RoomStatus::Live,
@@ -469,10 +473,8 @@ impl ClientSession {
             Some(S::Event(ev)) => self.handle_event(ev),
             Some(S::Ephemeral(ep)) => {
                 if let Some(event) = ep.event {
-                    self.events.push_back(ClientEvent::Ephemeral {
-                        room: ep.room,
-                        event,
-                    });
+                    self.events
+                        .push_back(ClientEvent::Ephemeral { room: ep.room, event });
                 }
             }
             Some(S::Reset(reset)) => {
@@ -607,13 +609,7 @@ mod tests {
         }
     }
 
-    fn sub_reply(
-        id: u32,
-        room: &str,
-        epoch: &str,
-        offset: u64,
-        recovered: bool,
-    ) -> pb::ServerFrame {
+    fn sub_reply(id: u32, room: &str, epoch: &str, offset: u64, recovered: bool) -> pb::ServerFrame {
         pb::ServerFrame {
             kind: Some(S::Reply(pb::Reply {
                 id,
@@ -673,11 +669,7 @@ mod tests {
         let Some(C::Hello(h)) = &hello[0].kind else {
             panic!()
         };
-        assert_eq!(
-            h.recover.len(),
-            1,
-            "the automatic room resumes through Hello"
-        );
+        assert_eq!(h.recover.len(), 1, "the automatic room resumes through Hello");
         assert_eq!(h.recover[0].position.as_ref().unwrap().offset, 1);
         s.handle_frame(welcome(&[("user:1", "u", 1, true)]), t0);
         let subs = sent(&mut s, t0);

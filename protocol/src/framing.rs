@@ -148,10 +148,7 @@ mod tests {
     fn oversized_length_is_refused_before_the_body_arrives() {
         let mut dec = FrameDecoder::new(16);
         dec.push(&[0x80, 0x01]); // 128
-        assert_eq!(
-            dec.next_frame(),
-            Err(FrameError::TooLarge { size: 128, max: 16 })
-        );
+        assert_eq!(dec.next_frame(), Err(FrameError::TooLarge { size: 128, max: 16 }));
     }
 
     #[test]

@@ -94,8 +94,7 @@ impl RoomName {
 }
 
 fn parse_id(s: &str) -> Result<u64, RoomNameError> {
-    if s.is_empty() || s.len() > 20 || s.starts_with('0') || !s.bytes().all(|b| b.is_ascii_digit())
-    {
+    if s.is_empty() || s.len() > 20 || s.starts_with('0') || !s.bytes().all(|b| b.is_ascii_digit()) {
         return Err(RoomNameError::BadId);
     }
     s.parse().map_err(|_| RoomNameError::BadId)
@@ -159,18 +158,9 @@ mod tests {
     #[test]
     fn accepts_the_documented_forms() {
         assert_eq!(RoomName::parse("user:7").unwrap().kind(), RoomKind::User(7));
-        assert_eq!(
-            RoomName::parse("contact:3").unwrap().kind(),
-            RoomKind::Contact(3)
-        );
-        assert_eq!(
-            RoomName::parse("account:1").unwrap().kind(),
-            RoomKind::Account(1)
-        );
-        assert_eq!(
-            RoomName::parse("inbox:12").unwrap().kind(),
-            RoomKind::Inbox(12)
-        );
+        assert_eq!(RoomName::parse("contact:3").unwrap().kind(), RoomKind::Contact(3));
+        assert_eq!(RoomName::parse("account:1").unwrap().kind(), RoomKind::Account(1));
+        assert_eq!(RoomName::parse("inbox:12").unwrap().kind(), RoomKind::Inbox(12));
         assert_eq!(
             RoomName::parse("conversation:18446744073709551615")
                 .unwrap()

@@ -51,6 +51,8 @@ pub fn router(state: HttpState, demo_dir: &std::path::Path, pkg_dir: &std::path:
         .route("/api/v1/publish", post(publish))
         .route("/api/v1/rooms/{room}", get(room_info))
         .route("/api/v1/disconnect", post(disconnect))
+        .route("/api/v1/presence/{account}", get(presence))
+        .route("/api/v1/availability", post(availability))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/dev/cert-hash", get(cert_hash))
@@ -121,10 +123,8 @@ async fn dev_token(
             exp,
         })
     });
-    axum::Json(
-        serde_json::json!({ "token": token, "subscription_token": subscription, "exp": exp }),
-    )
-    .into_response()
+    axum::Json(serde_json::json!({ "token": token, "subscription_token": subscription, "exp": exp }))
+        .into_response()
 }
 
 async fn readyz(State(state): State<HttpState>) -> Response {
@@ -178,11 +178,7 @@ fn formats(headers: &HeaderMap) -> (Format, Format) {
     (req, resp)
 }
 
-fn respond<T: Message + serde::Serialize>(
-    format: Format,
-    status: StatusCode,
-    body: &T,
-) -> Response {
+fn respond<T: Message + serde::Serialize>(format: Format, status: StatusCode, body: &T) -> Response {
     match format {
         Format::Protobuf => (
             status,
@@ -203,12 +199,7 @@ struct ApiError {
 }
 
 impl ApiError {
-    fn new(
-        format: Format,
-        status: StatusCode,
-        code: ErrorCode,
-        message: impl Into<String>,
-    ) -> Self {
+    fn new(format: Format, status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
             code,
@@ -293,8 +284,7 @@ async fn publish(
 ) -> Result<Response, ApiError> {
     let (req_format, format) = formats(&headers);
     authorize(&state, &headers, format)?;
-    let req: pb::PublishRequest =
-        decode(req_format, &body).map_err(|e| ApiError { format, ..e })?;
+    let req: pb::PublishRequest = decode(req_format, &body).map_err(|e| ApiError { format, ..e })?;
     let bad = |msg: String, code| ApiError::new(format, StatusCode::BAD_REQUEST, code, msg);
     let Some(mut event) = req.event else {
         return Err(bad("event is required".into(), ErrorCode::BadRequest));
@@ -380,6 +370,63 @@ async fn room_info(
     ))
 }
 
+async fn presence(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Path(account): Path<u64>,
+) -> Result<Response, ApiError> {
+    let (_, format) = formats(&headers);
+    authorize(&state, &headers, format)?;
+    let presence = state
+        .node
+        .presence
+        .snapshot(account)
+        .await
+        .map_err(|e| ApiError::engine(format, &e))?;
+    Ok(respond(format, StatusCode::OK, &presence))
+}
+
+async fn availability(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let (req_format, format) = formats(&headers);
+    authorize(&state, &headers, format)?;
+    let req: pb::SetAvailabilityRequest = decode(req_format, &body).map_err(|e| ApiError { format, ..e })?;
+    if req.account_id == 0 || req.user_id == 0 {
+        return Err(ApiError::new(
+            format,
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            "account_id and user_id are required",
+        ));
+    }
+    let availability = pb::Availability::try_from(req.availability).map_err(|_| {
+        ApiError::new(
+            format,
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            "unknown availability",
+        )
+    })?;
+    let presence = &state.node.presence;
+    presence
+        .set_availability(req.account_id, req.user_id, availability)
+        .await
+        .map_err(|e| ApiError::engine(format, &e))?;
+    let who = crate::presence::Who {
+        account: req.account_id,
+        contact: false,
+        id: req.user_id,
+    };
+    let entries = presence
+        .entries(req.account_id, &[who])
+        .await
+        .map_err(|e| ApiError::engine(format, &e))?;
+    Ok(respond(format, StatusCode::OK, &entries))
+}
+
 async fn disconnect(
     State(state): State<HttpState>,
     headers: HeaderMap,
@@ -387,8 +434,7 @@ async fn disconnect(
 ) -> Result<Response, ApiError> {
     let (req_format, format) = formats(&headers);
     authorize(&state, &headers, format)?;
-    let req: pb::DisconnectUserRequest =
-        decode(req_format, &body).map_err(|e| ApiError { format, ..e })?;
+    let req: pb::DisconnectUserRequest = decode(req_format, &body).map_err(|e| ApiError { format, ..e })?;
     let (contact, id) = match req.user_id.strip_prefix("contact:") {
         Some(rest) => (true, rest),
         None => (false, req.user_id.as_str()),

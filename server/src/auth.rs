@@ -214,8 +214,7 @@ impl Authenticator {
         use jsonwebtoken::errors::ErrorKind;
         // The header is checked first: an unknown or other algorithm (`none`, HS256 against
         // a public key) is refused before anything else is looked at.
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
         if header.alg != self.key.algorithm {
             return Err(AuthError::Invalid(format!(
                 "algorithm {:?} not accepted",
@@ -226,19 +225,12 @@ impl Authenticator {
             .map(|data| data.claims)
             .map_err(|e| match e.kind() {
                 ErrorKind::InvalidAudience | ErrorKind::InvalidIssuer => AuthError::WrongAudience,
-                ErrorKind::Json(_) | ErrorKind::MissingRequiredClaim(_) => {
-                    AuthError::Claims(e.to_string())
-                }
+                ErrorKind::Json(_) | ErrorKind::MissingRequiredClaim(_) => AuthError::Claims(e.to_string()),
                 _ => AuthError::Invalid(e.to_string()),
             })
     }
 
-    fn check_time(
-        &self,
-        exp: Option<u64>,
-        nbf: Option<u64>,
-        now_unix: u64,
-    ) -> Result<(), AuthError> {
+    fn check_time(&self, exp: Option<u64>, nbf: Option<u64>, now_unix: u64) -> Result<(), AuthError> {
         if let Some(exp) = exp
             && now_unix >= exp + self.leeway_secs
         {

@@ -19,9 +19,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" | "" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n * 60)),
         "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!(
-            "invalid duration unit in {s:?} (use ms, s, m or h)"
-        )),
+        _ => Err(format!("invalid duration unit in {s:?} (use ms, s, m or h)")),
     }
 }
 
@@ -145,12 +143,7 @@ pub struct Config {
     pub redis_prefix: String,
 
     /// Sharded pub/sub (SSUBSCRIBE/SPUBLISH): auto uses it on Redis 7 and newer.
-    #[arg(
-        long,
-        env = "RTGATE_REDIS_SHARDED_PUBSUB",
-        value_enum,
-        default_value = "auto"
-    )]
+    #[arg(long, env = "RTGATE_REDIS_SHARDED_PUBSUB", value_enum, default_value = "auto")]
     pub redis_sharded_pubsub: crate::engine::ShardedPubSub,
 
     /// Timeout of every Redis call.
@@ -160,6 +153,36 @@ pub struct Config {
     /// How long a room's epoch and last offset are kept after its last event.
     #[arg(long, env = "RTGATE_REDIS_META_TTL", default_value = "24h", value_parser = parse_duration)]
     pub redis_meta_ttl: Duration,
+
+    /// Presence entries of a node expire this long after its last heartbeat (a node that
+    /// dies takes its users offline after at most this).
+    #[arg(long, env = "RTGATE_PRESENCE_TTL", default_value = "15s", value_parser = parse_duration)]
+    pub presence_ttl: Duration,
+
+    /// How often a node refreshes its presence entries.
+    #[arg(long, env = "RTGATE_PRESENCE_HEARTBEAT", default_value = "5s", value_parser = parse_duration)]
+    pub presence_heartbeat: Duration,
+
+    /// A user is offline only after their last connection has been gone this long.
+    #[arg(long, env = "RTGATE_PRESENCE_GRACE", default_value = "5s", value_parser = parse_duration)]
+    pub presence_grace: Duration,
+
+    /// Presence changes are gathered this long into one event per account.
+    #[arg(long, env = "RTGATE_PRESENCE_DEBOUNCE", default_value = "500ms", value_parser = parse_duration)]
+    pub presence_debounce: Duration,
+
+    /// A typing indicator not refreshed for this long is turned off by the gateway.
+    #[arg(long, env = "RTGATE_TYPING_TIMEOUT", default_value = "6s", value_parser = parse_duration)]
+    pub typing_timeout: Duration,
+
+    /// Also maintain the presence keys Chatwoot reads (ONLINE_PRESENCE, ONLINE_STATUS);
+    /// needs --redis.
+    #[arg(long, env = "RTGATE_CHATWOOT_PRESENCE_KEYS", requires = "redis")]
+    pub chatwoot_presence_keys: bool,
+
+    /// Key namespace of Chatwoot's Redis (its Redis::Namespace).
+    #[arg(long, env = "RTGATE_CHATWOOT_NAMESPACE", default_value = "alfred")]
+    pub chatwoot_namespace: String,
 
     /// Directory of the demo page served at /demo.
     #[arg(long, env = "RTGATE_DEMO_DIR", default_value = "server/demo")]

@@ -18,6 +18,7 @@ use crate::hub::Subscriber;
 use crate::ids::ConnectionId;
 use crate::node::{ConnControl, Node};
 use crate::outbox::{DatagramSink, Lane};
+use crate::presence;
 use crate::session::{Action, Session};
 
 /// What a transport reads from the client.
@@ -100,8 +101,8 @@ pub async fn drive(
     let outbox = t.control.outbox().clone();
     let mut shutdown = node.shutdown_signal();
     let mut subs: HashMap<RoomName, Arc<Subscriber>> = HashMap::new();
-    let mut identified = false;
-    let mut close: Option<(DisconnectCode, String)> = None;
+    let mut identified = None;
+    let close: (DisconnectCode, String);
     let mut peer_gone = false;
     if *shutdown.borrow_and_update() {
         session.close(DisconnectCode::Shutdown, "gateway shutting down");
@@ -139,22 +140,14 @@ pub async fn drive(
                     engine.unsubscribe(&room, conn).await;
                     t.lanes.release(&room);
                 }
-                Action::Publish {
-                    id,
-                    room,
-                    mut event,
-                } => {
+                Action::Publish { id, room, mut event } => {
                     if event.id.is_empty() {
                         event.id = uuid::Uuid::new_v4().to_string();
                     }
                     let result = with_timeout(engine.publish(&room, &event)).await;
                     session.publish_done(id, result);
                 }
-                Action::Ephemeral {
-                    room,
-                    event,
-                    private,
-                } => {
+                Action::Ephemeral { room, event, private } => {
                     let frame = encode(&pb::ServerFrame {
                         kind: Some(S::Ephemeral(pb::Ephemeral {
                             room: room.to_string(),
@@ -169,18 +162,32 @@ pub async fn drive(
                         tracing::debug!(%conn, %room, %err, "ephemeral event dropped");
                     }
                 }
+                Action::SetAvailability { id, availability } => {
+                    let p = session.principal().expect("requests follow hello");
+                    let (account, user) = (p.account_id, p.id);
+                    let result = node.presence.set_availability(account, user, availability).await;
+                    session.answer(id, result.map(|()| None));
+                }
+                Action::QueryPresence { id } => {
+                    let account = session.principal().expect("requests follow hello").account_id;
+                    let result = node.presence.snapshot(account).await;
+                    session.answer(id, result.map(Some));
+                }
                 Action::AuthFailed(reason) => {
                     tracing::info!(%conn, reason, "authentication failed");
                 }
                 Action::Close(code, reason) => {
-                    close = Some((code, reason));
+                    close = (code, reason);
                     break 'run;
                 }
             }
         }
-        if !identified && let Some(p) = session.principal() {
+        if identified.is_none()
+            && let Some(p) = session.principal()
+        {
             node.identify(conn, p);
-            identified = true;
+            node.presence.connected(presence::who(p));
+            identified = Some(presence::who(p));
         }
         let deadline = session.poll_timeout().map(tokio::time::Instant::from_std);
         tokio::select! {
@@ -195,12 +202,18 @@ pub async fn drive(
                 }
             }
             incoming = t.incoming.recv() => match incoming {
-                Some(Incoming::Frame(body)) => session.handle_frame(&body, Instant::now()),
+                Some(Incoming::Frame(body)) => {
+                    session.handle_frame(&body, Instant::now());
+                    if let Some(who) = identified {
+                        node.presence.activity(who);
+                    }
+                }
                 Some(Incoming::Datagram(body)) => session.handle_datagram(&body, Instant::now()),
                 Some(Incoming::FramingError(err)) => session.handle_framing_error(&err),
                 Some(Incoming::Closed) | None => {
+                    // Let the session wind down (typing indicators off) before cleanup.
                     peer_gone = true;
-                    break 'run;
+                    session.close(DisconnectCode::Normal, "client went away");
                 }
             },
             _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
@@ -214,7 +227,10 @@ pub async fn drive(
         engine.unsubscribe(&room, conn).await;
     }
     node.deregister(conn);
-    let (code, reason) = close.unwrap_or((DisconnectCode::Normal, String::new()));
+    if let Some(who) = identified {
+        node.presence.disconnected(who);
+    }
+    let (code, reason) = close;
     tracing::debug!(%conn, transport = t.kind, code = code.label(), %reason, peer_gone, "connection closed");
     if !peer_gone {
         let frame = pb::ServerFrame {

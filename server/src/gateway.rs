@@ -16,6 +16,7 @@ use crate::dev::DevCredentials;
 use crate::engine::{Engine, HistoryLimits, MemoryEngine, RedisConfig, RedisEngine};
 use crate::hub::Hub;
 use crate::node::{ConnectionLimits, Node};
+use crate::presence::{MemoryPresence, PresenceService, PresenceStore, TrackerConfig};
 use crate::session::SessionConfig;
 use crate::transport::webtransport;
 
@@ -78,7 +79,8 @@ impl Gateway {
             max_events: config.history_size,
             max_age: config.history_ttl,
         };
-        let engine: Arc<dyn Engine> = match &config.redis {
+        let presence_ttl = config.presence_ttl.as_millis() as u64;
+        let (engine, presence): (Arc<dyn Engine>, Arc<dyn PresenceStore>) = match &config.redis {
             Some(url) => {
                 let redis = RedisConfig {
                     prefix: config.redis_prefix.clone(),
@@ -88,24 +90,31 @@ impl Gateway {
                     timeout: config.redis_timeout,
                     ..RedisConfig::new(url)
                 };
-                Arc::new(
-                    RedisEngine::new(hub, redis)
-                        .map_err(|e| StartError::Config(format!("redis: {e}")))?,
-                )
+                let engine =
+                    RedisEngine::new(hub, redis).map_err(|e| StartError::Config(format!("redis: {e}")))?;
+                let chatwoot = config
+                    .chatwoot_presence_keys
+                    .then(|| config.chatwoot_namespace.clone());
+                let presence = Arc::new(engine.presence_store(presence_ttl, chatwoot));
+                (Arc::new(engine), presence)
             }
-            None => Arc::new(MemoryEngine::new(hub, history)),
+            None => (
+                Arc::new(MemoryEngine::new(hub, history)),
+                Arc::new(MemoryPresence::new(presence_ttl)),
+            ),
         };
-        Gateway::start_with_engine(config, engine).await
+        Gateway::start_with_engine(config, engine, presence).await
     }
 
-    /// Starts a gateway on the given engine.
+    /// Starts a gateway on the given engine and presence store.
     pub async fn start_with_engine(
         config: Config,
         engine: Arc<dyn Engine>,
+        presence: Arc<dyn PresenceStore>,
     ) -> Result<Gateway, StartError> {
         let dev_mode = config.dev_mode();
-        let need_dev = config.jwt_secret.is_none() && config.jwt_public_key.is_none()
-            || config.api_key.is_none();
+        let need_dev =
+            config.jwt_secret.is_none() && config.jwt_public_key.is_none() || config.api_key.is_none();
         if !dev_mode && need_dev {
             return Err(StartError::Config(
                 "production mode needs --jwt-secret or --jwt-public-key, and --api-key".into(),
@@ -123,9 +132,8 @@ impl Gateway {
                 TokenKey::hs256(secret.as_bytes()).map_err(|e| StartError::Config(e.to_string()))?
             }
             (None, Some(path)) => {
-                let pem = std::fs::read(path).map_err(|e| {
-                    StartError::Config(format!("cannot read {}: {e}", path.display()))
-                })?;
+                let pem = std::fs::read(path)
+                    .map_err(|e| StartError::Config(format!("cannot read {}: {e}", path.display())))?;
                 TokenKey::public_pem(&pem).map_err(|e| StartError::Config(e.to_string()))?
             }
             (None, None) => {
@@ -133,11 +141,7 @@ impl Gateway {
                 TokenKey::hs256(secret.as_bytes()).map_err(|e| StartError::Config(e.to_string()))?
             }
         };
-        let auth = Authenticator::new(
-            key,
-            config.jwt_issuer.as_deref(),
-            config.jwt_audience.as_deref(),
-        );
+        let auth = Authenticator::new(key, config.jwt_issuer.as_deref(), config.jwt_audience.as_deref());
         let api_key = config
             .api_key
             .clone()
@@ -161,6 +165,7 @@ impl Gateway {
             max_subscriptions: config.max_subscriptions,
             refresh_grace: config.refresh_grace,
             client_publish: config.client_publish.clone(),
+            typing_timeout: config.typing_timeout,
             ..SessionConfig::default()
         };
         let limits = ConnectionLimits {
@@ -169,7 +174,18 @@ impl Gateway {
             max_room_streams: config.max_room_streams,
             ..ConnectionLimits::default()
         };
-        let node = Node::new(session, auth, engine.clone(), limits);
+        let presence = PresenceService::start(
+            session.node_id.clone(),
+            TrackerConfig {
+                grace: config.presence_grace,
+                heartbeat: config.presence_heartbeat,
+                debounce: config.presence_debounce,
+                ..TrackerConfig::default()
+            },
+            presence,
+            engine.clone(),
+        );
+        let node = Node::new(session, auth, engine.clone(), presence, limits);
 
         // WebTransport.
         let socket = udp_socket(config.wt_listen).map_err(|err| StartError::Bind {
@@ -225,10 +241,7 @@ impl Gateway {
                     }
                 }
             };
-            if let Err(err) = axum::serve(listener, app)
-                .with_graceful_shutdown(stop)
-                .await
-            {
+            if let Err(err) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
                 tracing::error!(%err, "http listener failed");
             }
         }));

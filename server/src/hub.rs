@@ -336,10 +336,7 @@ impl Hub {
             return 0;
         };
         let mut n = 0;
-        for s in subs
-            .iter()
-            .filter(|s| Some(s.principal.as_str()) != exclude)
-        {
+        for s in subs.iter().filter(|s| Some(s.principal.as_str()) != exclude) {
             s.deliver_ephemeral(frame, private);
             n += 1;
         }

@@ -26,6 +26,7 @@ pub mod hub;
 pub mod ids;
 pub mod node;
 pub mod outbox;
+pub mod presence;
 pub mod session;
 pub mod transport;
 

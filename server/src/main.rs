@@ -59,9 +59,7 @@ fn print_dev_help(gw: &Gateway) {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("RTGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(EnvFilter::try_from_env("RTGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
         .init();
     let config = Config::parse();
     let drain = config.drain_timeout;

@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, watch};
 use crate::auth::{Authenticator, Principal, Role};
 use crate::engine::Engine;
 use crate::ids::ConnectionId;
+use crate::presence::PresenceService;
 use crate::session::SessionConfig;
 
 /// A request from the node to one connection.
@@ -62,6 +63,8 @@ pub struct Node {
     pub engine: Arc<dyn Engine>,
     /// Per-connection limits.
     pub limits: ConnectionLimits,
+    /// Presence, availability, last seen.
+    pub presence: Arc<PresenceService>,
     next_conn: AtomicU64,
     connections: Mutex<HashMap<ConnectionId, ConnEntry>>,
     shutdown: watch::Sender<bool>,
@@ -82,12 +85,14 @@ impl Node {
         session: SessionConfig,
         auth: Authenticator,
         engine: Arc<dyn Engine>,
+        presence: Arc<PresenceService>,
         limits: ConnectionLimits,
     ) -> Arc<Self> {
         Arc::new(Node {
             session: Arc::new(session),
             auth: Arc::new(auth),
             engine,
+            presence,
             limits,
             next_conn: AtomicU64::new(1),
             connections: Mutex::new(HashMap::new()),
@@ -153,9 +158,7 @@ impl Node {
             if let Some((role, who)) = e.who
                 && who == id
                 && (role == Role::Contact) == contact
-                && e.control
-                    .send(ConnControl::Kick(reason.to_string()))
-                    .is_ok()
+                && e.control.send(ConnControl::Kick(reason.to_string())).is_ok()
             {
                 n += 1;
             }

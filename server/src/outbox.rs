@@ -173,16 +173,10 @@ mod tests {
         rx.written(got.len());
         lane.send(Bytes::from_static(b"123456")).unwrap();
         assert_eq!(outbox.queued(), 6);
-        assert_eq!(
-            lane.send(Bytes::from_static(b"123456")),
-            Err(LaneError::Overflow)
-        );
+        assert_eq!(lane.send(Bytes::from_static(b"123456")), Err(LaneError::Overflow));
         assert!(outbox.is_overflowed());
         outbox.overflowed().await;
         // Once overflowed, nothing more is queued.
-        assert_eq!(
-            lane.send(Bytes::from_static(b"1")),
-            Err(LaneError::Overflow)
-        );
+        assert_eq!(lane.send(Bytes::from_static(b"1")), Err(LaneError::Overflow));
     }
 }

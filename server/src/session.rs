@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 
 use prost::Message;
 use rtgate_protocol::pb::{self, client_frame::Kind as C, server_frame::Kind as S};
-use rtgate_protocol::{
-    DisconnectCode, ErrorCode, FrameError, PROTOCOL_VERSION, RoomKind, RoomName,
-};
+use rtgate_protocol::{DisconnectCode, ErrorCode, FrameError, PROTOCOL_VERSION, RoomKind, RoomName};
 
 use crate::auth::{AuthError, Authenticator, Principal, Role};
 use crate::authz::{Grant, may_join};
@@ -41,6 +39,8 @@ pub struct SessionConfig {
     pub client_publish: Vec<String>,
     /// Least time between two typing frames of one connection in one room.
     pub typing_min_interval: Duration,
+    /// A typing indicator not refreshed for this long is turned off by the gateway.
+    pub typing_timeout: Duration,
 }
 
 impl Default for SessionConfig {
@@ -55,6 +55,7 @@ impl Default for SessionConfig {
             refresh_grace: Duration::from_secs(30),
             client_publish: vec!["client.*".into()],
             typing_min_interval: Duration::from_millis(300),
+            typing_timeout: Duration::from_secs(6),
         }
     }
 }
@@ -92,6 +93,18 @@ pub enum Action {
         event: pb::Event,
         /// Hidden from contacts.
         private: bool,
+    },
+    /// Set the agent's availability, then call [`Session::answer`].
+    SetAvailability {
+        /// Request id to answer.
+        id: u32,
+        /// The new availability.
+        availability: pb::Availability,
+    },
+    /// Fetch the account's presence, then call [`Session::answer`].
+    QueryPresence {
+        /// Request id to answer.
+        id: u32,
     },
     /// Count an authentication failure (for metrics), by reason label.
     AuthFailed(&'static str),
@@ -134,6 +147,8 @@ pub struct Session {
     last_rx: Instant,
     rooms: HashMap<RoomName, RoomState>,
     last_typing: HashMap<RoomName, Instant>,
+    /// Rooms where this connection's typing indicator is on: until when, and private.
+    typing_until: HashMap<RoomName, (Instant, bool)>,
     actions: VecDeque<Action>,
 }
 
@@ -160,6 +175,7 @@ impl Session {
             last_rx: now,
             rooms: HashMap::new(),
             last_typing: HashMap::new(),
+            typing_until: HashMap::new(),
             actions: VecDeque::new(),
         }
     }
@@ -202,7 +218,11 @@ impl Session {
             State::AwaitingHello => Some(self.started + self.config.hello_timeout),
             State::Joining { .. } | State::Active => {
                 let stale = self.last_rx + self.config.stale_timeout;
-                Some(self.token_deadline().map_or(stale, |t| t.min(stale)))
+                let mut next = self.token_deadline().map_or(stale, |t| t.min(stale));
+                for (until, _) in self.typing_until.values() {
+                    next = next.min(*until);
+                }
+                Some(next)
             }
         }
     }
@@ -217,6 +237,15 @@ impl Session {
                 }
             }
             State::Joining { .. } | State::Active => {
+                let expired: Vec<RoomName> = self
+                    .typing_until
+                    .iter()
+                    .filter(|(_, (until, _))| now >= *until)
+                    .map(|(room, _)| room.clone())
+                    .collect();
+                for room in expired {
+                    self.typing_off(&room, now);
+                }
                 if let Some(deadline) = self.token_deadline()
                     && now >= deadline
                 {
@@ -231,22 +260,23 @@ impl Session {
         }
     }
 
-    /// Ends the session with `code`.
+    /// Ends the session with `code`; typing indicators it left on are turned off.
     pub fn close(&mut self, code: DisconnectCode, reason: &str) {
         if self.is_closed() {
             return;
         }
+        let typing: Vec<RoomName> = self.typing_until.keys().cloned().collect();
+        for room in typing {
+            self.typing_off(&room, self.last_rx);
+        }
         self.state = State::Closed;
-        self.actions
-            .push_back(Action::Close(code, reason.to_string()));
+        self.actions.push_back(Action::Close(code, reason.to_string()));
     }
 
     /// The transport could not frame the input (too large, bad length).
     pub fn handle_framing_error(&mut self, err: &FrameError) {
         match err {
-            FrameError::TooLarge { .. } => {
-                self.close(DisconnectCode::FrameTooLarge, &err.to_string())
-            }
+            FrameError::TooLarge { .. } => self.close(DisconnectCode::FrameTooLarge, &err.to_string()),
             _ => self.close(DisconnectCode::BadFrame, &err.to_string()),
         }
     }
@@ -282,10 +312,7 @@ impl Session {
             State::Closed => {}
             State::AwaitingHello => match frame.kind {
                 Some(C::Hello(hello)) => self.handle_hello(hello, now),
-                _ => self.close(
-                    DisconnectCode::ProtocolViolation,
-                    "the first frame must be hello",
-                ),
+                _ => self.close(DisconnectCode::ProtocolViolation, "the first frame must be hello"),
             },
             State::Joining { queued, .. } => {
                 if queued.len() >= MAX_QUEUED_DURING_SETUP {
@@ -353,8 +380,7 @@ impl Session {
         self.principal = Some(principal);
         for room in auto {
             let since = recover.get(room.as_str()).cloned();
-            self.rooms
-                .insert(room.clone(), RoomState::Joining { id: 0 });
+            self.rooms.insert(room.clone(), RoomState::Joining { id: 0 });
             self.actions.push_back(Action::Join { room, since });
         }
     }
@@ -375,10 +401,7 @@ impl Session {
                 self.rooms.remove(room);
                 self.actions.push_back(Action::Leave(room.clone()));
                 if let State::Joining { .. } = self.state {
-                    return self.close(
-                        DisconnectCode::ServerError,
-                        &format!("cannot join {room}: {err}"),
-                    );
+                    return self.close(DisconnectCode::ServerError, &format!("cannot join {room}: {err}"));
                 }
                 let code = match err {
                     EngineError::Unavailable(_) => ErrorCode::Unavailable,
@@ -396,9 +419,7 @@ impl Session {
             replayed: outcome.replayed,
         };
         match &mut self.state {
-            State::Joining {
-                pending, results, ..
-            } => {
+            State::Joining { pending, results, .. } => {
                 results.push(result);
                 *pending -= 1;
                 if *pending == 0 {
@@ -418,10 +439,7 @@ impl Session {
     }
 
     fn finish_setup(&mut self, now: Instant) {
-        let State::Joining {
-            results, queued, ..
-        } = std::mem::replace(&mut self.state, State::Active)
-        else {
+        let State::Joining { results, queued, .. } = std::mem::replace(&mut self.state, State::Active) else {
             return;
         };
         let principal = self.principal.as_ref().expect("set at hello");
@@ -476,12 +494,9 @@ impl Session {
                     return;
                 };
                 if self.rooms.remove(&room).is_none() {
-                    return self.reply_error(
-                        id,
-                        ErrorCode::NotSubscribed,
-                        "not subscribed to this room",
-                    );
+                    return self.reply_error(id, ErrorCode::NotSubscribed, "not subscribed to this room");
                 }
+                self.typing_off(&room, now);
                 self.actions.push_back(Action::Leave(room));
                 self.reply(pb::Reply {
                     id,
@@ -491,6 +506,48 @@ impl Session {
             Some(C::Publish(publish)) => self.handle_publish(id, publish, now),
             Some(C::Typing(typing)) => self.handle_typing(id, typing, now),
             Some(C::Refresh(refresh)) => self.handle_refresh(id, &refresh.token, now),
+            Some(C::SetAvailability(set)) => {
+                let principal = self
+                    .principal
+                    .as_ref()
+                    .expect("active sessions are authenticated");
+                if principal.is_contact() {
+                    return self.reply_error(
+                        id,
+                        ErrorCode::PermissionDenied,
+                        "contacts have no availability",
+                    );
+                }
+                match pb::Availability::try_from(set.availability) {
+                    Ok(availability) => self
+                        .actions
+                        .push_back(Action::SetAvailability { id, availability }),
+                    Err(_) => self.reply_error(id, ErrorCode::BadRequest, "unknown availability"),
+                }
+            }
+            Some(C::Presence(_)) => {
+                let principal = self
+                    .principal
+                    .as_ref()
+                    .expect("active sessions are authenticated");
+                if principal.is_contact() {
+                    return self.reply_error(id, ErrorCode::PermissionDenied, "permission denied");
+                }
+                self.actions.push_back(Action::QueryPresence { id });
+            }
+        }
+    }
+
+    /// The driver finished a [`Action::SetAvailability`] or [`Action::QueryPresence`].
+    pub fn answer(&mut self, id: u32, result: Result<Option<pb::Presence>, EngineError>) {
+        match result {
+            Ok(presence) => self.reply(pb::Reply {
+                id,
+                presence,
+                ..Default::default()
+            }),
+            Err(EngineError::Unavailable(_)) => self.reply_error(id, ErrorCode::Unavailable, "retry later"),
+            Err(EngineError::Internal(_)) => self.reply_error(id, ErrorCode::Internal, "failed"),
         }
     }
 
@@ -515,12 +572,10 @@ impl Session {
         let grant = if sub.token.is_empty() {
             Grant::Claims
         } else {
-            match self.auth.verify_subscription(
-                &sub.token,
-                principal,
-                &room,
-                self.unix_ms(now) / 1000,
-            ) {
+            match self
+                .auth
+                .verify_subscription(&sub.token, principal, &room, self.unix_ms(now) / 1000)
+            {
                 Ok(()) => Grant::SubscriptionToken,
                 Err(err) => {
                     self.actions.push_back(Action::AuthFailed(err.label()));
@@ -607,9 +662,7 @@ impl Session {
             Err(EngineError::Unavailable(_)) => {
                 self.reply_error(id, ErrorCode::Unavailable, "publish failed, retry later")
             }
-            Err(EngineError::Internal(_)) => {
-                self.reply_error(id, ErrorCode::Internal, "publish failed")
-            }
+            Err(EngineError::Internal(_)) => self.reply_error(id, ErrorCode::Internal, "publish failed"),
         }
     }
 
@@ -618,11 +671,7 @@ impl Session {
             return;
         };
         if !matches!(room.kind(), RoomKind::Conversation(_)) {
-            return self.reply_error(
-                id,
-                ErrorCode::BadRequest,
-                "typing is for conversation rooms",
-            );
+            return self.reply_error(id, ErrorCode::BadRequest, "typing is for conversation rooms");
         }
         if self.rooms.get(&room) != Some(&RoomState::Live) {
             return self.reply_error(id, ErrorCode::NotSubscribed, "not subscribed to this room");
@@ -639,31 +688,48 @@ impl Session {
             .expect("active sessions are authenticated");
         // Contacts cannot write private notes.
         let private = typing.private && principal.role != Role::Contact;
+        if typing.on {
+            let until = now + self.config.typing_timeout;
+            self.typing_until.insert(room.clone(), (until, private));
+        } else {
+            self.typing_until.remove(&room);
+        }
+        self.emit_typing(&room, typing.on, private, now);
+        self.reply(pb::Reply {
+            id,
+            ..Default::default()
+        });
+    }
+
+    fn typing_off(&mut self, room: &RoomName, now: Instant) {
+        if let Some((_, private)) = self.typing_until.remove(room) {
+            self.emit_typing(room, false, private, now);
+        }
+    }
+
+    fn emit_typing(&mut self, room: &RoomName, on: bool, private: bool, now: Instant) {
+        let principal = self.principal.as_ref().expect("typing needs a principal");
+        let name = if on {
+            "conversation.typing_on"
+        } else {
+            "conversation.typing_off"
+        };
         let event = pb::Event {
-            name: if typing.on {
-                "conversation.typing_on"
-            } else {
-                "conversation.typing_off"
-            }
-            .into(),
+            name: name.into(),
             account_id: principal.account_id,
             occurred_at_ms: self.unix_ms(now) as i64,
             payload: Some(pb::event::Payload::Typing(pb::TypingIndicator {
                 room: room.to_string(),
-                on: typing.on,
+                on,
                 private,
                 sender: Some(self.sender()),
             })),
             ..Default::default()
         };
         self.actions.push_back(Action::Ephemeral {
-            room,
+            room: room.clone(),
             event,
             private,
-        });
-        self.reply(pb::Reply {
-            id,
-            ..Default::default()
         });
     }
 
@@ -689,8 +755,7 @@ impl Session {
                 });
             }
             Ok(_) => {
-                self.actions
-                    .push_back(Action::AuthFailed("refresh_mismatch"));
+                self.actions.push_back(Action::AuthFailed("refresh_mismatch"));
                 self.reply_error(
                     id,
                     ErrorCode::Unauthorized,
@@ -717,12 +782,7 @@ mod tests {
     const T0_UNIX_MS: u64 = 1_900_000_000_000;
 
     fn token(claims: serde_json::Value) -> String {
-        jsonwebtoken::encode(
-            &Header::default(),
-            &claims,
-            &EncodingKey::from_secret(SECRET),
-        )
-        .unwrap()
+        jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(SECRET)).unwrap()
     }
 
     fn agent_token(exp_in_secs: u64) -> String {
@@ -739,20 +799,11 @@ mod tests {
             ..SessionConfig::default()
         };
         let auth = Authenticator::new(TokenKey::hs256(SECRET).unwrap(), None, None);
-        Session::new(
-            Arc::new(config),
-            Arc::new(auth),
-            "s1".into(),
-            t0,
-            T0_UNIX_MS,
-        )
+        Session::new(Arc::new(config), Arc::new(auth), "s1".into(), t0, T0_UNIX_MS)
     }
 
     fn frame(id: u32, kind: C) -> pb::ClientFrame {
-        pb::ClientFrame {
-            id,
-            kind: Some(kind),
-        }
+        pb::ClientFrame { id, kind: Some(kind) }
     }
 
     fn hello(token: &str) -> pb::ClientFrame {
@@ -825,10 +876,7 @@ mod tests {
         s.handle_timeout(t0 + Duration::from_millis(4999));
         assert!(actions(&mut s).is_empty());
         s.handle_timeout(t0 + Duration::from_secs(5));
-        assert_eq!(
-            closed_with(&actions(&mut s)),
-            Some(DisconnectCode::HelloTimeout)
-        );
+        assert_eq!(closed_with(&actions(&mut s)), Some(DisconnectCode::HelloTimeout));
         assert_eq!(s.poll_timeout(), None);
     }
 
@@ -860,15 +908,10 @@ mod tests {
             panic!("{acts:?}")
         };
         assert_eq!(w.rooms.len(), 2);
-        assert_eq!(
-            w.token_expires_at_ms,
-            (T0_UNIX_MS / 1000 + 3600) as i64 * 1000
-        );
+        assert_eq!(w.token_expires_at_ms, (T0_UNIX_MS / 1000 + 3600) as i64 * 1000);
         assert!(matches!(acts[1], Action::Activate(_)));
         assert!(matches!(acts[2], Action::Activate(_)));
-        assert!(
-            matches!(&acts[3], Action::Send(pb::ServerFrame { kind: Some(S::Pong(p)) }) if p.nonce == 9)
-        );
+        assert!(matches!(&acts[3], Action::Send(pb::ServerFrame { kind: Some(S::Pong(p)) }) if p.nonce == 9));
     }
 
     #[test]
@@ -887,10 +930,7 @@ mod tests {
         s.handle_timeout(t0 + Duration::from_secs(69));
         assert!(closed_with(&actions(&mut s)).is_none());
         s.handle_timeout(t0 + Duration::from_secs(70));
-        assert_eq!(
-            closed_with(&actions(&mut s)),
-            Some(DisconnectCode::TokenExpired)
-        );
+        assert_eq!(closed_with(&actions(&mut s)), Some(DisconnectCode::TokenExpired));
 
         // Refreshed during the grace period: the deadline moves.
         let mut s = active(t0, 60);
@@ -926,10 +966,7 @@ mod tests {
             ErrorCode::Unauthorized.code()
         );
         s.handle_timeout(t0 + Duration::from_secs(70));
-        assert_eq!(
-            closed_with(&actions(&mut s)),
-            Some(DisconnectCode::TokenExpired)
-        );
+        assert_eq!(closed_with(&actions(&mut s)), Some(DisconnectCode::TokenExpired));
     }
 
     #[test]
@@ -1068,10 +1105,7 @@ mod tests {
             reply(&actions(&mut s)).error.unwrap().code,
             ErrorCode::PermissionDenied.code()
         );
-        s.handle_client_frame(
-            publish("public:x", "client.hi"),
-            t0 + Duration::from_secs(2),
-        );
+        s.handle_client_frame(publish("public:x", "client.hi"), t0 + Duration::from_secs(2));
         let acts = actions(&mut s);
         let Some(Action::Publish { event, .. }) = acts.first() else {
             panic!("{acts:?}")
@@ -1097,10 +1131,7 @@ mod tests {
         let room = RoomName::user(7);
         actions(&mut s);
         s.join_done(&room, Err(EngineError::Unavailable("down".into())), t0);
-        assert_eq!(
-            closed_with(&actions(&mut s)),
-            Some(DisconnectCode::ServerError)
-        );
+        assert_eq!(closed_with(&actions(&mut s)), Some(DisconnectCode::ServerError));
 
         let mut s = active(t0, 3600);
         s.handle_client_frame(
@@ -1121,9 +1152,6 @@ mod tests {
         );
         let acts = actions(&mut s);
         assert!(acts.contains(&Action::Leave(RoomName::parse("public:y").unwrap())));
-        assert_eq!(
-            reply(&acts).error.unwrap().code,
-            ErrorCode::Unavailable.code()
-        );
+        assert_eq!(reply(&acts).error.unwrap().code, ErrorCode::Unavailable.code());
     }
 }

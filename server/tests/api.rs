@@ -35,14 +35,8 @@ async fn the_api_key_is_required_and_checked() {
         401
     );
     // Health needs no key.
-    assert_eq!(
-        t.http.get(t.api("/healthz")).send().await.unwrap().status(),
-        200
-    );
-    assert_eq!(
-        t.http.get(t.api("/readyz")).send().await.unwrap().status(),
-        200
-    );
+    assert_eq!(t.http.get(t.api("/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(t.http.get(t.api("/readyz")).send().await.unwrap().status(), 200);
 }
 
 #[tokio::test]
@@ -134,16 +128,8 @@ async fn publish_accepts_protobuf_and_json_and_validates() {
         ),
         (json!({ "rooms": ["inbox:3"] }), 400, 400),
         (json!({ "rooms": [], "event": { "name": "x" } }), 400, 400),
-        (
-            json!({ "rooms": ["inbox:3"], "event": { "name": "" } }),
-            400,
-            400,
-        ),
-        (
-            json!({ "rooms": "inbox:3", "event": { "name": "x" } }),
-            400,
-            400,
-        ),
+        (json!({ "rooms": ["inbox:3"], "event": { "name": "" } }), 400, 400),
+        (json!({ "rooms": "inbox:3", "event": { "name": "x" } }), 400, 400),
     ];
     for (body, status, code) in bad {
         let resp = t

@@ -94,15 +94,9 @@ fn every_failure_is_refused_with_its_reason() {
     // alg: none, with and without a signature part.
     let header = B64.encode(br#"{"alg":"none","typ":"JWT"}"#);
     let payload = B64.encode(claims().to_string());
-    for token in [
-        format!("{header}.{payload}."),
-        format!("{header}.{payload}"),
-    ] {
+    for token in [format!("{header}.{payload}."), format!("{header}.{payload}")] {
         assert!(
-            matches!(
-                auth.verify_connection(&token, NOW),
-                Err(AuthError::Invalid(_))
-            ),
+            matches!(auth.verify_connection(&token, NOW), Err(AuthError::Invalid(_))),
             "{token}"
         );
     }
@@ -135,9 +129,7 @@ fn every_failure_is_refused_with_its_reason() {
     );
     let mut c = claims();
     assert!(
-        strict
-            .verify_connection(&hs(&c, SECRET.as_bytes()), NOW)
-            .is_err(),
+        strict.verify_connection(&hs(&c, SECRET.as_bytes()), NOW).is_err(),
         "iss and aud are required"
     );
     c["iss"] = json!("chatwoot");
@@ -147,9 +139,7 @@ fn every_failure_is_refused_with_its_reason() {
         Err(AuthError::WrongAudience)
     );
     c["aud"] = json!("rtgate");
-    strict
-        .verify_connection(&hs(&c, SECRET.as_bytes()), NOW)
-        .unwrap();
+    strict.verify_connection(&hs(&c, SECRET.as_bytes()), NOW).unwrap();
     c["iss"] = json!("mallory");
     assert_eq!(
         strict.verify_connection(&hs(&c, SECRET.as_bytes()), NOW),
@@ -197,47 +187,22 @@ fn subscription_tokens_bind_room_holder_and_time() {
             SECRET.as_bytes(),
         )
     };
-    auth.verify_subscription(
-        &grant("user:7", "conversation:42", NOW + 60),
-        &p,
-        &room,
-        NOW,
-    )
-    .unwrap();
+    auth.verify_subscription(&grant("user:7", "conversation:42", NOW + 60), &p, &room, NOW)
+        .unwrap();
     assert_eq!(
-        auth.verify_subscription(
-            &grant("user:8", "conversation:42", NOW + 60),
-            &p,
-            &room,
-            NOW
-        ),
+        auth.verify_subscription(&grant("user:8", "conversation:42", NOW + 60), &p, &room, NOW),
         Err(AuthError::WrongGrant)
     );
     assert_eq!(
-        auth.verify_subscription(
-            &grant("contact:7", "conversation:42", NOW + 60),
-            &p,
-            &room,
-            NOW
-        ),
+        auth.verify_subscription(&grant("contact:7", "conversation:42", NOW + 60), &p, &room, NOW),
         Err(AuthError::WrongGrant)
     );
     assert_eq!(
-        auth.verify_subscription(
-            &grant("user:7", "conversation:43", NOW + 60),
-            &p,
-            &room,
-            NOW
-        ),
+        auth.verify_subscription(&grant("user:7", "conversation:43", NOW + 60), &p, &room, NOW),
         Err(AuthError::WrongGrant)
     );
     assert_eq!(
-        auth.verify_subscription(
-            &grant("user:7", "conversation:42", NOW - 60),
-            &p,
-            &room,
-            NOW
-        ),
+        auth.verify_subscription(&grant("user:7", "conversation:42", NOW - 60), &p, &room, NOW),
         Err(AuthError::Expired)
     );
 }
@@ -245,9 +210,8 @@ fn subscription_tokens_bind_room_holder_and_time() {
 #[tokio::test]
 async fn refused_tokens_close_the_connection_with_a_code_over_both_transports() {
     let t = TestGateway::start().await;
-    let expired = token_with(
-        json!({ "sub": "7", "account_id": 1, "role": "agent", "exp": now_unix() - 3600 }),
-    );
+    let expired =
+        token_with(json!({ "sub": "7", "account_id": 1, "role": "agent", "exp": now_unix() - 3600 }));
     let forged = hs(
         &json!({ "sub": "7", "account_id": 1, "role": "agent" }),
         b"forged-forged-forged-forged-forged-forged",

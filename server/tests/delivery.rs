@@ -48,16 +48,12 @@ async fn fan_out_keeps_order_for_every_subscriber() {
         clients.push((client, events));
     }
     for n in 1..=100 {
-        t.publish(&["public:fanout"], "client.tick", &n.to_string())
-            .await;
+        t.publish(&["public:fanout"], "client.tick", &n.to_string()).await;
     }
     for (client, events) in &mut clients {
         for n in 1..=100u64 {
             let (room, offset, json) = next_room_event(events).await;
-            assert_eq!(
-                (room.as_str(), offset, json),
-                ("public:fanout", n, n.to_string())
-            );
+            assert_eq!((room.as_str(), offset, json), ("public:fanout", n, n.to_string()));
         }
         client.close();
     }
@@ -98,10 +94,7 @@ async fn resubscribing_from_a_position_replays_missed_events_or_says_it_cannot()
             epoch: epoch.clone(),
             offset: first,
         };
-        assert_eq!(
-            client.subscribe_from(&room, None, since).await,
-            Ok((true, 3))
-        );
+        assert_eq!(client.subscribe_from(&room, None, since).await, Ok((true, 3)));
         t.publish(&[&room], "client.a", "5").await;
         for n in 2..=5u64 {
             assert_eq!(
@@ -120,10 +113,7 @@ async fn resubscribing_from_a_position_replays_missed_events_or_says_it_cannot()
             epoch: epoch.clone(),
             offset: 5,
         };
-        assert_eq!(
-            client.subscribe_from(&room, None, since).await,
-            Ok((false, 0))
-        );
+        assert_eq!(client.subscribe_from(&room, None, since).await, Ok((false, 0)));
         loop {
             match next(&mut events).await {
                 ClientEvent::RecoveryFailed { room: r } => {
@@ -140,10 +130,7 @@ async fn resubscribing_from_a_position_replays_missed_events_or_says_it_cannot()
             epoch: "other".into(),
             offset: 14,
         };
-        assert_eq!(
-            client.subscribe_from(&room, None, since).await,
-            Ok((false, 0))
-        );
+        assert_eq!(client.subscribe_from(&room, None, since).await, Ok((false, 0)));
         client.close();
     }
 }

@@ -11,9 +11,7 @@ use rtgate_protocol::DisconnectCode;
 use serde_json::json;
 
 fn short_token(id: u64, secs: u64) -> String {
-    token_with(
-        json!({ "sub": id.to_string(), "account_id": 1, "role": "agent", "exp": now_unix() + secs }),
-    )
+    token_with(json!({ "sub": id.to_string(), "account_id": 1, "role": "agent", "exp": now_unix() + secs }))
 }
 
 #[tokio::test]
@@ -25,11 +23,7 @@ async fn expired_tokens_must_be_refreshed_within_the_grace_period() {
         // Expires in about a second; never refreshed: disconnected with its own code.
         let (client, mut events) = t.client(prefer, &short_token(7, 1)).await;
         let (code, reconnect) = next_disconnect(&mut events).await;
-        assert_eq!(
-            code,
-            Some(DisconnectCode::TokenExpired.code()),
-            "{prefer:?}"
-        );
+        assert_eq!(code, Some(DisconnectCode::TokenExpired.code()), "{prefer:?}");
         assert!(reconnect.is_some(), "a new token may reconnect");
         client.close();
 
@@ -38,10 +32,7 @@ async fn expired_tokens_must_be_refreshed_within_the_grace_period() {
         let reply = client.refresh_token(&short_token(8, 3600)).await.unwrap();
         assert!(reply.refreshed.unwrap().token_expires_at_ms > 0);
         // A token for someone else is refused and changes nothing.
-        let err = client
-            .refresh_token(&short_token(9, 3600))
-            .await
-            .unwrap_err();
+        let err = client.refresh_token(&short_token(9, 3600)).await.unwrap_err();
         assert!(matches!(err, ClientError::Server(e) if e.code == 401));
         // Past the first token's expiry plus grace, the room still delivers.
         tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -86,10 +77,7 @@ async fn shutdown_advises_every_client_to_reconnect() {
     let t = TestGateway::start().await;
     let mut all = Vec::new();
     for (i, prefer) in TRANSPORTS.iter().cycle().take(6).enumerate() {
-        all.push(
-            t.client(*prefer, &token("agent", 10 + i as u64, 1, &[]))
-                .await,
-        );
+        all.push(t.client(*prefer, &token("agent", 10 + i as u64, 1, &[])).await);
     }
     let TestGateway { gw, .. } = t;
     let left = gw.shutdown(Duration::from_secs(5)).await;

@@ -30,10 +30,7 @@ async fn events_published_on_one_node_reach_clients_on_another_in_order() {
         let mut offsets = Vec::new();
         for n in 0..50 {
             let via = if n % 2 == 0 { &b } else { &a };
-            offsets.push(
-                via.publish(&["inbox:3"], "message.created", &n.to_string())
-                    .await[0],
-            );
+            offsets.push(via.publish(&["inbox:3"], "message.created", &n.to_string()).await[0]);
         }
         for events in [&mut events, &mut events_b] {
             for (n, offset) in offsets.iter().enumerate() {
@@ -78,10 +75,7 @@ async fn a_client_moving_to_another_node_recovers_everything_published_meanwhile
         }
         let (client, mut events) = b.client(prefer, &token("agent", 7, 1, &[])).await;
         let since = pb::StreamPosition { epoch, offset };
-        assert_eq!(
-            client.subscribe_from(room, None, since).await,
-            Ok((true, 30))
-        );
+        assert_eq!(client.subscribe_from(room, None, since).await, Ok((true, 30)));
         b.publish(&[room], "client.n", "live").await;
         for n in 0..30 {
             assert_eq!(
@@ -177,10 +171,7 @@ async fn a_redis_restart_that_loses_history_is_reported_never_silent() {
     let prefix = unique_prefix("wipe");
     let a = node(&redis.url(), &prefix).await;
     let (client, mut events) = a
-        .client(
-            TransportPreference::WebTransport,
-            &token("agent", 7, 1, &[]),
-        )
+        .client(TransportPreference::WebTransport, &token("agent", 7, 1, &[]))
         .await;
     client.subscribe("public:wipe", None).await.unwrap();
     a.publish(&["public:wipe"], "client.n", "before").await;

@@ -27,10 +27,7 @@ async fn malformed_and_misplaced_frames_close_with_their_code_over_websocket() {
     let cases: Vec<(Vec<Vec<u8>>, DisconnectCode)> = vec![
         (vec![vec![0xff, 0xff, 0xff]], DisconnectCode::BadFrame),
         (vec![too_big], DisconnectCode::FrameTooLarge),
-        (
-            vec![ping().encode_to_vec()],
-            DisconnectCode::ProtocolViolation,
-        ),
+        (vec![ping().encode_to_vec()], DisconnectCode::ProtocolViolation),
         (
             vec![hello(&tok).encode_to_vec(), hello(&tok).encode_to_vec()],
             DisconnectCode::ProtocolViolation,
@@ -51,12 +48,9 @@ async fn malformed_and_misplaced_frames_close_with_their_code_over_websocket() {
     }
     // Text messages are refused too.
     let mut ws = RawWs::connect(&t.ws_url()).await;
-    futures::SinkExt::send(
-        &mut ws.ws,
-        tokio_tungstenite::tungstenite::Message::text("{}"),
-    )
-    .await
-    .unwrap();
+    futures::SinkExt::send(&mut ws.ws, tokio_tungstenite::tungstenite::Message::text("{}"))
+        .await
+        .unwrap();
     assert_eq!(
         ws.until_end().await.0.unwrap().code,
         DisconnectCode::BadFrame.code()
@@ -76,19 +70,12 @@ async fn malformed_and_oversized_frames_close_with_their_code_over_webtransport(
         (vec![0x03, 0xff, 0xff, 0xff], DisconnectCode::BadFrame),
         (vec![0xff; 11], DisconnectCode::BadFrame),
         (oversized_prefix, DisconnectCode::FrameTooLarge),
-        (
-            encode_frame(&ping()).to_vec(),
-            DisconnectCode::ProtocolViolation,
-        ),
+        (encode_frame(&ping()).to_vec(), DisconnectCode::ProtocolViolation),
     ];
     for (bytes, code) in cases {
         let mut wt = RawWt::connect(&t.wt_url(), t.cert_hash()).await;
         wt.send_bytes(&bytes).await;
-        assert_eq!(
-            wt.until_end().await.map(|d| d.code),
-            Some(code.code()),
-            "{code}"
-        );
+        assert_eq!(wt.until_end().await.map(|d| d.code), Some(code.code()), "{code}");
     }
     let (_wt, welcome) = RawWt::handshake(&t.wt_url(), t.cert_hash(), &tok).await;
     assert_eq!(welcome.user_id, "7");
@@ -101,10 +88,7 @@ async fn a_connection_that_does_not_say_hello_is_closed() {
     let t = TestGateway::start_with(config).await;
     let mut ws = RawWs::connect(&t.ws_url()).await;
     let (disconnect, close) = ws.until_end().await;
-    assert_eq!(
-        disconnect.unwrap().code,
-        DisconnectCode::HelloTimeout.code()
-    );
+    assert_eq!(disconnect.unwrap().code, DisconnectCode::HelloTimeout.code());
     assert_eq!(close, Some(DisconnectCode::HelloTimeout.code() as u16));
 
     // Over WebTransport: with the control stream open but silent, and without it.
@@ -129,16 +113,10 @@ async fn slow_consumers_are_disconnected_without_delaying_others() {
     // One WebSocket and one WebTransport client that never read, one reader.
     let (mut slow_ws, _) = RawWs::handshake(&t.ws_url(), &tok).await;
     slow_ws.send(&subscribe(1, "public:flood", "")).await;
-    assert!(matches!(
-        slow_ws.recv().await.unwrap().kind,
-        Some(S::Reply(_))
-    ));
+    assert!(matches!(slow_ws.recv().await.unwrap().kind, Some(S::Reply(_))));
     let (mut slow_wt, _) = RawWt::handshake(&t.wt_url(), t.cert_hash(), &tok).await;
     slow_wt.send(&subscribe(1, "public:flood", "")).await;
-    assert!(matches!(
-        slow_wt.recv().await.unwrap().kind,
-        Some(S::Reply(_))
-    ));
+    assert!(matches!(slow_wt.recv().await.unwrap().kind, Some(S::Reply(_))));
     let (reader, mut events) = t.client(TRANSPORTS[1], &tok).await;
     reader.subscribe("public:flood", None).await.unwrap();
 
@@ -150,10 +128,7 @@ async fn slow_consumers_are_disconnected_without_delaying_others() {
         assert_eq!(next_room_event(&mut events).await.1, n);
     }
     let (disconnect, close) = slow_ws.until_end().await;
-    assert_eq!(
-        disconnect.unwrap().code,
-        DisconnectCode::SlowConsumer.code()
-    );
+    assert_eq!(disconnect.unwrap().code, DisconnectCode::SlowConsumer.code());
     assert_eq!(close, Some(DisconnectCode::SlowConsumer.code() as u16));
     let d = slow_wt.until_end().await.unwrap();
     assert_eq!(d.code, DisconnectCode::SlowConsumer.code());
@@ -165,8 +140,7 @@ async fn a_room_whose_stream_is_not_read_does_not_delay_another_room() {
     let mut config = config();
     config.send_queue_bytes = 64 << 20;
     let t = TestGateway::start_with(config).await;
-    let (mut wt, _) =
-        RawWt::handshake(&t.wt_url(), t.cert_hash(), &token("agent", 7, 1, &[])).await;
+    let (mut wt, _) = RawWt::handshake(&t.wt_url(), t.cert_hash(), &token("agent", 7, 1, &[])).await;
 
     wt.send(&subscribe(1, "public:busy", "")).await;
     assert!(matches!(wt.recv().await.unwrap().kind, Some(S::Reply(_))));
@@ -186,8 +160,7 @@ async fn a_room_whose_stream_is_not_read_does_not_delay_another_room() {
         t.publish(&["public:busy"], "client.flood", &payload).await;
     }
     for n in 2..=20u64 {
-        t.publish(&["public:quiet"], "client.x", &n.to_string())
-            .await;
+        t.publish(&["public:quiet"], "client.x", &n.to_string()).await;
         let e = tokio::time::timeout(Duration::from_secs(2), quiet.next_event())
             .await
             .expect("the quiet room is not held up by the busy one");

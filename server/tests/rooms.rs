@@ -7,11 +7,7 @@ use common::*;
 use rtgate_client::{ClientError, TransportPreference};
 use rtgate_protocol::ErrorCode;
 
-async fn outcome(
-    client: &rtgate_client::Client,
-    room: &str,
-    token: Option<&str>,
-) -> Result<(), u32> {
+async fn outcome(client: &rtgate_client::Client, room: &str, token: Option<&str>) -> Result<(), u32> {
     match client.subscribe(room, token).await {
         Ok(_) => Ok(()),
         Err(ClientError::Server(e)) => Err(e.code),
@@ -116,10 +112,7 @@ async fn authorization_matrix_over_both_transports() {
 
         for bad in ["inbox:010", "room:1", "", "public:UPPER"] {
             assert!(
-                matches!(
-                    agent.subscribe(bad, None).await,
-                    Err(ClientError::Invalid(_))
-                ),
+                matches!(agent.subscribe(bad, None).await, Err(ClientError::Invalid(_))),
                 "{bad:?}"
             );
         }
@@ -141,8 +134,7 @@ async fn invalid_and_repeated_subscriptions_get_their_own_codes() {
         ("user:7", ErrorCode::AlreadySubscribed),
     ];
     for (i, (room, code)) in cases.iter().enumerate() {
-        ws.send(&common::raw::subscribe(i as u32 + 1, room, ""))
-            .await;
+        ws.send(&common::raw::subscribe(i as u32 + 1, room, "")).await;
         match ws.recv().await.unwrap().kind {
             Some(rtgate_protocol::pb::server_frame::Kind::Reply(r)) => {
                 assert_eq!(r.id, i as u32 + 1);

@@ -17,9 +17,7 @@ use rtgate_protocol::pb;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::backoff::{Backoff, BackoffConfig};
-use crate::connector::{
-    Connector, ConnectorAction, ConnectorConfig, ConnectorState, TransportPreference,
-};
+use crate::connector::{Connector, ConnectorAction, ConnectorConfig, ConnectorState, TransportPreference};
 use crate::session::{ClientEvent, ClientSession, RequestError};
 use transport::Link;
 
@@ -115,6 +113,11 @@ pub enum ConnectionState {
     Stopped,
 }
 
+enum RequestKind {
+    Availability(pb::Availability),
+    Presence,
+}
+
 enum Command {
     Subscribe {
         room: String,
@@ -134,6 +137,10 @@ enum Command {
         room: String,
         on: bool,
         private: bool,
+    },
+    Request {
+        kind: RequestKind,
+        done: oneshot::Sender<Result<pb::Reply, ClientError>>,
     },
     Refresh {
         token: String,
@@ -178,11 +185,7 @@ impl Client {
     }
 
     /// Joins a room and waits until it is live. Returns (recovered, replayed).
-    pub async fn subscribe(
-        &self,
-        room: &str,
-        token: Option<&str>,
-    ) -> Result<(bool, u32), ClientError> {
+    pub async fn subscribe(&self, room: &str, token: Option<&str>) -> Result<(bool, u32), ClientError> {
         self.subscribe_inner(room, token, None).await
     }
 
@@ -216,9 +219,7 @@ impl Client {
 
     /// Leaves a room.
     pub fn unsubscribe(&self, room: &str) {
-        let _ = self
-            .commands
-            .send(Command::Unsubscribe { room: room.into() });
+        let _ = self.commands.send(Command::Unsubscribe { room: room.into() });
     }
 
     /// Publishes a client event to a joined room.
@@ -251,6 +252,25 @@ impl Client {
                 token: token.into(),
                 done,
             })
+            .map_err(|_| ClientError::Closed)?;
+        rx.await.map_err(|_| ClientError::Closed)?
+    }
+
+    /// Sets the agent's availability (online, busy, offline).
+    pub async fn set_availability(&self, availability: pb::Availability) -> Result<pb::Reply, ClientError> {
+        self.request(RequestKind::Availability(availability)).await
+    }
+
+    /// The presence of the connection's account.
+    pub async fn presence(&self) -> Result<pb::Presence, ClientError> {
+        let reply = self.request(RequestKind::Presence).await?;
+        Ok(reply.presence.unwrap_or_default())
+    }
+
+    async fn request(&self, kind: RequestKind) -> Result<pb::Reply, ClientError> {
+        let (done, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Request { kind, done })
             .map_err(|_| ClientError::Closed)?;
         rx.await.map_err(|_| ClientError::Closed)?
     }
@@ -297,11 +317,7 @@ impl Driver {
             backoff: config.backoff,
             ..ConnectorConfig::default()
         };
-        let connector = Connector::new(
-            connector_config,
-            Backoff::new(config.backoff),
-            Instant::now(),
-        );
+        let connector = Connector::new(connector_config, Backoff::new(config.backoff), Instant::now());
         Driver {
             config,
             commands,
@@ -322,9 +338,7 @@ impl Driver {
     ) -> Result<(Link, mpsc::Receiver<transport::Inbound>), String> {
         let c = &self.config;
         match transport {
-            TransportKind::WebTransport => {
-                Link::webtransport(&c.wt_url, c.cert_sha256, timeout).await
-            }
+            TransportKind::WebTransport => Link::webtransport(&c.wt_url, c.cert_sha256, timeout).await,
             TransportKind::WebSocket => Link::websocket(&c.ws_url, timeout).await,
         }
     }
@@ -345,10 +359,9 @@ impl Driver {
                     Ok((link, inbound)) => {
                         self.connector.opened(transport);
                         match self.serve(link, inbound).await {
-                            LinkEnd::Reconnect(advice) if self.config.reconnect && !self.closed => {
-                                self.connector
-                                    .closed(Some(advice.unwrap_or(Duration::ZERO)), Instant::now())
-                            }
+                            LinkEnd::Reconnect(advice) if self.config.reconnect && !self.closed => self
+                                .connector
+                                .closed(Some(advice.unwrap_or(Duration::ZERO)), Instant::now()),
                             _ => self.connector.stop(),
                         }
                     }
@@ -439,6 +452,20 @@ impl Driver {
                     let _ = link.send_unreliable(&frame).await;
                 }
             }
+            Command::Request { kind, done } => {
+                let result = match kind {
+                    RequestKind::Availability(a) => self.session.set_availability(a),
+                    RequestKind::Presence => self.session.query_presence(),
+                };
+                match result {
+                    Ok(id) => {
+                        self.reply_waiters.insert(id, done);
+                    }
+                    Err(e) => {
+                        let _ = done.send(Err(e.into()));
+                    }
+                }
+            }
             Command::Close => self.closed = true,
         }
     }
@@ -490,11 +517,7 @@ impl Driver {
         end
     }
 
-    async fn serve(
-        &mut self,
-        mut link: Link,
-        mut inbound: mpsc::Receiver<transport::Inbound>,
-    ) -> LinkEnd {
+    async fn serve(&mut self, mut link: Link, mut inbound: mpsc::Receiver<transport::Inbound>) -> LinkEnd {
         let kind = link.kind();
         let token = match (self.config.token)().await {
             Ok(t) => t,
@@ -514,10 +537,7 @@ impl Driver {
             if let Some(end) = self.dispatch(kind) {
                 break end;
             }
-            let deadline = self
-                .session
-                .poll_timeout()
-                .map(tokio::time::Instant::from_std);
+            let deadline = self.session.poll_timeout().map(tokio::time::Instant::from_std);
             tokio::select! {
                 frame = inbound.recv() => match frame {
                     Some(Ok(frame)) => self.session.handle_frame(frame, Instant::now()),

@@ -115,13 +115,7 @@ impl Link {
                 }
             }
         });
-        Ok((
-            Link::Wt {
-                connection,
-                control,
-            },
-            rx,
-        ))
+        Ok((Link::Wt { connection, control }, rx))
     }
 
     /// Opens a WebSocket.
@@ -187,10 +181,7 @@ impl Link {
     /// Closes the transport.
     pub(crate) async fn close(mut self) {
         match &mut self {
-            Link::Wt {
-                connection,
-                control,
-            } => {
+            Link::Wt { connection, control } => {
                 let _ = control.finish().await;
                 connection.close(wtransport::VarInt::from_u32(3000), b"client closed");
             }

@@ -9,9 +9,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use rtgate_protocol::{RoomName, pb};
 
-use super::{
-    Engine, EngineError, Recovery, RoomInfo, SubscribeOutcome, encode_publication, plan_recovery,
-};
+use super::{Engine, EngineError, Recovery, RoomInfo, SubscribeOutcome, encode_publication, plan_recovery};
 use crate::hub::{Hub, Publication, Subscriber};
 use crate::ids::{ConnectionId, Epoch, StreamPos};
 
@@ -88,9 +86,7 @@ impl RoomLog {
     }
 
     fn oldest(&self) -> u64 {
-        self.entries
-            .front()
-            .map_or(self.top + 1, |(_, p)| p.pos.offset)
+        self.entries.front().map_or(self.top + 1, |(_, p)| p.pos.offset)
     }
 
     /// The replay for a subscription from `since`, and whether it recovers.
@@ -214,9 +210,7 @@ impl Engine for MemoryEngine {
     async fn room_info(&self, room: &RoomName) -> Result<RoomInfo, EngineError> {
         let pos = {
             let rooms = self.rooms.lock().expect("rooms lock");
-            rooms
-                .get(room)
-                .map(|log| log.lock().expect("room lock").top())
+            rooms.get(room).map(|log| log.lock().expect("room lock").top())
         };
         Ok(RoomInfo {
             subscribers: self.hub.subscribers(room) as u32,
@@ -277,10 +271,7 @@ mod tests {
             epoch: log.epoch.clone(),
             offset: 1,
         };
-        assert!(
-            !log.recover(Some(&since), limits, t0 + Duration::from_secs(5))
-                .1
-        );
+        assert!(!log.recover(Some(&since), limits, t0 + Duration::from_secs(5)).1);
 
         // At t=13.5 s the events of t=2 and t=3 are older than 10 s.
         let since = StreamPos {

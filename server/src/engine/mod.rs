@@ -110,8 +110,7 @@ pub fn encode_publication(room: &RoomName, pos: StreamPos, event: &[u8]) -> Arc<
     };
     // RoomEvent.event is field 4; ServerFrame.event is field 3.
     let inner_len = head.encoded_len() + 1 + prost::length_delimiter_len(event.len()) + event.len();
-    let mut buf =
-        bytes::BytesMut::with_capacity(inner_len + 1 + prost::length_delimiter_len(inner_len));
+    let mut buf = bytes::BytesMut::with_capacity(inner_len + 1 + prost::length_delimiter_len(inner_len));
     encode_key(3, WireType::LengthDelimited, &mut buf);
     encode_varint(inner_len as u64, &mut buf);
     head.encode_raw(&mut buf);

@@ -20,10 +20,7 @@ impl<T: Send + 'static> WriterCloser<T> {
     pub(crate) async fn close(self, value: T) {
         let _ = self.signal.send(value);
         let mut writer = self.writer;
-        if tokio::time::timeout(self.timeout, &mut writer)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(self.timeout, &mut writer).await.is_err() {
             writer.abort();
         }
     }

@@ -32,9 +32,7 @@ pub const PATH: &str = "/wt";
 const WRITE_BATCH: usize = 64;
 
 /// Binds the QUIC endpoint with the given server config.
-pub fn bind(
-    config: ServerConfig,
-) -> std::io::Result<Endpoint<wtransport::endpoint::endpoint_side::Server>> {
+pub fn bind(config: ServerConfig) -> std::io::Result<Endpoint<wtransport::endpoint::endpoint_side::Server>> {
     Endpoint::server(config)
 }
 
@@ -58,10 +56,7 @@ pub async fn accept_loop(
     }
     // Refuse new sessions while the existing ones are drained.
     let _ = node.drain(std::time::Duration::from_secs(3600)).await;
-    endpoint.close(
-        VarInt::from_u32(DisconnectCode::Shutdown.code()),
-        b"shutdown",
-    );
+    endpoint.close(VarInt::from_u32(DisconnectCode::Shutdown.code()), b"shutdown");
 }
 
 async fn handle(node: Arc<Node>, incoming: IncomingSession) {
@@ -108,11 +103,7 @@ async fn handle(node: Arc<Node>, incoming: IncomingSession) {
     tracing::debug!(%conn, %remote, "webtransport session");
 
     let (in_tx, in_rx) = mpsc::channel(64);
-    tokio::spawn(read_control(
-        recv,
-        node.session.max_frame_size,
-        in_tx.clone(),
-    ));
+    tokio::spawn(read_control(recv, node.session.max_frame_size, in_tx.clone()));
     if connection.max_datagram_size().is_some() {
         tokio::spawn(read_datagrams(connection.clone(), in_tx));
     }
@@ -120,12 +111,7 @@ async fn handle(node: Arc<Node>, incoming: IncomingSession) {
     let outbox = Outbox::new(node.limits.send_queue_bytes);
     let (control_lane, control_rx_lane) = Lane::new(&outbox);
     let (close_tx, close_rx) = oneshot::channel();
-    let writer = tokio::spawn(write_control(
-        send,
-        control_rx_lane,
-        close_rx,
-        connection.clone(),
-    ));
+    let writer = tokio::spawn(write_control(send, control_rx_lane, close_rx, connection.clone()));
     let datagrams: Option<Arc<dyn DatagramSink>> = connection
         .max_datagram_size()
         .map(|_| Arc::new(Datagrams(connection.clone())) as Arc<dyn DatagramSink>);
@@ -214,11 +200,7 @@ async fn write_frames(send: &mut SendStream, rx: &mut LaneReceiver, first: Bytes
             None => break,
         }
     }
-    let ok = send
-        .quic_stream_mut()
-        .write_all_chunks(&mut chunks)
-        .await
-        .is_ok();
+    let ok = send.quic_stream_mut().write_all_chunks(&mut chunks).await.is_ok();
     rx.written(n);
     ok
 }

@@ -17,16 +17,11 @@ pub const SECRET: &str = "test-secret-test-secret-test-secret-0123456789";
 pub const API_KEY: &str = "test-api-key";
 
 /// Both transports, for tests that run over each.
-pub const TRANSPORTS: [TransportPreference; 2] = [
-    TransportPreference::WebTransport,
-    TransportPreference::WebSocket,
-];
+pub const TRANSPORTS: [TransportPreference; 2] =
+    [TransportPreference::WebTransport, TransportPreference::WebSocket];
 
 pub fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
 
 pub struct TestGateway {
@@ -99,10 +94,7 @@ impl TestGateway {
     }
 
     pub fn cert_hash(&self) -> [u8; 32] {
-        hex::decode(&self.gw.cert_sha256)
-            .unwrap()
-            .try_into()
-            .unwrap()
+        hex::decode(&self.gw.cert_sha256).unwrap().try_into().unwrap()
     }
 
     pub fn client_config(&self, prefer: TransportPreference, token: &str) -> ClientConfig {
@@ -195,16 +187,12 @@ pub async fn next(events: &mut mpsc::UnboundedReceiver<ClientEvent>) -> ClientEv
         .expect("client running")
 }
 
-/// The next room event, skipping everything else; returns (room, offset, json payload).
-pub async fn next_room_event(
-    events: &mut mpsc::UnboundedReceiver<ClientEvent>,
-) -> (String, u64, String) {
+/// The next room event, skipping everything else (presence updates included); returns
+/// (room, offset, json payload).
+pub async fn next_room_event(events: &mut mpsc::UnboundedReceiver<ClientEvent>) -> (String, u64, String) {
     loop {
-        if let ClientEvent::Event {
-            room,
-            offset,
-            event,
-        } = next(events).await
+        if let ClientEvent::Event { room, offset, event } = next(events).await
+            && event.name != "presence.update"
         {
             return (room, offset, event.json);
         }
@@ -216,10 +204,7 @@ pub async fn next_disconnect(
     events: &mut mpsc::UnboundedReceiver<ClientEvent>,
 ) -> (Option<u32>, Option<Duration>) {
     loop {
-        if let ClientEvent::Disconnected {
-            code, reconnect, ..
-        } = next(events).await
-        {
+        if let ClientEvent::Disconnected { code, reconnect, .. } = next(events).await {
             return (code, reconnect);
         }
     }

@@ -35,9 +35,7 @@ pub fn subscribe(id: u32, room: &str, token: &str) -> pb::ClientFrame {
 
 /// A WebSocket speaking raw frames.
 pub struct RawWs {
-    pub ws: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
+    pub ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
 }
 
 /// How a raw connection ended.

@@ -49,10 +49,7 @@ mod tests {
         let keys = Keys::new("rt:test");
         let room = RoomName::parse("conversation:42").unwrap();
         assert_eq!(keys.meta(&room), "rt:test:{conversation:42}:m");
-        assert_eq!(
-            keys.room_of_channel(keys.channel(&room).as_bytes()),
-            Some(room)
-        );
+        assert_eq!(keys.room_of_channel(keys.channel(&room).as_bytes()), Some(room));
         assert_eq!(keys.room_of_channel(b"other:{conversation:42}:c"), None);
         assert_eq!(keys.room_of_channel(b"rt:test:{nope}:c"), None);
     }

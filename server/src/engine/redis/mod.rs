@@ -14,10 +14,12 @@
 //!   itself when Redis returns.
 
 mod keys;
+mod presence;
 mod pubsub;
 mod scripts;
 
 pub use keys::Keys;
+pub use presence::RedisPresence;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,9 +33,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use rtgate_protocol::{RoomName, pb};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{
-    Engine, EngineError, HistoryLimits, RoomInfo, SubscribeOutcome, bus, encode_publication,
-};
+use super::{Engine, EngineError, HistoryLimits, RoomInfo, SubscribeOutcome, bus, encode_publication};
 use crate::hub::{Hub, Publication, Subscriber};
 use crate::ids::{ConnectionId, Epoch, StreamPos};
 
@@ -139,8 +139,8 @@ impl RedisEngine {
     /// An engine on `config`, delivering to `hub`. Connects in the background: a node
     /// starts (not ready) even while Redis is unreachable.
     pub fn new(hub: Arc<Hub>, config: RedisConfig) -> Result<Self, EngineError> {
-        let client = redis::Client::open(config.url.as_str())
-            .map_err(|e| EngineError::Internal(e.to_string()))?;
+        let client =
+            redis::Client::open(config.url.as_str()).map_err(|e| EngineError::Internal(e.to_string()))?;
         let info = client.get_connection_info().clone();
         let resp3 = info
             .redis_settings()
@@ -166,6 +166,13 @@ impl RedisEngine {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(pubsub::run(inner.clone(), rx));
         Ok(RedisEngine { inner, pubsub: tx })
+    }
+
+    /// Presence kept in the same Redis; entries expire `ttl_ms` after their last refresh.
+    /// With `chatwoot` (a key namespace such as `alfred`), Chatwoot's own presence keys
+    /// are maintained too.
+    pub fn presence_store(&self, ttl_ms: u64, chatwoot: Option<String>) -> RedisPresence {
+        RedisPresence::new(self.inner.clone(), ttl_ms, chatwoot)
     }
 
     /// Health counters.
@@ -238,9 +245,7 @@ impl Inner {
     ) -> Result<T, EngineError> {
         let result = async {
             let mut conn = self.conn().await?;
-            match tokio::time::timeout(self.config.timeout, invocation.invoke_async::<T>(&mut conn))
-                .await
-            {
+            match tokio::time::timeout(self.config.timeout, invocation.invoke_async::<T>(&mut conn)).await {
                 Err(_) => Err(unavailable("redis call timed out")),
                 Ok(Err(e))
                     if e.is_io_error()
@@ -278,17 +283,10 @@ impl Inner {
             .arg(since.map_or("", |s| s.epoch.as_str()))
             .arg(since.map_or(0, |s| s.offset));
         let values: Vec<redis::Value> = self.call(inv).await?;
-        parse_read(values)
-            .ok_or_else(|| EngineError::Internal("unexpected read script reply".into()))
+        parse_read(values).ok_or_else(|| EngineError::Internal("unexpected read script reply".into()))
     }
 
-    fn publication(
-        &self,
-        room: &RoomName,
-        epoch: &Epoch,
-        offset: u64,
-        event: &[u8],
-    ) -> Arc<Publication> {
+    fn publication(&self, room: &RoomName, epoch: &Epoch, offset: u64, event: &[u8]) -> Arc<Publication> {
         encode_publication(
             room,
             StreamPos {
@@ -354,11 +352,7 @@ impl Inner {
             return;
         };
         match bus::decode(payload) {
-            Some(bus::BusMessage::Publication {
-                epoch,
-                offset,
-                event,
-            }) => {
+            Some(bus::BusMessage::Publication { epoch, offset, event }) => {
                 let epoch = Epoch::from_wire(epoch);
                 let arrival = {
                     let tracks = self.tracks.lock().expect("tracks lock");
@@ -385,12 +379,8 @@ impl Inner {
                 exclude,
                 frame,
             }) => {
-                self.hub.broadcast_ephemeral(
-                    &room,
-                    &Bytes::copy_from_slice(frame),
-                    Some(exclude),
-                    private,
-                );
+                self.hub
+                    .broadcast_ephemeral(&room, &Bytes::copy_from_slice(frame), Some(exclude), private);
             }
             None => tracing::warn!(%room, "undecodable message on a room channel"),
         }
@@ -505,9 +495,7 @@ impl Engine for RedisEngine {
             Read::Replay(entries) => (
                 entries
                     .iter()
-                    .map(|(offset, event)| {
-                        self.inner.publication(&room, &top.epoch, *offset, event)
-                    })
+                    .map(|(offset, event)| self.inner.publication(&room, &top.epoch, *offset, event))
                     .collect(),
                 true,
             ),
@@ -537,11 +525,7 @@ impl Engine for RedisEngine {
         let inner = &self.inner;
         let mut conn = inner.conn().await?;
         let message = bus::encode_ephemeral(private, exclude.unwrap_or(""), &frame);
-        let cmd = if inner.sharded() {
-            "SPUBLISH"
-        } else {
-            "PUBLISH"
-        };
+        let cmd = if inner.sharded() { "SPUBLISH" } else { "PUBLISH" };
         let result = tokio::time::timeout(
             inner.config.timeout,
             redis::cmd(cmd)
@@ -586,8 +570,7 @@ impl Engine for RedisEngine {
     }
 
     fn is_ready(&self) -> bool {
-        self.inner.pubsub_up.load(Ordering::Relaxed)
-            && self.inner.commands_ok.load(Ordering::Relaxed)
+        self.inner.pubsub_up.load(Ordering::Relaxed) && self.inner.commands_ok.load(Ordering::Relaxed)
     }
 
     async fn maintain(&self) {

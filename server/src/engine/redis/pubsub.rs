@@ -147,10 +147,7 @@ pub(crate) async fn run(inner: Arc<Inner>, mut commands: mpsc::UnboundedReceiver
         inner.pubsub_up.store(true, Ordering::Relaxed);
         if connected_before {
             inner.stats.reconnects.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(
-                rooms = rooms.len(),
-                "redis pub/sub reconnected: repairing gaps"
-            );
+            tracing::info!(rooms = rooms.len(), "redis pub/sub reconnected: repairing gaps");
         }
         connected_before = true;
         backoff = Duration::from_millis(50);

@@ -1,0 +1,191 @@
+//! Presence: who is online (across devices and nodes), agents' availability, last seen,
+//! and the `presence.update` events announced to account rooms.
+//!
+//! [`PresenceService`] runs the sans-IO [`Tracker`] on a task of its own against a
+//! [`PresenceStore`] (memory or Redis) and publishes changes through the engine.
+
+mod store;
+mod tracker;
+
+pub use store::{MemoryPresence, PresenceStore, effective, presence_of};
+pub use tracker::{Effect, Tracker, TrackerConfig, Who};
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use rtgate_protocol::{RoomName, pb};
+use tokio::sync::mpsc;
+
+use crate::auth::Principal;
+use crate::engine::{Engine, EngineError};
+
+/// Name of the events announcing presence and availability changes.
+pub const PRESENCE_EVENT: &str = "presence.update";
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Who a principal is, for presence.
+pub fn who(p: &Principal) -> Who {
+    Who {
+        account: p.account_id,
+        contact: p.is_contact(),
+        id: p.id,
+    }
+}
+
+enum Input {
+    Connected(Who),
+    Disconnected(Who),
+    Activity(Who),
+}
+
+/// The node's presence service.
+pub struct PresenceService {
+    input: mpsc::UnboundedSender<Input>,
+    store: Arc<dyn PresenceStore>,
+    engine: Arc<dyn Engine>,
+}
+
+impl std::fmt::Debug for PresenceService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PresenceService")
+    }
+}
+
+impl PresenceService {
+    /// Starts the service of node `node_id`.
+    pub fn start(
+        node_id: String,
+        config: TrackerConfig,
+        store: Arc<dyn PresenceStore>,
+        engine: Arc<dyn Engine>,
+    ) -> Arc<Self> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(node_id, config, store.clone(), engine.clone(), rx));
+        Arc::new(PresenceService {
+            input: tx,
+            store,
+            engine,
+        })
+    }
+
+    /// A connection of `who` was authenticated.
+    pub fn connected(&self, who: Who) {
+        let _ = self.input.send(Input::Connected(who));
+    }
+
+    /// A connection of `who` closed.
+    pub fn disconnected(&self, who: Who) {
+        let _ = self.input.send(Input::Disconnected(who));
+    }
+
+    /// `who` sent something.
+    pub fn activity(&self, who: Who) {
+        let _ = self.input.send(Input::Activity(who));
+    }
+
+    /// The presence of an account.
+    pub async fn snapshot(&self, account: u64) -> Result<pb::Presence, EngineError> {
+        self.store.snapshot(account, unix_ms()).await
+    }
+
+    /// The entries of these people.
+    pub async fn entries(&self, account: u64, who: &[Who]) -> Result<pb::Presence, EngineError> {
+        Ok(presence_of(self.store.entries(account, who, unix_ms()).await?))
+    }
+
+    /// Sets an agent's availability and, when it changed, tells the account room.
+    pub async fn set_availability(
+        &self,
+        account: u64,
+        user: u64,
+        availability: pb::Availability,
+    ) -> Result<(), EngineError> {
+        if self.store.set_availability(account, user, availability).await? {
+            let who = Who {
+                account,
+                contact: false,
+                id: user,
+            };
+            announce(&*self.store, &*self.engine, account, &[who]).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Publishes the current entries of `who` to the account room.
+async fn announce(
+    store: &dyn PresenceStore,
+    engine: &dyn Engine,
+    account: u64,
+    who: &[Who],
+) -> Result<(), EngineError> {
+    let entries = store.entries(account, who, unix_ms()).await?;
+    let event = pb::Event {
+        id: uuid::Uuid::new_v4().to_string(),
+        name: PRESENCE_EVENT.into(),
+        account_id: account,
+        occurred_at_ms: unix_ms() as i64,
+        payload: Some(pb::event::Payload::Presence(presence_of(entries))),
+        ..Default::default()
+    };
+    engine
+        .publish(&RoomName::account(account), &event)
+        .await
+        .map(|_| ())
+}
+
+async fn run(
+    node: String,
+    config: TrackerConfig,
+    store: Arc<dyn PresenceStore>,
+    engine: Arc<dyn Engine>,
+    mut input: mpsc::UnboundedReceiver<Input>,
+) {
+    let mut tracker = Tracker::new(config, Instant::now(), unix_ms());
+    loop {
+        while let Some(effect) = tracker.poll_effect() {
+            let now_ms = unix_ms();
+            let result = match effect {
+                Effect::MarkOnline(who) => store.mark_online(who, &node, now_ms).await.map(|became| {
+                    if became {
+                        tracker.became(who, true, Instant::now());
+                    }
+                }),
+                Effect::MarkOffline(who) => store.mark_offline(who, &node, now_ms).await.map(|became| {
+                    if became {
+                        tracker.became(who, false, Instant::now());
+                    }
+                }),
+                Effect::TouchSeen(who, at) => store.touch_seen(who, at).await,
+                Effect::Refresh(held) => store.refresh(&node, &held, now_ms).await,
+                Effect::Reap(accounts) => store.reap(&accounts, now_ms).await.map(|gone| {
+                    for who in gone {
+                        tracker.became(who, false, Instant::now());
+                    }
+                }),
+                Effect::Publish { account, changes } => {
+                    let who: Vec<Who> = changes.iter().map(|(w, _)| *w).collect();
+                    announce(&*store, &*engine, account, &who).await
+                }
+            };
+            if let Err(err) = result {
+                tracing::debug!(%err, "presence update failed");
+            }
+        }
+        let deadline = tokio::time::Instant::from_std(tracker.poll_timeout());
+        tokio::select! {
+            msg = input.recv() => match msg {
+                None => return,
+                Some(Input::Connected(who)) => tracker.connected(who, Instant::now()),
+                Some(Input::Disconnected(who)) => tracker.disconnected(who, Instant::now()),
+                Some(Input::Activity(who)) => tracker.activity(who, Instant::now()),
+            },
+            _ = tokio::time::sleep_until(deadline) => tracker.handle_timeout(Instant::now()),
+        }
+    }
+}
