@@ -54,6 +54,7 @@ pub fn router(state: HttpState, demo_dir: &std::path::Path, pkg_dir: &std::path:
         .route("/api/v1/presence/{account}", get(presence))
         .route("/api/v1/availability", post(availability))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics_text))
         .route("/readyz", get(readyz))
         .route("/dev/cert-hash", get(cert_hash))
         .layer(DefaultBodyLimit::max(1 << 20))
@@ -124,6 +125,14 @@ async fn dev_token(
         })
     });
     axum::Json(serde_json::json!({ "token": token, "subscription_token": subscription, "exp": exp }))
+        .into_response()
+}
+
+async fn metrics_text(State(state): State<HttpState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::metrics::render(&state.node),
+    )
         .into_response()
 }
 
@@ -316,6 +325,7 @@ async fn publish(
     if event.occurred_at_ms == 0 {
         event.occurred_at_ms = unix_ms();
     }
+    let started = std::time::Instant::now();
     let mut positions = Vec::with_capacity(rooms.len());
     for room in &rooms {
         let pos = tokio::time::timeout(
@@ -330,11 +340,12 @@ async fn publish(
             position: Some(pos.to_pb()),
         });
     }
-    Ok(respond(
-        format,
-        StatusCode::OK,
-        &pb::PublishResponse { positions },
-    ))
+    Ok(respond(format, StatusCode::OK, &{
+        metrics::counter!("rtgate_events_published_total", "source" => "api")
+            .increment(positions.len() as u64);
+        metrics::histogram!("rtgate_publish_seconds").record(started.elapsed().as_secs_f64());
+        pb::PublishResponse { positions }
+    }))
 }
 
 async fn room_info(

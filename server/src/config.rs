@@ -154,6 +154,14 @@ pub struct Config {
     #[arg(long, env = "RTGATE_REDIS_META_TTL", default_value = "24h", value_parser = parse_duration)]
     pub redis_meta_ttl: Duration,
 
+    /// Requests per second one connection may make (pings and refreshes excepted).
+    #[arg(long, env = "RTGATE_REQUEST_RATE", default_value_t = 50.0)]
+    pub request_rate: f64,
+
+    /// Requests one connection may make in a burst.
+    #[arg(long, env = "RTGATE_REQUEST_BURST", default_value_t = 100.0)]
+    pub request_burst: f64,
+
     /// Presence entries of a node expire this long after its last heartbeat (a node that
     /// dies takes its users offline after at most this).
     #[arg(long, env = "RTGATE_PRESENCE_TTL", default_value = "15s", value_parser = parse_duration)]

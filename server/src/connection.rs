@@ -145,6 +145,9 @@ pub async fn drive(
                         event.id = uuid::Uuid::new_v4().to_string();
                     }
                     let result = with_timeout(engine.publish(&room, &event)).await;
+                    if result.is_ok() {
+                        metrics::counter!("rtgate_events_published_total", "source" => "client").increment(1);
+                    }
                     session.publish_done(id, result);
                 }
                 Action::Ephemeral { room, event, private } => {
@@ -174,6 +177,7 @@ pub async fn drive(
                     session.answer(id, result.map(Some));
                 }
                 Action::AuthFailed(reason) => {
+                    metrics::counter!("rtgate_auth_failures_total", "reason" => reason).increment(1);
                     tracing::info!(%conn, reason, "authentication failed");
                 }
                 Action::Close(code, reason) => {
@@ -227,6 +231,8 @@ pub async fn drive(
         engine.unsubscribe(&room, conn).await;
     }
     node.deregister(conn);
+    metrics::counter!("rtgate_disconnects_total", "transport" => t.kind, "reason" => close.0.label())
+        .increment(1);
     if let Some(who) = identified {
         node.presence.disconnected(who);
     }

@@ -166,6 +166,8 @@ impl Gateway {
             refresh_grace: config.refresh_grace,
             client_publish: config.client_publish.clone(),
             typing_timeout: config.typing_timeout,
+            request_rate: config.request_rate,
+            request_burst: config.request_burst,
             ..SessionConfig::default()
         };
         let limits = ConnectionLimits {
@@ -185,6 +187,7 @@ impl Gateway {
             presence,
             engine.clone(),
         );
+        crate::metrics::install();
         let node = Node::new(session, auth, engine.clone(), presence, limits);
 
         // WebTransport.
@@ -247,10 +250,15 @@ impl Gateway {
         }));
         let maintenance_engine = engine.clone();
         let maintenance = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(10));
-            loop {
+            // Histogram samples are folded every second (bounded memory under load);
+            // engine housekeeping runs every ten.
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            for n in 0u64.. {
                 tick.tick().await;
-                maintenance_engine.maintain().await;
+                crate::metrics::upkeep();
+                if n % 10 == 0 {
+                    maintenance_engine.maintain().await;
+                }
             }
         });
 

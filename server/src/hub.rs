@@ -41,6 +41,8 @@ pub struct Publication {
     pub pos: StreamPos,
     /// The encoded `ServerFrame { event }` body (no length prefix).
     pub frame: Bytes,
+    /// When this node got it (for the delivery latency metric).
+    pub at: std::time::Instant,
 }
 
 /// Most live events buffered while a subscription is being set up.
@@ -109,7 +111,7 @@ impl Subscriber {
 
     fn send(&self, p: &Publication) {
         // An overflow is noticed by the connection's driver through its outbox.
-        let _ = self.lane.send(p.frame.clone());
+        let _ = self.lane.send_event(p.frame.clone(), p.at);
     }
 
     fn send_reset(&self, pos: &StreamPos) {
@@ -311,6 +313,7 @@ impl Hub {
         for s in subs {
             s.deliver(p);
         }
+        metrics::counter!("rtgate_events_delivered_total").increment(subs.len() as u64);
         subs.len()
     }
 
@@ -340,6 +343,7 @@ impl Hub {
             s.deliver_ephemeral(frame, private);
             n += 1;
         }
+        metrics::counter!("rtgate_ephemeral_delivered_total").increment(n as u64);
         n
     }
 
@@ -355,6 +359,14 @@ impl Hub {
     /// Whether a room has local subscribers.
     pub fn has_subscribers(&self, room: &RoomName) -> bool {
         self.subscribers(room) > 0
+    }
+
+    /// Subscriptions on this node (all rooms).
+    pub fn subscriptions(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.read().expect("hub lock").values().map(Vec::len).sum::<usize>())
+            .sum()
     }
 
     /// Rooms with local subscribers.

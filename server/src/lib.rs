@@ -24,9 +24,11 @@ pub mod engine;
 pub mod gateway;
 pub mod hub;
 pub mod ids;
+pub mod metrics;
 pub mod node;
 pub mod outbox;
 pub mod presence;
+pub mod ratelimit;
 pub mod session;
 pub mod transport;
 

@@ -110,6 +110,7 @@ impl Node {
             return None;
         }
         let id = ConnectionId(self.next_conn.fetch_add(1, Ordering::Relaxed));
+        metrics::counter!("rtgate_connects_total", "transport" => transport).increment(1);
         let (tx, rx) = mpsc::unbounded_channel();
         conns.insert(
             id,

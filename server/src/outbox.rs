@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::{Notify, mpsc};
@@ -48,7 +49,9 @@ impl Outbox {
 
     /// Marks the connection as unable to keep up.
     pub fn trip(&self) {
-        self.overflowed.store(true, Ordering::Relaxed);
+        if !self.overflowed.swap(true, Ordering::Relaxed) {
+            metrics::counter!("rtgate_send_queue_overflows_total").increment(1);
+        }
         self.notify.notify_one();
     }
 
@@ -83,17 +86,35 @@ pub enum LaneError {
     Closed,
 }
 
+/// A frame waiting to be written.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    /// The frame body.
+    pub frame: Bytes,
+    /// For room events: when the event reached this node's fan-out.
+    pub at: Option<Instant>,
+}
+
+impl Queued {
+    /// Records the delivery latency of a room event once it has been written.
+    pub fn record_written(&self) {
+        if let Some(at) = self.at {
+            metrics::histogram!("rtgate_delivery_seconds").record(at.elapsed().as_secs_f64());
+        }
+    }
+}
+
 /// The sending end of one queue of frame bodies.
 #[derive(Debug, Clone)]
 pub struct Lane {
-    tx: mpsc::UnboundedSender<Bytes>,
+    tx: mpsc::UnboundedSender<Queued>,
     outbox: Arc<Outbox>,
 }
 
 /// The receiving end, owned by a transport writer.
 #[derive(Debug)]
 pub struct LaneReceiver {
-    rx: mpsc::UnboundedReceiver<Bytes>,
+    rx: mpsc::UnboundedReceiver<Queued>,
     outbox: Arc<Outbox>,
 }
 
@@ -115,11 +136,20 @@ impl Lane {
 
     /// Queues a frame body, charging it to the budget.
     pub fn send(&self, frame: Bytes) -> Result<(), LaneError> {
-        let n = frame.len();
+        self.queue(Queued { frame, at: None })
+    }
+
+    /// Queues a room event that reached the fan-out at `at`.
+    pub fn send_event(&self, frame: Bytes, at: Instant) -> Result<(), LaneError> {
+        self.queue(Queued { frame, at: Some(at) })
+    }
+
+    fn queue(&self, item: Queued) -> Result<(), LaneError> {
+        let n = item.frame.len();
         if !self.outbox.reserve(n) {
             return Err(LaneError::Overflow);
         }
-        self.tx.send(frame).map_err(|_| {
+        self.tx.send(item).map_err(|_| {
             self.outbox.queued.fetch_sub(n, Ordering::Relaxed);
             LaneError::Closed
         })
@@ -128,7 +158,9 @@ impl Lane {
     /// Queues a frame outside the budget: only for the final `Disconnect`.
     pub fn send_final(&self, frame: Bytes) -> Result<(), LaneError> {
         self.outbox.queued.fetch_add(frame.len(), Ordering::Relaxed);
-        self.tx.send(frame).map_err(|_| LaneError::Closed)
+        self.tx
+            .send(Queued { frame, at: None })
+            .map_err(|_| LaneError::Closed)
     }
 
     /// The budget this lane draws on.
@@ -140,11 +172,21 @@ impl Lane {
 impl LaneReceiver {
     /// The next frame to write; `None` once every sender is gone.
     pub async fn recv(&mut self) -> Option<Bytes> {
-        self.rx.recv().await
+        self.rx.recv().await.map(|q| q.frame)
     }
 
     /// A frame if one is queued right now.
     pub fn try_recv(&mut self) -> Option<Bytes> {
+        self.rx.try_recv().ok().map(|q| q.frame)
+    }
+
+    /// The next queued item, with its timing.
+    pub async fn recv_queued(&mut self) -> Option<Queued> {
+        self.rx.recv().await
+    }
+
+    /// A queued item if one is there right now.
+    pub fn try_recv_queued(&mut self) -> Option<Queued> {
         self.rx.try_recv().ok()
     }
 

@@ -17,6 +17,7 @@ use crate::auth::{AuthError, Authenticator, Principal, Role};
 use crate::authz::{Grant, may_join};
 use crate::engine::{EngineError, SubscribeOutcome};
 use crate::ids::StreamPos;
+use crate::ratelimit::TokenBucket;
 
 /// Limits and timings of sessions; shared by all sessions of a node.
 #[derive(Debug, Clone)]
@@ -41,6 +42,10 @@ pub struct SessionConfig {
     pub typing_min_interval: Duration,
     /// A typing indicator not refreshed for this long is turned off by the gateway.
     pub typing_timeout: Duration,
+    /// Requests per second a connection may make (pings and refreshes excepted).
+    pub request_rate: f64,
+    /// Requests a connection may make in a burst.
+    pub request_burst: f64,
 }
 
 impl Default for SessionConfig {
@@ -56,6 +61,8 @@ impl Default for SessionConfig {
             client_publish: vec!["client.*".into()],
             typing_min_interval: Duration::from_millis(300),
             typing_timeout: Duration::from_secs(6),
+            request_rate: 50.0,
+            request_burst: 100.0,
         }
     }
 }
@@ -149,6 +156,7 @@ pub struct Session {
     last_typing: HashMap<RoomName, Instant>,
     /// Rooms where this connection's typing indicator is on: until when, and private.
     typing_until: HashMap<RoomName, (Instant, bool)>,
+    requests: TokenBucket,
     actions: VecDeque<Action>,
 }
 
@@ -164,6 +172,7 @@ impl Session {
         now: Instant,
         unix_ms: u64,
     ) -> Self {
+        let requests = TokenBucket::new(config.request_rate, config.request_burst, now);
         Session {
             config,
             auth,
@@ -176,6 +185,7 @@ impl Session {
             rooms: HashMap::new(),
             last_typing: HashMap::new(),
             typing_until: HashMap::new(),
+            requests,
             actions: VecDeque::new(),
         }
     }
@@ -484,6 +494,10 @@ impl Session {
 
     fn handle_active(&mut self, frame: pb::ClientFrame, now: Instant) {
         let id = frame.id;
+        let exempt = matches!(frame.kind, Some(C::Ping(_)) | Some(C::Refresh(_)) | None);
+        if !exempt && !self.requests.take(now) {
+            return self.reply_error(id, ErrorCode::LimitExceeded, "too many requests");
+        }
         match frame.kind {
             None => self.reply_error(id, ErrorCode::BadRequest, "frame carries no known kind"),
             Some(C::Hello(_)) => self.close(DisconnectCode::ProtocolViolation, "hello sent twice"),
@@ -967,6 +981,45 @@ mod tests {
         );
         s.handle_timeout(t0 + Duration::from_secs(70));
         assert_eq!(closed_with(&actions(&mut s)), Some(DisconnectCode::TokenExpired));
+    }
+
+    #[test]
+    fn requests_beyond_the_rate_are_refused_but_pings_are_not() {
+        let t0 = Instant::now();
+        let mut s = active(t0, 3600);
+        let sub = |id: u32| {
+            frame(
+                id,
+                C::Unsubscribe(pb::Unsubscribe {
+                    room: "public:none".into(),
+                }),
+            )
+        };
+        for id in 1..=100 {
+            s.handle_client_frame(sub(id), t0);
+            assert_eq!(
+                reply(&actions(&mut s)).error.unwrap().code,
+                ErrorCode::NotSubscribed.code()
+            );
+        }
+        s.handle_client_frame(sub(101), t0);
+        assert_eq!(
+            reply(&actions(&mut s)).error.unwrap().code,
+            ErrorCode::LimitExceeded.code()
+        );
+        s.handle_client_frame(frame(0, C::Ping(pb::Ping { nonce: 1 })), t0);
+        assert!(matches!(
+            &actions(&mut s)[0],
+            Action::Send(pb::ServerFrame {
+                kind: Some(S::Pong(_))
+            })
+        ));
+        // 50 per second refill.
+        s.handle_client_frame(sub(102), t0 + Duration::from_millis(20));
+        assert_eq!(
+            reply(&actions(&mut s)).error.unwrap().code,
+            ErrorCode::NotSubscribed.code()
+        );
     }
 
     #[test]

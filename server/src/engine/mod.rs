@@ -43,6 +43,15 @@ pub struct SubscribeOutcome {
     pub replayed: u32,
 }
 
+/// Counters of an engine's health.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineHealth {
+    /// Failed or timed-out calls to the backing store.
+    pub errors: u64,
+    /// Reconnections of the fan-out (pub/sub) connection.
+    pub reconnects: u64,
+}
+
 /// What the gateway knows of a room.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoomInfo {
@@ -93,6 +102,11 @@ pub trait Engine: Send + Sync + 'static {
         true
     }
 
+    /// Error and reconnection counts, for metrics.
+    fn health(&self) -> EngineHealth {
+        EngineHealth::default()
+    }
+
     /// Periodic housekeeping (expiring history, …).
     async fn maintain(&self) {}
 }
@@ -121,6 +135,7 @@ pub fn encode_publication(room: &RoomName, pos: StreamPos, event: &[u8]) -> Arc<
         room: room.clone(),
         pos,
         frame: buf.freeze(),
+        at: std::time::Instant::now(),
     })
 }
 

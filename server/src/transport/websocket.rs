@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{SinkExt, StreamExt};
 use rtgate_protocol::{DisconnectCode, FrameError, RoomName};
@@ -12,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::WriterCloser;
 use crate::connection::{Closer, Incoming, RoomLanes, TransportHandle, drive};
 use crate::node::Node;
-use crate::outbox::{Lane, LaneReceiver, Outbox};
+use crate::outbox::{Lane, LaneReceiver, Outbox, Queued};
 
 /// Frames beyond this many are written before a flush.
 const WRITE_BATCH: usize = 64;
@@ -59,7 +58,11 @@ pub async fn serve(node: Arc<Node>, socket: WebSocket) {
                         max,
                     })
                 }
-                Ok(Message::Binary(body)) => Incoming::Frame(body),
+                Ok(Message::Binary(body)) => {
+                    metrics::counter!("rtgate_bytes_received_total", "transport" => "websocket")
+                        .increment(body.len() as u64);
+                    Incoming::Frame(body)
+                }
                 Ok(Message::Text(_)) => Incoming::FramingError(FrameError::Decode(
                     "text messages are not accepted; send binary frames".into(),
                 )),
@@ -113,22 +116,22 @@ async fn write_loop(
     mut rx: LaneReceiver,
     mut close_rx: oneshot::Receiver<(DisconnectCode, String)>,
 ) {
-    let mut batch: Vec<Bytes> = Vec::with_capacity(0);
+    let mut batch: Vec<Queued> = Vec::with_capacity(0);
     loop {
         tokio::select! {
             biased;
-            frame = rx.recv() => {
+            frame = rx.recv_queued() => {
                 let Some(frame) = frame else { break };
                 batch.push(frame);
                 while batch.len() < WRITE_BATCH {
-                    match rx.try_recv() {
+                    match rx.try_recv_queued() {
                         Some(f) => batch.push(f),
                         None => break,
                     }
                 }
-                let n: usize = batch.iter().map(Bytes::len).sum();
-                for frame in batch.drain(..) {
-                    if sink.feed(Message::Binary(frame)).await.is_err() {
+                let n: usize = batch.iter().map(|q| q.frame.len()).sum();
+                for q in &batch {
+                    if sink.feed(Message::Binary(q.frame.clone())).await.is_err() {
                         return;
                     }
                 }
@@ -136,6 +139,10 @@ async fn write_loop(
                     return;
                 }
                 rx.written(n);
+                metrics::counter!("rtgate_bytes_sent_total", "transport" => "websocket").increment(n as u64);
+                for q in batch.drain(..) {
+                    q.record_written();
+                }
                 if batch.capacity() > WRITE_BATCH * 4 {
                     batch = Vec::with_capacity(0);
                 }

@@ -23,7 +23,7 @@ use wtransport::{Connection, Endpoint, RecvStream, SendStream, ServerConfig, Var
 use super::WriterCloser;
 use crate::connection::{Closer, Incoming, RoomLanes, TransportHandle, drive};
 use crate::node::Node;
-use crate::outbox::{DatagramSink, Lane, LaneReceiver, Outbox};
+use crate::outbox::{DatagramSink, Lane, LaneReceiver, Outbox, Queued};
 
 /// The path WebTransport sessions are accepted on.
 pub const PATH: &str = "/wt";
@@ -150,6 +150,8 @@ async fn read_control(mut recv: RecvStream, max: usize, tx: mpsc::Sender<Incomin
                 return;
             }
         };
+        metrics::counter!("rtgate_bytes_received_total", "transport" => "webtransport")
+            .increment(chunk.len() as u64);
         decoder.push(&chunk);
         loop {
             match decoder.next_frame() {
@@ -185,23 +187,30 @@ fn prefix(len: usize) -> Bytes {
 
 /// Writes queued frames (length-prefixed) until the lane closes. Returns false if the
 /// stream broke.
-async fn write_frames(send: &mut SendStream, rx: &mut LaneReceiver, first: Bytes) -> bool {
+async fn write_frames(send: &mut SendStream, rx: &mut LaneReceiver, first: Queued) -> bool {
     let mut chunks = Vec::with_capacity(2);
-    let mut n = first.len();
-    chunks.push(prefix(first.len()));
-    chunks.push(first);
-    while chunks.len() < WRITE_BATCH * 2 {
-        match rx.try_recv() {
-            Some(frame) => {
-                n += frame.len();
-                chunks.push(prefix(frame.len()));
-                chunks.push(frame);
-            }
-            None => break,
-        }
+    let mut timings = Vec::with_capacity(1);
+    let mut n = 0;
+    let mut next = Some(first);
+    while let Some(q) = next {
+        n += q.frame.len();
+        chunks.push(prefix(q.frame.len()));
+        chunks.push(q.frame.clone());
+        timings.push(q);
+        next = if chunks.len() < WRITE_BATCH * 2 {
+            rx.try_recv_queued()
+        } else {
+            None
+        };
     }
     let ok = send.quic_stream_mut().write_all_chunks(&mut chunks).await.is_ok();
     rx.written(n);
+    if ok {
+        metrics::counter!("rtgate_bytes_sent_total", "transport" => "webtransport").increment(n as u64);
+        for q in timings {
+            q.record_written();
+        }
+    }
     ok
 }
 
@@ -214,7 +223,7 @@ async fn write_control(
     loop {
         tokio::select! {
             biased;
-            frame = rx.recv() => {
+            frame = rx.recv_queued() => {
                 let Some(frame) = frame else { break };
                 if !write_frames(&mut send, &mut rx, frame).await {
                     return;
@@ -222,7 +231,7 @@ async fn write_control(
             }
             closing = &mut close_rx => {
                 let (code, reason) = closing.unwrap_or((DisconnectCode::Normal, String::new()));
-                while let Some(frame) = rx.try_recv() {
+                while let Some(frame) = rx.try_recv_queued() {
                     if !write_frames(&mut send, &mut rx, frame).await {
                         break;
                     }
@@ -238,9 +247,11 @@ async fn write_control(
 }
 
 async fn write_room_stream(opening: BoxFuture<'static, Option<SendStream>>, mut rx: LaneReceiver) {
-    let Some(first) = rx.recv().await else { return };
+    let Some(first) = rx.recv_queued().await else {
+        return;
+    };
     let Some(mut send) = opening.await else {
-        rx.written(first.len());
+        rx.written(first.frame.len());
         while let Some(f) = rx.recv().await {
             rx.written(f.len());
         }
@@ -255,7 +266,7 @@ async fn write_room_stream(opening: BoxFuture<'static, Option<SendStream>>, mut 
             }
             return;
         }
-        next = rx.recv().await;
+        next = rx.recv_queued().await;
     }
     let _ = send.finish().await;
 }

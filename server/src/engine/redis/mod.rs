@@ -569,6 +569,13 @@ impl Engine for RedisEngine {
         &self.inner.hub
     }
 
+    fn health(&self) -> super::EngineHealth {
+        super::EngineHealth {
+            errors: self.inner.stats.errors.load(Ordering::Relaxed),
+            reconnects: self.inner.stats.reconnects.load(Ordering::Relaxed),
+        }
+    }
+
     fn is_ready(&self) -> bool {
         self.inner.pubsub_up.load(Ordering::Relaxed) && self.inner.commands_ok.load(Ordering::Relaxed)
     }
