@@ -37,11 +37,13 @@ function describe(event) {
   return `${event.name}${body ? `: ${body}` : ""}`;
 }
 
+// Events of the conversation, and of the automatic user: and account: rooms (presence
+// changes there are shown under Presence instead).
 function showEvent({ room: r, offset, event }) {
   seen.events.push({ room: r, offset, id: event.id, name: event.name, json: event.json });
+  if (event.name.startsWith("presence.")) return;
   const item = document.createElement("li");
-  item.value = offset;
-  item.textContent = describe(event);
+  item.textContent = `${r === room ? "" : `[${r}] `}${describe(event)}`;
   $("events").append(item);
 }
 
@@ -63,7 +65,7 @@ function showPresence(presence) {
   $("presence").replaceChildren(...Object.entries(seen.presence).map(([who, p]) => {
     const availability = (p.availability ?? "AVAILABILITY_OFFLINE").replace("AVAILABILITY_", "").toLowerCase();
     const item = document.createElement("li");
-    item.textContent = `${who}: ${p.online ? "online" : "offline"}, ${availability}`;
+    item.textContent = `${who}: ${!p.online ? "offline" : availability === "online" ? "online" : `online, ${availability}`}`;
     return item;
   }));
 }

@@ -208,6 +208,10 @@ struct ApiError {
 }
 
 impl ApiError {
+    fn bad_request(format: Format, message: impl Into<String>) -> Self {
+        ApiError::new(format, StatusCode::BAD_REQUEST, ErrorCode::BadRequest, message)
+    }
+
     fn new(format: Format, status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
@@ -280,6 +284,25 @@ fn decode<T: Message + Default + serde::de::DeserializeOwned>(
     result.map_err(|e| ApiError::new(format, StatusCode::BAD_REQUEST, ErrorCode::BadRequest, e))
 }
 
+/// Checks the API key and decodes a request body; returns it with the answer format.
+fn authorized_body<T: Message + Default + serde::de::DeserializeOwned>(
+    state: &HttpState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(T, Format), ApiError> {
+    let (req_format, format) = formats(headers);
+    authorize(state, headers, format)?;
+    let req = decode(req_format, body).map_err(|e| ApiError { format, ..e })?;
+    Ok((req, format))
+}
+
+/// Checks the API key of a request without a body; returns the answer format.
+fn authorized(state: &HttpState, headers: &HeaderMap) -> Result<Format, ApiError> {
+    let (_, format) = formats(headers);
+    authorize(state, headers, format)?;
+    Ok(format)
+}
+
 fn unix_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -291,9 +314,7 @@ async fn publish(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let (req_format, format) = formats(&headers);
-    authorize(&state, &headers, format)?;
-    let req: pb::PublishRequest = decode(req_format, &body).map_err(|e| ApiError { format, ..e })?;
+    let (req, format): (pb::PublishRequest, _) = authorized_body(&state, &headers, &body)?;
     let bad = |msg: String, code| ApiError::new(format, StatusCode::BAD_REQUEST, code, msg);
     let Some(mut event) = req.event else {
         return Err(bad("event is required".into(), ErrorCode::BadRequest));
@@ -353,8 +374,7 @@ async fn room_info(
     headers: HeaderMap,
     Path(room): Path<String>,
 ) -> Result<Response, ApiError> {
-    let (_, format) = formats(&headers);
-    authorize(&state, &headers, format)?;
+    let format = authorized(&state, &headers)?;
     let room = RoomName::parse(&room).map_err(|e| {
         ApiError::new(
             format,
@@ -386,8 +406,7 @@ async fn presence(
     headers: HeaderMap,
     Path(account): Path<u64>,
 ) -> Result<Response, ApiError> {
-    let (_, format) = formats(&headers);
-    authorize(&state, &headers, format)?;
+    let format = authorized(&state, &headers)?;
     let presence = state
         .node
         .presence
@@ -402,25 +421,15 @@ async fn availability(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let (req_format, format) = formats(&headers);
-    authorize(&state, &headers, format)?;
-    let req: pb::SetAvailabilityRequest = decode(req_format, &body).map_err(|e| ApiError { format, ..e })?;
+    let (req, format): (pb::SetAvailabilityRequest, _) = authorized_body(&state, &headers, &body)?;
     if req.account_id == 0 || req.user_id == 0 {
-        return Err(ApiError::new(
+        return Err(ApiError::bad_request(
             format,
-            StatusCode::BAD_REQUEST,
-            ErrorCode::BadRequest,
             "account_id and user_id are required",
         ));
     }
-    let availability = pb::Availability::try_from(req.availability).map_err(|_| {
-        ApiError::new(
-            format,
-            StatusCode::BAD_REQUEST,
-            ErrorCode::BadRequest,
-            "unknown availability",
-        )
-    })?;
+    let availability = pb::Availability::try_from(req.availability)
+        .map_err(|_| ApiError::bad_request(format, "unknown availability"))?;
     let presence = &state.node.presence;
     presence
         .set_availability(req.account_id, req.user_id, availability)
@@ -443,9 +452,7 @@ async fn disconnect(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let (req_format, format) = formats(&headers);
-    authorize(&state, &headers, format)?;
-    let req: pb::DisconnectUserRequest = decode(req_format, &body).map_err(|e| ApiError { format, ..e })?;
+    let (req, format): (pb::DisconnectUserRequest, _) = authorized_body(&state, &headers, &body)?;
     let (contact, id) = match req.user_id.strip_prefix("contact:") {
         Some(rest) => (true, rest),
         None => (false, req.user_id.as_str()),

@@ -168,16 +168,7 @@ async fn room_info_reports_subscribers_and_position() {
     b.subscribe("public:info", None).await.unwrap();
     t.publish(&["public:info"], "client.x", "1").await;
     t.publish(&["public:info"], "client.x", "2").await;
-    let info: serde_json::Value = t
-        .http
-        .get(t.api("/api/v1/rooms/public:info"))
-        .bearer_auth(API_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info: serde_json::Value = t.get_json("/api/v1/rooms/public:info").await;
     assert_eq!(info["subscribers"], 2);
     assert_eq!(info["offset"], "2");
     assert!(!info["epoch"].as_str().unwrap().is_empty());

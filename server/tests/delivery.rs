@@ -71,16 +71,7 @@ async fn resubscribing_from_a_position_replays_missed_events_or_says_it_cannot()
         t.publish(&[&room], "client.a", "1").await;
         let (_, first, _) = next_room_event(&mut events).await;
         let epoch = {
-            let info: serde_json::Value = t
-                .http
-                .get(t.api(&format!("/api/v1/rooms/{room}")))
-                .bearer_auth(API_KEY)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let info: serde_json::Value = t.get_json(&format!("/api/v1/rooms/{room}")).await;
             info["epoch"].as_str().unwrap().to_string()
         };
         client.close();

@@ -57,16 +57,7 @@ async fn a_client_moving_to_another_node_recovers_everything_published_meanwhile
         let first = b.publish(&[room], "client.n", "first").await[0];
         let (_, offset, _) = next_room_event(&mut events).await;
         assert_eq!(offset, first);
-        let info: serde_json::Value = b
-            .http
-            .get(b.api(&format!("/api/v1/rooms/{room}")))
-            .bearer_auth(API_KEY)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let info: serde_json::Value = b.get_json(&format!("/api/v1/rooms/{room}")).await;
         let epoch = info["epoch"].as_str().unwrap().to_string();
         client.close();
 

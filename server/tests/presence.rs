@@ -45,16 +45,7 @@ async fn next_presence(
 }
 
 async fn snapshot(t: &TestGateway, account: u64) -> pb::Presence {
-    let v: serde_json::Value = t
-        .http
-        .get(t.api(&format!("/api/v1/presence/{account}")))
-        .bearer_auth(API_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: serde_json::Value = t.get_json(&format!("/api/v1/presence/{account}")).await;
     serde_json::from_value(v).unwrap()
 }
 

@@ -81,6 +81,19 @@ impl TestGateway {
         panic!("readyz never answered {want}");
     }
 
+    /// GET an API path with the API key; the JSON answer.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        self.http
+            .get(self.api(path))
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub fn wt_url(&self) -> String {
         format!("https://127.0.0.1:{}/wt", self.gw.wt_addr.port())
     }

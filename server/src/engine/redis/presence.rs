@@ -116,6 +116,24 @@ impl RedisPresence {
         Some(format!("{ns}:ONLINE_PRESENCE::{}::{kind}", who.account))
     }
 
+    /// Runs the online or offline script for `who` held by `node`.
+    async fn holder_script(
+        &self,
+        script: &redis::Script,
+        who: Who,
+        node: &str,
+        now_ms: u64,
+    ) -> Result<i64, EngineError> {
+        let mut inv = script.prepare_invoke();
+        inv.key(self.holders(&who))
+            .key(self.online_set(who.account))
+            .arg(node)
+            .arg(now_ms)
+            .arg(self.ttl_ms)
+            .arg(who.member());
+        self.inner.call(inv).await
+    }
+
     async fn pipe<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, EngineError> {
         let result = async {
             let mut conn = self.inner.conn().await?;
@@ -133,14 +151,7 @@ impl RedisPresence {
 #[async_trait]
 impl PresenceStore for RedisPresence {
     async fn mark_online(&self, who: Who, node: &str, now_ms: u64) -> Result<bool, EngineError> {
-        let mut inv = self.online.prepare_invoke();
-        inv.key(self.holders(&who))
-            .key(self.online_set(who.account))
-            .arg(node)
-            .arg(now_ms)
-            .arg(self.ttl_ms)
-            .arg(who.member());
-        let added: i64 = self.inner.call(inv).await?;
+        let added = self.holder_script(&self.online, who, node, now_ms).await?;
         if let Some(key) = self.chatwoot_presence(&who) {
             let mut p = redis::pipe();
             p.zadd(key, who.id.to_string(), now_ms / 1000).ignore();
@@ -150,14 +161,7 @@ impl PresenceStore for RedisPresence {
     }
 
     async fn mark_offline(&self, who: Who, node: &str, now_ms: u64) -> Result<bool, EngineError> {
-        let mut inv = self.offline.prepare_invoke();
-        inv.key(self.holders(&who))
-            .key(self.online_set(who.account))
-            .arg(node)
-            .arg(now_ms)
-            .arg(self.ttl_ms)
-            .arg(who.member());
-        let removed: i64 = self.inner.call(inv).await?;
+        let removed = self.holder_script(&self.offline, who, node, now_ms).await?;
         Ok(removed == 1)
     }
 
