@@ -40,5 +40,26 @@ cargo fmt --all -- --check
 log "lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# --- browser tests (begin)
+# The browser package (client-wasm/pkg, built with scripts/build-wasm.sh) and the demo page,
+# in headless Chromium driven by playwright-core, against gateways the tests start
+# themselves (e2e/). Needs the Redis above for the restart test.
+log "browser tests"
+command -v chromium >/dev/null || apt_install chromium
+command -v node >/dev/null || apt_install nodejs npm
+command -v npm >/dev/null || apt_install npm
+rustup target add wasm32-unknown-unknown
+cargo clippy -p rtgate-client --target wasm32-unknown-unknown --locked -- -D warnings
+scripts/build-wasm.sh
+cargo build -p rtgate-server --bin rtgate --locked
+(
+  cd e2e
+  npm ci --no-audit --no-fund
+  node_test=(node --test)
+  node --help | grep -q -- --test-concurrency && node_test+=(--test-concurrency=1)
+  "${node_test[@]}"
+)
+# --- browser tests (end)
+
 log "tests"
 cargo test --workspace --locked

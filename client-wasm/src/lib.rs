@@ -14,6 +14,8 @@ mod session;
 
 #[cfg(not(target_arch = "wasm32"))]
 mod native;
+#[cfg(target_arch = "wasm32")]
+mod wasm;
 
 pub use backoff::{Backoff, BackoffConfig};
 pub use connector::{
@@ -23,5 +25,7 @@ pub use session::{ClientEvent, ClientSession, RequestError, needs_new_token};
 
 #[cfg(not(target_arch = "wasm32"))]
 pub use native::{Client, ClientConfig, ClientError, ConnectionState, TokenProvider, fixed_token};
+#[cfg(target_arch = "wasm32")]
+pub use wasm::{ClientOptions, RtgateClient, SubscribeOptions};
 
 pub use rtgate_protocol as protocol;

@@ -12,9 +12,9 @@ window.demo = { seen, client: null };
 for (const field of ["user", "role", "conversation", "transport"]) {
   if (params.has(field)) $(field).value = params.get(field);
 }
-// The WebTransport port is not the page's: pass ?wt=https://HOST:PORT/wt when it is not 4433.
+// The WebTransport port is not the page's: the gateway tells it with the certificate hash
+// (or pass ?wt=https://HOST:PORT/wt).
 const host = location.hostname === "localhost" ? "127.0.0.1" : location.hostname;
-const webTransportUrl = params.get("wt") ?? `https://${host}:4433/wt`;
 const webSocketUrl = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
 
 let client = null;
@@ -93,7 +93,9 @@ async function connect() {
     return response.json();
   };
   const hash = await fetch("/dev/cert-hash");
-  const certificateHash = hash.ok ? new Uint8Array((await hash.json()).bytes) : undefined;
+  const cert = hash.ok ? await hash.json() : {};
+  const certificateHash = cert.bytes ? new Uint8Array(cert.bytes) : undefined;
+  const webTransportUrl = params.get("wt") ?? `https://${host}:${cert.webtransport_port ?? 4433}/wt`;
 
   client = new RtgateClient({
     webTransportUrl, webSocketUrl, certificateHash,

@@ -35,6 +35,8 @@ pub struct HttpState {
     pub api_key_sha256: [u8; 32],
     /// Hex SHA-256 of the development certificate, when one is in use.
     pub dev_cert_sha256: Option<String>,
+    /// The WebTransport (UDP) port, announced with the development certificate.
+    pub wt_port: u16,
 }
 
 /// The router serving `/ws`, `/api/v1/*`, `/healthz`, `/readyz`, `/dev/*` and `/demo`.
@@ -154,6 +156,7 @@ async fn cert_hash(State(state): State<HttpState>) -> Response {
                 "algorithm": "sha-256",
                 "hex": hex,
                 "bytes": bytes,
+                "webtransport_port": state.wt_port,
             }))
             .into_response()
         }

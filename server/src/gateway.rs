@@ -222,10 +222,16 @@ impl Gateway {
             err,
         })?;
         let state = HttpState {
-            dev: if dev_mode { dev.clone() } else { None },
+            // Development tokens only when the gateway verifies with the secret it made up.
+            dev: if dev_mode && config.jwt_secret.is_none() && config.jwt_public_key.is_none() {
+                dev.clone()
+            } else {
+                None
+            },
             node: node.clone(),
             api_key_sha256: Sha256::digest(api_key.as_bytes()).into(),
             dev_cert_sha256: identity.generated.then(|| identity.sha256_hex.clone()),
+            wt_port: wt_addr.port(),
         };
         let app = router(state, &config.demo_dir, &config.demo_pkg_dir);
 

@@ -210,4 +210,5 @@ async fn the_dev_certificate_hash_is_served() {
     assert_eq!(body["algorithm"], "sha-256");
     assert_eq!(body["hex"], t.gw.cert_sha256);
     assert_eq!(body["bytes"].as_array().unwrap().len(), 32);
+    assert_eq!(body["webtransport_port"], t.gw.wt_addr.port());
 }

@@ -1,0 +1,106 @@
+//! The client's options, read from the JavaScript object given to the constructor.
+
+use std::time::Duration;
+
+use js_sys::{Function, Uint8Array};
+use wasm_bindgen::{JsCast, JsValue};
+
+use super::js::field;
+use crate::connector::TransportPreference;
+
+/// What the application configured.
+pub(crate) struct Options {
+    pub(crate) webtransport_url: String,
+    pub(crate) websocket_url: String,
+    pub(crate) cert_hash: Option<Vec<u8>>,
+    pub(crate) token: Function,
+    pub(crate) prefer: TransportPreference,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) refresh_margin: Duration,
+    pub(crate) client_name: String,
+    pub(crate) on_state_change: Option<Function>,
+    pub(crate) on_room_reset: Option<Function>,
+    pub(crate) on_event: Option<Function>,
+    pub(crate) on_presence: Option<Function>,
+}
+
+fn string(object: &JsValue, name: &str) -> Option<String> {
+    field(object, name).and_then(|v| v.as_string())
+}
+
+fn function(object: &JsValue, name: &str) -> Result<Option<Function>, String> {
+    match field(object, name) {
+        None => Ok(None),
+        Some(v) => v
+            .dyn_into::<Function>()
+            .map(Some)
+            .map_err(|_| format!("{name} must be a function")),
+    }
+}
+
+fn millis(object: &JsValue, name: &str, default: u64) -> Duration {
+    let ms = field(object, name)
+        .and_then(|v| v.as_f64())
+        .filter(|ms| ms.is_finite() && *ms >= 0.0)
+        .map_or(default, |ms| ms as u64);
+    Duration::from_millis(ms)
+}
+
+/// A SHA-256 given as bytes (`Uint8Array` or an array of numbers) or as hex.
+fn cert_hash(value: &JsValue) -> Result<Vec<u8>, String> {
+    let bytes = if let Some(hex) = value.as_string() {
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| hex.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+            .collect::<Option<Vec<u8>>>()
+            .unwrap_or_default()
+    } else {
+        Uint8Array::new(value).to_vec()
+    };
+    if bytes.len() == 32 {
+        Ok(bytes)
+    } else {
+        Err("certificateHash must be 32 bytes (SHA-256)".into())
+    }
+}
+
+impl Options {
+    /// Reads and checks the options object.
+    pub(crate) fn parse(object: &JsValue) -> Result<Options, String> {
+        let webtransport_url = string(object, "webTransportUrl").unwrap_or_default();
+        let websocket_url = string(object, "webSocketUrl").unwrap_or_default();
+        let prefer = match (
+            string(object, "transport").as_deref(),
+            webtransport_url.is_empty(),
+            websocket_url.is_empty(),
+        ) {
+            (_, true, true) => return Err("webTransportUrl or webSocketUrl is required".into()),
+            (Some("webtransport"), true, _) | (Some("websocket"), _, true) => {
+                return Err("the chosen transport has no URL".into());
+            }
+            (Some("webtransport"), _, _) | (None | Some("auto"), false, true) => {
+                TransportPreference::WebTransport
+            }
+            (Some("websocket"), _, _) | (None | Some("auto"), true, false) => TransportPreference::WebSocket,
+            (None | Some("auto"), false, false) => TransportPreference::Auto,
+            (Some(other), _, _) => return Err(format!("unknown transport {other:?}")),
+        };
+        let token = function(object, "token")?.ok_or("token (a function) is required")?;
+        Ok(Options {
+            webtransport_url,
+            websocket_url,
+            cert_hash: field(object, "certificateHash")
+                .map(|v| cert_hash(&v))
+                .transpose()?,
+            token,
+            prefer,
+            connect_timeout: millis(object, "connectTimeoutMs", 3000),
+            refresh_margin: millis(object, "refreshMarginMs", 60_000),
+            client_name: string(object, "clientName").unwrap_or_else(|| "rtgate-wasm".into()),
+            on_state_change: function(object, "onStateChange")?,
+            on_room_reset: function(object, "onRoomReset")?,
+            on_event: function(object, "onEvent")?,
+            on_presence: function(object, "onPresence")?,
+        })
+    }
+}

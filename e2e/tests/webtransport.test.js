@@ -1,0 +1,62 @@
+// (a) The package connects over WebTransport and receives events published through the
+// server API, in order, on the demo page.
+import assert from "node:assert/strict";
+import { test } from "node:test";
+
+import { launchBrowser, message, openDemo, waitForEvents, waitForRoom, waitForState } from "../lib/browser.js";
+import { startGateway, tempDir } from "../lib/gateway.js";
+
+test("connects over WebTransport and receives published events", { timeout: 60_000 }, async (t) => {
+  const certs = tempDir("rtgate-e2e-certs-");
+  t.after(certs.cleanup);
+  const gateway = await startGateway({ certDir: certs.dir });
+  t.after(() => gateway.stop());
+  const browser = await launchBrowser();
+  t.after(() => browser.close());
+
+  const page = await openDemo(browser, gateway, { user: "1", conversation: "42" });
+  await waitForState(page, "connected", "webtransport");
+  await waitForRoom(page);
+
+  for (const text of ["one", "two", "three"]) {
+    await gateway.publish(["conversation:42"], message(text));
+  }
+  const events = await waitForEvents(page, "conversation:42", 3);
+  assert.deepEqual(events.map((e) => e.offset), [1, 2, 3]);
+  assert.deepEqual(events.map((e) => JSON.parse(e.json).content), ["one", "two", "three"]);
+  assert.match(await page.textContent("#events"), /message\.created: three/);
+
+  // The automatic account room delivers too (to the page's catch-all handler).
+  await gateway.publish(["account:1"], message("to the account"));
+  const account = await waitForEvents(page, "account:1", 1);
+  assert.equal(JSON.parse(account[0].json).content, "to the account");
+  assert.deepEqual(page.problems, []);
+});
+
+test("refreshes its token before it expires, on the same connection", { timeout: 60_000 }, async (t) => {
+  const certs = tempDir("rtgate-e2e-certs-");
+  t.after(certs.cleanup);
+  const gateway = await startGateway({ certDir: certs.dir });
+  t.after(() => gateway.stop());
+  const browser = await launchBrowser();
+  t.after(() => browser.close());
+
+  // Tokens valid 4 s: the client must refresh about every 2 s; without refreshes the
+  // gateway would close the connection 30 s (the grace) after the first expiry.
+  const page = await openDemo(browser, gateway, { user: "1", conversation: "42", ttl: "4" }, () => {
+    const fetch = window.fetch;
+    window.tokenFetches = 0;
+    window.fetch = (url, ...rest) => {
+      if (String(url).startsWith("/dev/token")) window.tokenFetches += 1;
+      return fetch(url, ...rest);
+    };
+  });
+  await waitForState(page, "connected", "webtransport");
+  await waitForRoom(page);
+  const before = await page.evaluate(() => window.tokenFetches);
+  await page.waitForFunction((n) => window.tokenFetches >= n + 3, before, { timeout: 20_000 });
+  await gateway.publish(["conversation:42"], message("still here"));
+  await waitForEvents(page, "conversation:42", 1);
+  const states = await page.evaluate(() => window.demo.seen.states.map((s) => s.state));
+  assert.equal(states.filter((s) => s === "connected").length, 1, `one connection only: ${states}`);
+});
