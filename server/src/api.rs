@@ -66,7 +66,8 @@ pub fn router(state: HttpState, demo_dir: &std::path::Path, pkg_dir: &std::path:
 async fn ws_upgrade(State(state): State<HttpState>, ws: WebSocketUpgrade) -> Response {
     let node = state.node.clone();
     let max = node.session.max_frame_size;
-    ws.read_buffer_size(4096)
+    // Small buffers, grown only for large frames: idle connections stay cheap.
+    ws.read_buffer_size(512)
         .write_buffer_size(0)
         .max_message_size(max * 4)
         .max_frame_size(max * 4)

@@ -7,11 +7,13 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use futures::StreamExt;
 use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 use prost::Message;
 use rtgate_protocol::pb::{self, server_frame::Kind as S};
 use rtgate_protocol::{DisconnectCode, FrameError, RoomName};
-use tokio::sync::mpsc;
+use tokio::sync::oneshot;
 
 use crate::engine::EngineError;
 use crate::hub::Subscriber;
@@ -53,7 +55,7 @@ pub struct TransportHandle {
     /// `"webtransport"` or `"websocket"`.
     pub kind: &'static str,
     /// Frames and datagrams read from the client.
-    pub incoming: mpsc::Receiver<Incoming>,
+    pub incoming: BoxStream<'static, Incoming>,
     /// The control path.
     pub control: Lane,
     /// Room event lanes.
@@ -87,7 +89,7 @@ async fn with_timeout<T>(
 pub async fn drive(
     node: Arc<Node>,
     conn: ConnectionId,
-    mut control_rx: mpsc::UnboundedReceiver<ConnControl>,
+    mut control_rx: oneshot::Receiver<ConnControl>,
     mut t: TransportHandle,
 ) {
     let mut session = Session::new(
@@ -104,6 +106,7 @@ pub async fn drive(
     let mut identified = None;
     let close: (DisconnectCode, String);
     let mut peer_gone = false;
+    let mut control_open = true;
     if *shutdown.borrow_and_update() {
         session.close(DisconnectCode::Shutdown, "gateway shutting down");
     }
@@ -114,67 +117,10 @@ pub async fn drive(
                 Action::Send(frame) => {
                     let _ = t.control.send(encode(&frame));
                 }
-                Action::Join { room, since } => {
-                    let principal = session.principal().expect("joins follow hello");
-                    let sub = Subscriber::new(
-                        conn,
-                        room.clone(),
-                        principal.own_room(),
-                        principal.is_contact(),
-                        t.lanes.lane(&room),
-                        t.datagrams.clone(),
-                    );
-                    subs.insert(room.clone(), sub.clone());
-                    let result = with_timeout(engine.subscribe(sub, since)).await;
-                    session.join_done(&room, result, Instant::now());
-                }
                 Action::Activate(room) => {
                     if let Some(sub) = subs.get(&room) {
                         sub.activate();
                     }
-                }
-                Action::Leave(room) => {
-                    if let Some(sub) = subs.remove(&room) {
-                        sub.close();
-                    }
-                    engine.unsubscribe(&room, conn).await;
-                    t.lanes.release(&room);
-                }
-                Action::Publish { id, room, mut event } => {
-                    if event.id.is_empty() {
-                        event.id = uuid::Uuid::new_v4().to_string();
-                    }
-                    let result = with_timeout(engine.publish(&room, &event)).await;
-                    if result.is_ok() {
-                        metrics::counter!("rtgate_events_published_total", "source" => "client").increment(1);
-                    }
-                    session.publish_done(id, result);
-                }
-                Action::Ephemeral { room, event, private } => {
-                    let frame = encode(&pb::ServerFrame {
-                        kind: Some(S::Ephemeral(pb::Ephemeral {
-                            room: room.to_string(),
-                            event: Some(event),
-                        })),
-                    });
-                    let me = session.principal().map(|p| p.own_room());
-                    if let Err(err) = engine
-                        .publish_ephemeral(&room, frame, me.as_ref().map(|r| r.as_str()), private)
-                        .await
-                    {
-                        tracing::debug!(%conn, %room, %err, "ephemeral event dropped");
-                    }
-                }
-                Action::SetAvailability { id, availability } => {
-                    let p = session.principal().expect("requests follow hello");
-                    let (account, user) = (p.account_id, p.id);
-                    let result = node.presence.set_availability(account, user, availability).await;
-                    session.answer(id, result.map(|()| None));
-                }
-                Action::QueryPresence { id } => {
-                    let account = session.principal().expect("requests follow hello").account_id;
-                    let result = node.presence.snapshot(account).await;
-                    session.answer(id, result.map(Some));
                 }
                 Action::AuthFailed(reason) => {
                     metrics::counter!("rtgate_auth_failures_total", "reason" => reason).increment(1);
@@ -183,6 +129,11 @@ pub async fn drive(
                 Action::Close(code, reason) => {
                     close = (code, reason);
                     break 'run;
+                }
+                // Engine and presence calls run boxed: the driver's own state stays small
+                // while the connection is idle.
+                other => {
+                    Box::pin(execute(&node, conn, &mut session, &mut subs, &mut t, other)).await;
                 }
             }
         }
@@ -197,15 +148,18 @@ pub async fn drive(
         tokio::select! {
             biased;
             _ = outbox.overflowed() => session.close(DisconnectCode::SlowConsumer, "send queue overflow"),
-            Some(ctl) = control_rx.recv() => match ctl {
-                ConnControl::Kick(reason) => session.close(DisconnectCode::Kicked, &reason),
-            },
+            ctl = &mut control_rx, if control_open => {
+                control_open = false;
+                if let Ok(ConnControl::Kick(reason)) = ctl {
+                    session.close(DisconnectCode::Kicked, &reason);
+                }
+            }
             Ok(()) = shutdown.changed() => {
                 if *shutdown.borrow() {
                     session.close(DisconnectCode::Shutdown, "gateway shutting down");
                 }
             }
-            incoming = t.incoming.recv() => match incoming {
+            incoming = t.incoming.next() => match incoming {
                 Some(Incoming::Frame(body)) => {
                     session.handle_frame(&body, Instant::now());
                     if let Some(who) = identified {
@@ -246,4 +200,78 @@ pub async fn drive(
     }
     drop(t.lanes);
     t.closer.close(code, reason).await;
+}
+
+/// Carries out an action that awaits the engine or the presence service.
+async fn execute(
+    node: &Arc<Node>,
+    conn: ConnectionId,
+    session: &mut Session,
+    subs: &mut HashMap<RoomName, Arc<Subscriber>>,
+    t: &mut TransportHandle,
+    action: Action,
+) {
+    let engine = &node.engine;
+    match action {
+        Action::Join { room, since } => {
+            let principal = session.principal().expect("joins follow hello");
+            let sub = Subscriber::new(
+                conn,
+                room.clone(),
+                principal.own_room(),
+                principal.is_contact(),
+                t.lanes.lane(&room),
+                t.datagrams.clone(),
+            );
+            subs.insert(room.clone(), sub.clone());
+            let result = with_timeout(engine.subscribe(sub, since)).await;
+            session.join_done(&room, result, Instant::now());
+        }
+        Action::Leave(room) => {
+            if let Some(sub) = subs.remove(&room) {
+                sub.close();
+            }
+            engine.unsubscribe(&room, conn).await;
+            t.lanes.release(&room);
+        }
+        Action::Publish { id, room, mut event } => {
+            if event.id.is_empty() {
+                event.id = uuid::Uuid::new_v4().to_string();
+            }
+            let result = with_timeout(engine.publish(&room, &event)).await;
+            if result.is_ok() {
+                metrics::counter!("rtgate_events_published_total", "source" => "client").increment(1);
+            }
+            session.publish_done(id, result);
+        }
+        Action::Ephemeral { room, event, private } => {
+            let frame = encode(&pb::ServerFrame {
+                kind: Some(S::Ephemeral(pb::Ephemeral {
+                    room: room.to_string(),
+                    event: Some(event),
+                })),
+            });
+            let me = session.principal().map(|p| p.own_room());
+            if let Err(err) = engine
+                .publish_ephemeral(&room, frame, me.as_ref().map(|r| r.as_str()), private)
+                .await
+            {
+                tracing::debug!(%conn, %room, %err, "ephemeral event dropped");
+            }
+        }
+        Action::SetAvailability { id, availability } => {
+            let p = session.principal().expect("requests follow hello");
+            let (account, user) = (p.account_id, p.id);
+            let result = node.presence.set_availability(account, user, availability).await;
+            session.answer(id, result.map(|()| None));
+        }
+        Action::QueryPresence { id } => {
+            let account = session.principal().expect("requests follow hello").account_id;
+            let result = node.presence.snapshot(account).await;
+            session.answer(id, result.map(Some));
+        }
+        Action::Send(_) | Action::Activate(_) | Action::AuthFailed(_) | Action::Close(..) => {
+            unreachable!("handled by the driver")
+        }
+    }
 }

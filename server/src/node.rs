@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{oneshot, watch};
 
 use crate::auth::{Authenticator, Principal, Role};
 use crate::engine::Engine;
@@ -26,7 +26,8 @@ pub enum ConnControl {
 struct ConnEntry {
     who: Option<(Role, u64)>,
     transport: &'static str,
-    control: mpsc::UnboundedSender<ConnControl>,
+    /// One request at most reaches a connection (it then closes).
+    control: Option<oneshot::Sender<ConnControl>>,
 }
 
 /// Per-connection resource limits.
@@ -104,20 +105,20 @@ impl Node {
     pub fn register(
         &self,
         transport: &'static str,
-    ) -> Option<(ConnectionId, mpsc::UnboundedReceiver<ConnControl>)> {
+    ) -> Option<(ConnectionId, oneshot::Receiver<ConnControl>)> {
         let mut conns = self.connections.lock().expect("registry lock");
         if conns.len() >= self.limits.max_connections {
             return None;
         }
         let id = ConnectionId(self.next_conn.fetch_add(1, Ordering::Relaxed));
         metrics::counter!("rtgate_connects_total", "transport" => transport).increment(1);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = oneshot::channel();
         conns.insert(
             id,
             ConnEntry {
                 who: None,
                 transport,
-                control: tx,
+                control: Some(tx),
             },
         );
         Some((id, rx))
@@ -153,13 +154,14 @@ impl Node {
     /// Closes every connection of a user (`contact` selects contact connections), returning
     /// how many were asked to close.
     pub fn kick(&self, contact: bool, id: u64, reason: &str) -> usize {
-        let conns = self.connections.lock().expect("registry lock");
+        let mut conns = self.connections.lock().expect("registry lock");
         let mut n = 0;
-        for e in conns.values() {
+        for e in conns.values_mut() {
             if let Some((role, who)) = e.who
                 && who == id
                 && (role == Role::Contact) == contact
-                && e.control.send(ConnControl::Kick(reason.to_string())).is_ok()
+                && let Some(control) = e.control.take()
+                && control.send(ConnControl::Kick(reason.to_string())).is_ok()
             {
                 n += 1;
             }

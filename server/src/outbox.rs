@@ -7,12 +7,13 @@
 //! exceed it, the connection is marked overflowed and its driver disconnects it with
 //! `slow_consumer`.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 /// The byte budget shared by all lanes of one connection.
 #[derive(Debug)]
@@ -104,31 +105,75 @@ impl Queued {
     }
 }
 
-/// The sending end of one queue of frame bodies.
-#[derive(Debug, Clone)]
+/// The queue behind a lane. It allocates nothing until a frame is queued and gives its
+/// memory back once drained (an idle connection holds no buffer).
+#[derive(Debug, Default)]
+struct LaneQueue {
+    items: Mutex<VecDeque<Queued>>,
+    ready: Notify,
+    senders: AtomicUsize,
+    receiver_gone: AtomicBool,
+}
+
+/// Queue capacity kept after draining; beyond, the buffer is released.
+const KEEP_CAPACITY: usize = 16;
+
+/// The sending end of one queue of frame bodies. Cloning adds a sender; the receiver sees
+/// the end of the queue once every sender is dropped.
+#[derive(Debug)]
 pub struct Lane {
-    tx: mpsc::UnboundedSender<Queued>,
+    queue: Arc<LaneQueue>,
     outbox: Arc<Outbox>,
+}
+
+impl Clone for Lane {
+    fn clone(&self) -> Self {
+        self.queue.senders.fetch_add(1, Ordering::Relaxed);
+        Lane {
+            queue: self.queue.clone(),
+            outbox: self.outbox.clone(),
+        }
+    }
+}
+
+impl Drop for Lane {
+    fn drop(&mut self) {
+        if self.queue.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.queue.ready.notify_one();
+        }
+    }
 }
 
 /// The receiving end, owned by a transport writer.
 #[derive(Debug)]
 pub struct LaneReceiver {
-    rx: mpsc::UnboundedReceiver<Queued>,
+    queue: Arc<LaneQueue>,
     outbox: Arc<Outbox>,
+}
+
+impl Drop for LaneReceiver {
+    fn drop(&mut self) {
+        self.queue.receiver_gone.store(true, Ordering::Release);
+        let drained: usize = std::mem::take(&mut *self.queue.items.lock().expect("lane lock"))
+            .iter()
+            .map(|q| q.frame.len())
+            .sum();
+        self.outbox.queued.fetch_sub(drained, Ordering::Relaxed);
+    }
 }
 
 impl Lane {
     /// A new lane drawing on `outbox`'s budget.
     pub fn new(outbox: &Arc<Outbox>) -> (Lane, LaneReceiver) {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let queue = Arc::new(LaneQueue::default());
+        queue.senders.store(1, Ordering::Relaxed);
         (
             Lane {
-                tx,
+                queue: queue.clone(),
                 outbox: outbox.clone(),
             },
             LaneReceiver {
-                rx,
+                queue,
                 outbox: outbox.clone(),
             },
         )
@@ -144,23 +189,29 @@ impl Lane {
         self.queue(Queued { frame, at: Some(at) })
     }
 
+    fn push(&self, item: Queued) -> Result<(), LaneError> {
+        if self.queue.receiver_gone.load(Ordering::Acquire) {
+            return Err(LaneError::Closed);
+        }
+        self.queue.items.lock().expect("lane lock").push_back(item);
+        self.queue.ready.notify_one();
+        Ok(())
+    }
+
     fn queue(&self, item: Queued) -> Result<(), LaneError> {
         let n = item.frame.len();
         if !self.outbox.reserve(n) {
             return Err(LaneError::Overflow);
         }
-        self.tx.send(item).map_err(|_| {
+        self.push(item).inspect_err(|_| {
             self.outbox.queued.fetch_sub(n, Ordering::Relaxed);
-            LaneError::Closed
         })
     }
 
     /// Queues a frame outside the budget: only for the final `Disconnect`.
     pub fn send_final(&self, frame: Bytes) -> Result<(), LaneError> {
         self.outbox.queued.fetch_add(frame.len(), Ordering::Relaxed);
-        self.tx
-            .send(Queued { frame, at: None })
-            .map_err(|_| LaneError::Closed)
+        self.push(Queued { frame, at: None })
     }
 
     /// The budget this lane draws on.
@@ -170,24 +221,42 @@ impl Lane {
 }
 
 impl LaneReceiver {
-    /// The next frame to write; `None` once every sender is gone.
-    pub async fn recv(&mut self) -> Option<Bytes> {
-        self.rx.recv().await.map(|q| q.frame)
+    fn pop(&self) -> Option<Queued> {
+        let mut items = self.queue.items.lock().expect("lane lock");
+        let item = items.pop_front();
+        if items.is_empty() && items.capacity() > KEEP_CAPACITY {
+            *items = VecDeque::new();
+        }
+        item
     }
 
-    /// A frame if one is queued right now.
-    pub fn try_recv(&mut self) -> Option<Bytes> {
-        self.rx.try_recv().ok().map(|q| q.frame)
-    }
-
-    /// The next queued item, with its timing.
+    /// The next queued item, with its timing; `None` once every sender is gone and the
+    /// queue is empty.
     pub async fn recv_queued(&mut self) -> Option<Queued> {
-        self.rx.recv().await
+        loop {
+            if let Some(item) = self.pop() {
+                return Some(item);
+            }
+            if self.queue.senders.load(Ordering::Acquire) == 0 {
+                return self.pop();
+            }
+            self.queue.ready.notified().await;
+        }
     }
 
     /// A queued item if one is there right now.
     pub fn try_recv_queued(&mut self) -> Option<Queued> {
-        self.rx.try_recv().ok()
+        self.pop()
+    }
+
+    /// The next frame to write; `None` once every sender is gone.
+    pub async fn recv(&mut self) -> Option<Bytes> {
+        self.recv_queued().await.map(|q| q.frame)
+    }
+
+    /// A frame if one is queued right now.
+    pub fn try_recv(&mut self) -> Option<Bytes> {
+        self.pop().map(|q| q.frame)
     }
 
     /// Returns `n` written bytes to the budget.
@@ -220,5 +289,39 @@ mod tests {
         outbox.overflowed().await;
         // Once overflowed, nothing more is queued.
         assert_eq!(lane.send(Bytes::from_static(b"1")), Err(LaneError::Overflow));
+    }
+
+    #[tokio::test]
+    async fn the_queue_ends_when_every_sender_is_gone_and_frees_its_memory() {
+        let outbox = Outbox::new(1 << 20);
+        let (lane, mut rx) = Lane::new(&outbox);
+        let other = lane.clone();
+        for _ in 0..100 {
+            other.send(Bytes::from_static(b"x")).unwrap();
+        }
+        drop(other);
+        for _ in 0..100 {
+            assert!(rx.recv().await.is_some());
+        }
+        assert_eq!(
+            rx.queue.items.lock().unwrap().capacity(),
+            0,
+            "released once drained"
+        );
+        let waiter = tokio::spawn(async move { rx.recv().await });
+        tokio::task::yield_now().await;
+        drop(lane);
+        assert_eq!(waiter.await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_gone_receiver_refuses_frames_and_returns_their_budget() {
+        let outbox = Outbox::new(100);
+        let (lane, rx) = Lane::new(&outbox);
+        lane.send(Bytes::from_static(b"12345")).unwrap();
+        drop(rx);
+        assert_eq!(outbox.queued(), 0);
+        assert_eq!(lane.send(Bytes::from_static(b"1")), Err(LaneError::Closed));
+        assert_eq!(outbox.queued(), 0);
     }
 }

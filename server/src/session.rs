@@ -192,7 +192,12 @@ impl Session {
 
     /// The next thing for the driver to do.
     pub fn poll_action(&mut self) -> Option<Action> {
-        self.actions.pop_front()
+        let action = self.actions.pop_front();
+        if action.is_none() && self.actions.capacity() > 0 {
+            // An idle connection keeps no buffer.
+            self.actions = VecDeque::new();
+        }
+        action
     }
 
     /// Whether the session has ended (its `Close` action may still be pending).

@@ -6,7 +6,7 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures::future::BoxFuture;
 use futures::{SinkExt, StreamExt};
 use rtgate_protocol::{DisconnectCode, FrameError, RoomName};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::WriterCloser;
 use crate::connection::{Closer, Incoming, RoomLanes, TransportHandle, drive};
@@ -35,7 +35,7 @@ impl Closer for WsCloser {
 
 /// Serves one upgraded WebSocket until it closes.
 pub async fn serve(node: Arc<Node>, socket: WebSocket) {
-    let (mut sink, mut stream) = socket.split();
+    let (mut sink, stream) = socket.split();
     let Some((conn, control_rx)) = node.register("websocket") else {
         let frame = DisconnectCode::Overloaded.frame("gateway at its connection limit");
         let body = prost::Message::encode_to_vec(&rtgate_protocol::pb::ServerFrame {
@@ -48,37 +48,32 @@ pub async fn serve(node: Arc<Node>, socket: WebSocket) {
         return;
     };
     let max = node.session.max_frame_size;
-    let (in_tx, in_rx) = mpsc::channel(64);
-    tokio::spawn(async move {
-        while let Some(msg) = stream.next().await {
-            let item = match msg {
+    // Read by the driver itself: no task or queue of its own per connection.
+    let incoming = stream
+        .filter_map(move |msg| {
+            futures::future::ready(match msg {
                 Ok(Message::Binary(body)) if body.len() > max => {
-                    Incoming::FramingError(FrameError::TooLarge {
+                    Some(Incoming::FramingError(FrameError::TooLarge {
                         size: body.len() as u64,
                         max,
-                    })
+                    }))
                 }
                 Ok(Message::Binary(body)) => {
                     metrics::counter!("rtgate_bytes_received_total", "transport" => "websocket")
                         .increment(body.len() as u64);
-                    Incoming::Frame(body)
+                    Some(Incoming::Frame(body))
                 }
-                Ok(Message::Text(_)) => Incoming::FramingError(FrameError::Decode(
+                Ok(Message::Text(_)) => Some(Incoming::FramingError(FrameError::Decode(
                     "text messages are not accepted; send binary frames".into(),
-                )),
-                Ok(Message::Ping(_) | Message::Pong(_)) => continue,
-                Ok(Message::Close(_)) => Incoming::Closed,
+                ))),
+                Ok(Message::Ping(_) | Message::Pong(_)) => None,
+                Ok(Message::Close(_)) => Some(Incoming::Closed),
                 // Beyond the socket's own hard limit (4× the frame limit) or a broken
                 // connection: nothing more can be read.
-                Err(_) => Incoming::Closed,
-            };
-            let last = !matches!(item, Incoming::Frame(_));
-            if in_tx.send(item).await.is_err() || last {
-                break;
-            }
-        }
-        let _ = in_tx.send(Incoming::Closed).await;
-    });
+                Err(_) => Some(Incoming::Closed),
+            })
+        })
+        .boxed();
 
     let outbox = Outbox::new(node.limits.send_queue_bytes);
     let (lane, lane_rx) = Lane::new(&outbox);
@@ -86,7 +81,7 @@ pub async fn serve(node: Arc<Node>, socket: WebSocket) {
     let writer = tokio::spawn(write_loop(sink, lane_rx, close_rx));
     let handle = TransportHandle {
         kind: "websocket",
-        incoming: in_rx,
+        incoming,
         control: lane.clone(),
         lanes: Box::new(SocketLanes(lane)),
         datagrams: None,
@@ -96,7 +91,9 @@ pub async fn serve(node: Arc<Node>, socket: WebSocket) {
             timeout: node.limits.close_flush_timeout,
         })),
     };
-    drive(node, conn, control_rx, handle).await;
+    // Boxed: the upgrade task then stays small while the driver's state lives on the heap
+    // at its own size.
+    Box::pin(drive(node, conn, control_rx, handle)).await;
 }
 
 fn close_message(code: DisconnectCode, reason: &str) -> Message {

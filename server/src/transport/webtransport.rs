@@ -13,10 +13,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use futures::FutureExt;
 use futures::future::BoxFuture;
+use futures::stream::{self, BoxStream};
+use futures::{FutureExt, StreamExt};
 use rtgate_protocol::{DisconnectCode, FrameDecoder, RoomName};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use wtransport::endpoint::IncomingSession;
 use wtransport::{Connection, Endpoint, RecvStream, SendStream, ServerConfig, VarInt};
 
@@ -102,11 +103,13 @@ async fn handle(node: Arc<Node>, incoming: IncomingSession) {
     let remote: SocketAddr = connection.remote_address();
     tracing::debug!(%conn, %remote, "webtransport session");
 
-    let (in_tx, in_rx) = mpsc::channel(64);
-    tokio::spawn(read_control(recv, node.session.max_frame_size, in_tx.clone()));
-    if connection.max_datagram_size().is_some() {
-        tokio::spawn(read_datagrams(connection.clone(), in_tx));
-    }
+    // Read by the driver itself: no task or queue of its own per connection.
+    let control = control_frames(recv, node.session.max_frame_size);
+    let incoming = if connection.max_datagram_size().is_some() {
+        stream::select(control, datagrams(connection.clone())).boxed()
+    } else {
+        control
+    };
 
     let outbox = Outbox::new(node.limits.send_queue_bytes);
     let (control_lane, control_rx_lane) = Lane::new(&outbox);
@@ -117,7 +120,7 @@ async fn handle(node: Arc<Node>, incoming: IncomingSession) {
         .map(|_| Arc::new(Datagrams(connection.clone())) as Arc<dyn DatagramSink>);
     let handle = TransportHandle {
         kind: "webtransport",
-        incoming: in_rx,
+        incoming,
         control: control_lane,
         lanes: Box::new(StreamLanes {
             connection: connection.clone(),
@@ -137,46 +140,57 @@ async fn handle(node: Arc<Node>, incoming: IncomingSession) {
             connection: connection.clone(),
         }),
     };
-    drive(node, conn, control_rx, handle).await;
+    Box::pin(drive(node, conn, control_rx, handle)).await;
 }
 
-async fn read_control(mut recv: RecvStream, max: usize, tx: mpsc::Sender<Incoming>) {
-    let mut decoder = FrameDecoder::new(max);
-    loop {
-        let chunk = match recv.quic_stream_mut().read_chunk(max.max(4096), true).await {
-            Ok(Some(chunk)) => chunk.bytes,
-            Ok(None) | Err(_) => {
-                let _ = tx.send(Incoming::Closed).await;
-                return;
-            }
-        };
-        metrics::counter!("rtgate_bytes_received_total", "transport" => "webtransport")
-            .increment(chunk.len() as u64);
-        decoder.push(&chunk);
+/// The control stream as frames: ends with `Closed` (or a framing error).
+fn control_frames(recv: RecvStream, max: usize) -> BoxStream<'static, Incoming> {
+    struct Reader {
+        recv: RecvStream,
+        decoder: FrameDecoder,
+        done: bool,
+    }
+    let reader = Reader {
+        recv,
+        decoder: FrameDecoder::new(max),
+        done: false,
+    };
+    stream::unfold(reader, move |mut r| async move {
+        if r.done {
+            return None;
+        }
         loop {
-            match decoder.next_frame() {
-                Ok(Some(body)) => {
-                    if tx.send(Incoming::Frame(body)).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(None) => break,
+            match r.decoder.next_frame() {
+                Ok(Some(body)) => return Some((Incoming::Frame(body), r)),
+                Ok(None) => {}
                 Err(err) => {
-                    let _ = tx.send(Incoming::FramingError(err)).await;
-                    return;
+                    r.done = true;
+                    return Some((Incoming::FramingError(err), r));
+                }
+            }
+            match r.recv.quic_stream_mut().read_chunk(max.max(4096), true).await {
+                Ok(Some(chunk)) => {
+                    metrics::counter!("rtgate_bytes_received_total", "transport" => "webtransport")
+                        .increment(chunk.bytes.len() as u64);
+                    r.decoder.push(&chunk.bytes);
+                }
+                Ok(None) | Err(_) => {
+                    r.done = true;
+                    return Some((Incoming::Closed, r));
                 }
             }
         }
-    }
+    })
+    .boxed()
 }
 
-async fn read_datagrams(connection: Connection, tx: mpsc::Sender<Incoming>) {
-    while let Ok(datagram) = connection.receive_datagram().await {
-        // Datagrams are droppable: never wait for room in the queue.
-        if tx.try_send(Incoming::Datagram(datagram.payload())).is_err() && tx.is_closed() {
-            return;
-        }
-    }
+/// The session's datagrams.
+fn datagrams(connection: Connection) -> BoxStream<'static, Incoming> {
+    stream::unfold(connection, |c| async move {
+        let d = c.receive_datagram().await.ok()?;
+        Some((Incoming::Datagram(d.payload()), c))
+    })
+    .boxed()
 }
 
 fn prefix(len: usize) -> Bytes {
