@@ -86,6 +86,7 @@ fn fanout(c: &mut Criterion) {
                             offset,
                         },
                         frame: frame.clone(),
+                        at: Instant::now(),
                     });
                     let t = Instant::now();
                     black_box(r.hub.broadcast(&p));

@@ -137,7 +137,7 @@ pub fn fmt_int(v: u64) -> String {
     let s = v.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -490,11 +490,16 @@ mod tests {
 
     #[test]
     fn svg_is_well_formed_enough() {
-        let mut a = LoadResult::default();
-        a.deliveries_per_sec = 1000.0;
-        a.latency.p50_ms = 1.0;
-        a.latency.p99_ms = 5.0;
-        a.latency.p999_ms = 9.0;
+        let a = LoadResult {
+            deliveries_per_sec: 1000.0,
+            latency: Latency {
+                p50_ms: 1.0,
+                p99_ms: 5.0,
+                p999_ms: 9.0,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
         let mut b = a.clone();
         b.deliveries_per_sec = 5000.0;
         b.latency.p99_ms = 80.0;

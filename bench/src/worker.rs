@@ -76,7 +76,7 @@ impl Plan {
         let n = self.nodes.len() as u64;
         let node = (i % n) as usize;
         let transport = match self.transport {
-            Transport::Mix if (i / n) % 2 == 0 => Transport::Ws,
+            Transport::Mix if (i / n).is_multiple_of(2) => Transport::Ws,
             Transport::Mix => Transport::Wt,
             t => t,
         };

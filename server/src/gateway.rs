@@ -250,6 +250,11 @@ impl Gateway {
                     }
                 }
             };
+            use axum::serve::ListenerExt;
+            // Frames are small and latency matters: no Nagle delay on any socket.
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             if let Err(err) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
                 tracing::error!(%err, "http listener failed");
             }

@@ -189,6 +189,21 @@ impl Subscriber {
         *state = SubState::Live { epoch, last };
     }
 
+    /// The position this subscriber has reached (or will start from, once prepared).
+    pub fn position(&self) -> Option<StreamPos> {
+        match &*self.state.lock().expect("subscriber lock") {
+            SubState::Live { epoch, last } => Some(StreamPos {
+                epoch: epoch.clone(),
+                offset: *last,
+            }),
+            SubState::Pending {
+                prepared: Some((_, pos)),
+                ..
+            } => Some(pos.clone()),
+            SubState::Pending { .. } | SubState::Closed => None,
+        }
+    }
+
     /// Events were lost: tell the client, and continue after `pos`.
     pub fn reset(&self, pos: &StreamPos) {
         let mut state = self.state.lock().expect("subscriber lock");
@@ -345,6 +360,16 @@ impl Hub {
         }
         metrics::counter!("rtgate_ephemeral_delivered_total").increment(n as u64);
         n
+    }
+
+    /// The oldest position reached by a local subscriber of a room.
+    pub fn oldest_position(&self, room: &RoomName) -> Option<StreamPos> {
+        let shard = self.shard(room).read().expect("hub lock");
+        shard
+            .get(room)?
+            .iter()
+            .filter_map(|s| s.position())
+            .min_by_key(|p| p.offset)
     }
 
     /// Local subscribers of a room.

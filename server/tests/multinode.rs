@@ -241,3 +241,58 @@ async fn while_redis_is_down_publishes_fail_fast_and_everything_resumes_after() 
     }
     client.close();
 }
+
+#[tokio::test]
+async fn subscribers_joining_while_events_flow_never_make_others_miss_events() {
+    let prefix = unique_prefix("joinflow");
+    let a = node(SHARED_REDIS, &prefix).await;
+    let b = node(SHARED_REDIS, &prefix).await;
+    let room = "public:joinflow";
+    let (live, mut live_events) = a
+        .client(TransportPreference::WebSocket, &token("agent", 7, 1, &[]))
+        .await;
+    live.subscribe(room, None).await.unwrap();
+    let total = 300u64;
+    let publisher = {
+        let url = b.api("/api/v1/publish");
+        let http = b.http.clone();
+        tokio::spawn(async move {
+            for n in 1..=total {
+                let resp = http
+                    .post(&url)
+                    .bearer_auth(API_KEY)
+                    .json(&serde_json::json!({ "rooms": [room], "event": { "name": "client.n", "json": n.to_string() } }))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status(), 200);
+            }
+        })
+    };
+    // Other connections of the same node join (each join reads the room's history) while
+    // events flow through pub/sub.
+    let mut joiners = Vec::new();
+    for i in 0..15u64 {
+        let (c, e) = a
+            .client(TransportPreference::WebSocket, &token("agent", 100 + i, 1, &[]))
+            .await;
+        for _ in 0..3 {
+            c.subscribe(room, None).await.unwrap();
+            c.unsubscribe(room);
+        }
+        c.subscribe(room, None).await.unwrap();
+        joiners.push((c, e));
+    }
+    publisher.await.unwrap();
+    for n in 1..=total {
+        assert_eq!(
+            next_room_event(&mut live_events).await.1,
+            n,
+            "the live subscriber missed nothing"
+        );
+    }
+    live.close();
+    for (c, _) in joiners {
+        c.close();
+    }
+}

@@ -123,10 +123,13 @@ impl Link {
         url: &str,
         timeout: Duration,
     ) -> Result<(Link, mpsc::Receiver<Inbound>), String> {
-        let (ws, _) = tokio::time::timeout(timeout, tokio_tungstenite::connect_async(url))
-            .await
-            .map_err(|_| "websocket connect timed out".to_string())?
-            .map_err(|e| e.to_string())?;
+        let (ws, _) = tokio::time::timeout(
+            timeout,
+            tokio_tungstenite::connect_async_with_config(url, None, true),
+        )
+        .await
+        .map_err(|_| "websocket connect timed out".to_string())?
+        .map_err(|e| e.to_string())?;
         let (sink, mut stream) = ws.split();
         let (tx, rx) = mpsc::channel(1024);
         tokio::spawn(async move {

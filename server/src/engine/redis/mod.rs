@@ -301,9 +301,14 @@ impl Inner {
     /// room's subscribers when history cannot. False when Redis could not be asked (the
     /// caller retries).
     async fn repair(&self, room: &RoomName) -> bool {
-        let last = match self.tracks.lock().expect("tracks lock").get(room) {
-            Some(Some(last)) => last.clone(),
-            _ => return true,
+        let tracked = match self.tracks.lock().expect("tracks lock").get(room) {
+            Some(tracked) => tracked.clone(),
+            None => return true,
+        };
+        // Nothing handed to the hub yet: start from the oldest position a local subscriber
+        // has (subscribers drop what they already have).
+        let Some(last) = tracked.or_else(|| self.hub.oldest_position(room)) else {
+            return true;
         };
         match self.read(room, Some(&last)).await {
             Ok((top, Read::Replay(entries))) => {
@@ -480,17 +485,10 @@ impl Engine for RedisEngine {
         // reaches the subscriber's buffer, and whatever came before is in the history read.
         self.inner.hub.add(sub.clone());
         self.join_channel(&room).await?;
+        // The node's own position in the room is not moved here: it only records what the
+        // hub was handed. Other local subscribers may still be waiting for events up to
+        // this read's top through pub/sub, and must not see them dropped as duplicates.
         let (top, read) = self.inner.read(&room, since.as_ref()).await?;
-        {
-            let mut tracks = self.inner.tracks.lock().expect("tracks lock");
-            if let Some(last) = tracks.get_mut(&room)
-                && last
-                    .as_ref()
-                    .is_none_or(|l| l.epoch != top.epoch || l.offset < top.offset)
-            {
-                *last = Some(top.clone());
-            }
-        }
         let (replay, recovered) = match read {
             Read::Replay(entries) => (
                 entries
