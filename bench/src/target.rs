@@ -100,14 +100,20 @@ struct Claims<'a> {
     exp: u64,
 }
 
-/// An HS256 agent token for `sub`, valid for a day.
-pub fn mint_token(secret: &str, sub: &str) -> String {
+/// Agents per account: connections are spread over accounts of this size (a large
+/// Chatwoot account). Presence events of an account reach its agents only, as in
+/// production; one account of 10,000 agents would turn every connect into a broadcast
+/// to all of them.
+pub const AGENTS_PER_ACCOUNT: u64 = 100;
+
+/// An HS256 agent token for `sub` in `account`, valid for a day.
+pub fn mint_token(secret: &str, sub: &str, account: u64) -> String {
     let exp = crate::util::unix_us() / 1_000_000 + 86_400;
     jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
         &Claims {
             sub,
-            account_id: 1,
+            account_id: account,
             role: "agent",
             inboxes: vec![],
             exp,

@@ -280,7 +280,11 @@ async fn open(i: u64, plan: &Plan, shared: Arc<Shared>) -> Outcome {
     let (node, transport, room) = plan.layout(i);
     let node = &plan.nodes[node];
     // `sub` must be a positive integer user id.
-    let token = mint_token(&plan.jwt_secret, &(i + 1).to_string());
+    let token = mint_token(
+        &plan.jwt_secret,
+        &(i + 1).to_string(),
+        1 + i / crate::target::AGENTS_PER_ACCOUNT,
+    );
     let mut config = ClientConfig::new(node.wt_url.clone(), node.ws_url.clone(), fixed_token(token));
     config.prefer = match transport {
         Transport::Wt => TransportPreference::WebTransport,

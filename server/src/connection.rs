@@ -184,7 +184,6 @@ pub async fn drive(
         sub.close();
         engine.unsubscribe(&room, conn).await;
     }
-    node.deregister(conn);
     metrics::counter!("rtgate_disconnects_total", "transport" => t.kind, "reason" => close.0.label())
         .increment(1);
     if let Some(who) = identified {
@@ -200,6 +199,8 @@ pub async fn drive(
     }
     drop(t.lanes);
     t.closer.close(code, reason).await;
+    // Only now: shutdown's drain waits until every client has been told why.
+    node.deregister(conn);
 }
 
 /// Carries out an action that awaits the engine or the presence service.

@@ -22,6 +22,11 @@ use crate::engine::{Engine, EngineError};
 /// Name of the events announcing presence and availability changes.
 pub const PRESENCE_EVENT: &str = "presence.update";
 
+/// Most entries in one presence event: large accounts get several small events rather
+/// than one large frame per connection (which would also leave every connection's
+/// socket buffer grown to its size).
+pub const PRESENCE_EVENT_MAX_ENTRIES: usize = 64;
+
 fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -117,26 +122,27 @@ impl PresenceService {
     }
 }
 
-/// Publishes the current entries of `who` to the account room.
+/// Publishes the current entries of `who` to the account room, in events of at most
+/// [`PRESENCE_EVENT_MAX_ENTRIES`] entries.
 async fn announce(
     store: &dyn PresenceStore,
     engine: &dyn Engine,
     account: u64,
     who: &[Who],
 ) -> Result<(), EngineError> {
-    let entries = store.entries(account, who, unix_ms()).await?;
-    let event = pb::Event {
-        id: uuid::Uuid::new_v4().to_string(),
-        name: PRESENCE_EVENT.into(),
-        account_id: account,
-        occurred_at_ms: unix_ms() as i64,
-        payload: Some(pb::event::Payload::Presence(presence_of(entries))),
-        ..Default::default()
-    };
-    engine
-        .publish(&RoomName::account(account), &event)
-        .await
-        .map(|_| ())
+    for chunk in who.chunks(PRESENCE_EVENT_MAX_ENTRIES) {
+        let entries = store.entries(account, chunk, unix_ms()).await?;
+        let event = pb::Event {
+            id: uuid::Uuid::new_v4().to_string(),
+            name: PRESENCE_EVENT.into(),
+            account_id: account,
+            occurred_at_ms: unix_ms() as i64,
+            payload: Some(pb::event::Payload::Presence(presence_of(entries))),
+            ..Default::default()
+        };
+        engine.publish(&RoomName::account(account), &event).await?;
+    }
+    Ok(())
 }
 
 async fn run(
