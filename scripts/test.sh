@@ -20,6 +20,9 @@ apt_install() {
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
 }
 
+results=$(mktemp -d)
+trap 'rm -rf "$results"' EXIT
+
 log "toolchain"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 cargo --version
@@ -57,9 +60,22 @@ cargo build -p rtgate-server --bin rtgate --locked
   npm ci --no-audit --no-fund
   node_test=(node --test)
   node --help | grep -q -- --test-concurrency && node_test+=(--test-concurrency=1)
-  "${node_test[@]}"
+  "${node_test[@]}" 2>&1 | tee "$results/browser.log"
+  exit "${PIPESTATUS[0]}"
 )
 # --- browser tests (end)
 
 log "tests"
-cargo test --workspace --locked
+set +e
+cargo test --workspace --locked 2>&1 | tee "$results/cargo.log"
+status=${PIPESTATUS[0]}
+set -e
+
+# One closing line for the whole suite: Rust tests plus browser tests.
+passed=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) if ($i ~ /^passed;?$/) s += $(i - 1) } END { print s + 0 }' "$results/cargo.log")
+failed=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) if ($i ~ /^failed;?$/) s += $(i - 1) } END { print s + 0 }' "$results/cargo.log")
+browser_passed=$(awk '/^# pass / { s += $3 } END { print s + 0 }' "$results/browser.log")
+browser_failed=$(awk '/^# fail / { s += $3 } END { print s + 0 }' "$results/browser.log")
+echo
+echo "$((passed + browser_passed)) passed, $((failed + browser_failed)) failed"
+exit "$status"
