@@ -197,7 +197,7 @@ impl Gateway {
         })?;
         let server_config = wtransport::ServerConfig::builder()
             .with_bind_socket(socket)
-            .with_identity(identity.identity)
+            .with_custom_transport(identity.identity, webtransport::transport_config())
             .max_idle_timeout(Some(config.heartbeat * 3))
             .map_err(|e| StartError::Config(format!("idle timeout: {e}")))?
             .build();

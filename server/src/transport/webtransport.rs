@@ -23,7 +23,8 @@ use wtransport::{Connection, Endpoint, RecvStream, SendStream, ServerConfig, Var
 
 use super::WriterCloser;
 use crate::connection::{Closer, Incoming, RoomLanes, TransportHandle, drive};
-use crate::node::Node;
+use crate::ids::ConnectionId;
+use crate::node::{ConnControl, Node};
 use crate::outbox::{DatagramSink, Lane, LaneReceiver, Outbox, Queued};
 
 /// The path WebTransport sessions are accepted on.
@@ -31,6 +32,21 @@ pub const PATH: &str = "/wt";
 
 /// Frames beyond this many are written in one go.
 const WRITE_BATCH: usize = 64;
+
+/// QUIC settings sized for a gateway: a client opens its control stream (and HTTP/3 its
+/// own few), so stream limits are small — quinn keeps per-stream state for every stream
+/// the peer may open — and clients send little.
+pub fn transport_config() -> wtransport::config::QuicTransportConfig {
+    use wtransport::quinn::VarInt as QVarInt;
+    let mut t = wtransport::config::QuicTransportConfig::default();
+    t.max_concurrent_bidi_streams(QVarInt::from_u32(8));
+    t.max_concurrent_uni_streams(QVarInt::from_u32(8));
+    t.datagram_receive_buffer_size(Some(64 * 1024));
+    // One datagram per send call: segmentation offload would keep a ~15 KB transmit
+    // buffer per connection for batches an event gateway rarely sends.
+    t.enable_segmentation_offload(false);
+    t
+}
 
 /// Binds the QUIC endpoint with the given server config.
 pub fn bind(config: ServerConfig) -> std::io::Result<Endpoint<wtransport::endpoint::endpoint_side::Server>> {
@@ -60,32 +76,50 @@ pub async fn accept_loop(
     endpoint.close(VarInt::from_u32(DisconnectCode::Shutdown.code()), b"shutdown");
 }
 
+/// A session past its handshake, with its control stream.
+struct Established {
+    conn: ConnectionId,
+    control_rx: oneshot::Receiver<ConnControl>,
+    connection: Connection,
+    send: SendStream,
+    recv: RecvStream,
+}
+
 async fn handle(node: Arc<Node>, incoming: IncomingSession) {
+    // The handshake's futures are large and short-lived: boxed, they are freed once the
+    // session is up instead of sizing this task for its whole life.
+    let Some(session) = Box::pin(establish(&node, incoming)).await else {
+        return;
+    };
+    serve(node, session).await;
+}
+
+async fn establish(node: &Arc<Node>, incoming: IncomingSession) -> Option<Established> {
     let request = match incoming.await {
         Ok(r) => r,
         Err(err) => {
             tracing::debug!(%err, "webtransport handshake failed");
-            return;
+            return None;
         }
     };
     if request.path() != PATH {
         request.not_found().await;
-        return;
+        return None;
     }
     if node.is_shutting_down() {
         request.too_many_requests().await;
-        return;
+        return None;
     }
     let Some((conn, control_rx)) = node.register("webtransport") else {
         request.too_many_requests().await;
-        return;
+        return None;
     };
     let connection = match request.accept().await {
         Ok(c) => c,
         Err(err) => {
             tracing::debug!(%err, "webtransport session not established");
             node.deregister(conn);
-            return;
+            return None;
         }
     };
     let control = tokio::time::timeout(node.session.hello_timeout, connection.accept_bi()).await;
@@ -97,11 +131,28 @@ async fn handle(node: Arc<Node>, incoming: IncomingSession) {
                 b"no control stream",
             );
             node.deregister(conn);
-            return;
+            return None;
         }
     };
     let remote: SocketAddr = connection.remote_address();
     tracing::debug!(%conn, %remote, "webtransport session");
+    Some(Established {
+        conn,
+        control_rx,
+        connection,
+        send,
+        recv,
+    })
+}
+
+async fn serve(node: Arc<Node>, session: Established) {
+    let Established {
+        conn,
+        control_rx,
+        connection,
+        send,
+        recv,
+    } = session;
 
     // Read by the driver itself: no task or queue of its own per connection.
     let control = control_frames(recv, node.session.max_frame_size);
