@@ -500,6 +500,14 @@ struct Output<'a, T: Serialize> {
     results: T,
 }
 
+/// The file name of a scenario's outputs: `<scenario>-<transport>`.
+fn output_name(o: &Opts, scenario: &str) -> String {
+    format!(
+        "{scenario}-{}",
+        o.transport.name().to_lowercase().replace(['+', ' '], "-")
+    )
+}
+
 fn write_outputs<T: Serialize>(
     o: &Opts,
     scenario: &str,
@@ -547,10 +555,7 @@ async fn load_scenario(o: &Opts, scenario: &str, p: Preset) -> Result<(), String
     .await;
     env.finish();
     let r = result?;
-    let name = format!(
-        "{scenario}-{}",
-        o.transport.name().to_lowercase().replace(['+', ' '], "-")
-    );
+    let name = output_name(o, scenario);
     write_outputs(
         o,
         scenario,
@@ -600,10 +605,7 @@ async fn idle_memory(o: &Opts, p: Preset) -> Result<(), String> {
     .await;
     env.finish();
     let r = result?;
-    let name = format!(
-        "idle-memory-{}",
-        o.transport.name().to_lowercase().replace(['+', ' '], "-")
-    );
+    let name = output_name(o, "idle-memory");
     write_outputs(
         o,
         "idle-memory",
@@ -654,10 +656,7 @@ async fn sweep(o: &Opts, p: Preset) -> Result<(), String> {
     .await;
     env.finish();
     result?;
-    let name = format!(
-        "sweep-{}",
-        o.transport.name().to_lowercase().replace(['+', ' '], "-")
-    );
+    let name = output_name(o, "sweep");
     std::fs::create_dir_all(&o.out).map_err(|e| e.to_string())?;
     let title = format!(
         "rtgate delivery latency vs load — {}, {} conns, rooms of {}, {} node(s)",
@@ -795,10 +794,7 @@ async fn storm(o: &Opts, p: Preset) -> Result<(), String> {
     .await;
     env.finish();
     let r = result?;
-    let name = format!(
-        "reconnect-storm-{}",
-        o.transport.name().to_lowercase().replace(['+', ' '], "-")
-    );
+    let name = output_name(o, "reconnect-storm");
     write_outputs(
         o,
         "reconnect-storm",
