@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
-use rtgate_client::{Client, ClientConfig, ClientEvent, TransportPreference, fixed_token};
+use rtgate_client::{
+    Client, ClientConfig, ClientEvent, SharedEndpoint, TransportPreference, fixed_token,
+    webtransport_endpoint,
+};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::Semaphore;
@@ -276,9 +279,20 @@ enum Outcome {
     Failed(String),
 }
 
-async fn open(i: u64, plan: &Plan, shared: Arc<Shared>) -> Outcome {
-    let (node, transport, room) = plan.layout(i);
-    let node = &plan.nodes[node];
+/// QUIC endpoints (UDP sockets) per node that a worker's WebTransport clients share: one
+/// endpoint per client would make the clients, not the gateway, the bottleneck.
+const ENDPOINTS_PER_NODE: usize = 16;
+
+fn cert_of(node: &crate::target::Node) -> Option<[u8; 32]> {
+    node.cert_hex.as_deref().and_then(|h| {
+        let bytes = hex::decode(h).ok()?;
+        <[u8; 32]>::try_from(bytes.as_slice()).ok()
+    })
+}
+
+async fn open(i: u64, plan: &Plan, endpoints: &[Vec<SharedEndpoint>], shared: Arc<Shared>) -> Outcome {
+    let (node_index, transport, room) = plan.layout(i);
+    let node = &plan.nodes[node_index];
     // `sub` must be a positive integer user id.
     let token = mint_token(
         &plan.jwt_secret,
@@ -290,10 +304,9 @@ async fn open(i: u64, plan: &Plan, shared: Arc<Shared>) -> Outcome {
         Transport::Wt => TransportPreference::WebTransport,
         _ => TransportPreference::WebSocket,
     };
-    config.cert_sha256 = node.cert_hex.as_deref().and_then(|h| {
-        let bytes = hex::decode(h).ok()?;
-        <[u8; 32]>::try_from(bytes.as_slice()).ok()
-    });
+    config.cert_sha256 = cert_of(node);
+    let pool = &endpoints[node_index];
+    config.wt_endpoint = Some(pool[i as usize % pool.len()].clone());
     let timeout = Duration::from_millis(plan.connect_timeout_ms);
     config.connect_timeout = timeout;
     config.reconnect = plan.reconnect;
@@ -344,6 +357,16 @@ pub async fn run() -> Result<(), String> {
     for node in &plan.nodes {
         node.validate()?;
     }
+    let endpoints = plan
+        .nodes
+        .iter()
+        .map(|n| {
+            (0..ENDPOINTS_PER_NODE)
+                .map(|_| webtransport_endpoint(cert_of(n)))
+                .collect()
+        })
+        .collect::<Result<Vec<Vec<_>>, _>>()?;
+    let endpoints = Arc::new(endpoints);
     let plan = Arc::new(plan);
     let shared = Arc::new(Shared {
         hist: (0..SHARDS).map(|_| Mutex::new(new_histogram())).collect(),
@@ -362,11 +385,12 @@ pub async fn run() -> Result<(), String> {
     let mut tasks = Vec::with_capacity(plan.count as usize);
     for i in plan.first..plan.first + plan.count {
         let plan = plan.clone();
+        let endpoints = endpoints.clone();
         let shared = shared.clone();
         let sem = sem.clone();
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await.expect("semaphore open");
-            let outcome = open(i, &plan, shared).await;
+            let outcome = open(i, &plan, &endpoints, shared).await;
             (outcome, started.elapsed())
         }));
     }

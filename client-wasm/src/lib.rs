@@ -24,7 +24,10 @@ pub use connector::{
 pub use session::{ClientEvent, ClientSession, RequestError, needs_new_token};
 
 #[cfg(not(target_arch = "wasm32"))]
-pub use native::{Client, ClientConfig, ClientError, ConnectionState, TokenProvider, fixed_token};
+pub use native::{
+    Client, ClientConfig, ClientError, ConnectionState, SharedEndpoint, TokenProvider, fixed_token,
+    webtransport_endpoint,
+};
 #[cfg(target_arch = "wasm32")]
 pub use wasm::{ClientOptions, RtgateClient, SubscribeOptions};
 

@@ -3,7 +3,7 @@
 
 mod transport;
 
-pub use transport::TransportKind;
+pub use transport::{SharedEndpoint, TransportKind, webtransport_endpoint};
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -43,6 +43,9 @@ pub struct ClientConfig {
     pub ws_url: String,
     /// SHA-256 of a development certificate to trust.
     pub cert_sha256: Option<[u8; 32]>,
+    /// A QUIC endpoint to share with other clients (see [`webtransport_endpoint`]); by
+    /// default each client opens its own.
+    pub wt_endpoint: Option<SharedEndpoint>,
     /// Transport choice.
     pub prefer: TransportPreference,
     /// How long WebTransport may take to connect before falling back.
@@ -64,6 +67,7 @@ impl ClientConfig {
             wt_url: wt_url.into(),
             ws_url: ws_url.into(),
             cert_sha256: None,
+            wt_endpoint: None,
             prefer: TransportPreference::Auto,
             connect_timeout: Duration::from_secs(3),
             token,
@@ -338,7 +342,9 @@ impl Driver {
     ) -> Result<(Link, mpsc::Receiver<transport::Inbound>), String> {
         let c = &self.config;
         match transport {
-            TransportKind::WebTransport => Link::webtransport(&c.wt_url, c.cert_sha256, timeout).await,
+            TransportKind::WebTransport => {
+                Link::webtransport(&c.wt_url, c.cert_sha256, c.wt_endpoint.as_ref(), timeout).await
+            }
             TransportKind::WebSocket => Link::websocket(&c.ws_url, timeout).await,
         }
     }

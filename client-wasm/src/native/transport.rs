@@ -15,6 +15,32 @@ use wtransport::{ClientConfig, Endpoint};
 
 pub use crate::connector::TransportKind;
 
+/// A QUIC endpoint (one UDP socket) that many clients may share: cheaper than one each
+/// when a process holds thousands of connections.
+#[derive(Clone)]
+pub struct SharedEndpoint(std::sync::Arc<Endpoint<wtransport::endpoint::endpoint_side::Client>>);
+
+impl std::fmt::Debug for SharedEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedEndpoint")
+    }
+}
+
+/// A client QUIC endpoint trusting `cert_sha256` (a development certificate) or, without
+/// it, the system's roots.
+pub fn webtransport_endpoint(cert_sha256: Option<[u8; 32]>) -> Result<SharedEndpoint, String> {
+    let builder = ClientConfig::builder().with_bind_default();
+    let config = match cert_sha256 {
+        Some(hash) => builder.with_server_certificate_hashes([Sha256Digest::new(hash)]),
+        None => builder.with_native_certs(),
+    }
+    .max_idle_timeout(Some(Duration::from_secs(30)))
+    .map_err(|e| e.to_string())?
+    .build();
+    let endpoint = Endpoint::client(config).map_err(|e| e.to_string())?;
+    Ok(SharedEndpoint(std::sync::Arc::new(endpoint)))
+}
+
 /// What a reader reports.
 pub(crate) type Inbound = Result<pb::ServerFrame, String>;
 
@@ -73,17 +99,17 @@ impl Link {
     pub(crate) async fn webtransport(
         url: &str,
         cert_sha256: Option<[u8; 32]>,
+        shared: Option<&SharedEndpoint>,
         timeout: Duration,
     ) -> Result<(Link, mpsc::Receiver<Inbound>), String> {
-        let builder = ClientConfig::builder().with_bind_default();
-        let config = match cert_sha256 {
-            Some(hash) => builder.with_server_certificate_hashes([Sha256Digest::new(hash)]),
-            None => builder.with_native_certs(),
-        }
-        .max_idle_timeout(Some(Duration::from_secs(30)))
-        .map_err(|e| e.to_string())?
-        .build();
-        let endpoint = Endpoint::client(config).map_err(|e| e.to_string())?;
+        let own;
+        let endpoint = match shared {
+            Some(e) => &e.0,
+            None => {
+                own = webtransport_endpoint(cert_sha256)?;
+                &own.0
+            }
+        };
         let connecting = async {
             let connection = endpoint.connect(url).await.map_err(|e| e.to_string())?;
             let (send, recv) = connection
