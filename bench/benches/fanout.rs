@@ -105,9 +105,11 @@ fn fanout(c: &mut Criterion) {
             let engine = MemoryEngine::new(hub.clone(), HistoryLimits::default());
             let room_name = RoomName::parse("public:bench").unwrap();
             // Learn the room's epoch from a first publish, then join the members.
-            let first = rt.block_on(engine.publish(&room_name, &event())).unwrap();
+            let first = rt
+                .block_on(engine.publish(&room_name, &prost::Message::encode_to_vec(&event())))
+                .unwrap();
             let mut r = room(hub, members, &first.epoch);
-            let ev = event();
+            let ev = prost::Message::encode_to_vec(&event());
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {

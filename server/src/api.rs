@@ -17,7 +17,7 @@ use prost::Message;
 use rtgate_protocol::{ErrorCode, RoomName, pb};
 use sha2::{Digest, Sha256};
 
-use crate::engine::EngineError;
+use crate::engine::{EngineError, with_timeout};
 use crate::node::Node;
 use crate::transport::websocket;
 
@@ -351,15 +351,13 @@ async fn publish(
         event.occurred_at_ms = unix_ms();
     }
     let started = std::time::Instant::now();
+    // Encoded once for every room.
+    let encoded = event.encode_to_vec();
     let mut positions = Vec::with_capacity(rooms.len());
     for room in &rooms {
-        let pos = tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            state.node.engine.publish(room, &event),
-        )
-        .await
-        .unwrap_or_else(|_| Err(EngineError::Unavailable("timeout".into())))
-        .map_err(|e| ApiError::engine(format, &e))?;
+        let pos = with_timeout(state.node.engine.publish(room, &encoded))
+            .await
+            .map_err(|e| ApiError::engine(format, &e))?;
         positions.push(pb::RoomPosition {
             room: room.to_string(),
             position: Some(pos.to_pb()),
@@ -434,21 +432,13 @@ async fn availability(
     }
     let availability = pb::Availability::try_from(req.availability)
         .map_err(|_| ApiError::bad_request(format, "unknown availability"))?;
-    let presence = &state.node.presence;
-    presence
+    let entry = state
+        .node
+        .presence
         .set_availability(req.account_id, req.user_id, availability)
         .await
         .map_err(|e| ApiError::engine(format, &e))?;
-    let who = crate::presence::Who {
-        account: req.account_id,
-        contact: false,
-        id: req.user_id,
-    };
-    let entries = presence
-        .entries(req.account_id, &[who])
-        .await
-        .map_err(|e| ApiError::engine(format, &e))?;
-    Ok(respond(format, StatusCode::OK, &entries))
+    Ok(respond(format, StatusCode::OK, &entry))
 }
 
 async fn disconnect(

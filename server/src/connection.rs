@@ -15,7 +15,7 @@ use rtgate_protocol::pb::{self, server_frame::Kind as S};
 use rtgate_protocol::{DisconnectCode, FrameError, RoomName};
 use tokio::sync::oneshot;
 
-use crate::engine::EngineError;
+use crate::engine::with_timeout;
 use crate::hub::Subscriber;
 use crate::ids::ConnectionId;
 use crate::node::{ConnControl, Node};
@@ -74,15 +74,6 @@ fn unix_ms() -> u64 {
 
 fn encode(frame: &pb::ServerFrame) -> Bytes {
     Bytes::from(frame.encode_to_vec())
-}
-
-async fn with_timeout<T>(
-    fut: impl std::future::Future<Output = Result<T, EngineError>>,
-) -> Result<T, EngineError> {
-    match tokio::time::timeout(std::time::Duration::from_secs(5), fut).await {
-        Ok(r) => r,
-        Err(_) => Err(EngineError::Unavailable("engine call timed out".into())),
-    }
 }
 
 /// Runs a connection to its end. `conn` and `control_rx` come from [`Node::register`].
@@ -239,7 +230,7 @@ async fn execute(
             if event.id.is_empty() {
                 event.id = uuid::Uuid::new_v4().to_string();
             }
-            let result = with_timeout(engine.publish(&room, &event)).await;
+            let result = with_timeout(engine.publish(&room, &event.encode_to_vec())).await;
             if result.is_ok() {
                 metrics::counter!("rtgate_events_published_total", "source" => "client").increment(1);
             }
@@ -264,7 +255,7 @@ async fn execute(
             let p = session.principal().expect("requests follow hello");
             let (account, user) = (p.account_id, p.id);
             let result = node.presence.set_availability(account, user, availability).await;
-            session.answer(id, result.map(|()| None));
+            session.answer(id, result.map(|_| None));
         }
         Action::QueryPresence { id } => {
             let account = session.principal().expect("requests follow hello").account_id;

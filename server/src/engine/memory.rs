@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use rtgate_protocol::{RoomName, pb};
+use rtgate_protocol::RoomName;
 
 use super::{Engine, EngineError, Recovery, RoomInfo, SubscribeOutcome, encode_publication, plan_recovery};
 use crate::hub::{Hub, Publication, Subscriber};
@@ -73,13 +73,13 @@ impl RoomLog {
     pub(crate) fn append(
         &mut self,
         room: &RoomName,
-        event: &pb::Event,
+        event: &[u8],
         limits: HistoryLimits,
         now: Instant,
     ) -> Arc<Publication> {
         self.top += 1;
         self.last_used = now;
-        let p = encode_publication(room, self.top(), &prost::Message::encode_to_vec(event));
+        let p = encode_publication(room, self.top(), event);
         self.entries.push_back((now, p.clone()));
         self.trim(limits, now);
         p
@@ -162,7 +162,7 @@ impl MemoryEngine {
 
 #[async_trait]
 impl Engine for MemoryEngine {
-    async fn publish(&self, room: &RoomName, event: &pb::Event) -> Result<StreamPos, EngineError> {
+    async fn publish(&self, room: &RoomName, event: &[u8]) -> Result<StreamPos, EngineError> {
         let log = self.log(room);
         let mut log = log.lock().expect("room lock");
         let p = log.append(room, event, self.limits, Instant::now());
@@ -233,6 +233,7 @@ impl Engine for MemoryEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rtgate_protocol::pb;
 
     fn event(n: u32) -> pb::Event {
         pb::Event {
@@ -251,7 +252,12 @@ mod tests {
         let room = RoomName::parse("public:x").unwrap();
         let mut log = RoomLog::new(t0);
         for i in 0..5 {
-            log.append(&room, &event(i), limits, t0 + Duration::from_secs(i as u64));
+            log.append(
+                &room,
+                &prost::Message::encode_to_vec(&event(i)),
+                limits,
+                t0 + Duration::from_secs(i as u64),
+            );
         }
         let offsets: Vec<u64> = log.entries.iter().map(|(_, p)| p.pos.offset).collect();
         assert_eq!(offsets, vec![3, 4, 5]);

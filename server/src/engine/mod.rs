@@ -43,6 +43,18 @@ pub struct SubscribeOutcome {
     pub replayed: u32,
 }
 
+/// How long the gateway waits for one engine call before calling the engine unavailable.
+pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs an engine call with [`CALL_TIMEOUT`]; a timeout counts as `Unavailable`.
+pub async fn with_timeout<T>(
+    call: impl std::future::Future<Output = Result<T, EngineError>>,
+) -> Result<T, EngineError> {
+    tokio::time::timeout(CALL_TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| Err(EngineError::Unavailable("engine call timed out".into())))
+}
+
 /// Counters of an engine's health.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EngineHealth {
@@ -64,9 +76,10 @@ pub struct RoomInfo {
 /// Storage and fan-out of room events.
 #[async_trait]
 pub trait Engine: Send + Sync + 'static {
-    /// Assigns the next offset of `room` to `event`, stores it in the room's history and
-    /// delivers it to every subscriber of the room.
-    async fn publish(&self, room: &RoomName, event: &pb::Event) -> Result<StreamPos, EngineError>;
+    /// Assigns the next offset of `room` to `event` (an encoded `Event`), stores it in the
+    /// room's history and delivers it to every subscriber of the room. The caller encodes
+    /// an event once, whatever the number of rooms it goes to.
+    async fn publish(&self, room: &RoomName, event: &[u8]) -> Result<StreamPos, EngineError>;
 
     /// Registers `sub` for live events of its room and prepares it with the events missed
     /// since `since` (if given and still in history). The caller activates it once the

@@ -98,27 +98,25 @@ impl PresenceService {
         self.store.snapshot(account, unix_ms()).await
     }
 
-    /// The entries of these people.
-    pub async fn entries(&self, account: u64, who: &[Who]) -> Result<pb::Presence, EngineError> {
-        Ok(presence_of(self.store.entries(account, who, unix_ms()).await?))
-    }
-
-    /// Sets an agent's availability and, when it changed, tells the account room.
+    /// Sets an agent's availability and, when it changed, tells the account room; returns
+    /// the agent's entry.
     pub async fn set_availability(
         &self,
         account: u64,
         user: u64,
         availability: pb::Availability,
-    ) -> Result<(), EngineError> {
-        if self.store.set_availability(account, user, availability).await? {
-            let who = Who {
-                account,
-                contact: false,
-                id: user,
-            };
-            announce(&*self.store, &*self.engine, account, &[who]).await?;
+    ) -> Result<pb::Presence, EngineError> {
+        let changed = self.store.set_availability(account, user, availability).await?;
+        let who = Who {
+            account,
+            contact: false,
+            id: user,
+        };
+        let presence = presence_of(self.store.entries(account, &[who], unix_ms()).await?);
+        if changed {
+            publish_presence(&*self.engine, account, presence.clone()).await?;
         }
-        Ok(())
+        Ok(presence)
     }
 }
 
@@ -132,17 +130,32 @@ async fn announce(
 ) -> Result<(), EngineError> {
     for chunk in who.chunks(PRESENCE_EVENT_MAX_ENTRIES) {
         let entries = store.entries(account, chunk, unix_ms()).await?;
-        let event = pb::Event {
-            id: uuid::Uuid::new_v4().to_string(),
-            name: PRESENCE_EVENT.into(),
-            account_id: account,
-            occurred_at_ms: unix_ms() as i64,
-            payload: Some(pb::event::Payload::Presence(presence_of(entries))),
-            ..Default::default()
-        };
-        engine.publish(&RoomName::account(account), &event).await?;
+        publish_presence(engine, account, presence_of(entries)).await?;
     }
     Ok(())
+}
+
+/// Publishes one `presence.update` event to the account room.
+async fn publish_presence(
+    engine: &dyn Engine,
+    account: u64,
+    presence: pb::Presence,
+) -> Result<(), EngineError> {
+    let event = pb::Event {
+        id: uuid::Uuid::new_v4().to_string(),
+        name: PRESENCE_EVENT.into(),
+        account_id: account,
+        occurred_at_ms: unix_ms() as i64,
+        payload: Some(pb::event::Payload::Presence(presence)),
+        ..Default::default()
+    };
+    engine
+        .publish(
+            &RoomName::account(account),
+            &prost::Message::encode_to_vec(&event),
+        )
+        .await
+        .map(|_| ())
 }
 
 async fn run(

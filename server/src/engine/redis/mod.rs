@@ -28,9 +28,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use prost::Message;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use rtgate_protocol::{RoomName, pb};
+use rtgate_protocol::RoomName;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Engine, EngineError, HistoryLimits, RoomInfo, SubscribeOutcome, bus, encode_publication};
@@ -241,7 +240,7 @@ impl Inner {
 
     async fn call<T: redis::FromRedisValue>(
         &self,
-        mut invocation: redis::ScriptInvocation<'_>,
+        invocation: redis::ScriptInvocation<'_>,
     ) -> Result<T, EngineError> {
         let result = async {
             let mut conn = self.conn().await?;
@@ -260,7 +259,6 @@ impl Inner {
             }
         }
         .await;
-        let _ = &mut invocation;
         self.note(&result);
         result
     }
@@ -456,13 +454,13 @@ fn parse_read(values: Vec<redis::Value>) -> Option<(StreamPos, Read)> {
 
 #[async_trait]
 impl Engine for RedisEngine {
-    async fn publish(&self, room: &RoomName, event: &pb::Event) -> Result<StreamPos, EngineError> {
+    async fn publish(&self, room: &RoomName, event: &[u8]) -> Result<StreamPos, EngineError> {
         let inner = &self.inner;
         let mut inv = inner.publish_script.prepare_invoke();
         inv.key(inner.keys.meta(room))
             .key(inner.keys.history(room))
             .key(inner.keys.channel(room))
-            .arg(event.encode_to_vec())
+            .arg(event)
             .arg(inner.config.history.max_events)
             .arg(inner.config.history.max_age.as_millis() as u64)
             .arg(inner.config.meta_ttl.as_millis() as u64)
