@@ -2,16 +2,12 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { launchBrowser, message, openDemo, waitForEvents, waitForRoom, waitForState } from "../lib/browser.js";
-import { freeUdpPort, startGateway, tempDir } from "../lib/gateway.js";
+import { message, openDemo, waitForEvents, waitForRoom, waitForState } from "../lib/browser.js";
+import { freeUdpPort } from "../lib/gateway.js";
+import { setUp } from "../lib/setup.js";
 
 async function fallsBack(t, params, beforeLoad) {
-  const certs = tempDir("rtgate-e2e-certs-");
-  t.after(certs.cleanup);
-  const gateway = await startGateway({ certDir: certs.dir });
-  t.after(() => gateway.stop());
-  const browser = await launchBrowser();
-  t.after(() => browser.close());
+  const { gateway, browser } = await setUp(t);
 
   const page = await openDemo(browser, gateway, { user: "1", conversation: "7", ...params(gateway) }, beforeLoad);
   await waitForState(page, "connected", "websocket");

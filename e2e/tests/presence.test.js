@@ -1,8 +1,8 @@
 // (d) Two agents of one account see each other's presence and availability.
 import { test } from "node:test";
 
-import { launchBrowser, openDemo, waitForRoom, waitForState } from "../lib/browser.js";
-import { startGateway, tempDir } from "../lib/gateway.js";
+import { openDemo, waitForRoom, waitForState } from "../lib/browser.js";
+import { setUp } from "../lib/setup.js";
 
 async function seesPresence(page, line) {
   await page.waitForFunction((l) => document.getElementById("presence").textContent.includes(l), line, {
@@ -11,12 +11,7 @@ async function seesPresence(page, line) {
 }
 
 test("two agents see each other's presence and availability", { timeout: 60_000 }, async (t) => {
-  const certs = tempDir("rtgate-e2e-certs-");
-  t.after(certs.cleanup);
-  const gateway = await startGateway({ certDir: certs.dir });
-  t.after(() => gateway.stop());
-  const browser = await launchBrowser();
-  t.after(() => browser.close());
+  const { gateway, browser } = await setUp(t);
 
   const first = await openDemo(browser, gateway, { user: "1", conversation: "42" });
   await waitForState(first, "connected", "webtransport");

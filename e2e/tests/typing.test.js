@@ -2,8 +2,8 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { launchBrowser, openDemo, waitForRoom, waitForState } from "../lib/browser.js";
-import { startGateway, tempDir } from "../lib/gateway.js";
+import { openDemo, waitForRoom, waitForState } from "../lib/browser.js";
+import { setUp } from "../lib/setup.js";
 
 async function seesTyping(page, who) {
   await page.waitForFunction((w) => document.getElementById("typing").textContent.includes(w), who, {
@@ -13,12 +13,7 @@ async function seesTyping(page, who) {
 
 for (const transport of ["webtransport", "websocket"]) {
   test(`two pages see each other's typing (${transport})`, { timeout: 60_000 }, async (t) => {
-    const certs = tempDir("rtgate-e2e-certs-");
-    t.after(certs.cleanup);
-    const gateway = await startGateway({ certDir: certs.dir });
-    t.after(() => gateway.stop());
-    const browser = await launchBrowser();
-    t.after(() => browser.close());
+    const { gateway, browser } = await setUp(t);
 
     const agent = await openDemo(browser, gateway, { user: "1", conversation: "42", transport });
     const contact = await openDemo(browser, gateway, { user: "9", role: "contact", conversation: "42", transport });

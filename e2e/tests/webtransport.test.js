@@ -3,16 +3,11 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { launchBrowser, message, openDemo, waitForEvents, waitForRoom, waitForState } from "../lib/browser.js";
-import { startGateway, tempDir } from "../lib/gateway.js";
+import { message, openDemo, waitForEvents, waitForRoom, waitForState } from "../lib/browser.js";
+import { setUp } from "../lib/setup.js";
 
 test("connects over WebTransport and receives published events", { timeout: 60_000 }, async (t) => {
-  const certs = tempDir("rtgate-e2e-certs-");
-  t.after(certs.cleanup);
-  const gateway = await startGateway({ certDir: certs.dir });
-  t.after(() => gateway.stop());
-  const browser = await launchBrowser();
-  t.after(() => browser.close());
+  const { gateway, browser } = await setUp(t);
 
   const page = await openDemo(browser, gateway, { user: "1", conversation: "42" });
   await waitForState(page, "connected", "webtransport");
@@ -34,12 +29,7 @@ test("connects over WebTransport and receives published events", { timeout: 60_0
 });
 
 test("refreshes its token before it expires, on the same connection", { timeout: 60_000 }, async (t) => {
-  const certs = tempDir("rtgate-e2e-certs-");
-  t.after(certs.cleanup);
-  const gateway = await startGateway({ certDir: certs.dir });
-  t.after(() => gateway.stop());
-  const browser = await launchBrowser();
-  t.after(() => browser.close());
+  const { gateway, browser } = await setUp(t);
 
   // Tokens valid 4 s: the client must refresh about every 2 s; without refreshes the
   // gateway would close the connection 30 s (the grace) after the first expiry.
