@@ -50,65 +50,27 @@ async fn authorization_matrix_over_both_transports() {
         assert_eq!(outcome(&other, "inbox:999", None).await, denied);
 
         // Conversations need a subscription token for this holder and room.
-        assert_eq!(outcome(&agent, "conversation:5", None).await, denied);
-        assert_eq!(
-            outcome(
-                &agent,
-                "conversation:5",
-                Some(&sub_token("user:8", "conversation:5", 60))
-            )
-            .await,
-            denied
-        );
-        assert_eq!(
-            outcome(
-                &agent,
-                "conversation:5",
-                Some(&sub_token("user:7", "conversation:6", 60))
-            )
-            .await,
-            denied
-        );
-        assert_eq!(
-            outcome(
-                &agent,
-                "conversation:5",
-                Some(&sub_token("user:7", "conversation:5", -60))
-            )
-            .await,
-            denied
-        );
-        assert_eq!(
-            outcome(&agent, "conversation:5", Some("not-a-token")).await,
-            denied
-        );
-        assert_eq!(
-            outcome(
-                &agent,
-                "conversation:5",
-                Some(&sub_token("user:7", "conversation:5", 60))
-            )
-            .await,
-            Ok(())
-        );
-        assert_eq!(
-            outcome(
+        let grants: [(&rtgate_client::Client, Option<String>, Result<(), u32>); 8] = [
+            (&agent, None, denied),
+            (&agent, Some(sub_token("user:8", "conversation:5", 60)), denied),
+            (&agent, Some(sub_token("user:7", "conversation:6", 60)), denied),
+            (&agent, Some(sub_token("user:7", "conversation:5", -60)), denied),
+            (&agent, Some("not-a-token".into()), denied),
+            (&agent, Some(sub_token("user:7", "conversation:5", 60)), Ok(())),
+            (&contact, Some(sub_token("user:7", "conversation:5", 60)), denied),
+            (
                 &contact,
-                "conversation:5",
-                Some(&sub_token("user:7", "conversation:5", 60))
-            )
-            .await,
-            denied
-        );
-        assert_eq!(
-            outcome(
-                &contact,
-                "conversation:5",
-                Some(&sub_token("contact:7", "conversation:5", 60))
-            )
-            .await,
-            Ok(())
-        );
+                Some(sub_token("contact:7", "conversation:5", 60)),
+                Ok(()),
+            ),
+        ];
+        for (n, (client, token, expected)) in grants.iter().enumerate() {
+            assert_eq!(
+                outcome(client, "conversation:5", token.as_deref()).await,
+                *expected,
+                "grant {n}"
+            );
+        }
 
         for bad in ["inbox:010", "room:1", "", "public:UPPER"] {
             assert!(
