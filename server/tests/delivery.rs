@@ -125,3 +125,26 @@ async fn resubscribing_from_a_position_replays_missed_events_or_says_it_cannot()
         client.close();
     }
 }
+
+#[tokio::test]
+async fn webtransport_clients_can_share_one_quic_endpoint() {
+    let t = TestGateway::start().await;
+    let endpoint = rtgate_client::webtransport_endpoint(Some(t.cert_hash())).unwrap();
+    let mut clients = Vec::new();
+    for id in [7, 8] {
+        let mut config = t.client_config(TRANSPORTS[0], &token("agent", id, 1, &[]));
+        config.wt_endpoint = Some(endpoint.clone());
+        let (client, events) = rtgate_client::Client::connect(config);
+        assert_eq!(
+            client.connected().await,
+            Ok(rtgate_client::TransportKind::WebTransport)
+        );
+        client.subscribe("public:shared", None).await.unwrap();
+        clients.push((client, events));
+    }
+    t.publish(&["public:shared"], "client.n", "1").await;
+    for (client, events) in &mut clients {
+        assert_eq!(next_room_event(events).await.2, "1");
+        client.close();
+    }
+}

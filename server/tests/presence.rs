@@ -373,3 +373,41 @@ async fn chatwoot_presence_keys_are_maintained_when_asked() {
     agent.close();
     contact.close();
 }
+
+#[tokio::test]
+async fn presence_events_of_a_large_account_are_split_into_small_ones() {
+    // Every connect below lands in one debounce window: one batch of 79 changes.
+    let mut config = fast(config());
+    config.presence_debounce = Duration::from_secs(3);
+    let t = TestGateway::start_with(config).await;
+    let (watcher, mut watch) = t
+        .client(TransportPreference::WebSocket, &token("agent", 1, 1, &[]))
+        .await;
+    let mut agents = Vec::new();
+    for id in 2..=80u64 {
+        agents.push(
+            t.client(TransportPreference::WebSocket, &token("agent", id, 1, &[]))
+                .await,
+        );
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut events = 0;
+    while seen.len() < 79 {
+        if let ClientEvent::Event { event, .. } = next(&mut watch).await
+            && let Some(pb::event::Payload::Presence(p)) = event.payload
+        {
+            assert!(
+                p.users.len() <= rtgate_server::presence::PRESENCE_EVENT_MAX_ENTRIES,
+                "{}",
+                p.users.len()
+            );
+            seen.extend(p.users.iter().filter(|e| e.online && e.id > 1).map(|e| e.id));
+            events += 1;
+        }
+    }
+    assert!(events >= 2);
+    watcher.close();
+    for (c, _) in agents {
+        c.close();
+    }
+}
