@@ -21,7 +21,7 @@ struct Room {
 }
 
 fn room(hub: Arc<Hub>, members: u64, epoch: &Epoch) -> Room {
-    let room = RoomName::parse("public:bench").unwrap();
+    let room = RoomName::parse("public:1:bench").unwrap();
     let mut receivers = Vec::new();
     for i in 0..members {
         let outbox = Outbox::new(usize::MAX / 4);
@@ -35,6 +35,7 @@ fn room(hub: Arc<Hub>, members: u64, epoch: &Epoch) -> Room {
                 epoch: epoch.clone(),
                 offset: 0,
             },
+            None,
         );
         sub.activate();
         receivers.push(rx);
@@ -103,18 +104,18 @@ fn fanout(c: &mut Criterion) {
                 .unwrap();
             let hub = Arc::new(Hub::new());
             let engine = MemoryEngine::new(hub.clone(), HistoryLimits::default());
-            let room_name = RoomName::parse("public:bench").unwrap();
+            let room_name = RoomName::parse("public:1:bench").unwrap();
             // Learn the room's epoch from a first publish, then join the members.
             let first = rt
-                .block_on(engine.publish(&room_name, &prost::Message::encode_to_vec(&event())))
+                .block_on(engine.publish(&room_name, &prost::Message::encode_to_vec(&event()), None))
                 .unwrap();
-            let mut r = room(hub, members, &first.epoch);
+            let mut r = room(hub, members, &first.pos.epoch);
             let ev = prost::Message::encode_to_vec(&event());
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     let t = Instant::now();
-                    black_box(rt.block_on(engine.publish(&room_name, &ev)).unwrap());
+                    black_box(rt.block_on(engine.publish(&room_name, &ev, None)).unwrap());
                     total += t.elapsed();
                     assert_eq!(r.drain(), members as usize);
                 }

@@ -69,6 +69,22 @@ impl Gateway {
             format!("bench-node-{index}"),
             "--drain-timeout".into(),
             "3s".into(),
+            "--shutdown-delay".into(),
+            "0s".into(),
+            // Every bench client comes from loopback: lift the per-address and
+            // per-user budgets, pace nothing.
+            "--max-connections-per-ip".into(),
+            "0".into(),
+            "--max-pending-per-ip".into(),
+            "1000000".into(),
+            "--max-pending-connections".into(),
+            "1000000".into(),
+            "--accept-rate".into(),
+            "0".into(),
+            "--max-handshakes".into(),
+            "1000000".into(),
+            "--quic-retry".into(),
+            "never".into(),
         ];
         if let Some(redis) = &spec.redis {
             args.extend([

@@ -22,6 +22,8 @@ pub struct Load {
     pub room_prefix: String,
     /// Rooms `0..rooms`.
     pub rooms: u64,
+    /// Connections per room (rooms are named after their members' account).
+    pub room_size: u64,
     /// Room-events per second.
     pub rate: f64,
     /// Rooms per request.
@@ -85,7 +87,7 @@ pub async fn publish(http: &reqwest::Client, load: &Load, stop: Arc<AtomicBool>)
             sent += 1;
             let names: Vec<String> = rooms
                 .iter()
-                .map(|r| format!("\"{}\"", room_name(&load.room_prefix, *r)))
+                .map(|r| format!("\"{}\"", room_name(&load.room_prefix, *r, load.room_size)))
                 .collect();
             let http = http.clone();
             let key = load.api_key.clone();

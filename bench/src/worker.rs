@@ -61,7 +61,7 @@ pub struct Plan {
     pub count: u64,
     /// Members per room; 0 for idle connections that join nothing.
     pub room_size: u64,
-    /// Rooms are `public:<prefix>-<n>`.
+    /// Rooms are `public:<account>:<prefix>-<n>`.
     pub room_prefix: String,
     /// HS256 secret to mint tokens with.
     pub jwt_secret: String,
@@ -88,9 +88,17 @@ impl Plan {
     }
 }
 
-/// Room name of room `n`.
-pub fn room_name(prefix: &str, n: u64) -> String {
-    format!("public:{prefix}-{n}")
+/// The account of connection `i`: accounts of [`AGENTS_PER_ACCOUNT`](crate::target::AGENTS_PER_ACCOUNT)
+/// connections; a room's members all take the account of its first member, since public
+/// rooms never cross accounts.
+pub fn account_of(i: u64, room_size: u64) -> u64 {
+    let first = i.checked_div(room_size).map_or(i, |room| room * room_size);
+    1 + first / crate::target::AGENTS_PER_ACCOUNT
+}
+
+/// Room name of room `n` (rooms of `room_size` connections).
+pub fn room_name(prefix: &str, n: u64, room_size: u64) -> String {
+    format!("public:{}:{prefix}-{n}", account_of(n * room_size, room_size))
 }
 
 /// Coordinator → worker.
@@ -297,7 +305,7 @@ async fn open(i: u64, plan: &Plan, endpoints: &[Vec<SharedEndpoint>], shared: Ar
     let token = mint_token(
         &plan.jwt_secret,
         &(i + 1).to_string(),
-        1 + i / crate::target::AGENTS_PER_ACCOUNT,
+        account_of(i, plan.room_size),
     );
     let mut config = ClientConfig::new(node.wt_url.clone(), node.ws_url.clone(), fixed_token(token));
     config.prefer = match transport {
@@ -325,7 +333,7 @@ async fn open(i: u64, plan: &Plan, endpoints: &[Vec<SharedEndpoint>], shared: Ar
         }
     }
     if let Some(room) = room {
-        let name = room_name(&plan.room_prefix, room);
+        let name = room_name(&plan.room_prefix, room, plan.room_size);
         match tokio::time::timeout(timeout, client.subscribe(&name, None)).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {

@@ -33,7 +33,8 @@ pub enum ClientEvent {
         /// The room.
         room: String,
     },
-    /// The server refused a subscription; the room is forgotten.
+    /// The server refused a subscription, or ended one on its own (its grant was withdrawn
+    /// by a token refresh); the room is forgotten.
     SubscribeFailed {
         /// The room.
         room: String,
@@ -484,6 +485,13 @@ impl ClientSession {
                         .push_back(ClientEvent::RecoveryFailed { room: reset.room });
                 }
             }
+            Some(S::Unsubscribed(u)) if self.rooms.remove(&u.room).is_some() => {
+                self.events.push_back(ClientEvent::SubscribeFailed {
+                    room: u.room,
+                    error: u.error.unwrap_or_default(),
+                });
+            }
+            Some(S::Unsubscribed(_)) => {}
             Some(S::Pong(_)) => {}
             Some(S::Disconnect(d)) => {
                 self.transport_closed();
@@ -647,7 +655,7 @@ mod tests {
     fn rooms_resume_from_their_last_position_after_a_reconnect() {
         let t0 = Instant::now();
         let mut s = ClientSession::new("t", "0", t0);
-        s.subscribe("public:a", None).unwrap();
+        s.subscribe("public:1:a", None).unwrap();
         s.connect("tok", t0);
         assert!(matches!(sent(&mut s, t0)[0].kind, Some(C::Hello(_))));
         s.handle_frame(welcome(&[("user:1", "u", 0, false)]), t0);
@@ -655,10 +663,10 @@ mod tests {
         let Some(C::Subscribe(sub)) = &subs[0].kind else {
             panic!()
         };
-        assert_eq!((sub.room.as_str(), sub.since.is_none()), ("public:a", true));
-        s.handle_frame(sub_reply(subs[0].id, "public:a", "E", 5, false), t0);
+        assert_eq!((sub.room.as_str(), sub.since.is_none()), ("public:1:a", true));
+        s.handle_frame(sub_reply(subs[0].id, "public:1:a", "E", 5, false), t0);
         for o in 6..=8 {
-            s.handle_frame(event("public:a", "E", o), t0);
+            s.handle_frame(event("public:1:a", "E", o), t0);
         }
         s.handle_frame(event("user:1", "u", 1), t0);
         assert_eq!(offsets(&drain(&mut s)), vec![6, 7, 8, 1]);
@@ -678,11 +686,11 @@ mod tests {
         };
         assert_eq!(sub.since.as_ref().unwrap().offset, 8);
         // Replays, possibly overlapping what was seen: duplicates are dropped.
-        s.handle_frame(event("public:a", "E", 8), t0);
-        s.handle_frame(event("public:a", "E", 9), t0);
-        s.handle_frame(sub_reply(subs[0].id, "public:a", "E", 10, true), t0);
-        s.handle_frame(event("public:a", "E", 10), t0);
-        s.handle_frame(event("public:a", "E", 9), t0);
+        s.handle_frame(event("public:1:a", "E", 8), t0);
+        s.handle_frame(event("public:1:a", "E", 9), t0);
+        s.handle_frame(sub_reply(subs[0].id, "public:1:a", "E", 10, true), t0);
+        s.handle_frame(event("public:1:a", "E", 10), t0);
+        s.handle_frame(event("public:1:a", "E", 9), t0);
         let events = drain(&mut s);
         assert_eq!(offsets(&events), vec![9, 10]);
         assert!(events.iter().any(|e| matches!(
@@ -705,7 +713,7 @@ mod tests {
         let t0 = Instant::now();
         let mut s = ClientSession::new("t", "0", t0);
         s.subscribe_from(
-            "public:a",
+            "public:1:a",
             None,
             pb::StreamPosition {
                 epoch: "E".into(),
@@ -719,20 +727,20 @@ mod tests {
             .into_iter()
             .filter(|f| matches!(f.kind, Some(C::Subscribe(_))))
             .collect();
-        s.handle_frame(sub_reply(subs[0].id, "public:a", "F", 40, false), t0);
+        s.handle_frame(sub_reply(subs[0].id, "public:1:a", "F", 40, false), t0);
         let events = drain(&mut s);
         assert!(events.contains(&ClientEvent::RecoveryFailed {
-            room: "public:a".into()
+            room: "public:1:a".into()
         }));
         assert_eq!(
-            s.position("public:a").unwrap(),
+            s.position("public:1:a").unwrap(),
             &pb::StreamPosition {
                 epoch: "F".into(),
                 offset: 40
             }
         );
-        s.handle_frame(event("public:a", "F", 40), t0);
-        s.handle_frame(event("public:a", "F", 41), t0);
+        s.handle_frame(event("public:1:a", "F", 40), t0);
+        s.handle_frame(event("public:1:a", "F", 41), t0);
         assert_eq!(offsets(&drain(&mut s)), vec![41]);
     }
 
@@ -777,12 +785,12 @@ mod tests {
         let t0 = Instant::now();
         let mut s = ClientSession::new("t", "0", t0);
         assert_eq!(
-            s.publish("public:a", pb::Event::default()),
+            s.publish("public:1:a", pb::Event::default()),
             Err(RequestError::NotConnected)
         );
         s.connect("tok", t0);
         s.handle_frame(welcome(&[]), t0);
-        let id = s.publish("public:a", pb::Event::default()).unwrap();
+        let id = s.publish("public:1:a", pb::Event::default()).unwrap();
         s.transport_closed();
         assert!(
             drain(&mut s)

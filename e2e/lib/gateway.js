@@ -52,6 +52,7 @@ export async function startGateway(options = {}) {
     "--wt-listen", `127.0.0.1:${wtPort}`,
     "--cert-dir", options.certDir,
     "--drain-timeout", "1s",
+    "--shutdown-delay", "0s",
   ];
   if (options.redis) args.push("--redis", options.redis, "--redis-prefix", options.redisPrefix);
   const child = spawn(binary, args, {

@@ -3,7 +3,7 @@
 //! - [`pb`]: the protobuf messages generated from `proto/rtgate/v1/*.proto` (frames, domain
 //!   events, server-API bodies), with their protobuf-JSON mapping.
 //! - [`FrameDecoder`] / [`encode_frame`]: length-delimited framing for streams, sans-IO.
-//! - [`RoomName`]: validated room names (`user:7`, `conversation:42`, `public:lobby`, …).
+//! - [`RoomName`]: validated room names (`user:7`, `conversation:42`, `public:1:lobby`, …).
 //! - [`ErrorCode`] and [`DisconnectCode`]: the numbered codes of replies and closes.
 //!
 //! Nothing here performs I/O; bytes go in, messages come out.

@@ -22,8 +22,23 @@ pub enum RoomKind {
     Inbox(u64),
     /// `conversation:ID`: granted per conversation by a backend-signed subscription token.
     Conversation(u64),
-    /// `public:NAME`: any authenticated connection.
-    Public,
+    /// `public:ACCOUNT:NAME`: any authenticated connection of that account (public rooms
+    /// never cross tenants).
+    Public(u64),
+}
+
+impl RoomKind {
+    /// The kind's name, as written before the first `:` (`conversation`, `public`, …).
+    pub fn label(&self) -> &'static str {
+        match self {
+            RoomKind::User(_) => "user",
+            RoomKind::Contact(_) => "contact",
+            RoomKind::Account(_) => "account",
+            RoomKind::Inbox(_) => "inbox",
+            RoomKind::Conversation(_) => "conversation",
+            RoomKind::Public(_) => "public",
+        }
+    }
 }
 
 /// Why a string is not a room name.
@@ -38,8 +53,9 @@ pub enum RoomNameError {
     /// The id is not a canonical positive decimal number.
     #[error("room id must be a canonical decimal number")]
     BadId,
-    /// A public room name with characters outside `a-z 0-9 _ - .` or of bad length.
-    #[error("public room names are 1-64 characters of a-z 0-9 _ - .")]
+    /// A public room name not of the form `public:ACCOUNT:NAME`, NAME 1-64 characters
+    /// of `a-z 0-9 _ - .`.
+    #[error("public rooms are public:ACCOUNT:NAME, NAME 1-64 characters of a-z 0-9 _ - .")]
     BadName,
 }
 
@@ -112,14 +128,16 @@ fn parse_kind(s: &str) -> Result<RoomKind, RoomNameError> {
         "inbox" => RoomKind::Inbox(parse_id(rest)?),
         "conversation" => RoomKind::Conversation(parse_id(rest)?),
         "public" => {
-            let ok = (1..=64).contains(&rest.len())
-                && rest
+            let (account, name) = rest.split_once(':').ok_or(RoomNameError::BadName)?;
+            let account = parse_id(account)?;
+            let ok = (1..=64).contains(&name.len())
+                && name
                     .bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.".contains(&b));
             if !ok {
                 return Err(RoomNameError::BadName);
             }
-            RoomKind::Public
+            RoomKind::Public(account)
         }
         _ => return Err(RoomNameError::UnknownKind),
     })
@@ -168,8 +186,8 @@ mod tests {
             RoomKind::Conversation(u64::MAX)
         );
         assert_eq!(
-            RoomName::parse("public:lobby-1.a_b").unwrap().kind(),
-            RoomKind::Public
+            RoomName::parse("public:1:lobby-1.a_b").unwrap().kind(),
+            RoomKind::Public(1)
         );
         assert_eq!(RoomName::user(7).as_str(), "user:7");
     }
@@ -189,16 +207,20 @@ mod tests {
             "USER:1",
             "room:1",
             "public:",
-            "public:Lobby",
-            "public:a b",
-            "public:a/b",
+            "public:lobby",
+            "public:1:",
+            "public:01:lobby",
+            "public:1:Lobby",
+            "public:1:a b",
+            "public:1:a/b",
+            "public:1:a:b",
             "conversation:18446744073709551616",
             "inbox:1:2",
         ] {
             assert!(RoomName::parse(bad).is_err(), "{bad:?} was accepted");
         }
         assert_eq!(
-            RoomName::parse(&format!("public:{}", "a".repeat(100))),
+            RoomName::parse(&format!("public:1:{}", "a".repeat(100))),
             Err(RoomNameError::TooLong)
         );
     }

@@ -9,8 +9,9 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State, WebSocketUpgrade};
+use axum::extract::{Extension, FromRequest, Path, Request, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use prost::Message;
@@ -23,6 +24,9 @@ use crate::transport::websocket;
 
 /// Most rooms one publish may target.
 pub const MAX_PUBLISH_ROOMS: usize = 1000;
+
+/// Largest request body of the server API.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
 
 /// State of the HTTP handlers.
 #[derive(Clone)]
@@ -37,41 +41,162 @@ pub struct HttpState {
     pub dev_cert_sha256: Option<String>,
     /// The WebTransport (UDP) port, announced with the development certificate.
     pub wt_port: u16,
+    /// Largest encoded event accepted.
+    pub max_event_size: usize,
 }
 
-/// The router serving `/ws`, `/api/v1/*`, `/healthz`, `/readyz`, `/dev/*` and `/demo`.
-pub fn router(state: HttpState, demo_dir: &std::path::Path, pkg_dir: &std::path::Path) -> Router {
-    use tower_http::services::ServeDir;
-    Router::new()
+/// What the router serves besides the API, WebSocket and health.
+#[derive(Debug, Clone, Default)]
+pub struct RouterOptions {
+    /// Serve `/metrics` here (off when metrics have a listener of their own).
+    pub metrics: bool,
+    /// Serve the demo page from these directories (page, browser package): development only.
+    pub demo: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Request bodies must arrive within this.
+    pub body_timeout: std::time::Duration,
+}
+
+/// The router serving `/ws`, `/api/v1/*`, `/healthz`, `/readyz`, `/dev/*`, and as
+/// configured `/metrics` and `/demo`.
+pub fn router(state: HttpState, options: RouterOptions) -> Router {
+    // The API key is checked before any body is read; every answer under /api/v1,
+    // unknown paths and methods included, is an ApiError.
+    let api = Router::new()
+        .route("/publish", post(publish))
+        .route("/rooms/{room}", get(room_info))
+        .route("/disconnect", post(disconnect))
+        .route("/presence/{account}", get(presence))
+        .route("/availability", post(availability))
+        .fallback(api_not_found)
+        .method_not_allowed_fallback(api_method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), require_api_key))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            options.body_timeout,
+        ));
+    let mut app = Router::new()
+        .nest("/api/v1", api)
         .route("/dev/token", get(dev_token))
-        .nest_service("/demo/pkg", ServeDir::new(pkg_dir))
-        .nest_service(
-            "/demo",
-            ServeDir::new(demo_dir).append_index_html_on_directories(true),
-        )
         .route("/ws", get(ws_upgrade))
-        .route("/api/v1/publish", post(publish))
-        .route("/api/v1/rooms/{room}", get(room_info))
-        .route("/api/v1/disconnect", post(disconnect))
-        .route("/api/v1/presence/{account}", get(presence))
-        .route("/api/v1/availability", post(availability))
         .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(metrics_text))
         .route("/readyz", get(readyz))
-        .route("/dev/cert-hash", get(cert_hash))
-        .layer(DefaultBodyLimit::max(1 << 20))
+        .route("/dev/cert-hash", get(cert_hash));
+    if options.metrics {
+        app = app.route("/metrics", get(metrics_text));
+    }
+    if let Some((demo_dir, pkg_dir)) = &options.demo {
+        use tower_http::services::ServeDir;
+        app = app
+            .nest_service("/demo/pkg", ServeDir::new(pkg_dir))
+            .nest_service(
+                "/demo",
+                ServeDir::new(demo_dir).append_index_html_on_directories(true),
+            );
+    }
+    app.with_state(state)
+}
+
+/// The router of a metrics-only listener.
+pub fn metrics_router(state: HttpState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_text))
         .with_state(state)
 }
 
-async fn ws_upgrade(State(state): State<HttpState>, ws: WebSocketUpgrade) -> Response {
+async fn require_api_key(State(state): State<HttpState>, request: Request, next: Next) -> Response {
+    let (_, format) = formats(request.headers());
+    match authorize(&state, request.headers(), format) {
+        Ok(()) => next.run(request).await,
+        Err(err) => err.into_response(),
+    }
+}
+
+async fn api_not_found(headers: HeaderMap) -> ApiError {
+    ApiError::new(
+        formats(&headers).1,
+        StatusCode::NOT_FOUND,
+        ErrorCode::BadRequest,
+        "no such API endpoint",
+    )
+}
+
+async fn api_method_not_allowed(headers: HeaderMap) -> ApiError {
+    ApiError::new(
+        formats(&headers).1,
+        StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::BadRequest,
+        "method not allowed on this endpoint",
+    )
+}
+
+/// A request body of the server API, read only after the key was checked, within
+/// [`MAX_BODY_BYTES`] and the body timeout; failures are `ApiError`s (413, 408, 400).
+struct ApiBody(Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for ApiBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
+        let format = formats(req.headers()).1;
+        let too_large = || {
+            ApiError::new(
+                format,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::BadRequest,
+                format!("request bodies are limited to {MAX_BODY_BYTES} bytes"),
+            )
+        };
+        if let Some(len) = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            && len > MAX_BODY_BYTES as u64
+        {
+            return Err(too_large());
+        }
+        let limited = http_body_util::Limited::new(req.into_body(), MAX_BODY_BYTES);
+        match http_body_util::BodyExt::collect(limited).await {
+            Ok(collected) => Ok(ApiBody(collected.to_bytes())),
+            Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+            Err(err) if is_timeout(&*err) => Err(ApiError::new(
+                format,
+                StatusCode::REQUEST_TIMEOUT,
+                ErrorCode::BadRequest,
+                "the request body did not arrive in time",
+            )),
+            Err(err) => Err(ApiError::bad_request(
+                format,
+                format!("cannot read the request body: {err}"),
+            )),
+        }
+    }
+}
+
+fn is_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if e.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
+async fn ws_upgrade(
+    State(state): State<HttpState>,
+    client: Option<Extension<crate::http::ClientConn>>,
+    ws: WebSocketUpgrade,
+) -> Response {
     let node = state.node.clone();
+    let client = client.map(|Extension(c)| c);
     let max = node.session.max_frame_size;
     // Small buffers, grown only for large frames: idle connections stay cheap.
     ws.read_buffer_size(512)
         .write_buffer_size(0)
         .max_message_size(max * 4)
         .max_frame_size(max * 4)
-        .on_upgrade(move |socket| websocket::serve(node, socket))
+        .on_upgrade(move |socket| websocket::serve(node, socket, client))
 }
 
 /// Query of `/dev/token`.
@@ -140,7 +265,9 @@ async fn metrics_text(State(state): State<HttpState>) -> Response {
 }
 
 async fn readyz(State(state): State<HttpState>) -> Response {
-    if state.node.is_shutting_down() {
+    if state.node.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
+    } else if state.node.is_shutting_down() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
     } else if !state.node.engine.is_ready() {
         (StatusCode::SERVICE_UNAVAILABLE, "engine unavailable").into_response()
@@ -288,23 +415,20 @@ fn decode<T: Message + Default + serde::de::DeserializeOwned>(
     result.map_err(|e| ApiError::new(format, StatusCode::BAD_REQUEST, ErrorCode::BadRequest, e))
 }
 
-/// Checks the API key and decodes a request body; returns it with the answer format.
-fn authorized_body<T: Message + Default + serde::de::DeserializeOwned>(
-    state: &HttpState,
+/// Decodes a request body (the key was checked by the API's middleware); returns it with
+/// the answer format.
+fn decode_body<T: Message + Default + serde::de::DeserializeOwned>(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<(T, Format), ApiError> {
     let (req_format, format) = formats(headers);
-    authorize(state, headers, format)?;
     let req = decode(req_format, body).map_err(|e| ApiError { format, ..e })?;
     Ok((req, format))
 }
 
-/// Checks the API key of a request without a body; returns the answer format.
-fn authorized(state: &HttpState, headers: &HeaderMap) -> Result<Format, ApiError> {
-    let (_, format) = formats(headers);
-    authorize(state, headers, format)?;
-    Ok(format)
+/// The answer format of a request without a body.
+fn answer_format(headers: &HeaderMap) -> Format {
+    formats(headers).1
 }
 
 fn unix_ms() -> i64 {
@@ -316,15 +440,23 @@ fn unix_ms() -> i64 {
 async fn publish(
     State(state): State<HttpState>,
     headers: HeaderMap,
-    body: Bytes,
+    ApiBody(body): ApiBody,
 ) -> Result<Response, ApiError> {
-    let (req, format): (pb::PublishRequest, _) = authorized_body(&state, &headers, &body)?;
+    let (req, format): (pb::PublishRequest, _) = decode_body(&headers, &body)?;
     let bad = |msg: String, code| ApiError::new(format, StatusCode::BAD_REQUEST, code, msg);
     let Some(mut event) = req.event else {
         return Err(bad("event is required".into(), ErrorCode::BadRequest));
     };
     if event.name.is_empty() {
         return Err(bad("event.name is required".into(), ErrorCode::BadRequest));
+    }
+    if event.encoded_len() > state.max_event_size {
+        return Err(ApiError::new(
+            format,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::BadRequest,
+            format!("events are limited to {} bytes (encoded)", state.max_event_size),
+        ));
     }
     if req.rooms.is_empty() || req.rooms.len() > MAX_PUBLISH_ROOMS {
         return Err(bad(
@@ -344,7 +476,10 @@ async fn publish(
         })?;
         rooms.push(room);
     }
-    if event.id.is_empty() {
+    // An id given by the backend is the idempotency key: a retry of a publish that failed
+    // (503) or whose answer was lost is not delivered twice.
+    let key = (!event.id.is_empty()).then(|| event.id.clone());
+    if key.is_none() {
         event.id = uuid::Uuid::new_v4().to_string();
     }
     if event.occurred_at_ms == 0 {
@@ -355,12 +490,13 @@ async fn publish(
     let encoded = event.encode_to_vec();
     let mut positions = Vec::with_capacity(rooms.len());
     for room in &rooms {
-        let pos = with_timeout(state.node.engine.publish(room, &encoded))
+        let published = with_timeout(state.node.engine.publish(room, &encoded, key.as_deref()))
             .await
             .map_err(|e| ApiError::engine(format, &e))?;
-        positions.push(pb::RoomPosition {
+        positions.push(pb::PublishedRoom {
             room: room.to_string(),
-            position: Some(pos.to_pb()),
+            position: Some(published.pos.to_pb()),
+            duplicate: published.duplicate,
         });
     }
     Ok(respond(format, StatusCode::OK, &{
@@ -376,7 +512,7 @@ async fn room_info(
     headers: HeaderMap,
     Path(room): Path<String>,
 ) -> Result<Response, ApiError> {
-    let format = authorized(&state, &headers)?;
+    let format = answer_format(&headers);
     let room = RoomName::parse(&room).map_err(|e| {
         ApiError::new(
             format,
@@ -408,7 +544,7 @@ async fn presence(
     headers: HeaderMap,
     Path(account): Path<u64>,
 ) -> Result<Response, ApiError> {
-    let format = authorized(&state, &headers)?;
+    let format = answer_format(&headers);
     let presence = state
         .node
         .presence
@@ -421,9 +557,9 @@ async fn presence(
 async fn availability(
     State(state): State<HttpState>,
     headers: HeaderMap,
-    body: Bytes,
+    ApiBody(body): ApiBody,
 ) -> Result<Response, ApiError> {
-    let (req, format): (pb::SetAvailabilityRequest, _) = authorized_body(&state, &headers, &body)?;
+    let (req, format): (pb::SetAvailabilityRequest, _) = decode_body(&headers, &body)?;
     if req.account_id == 0 || req.user_id == 0 {
         return Err(ApiError::bad_request(
             format,
@@ -444,9 +580,9 @@ async fn availability(
 async fn disconnect(
     State(state): State<HttpState>,
     headers: HeaderMap,
-    body: Bytes,
+    ApiBody(body): ApiBody,
 ) -> Result<Response, ApiError> {
-    let (req, format): (pb::DisconnectUserRequest, _) = authorized_body(&state, &headers, &body)?;
+    let (req, format): (pb::DisconnectUserRequest, _) = decode_body(&headers, &body)?;
     let (contact, id) = match req.user_id.strip_prefix("contact:") {
         Some(rest) => (true, rest),
         None => (false, req.user_id.as_str()),
@@ -475,6 +611,7 @@ async fn disconnect(
         StatusCode::OK,
         &pb::DisconnectUserResponse {
             connections: n as u32,
+            nodes: 0,
         },
     ))
 }

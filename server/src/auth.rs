@@ -183,7 +183,15 @@ pub struct Authenticator {
     key: TokenKey,
     validation: Validation,
     leeway_secs: u64,
+    max_lifetime_secs: u64,
+    allow_no_exp: bool,
 }
+
+/// Clock leeway applied to every time claim, in seconds.
+pub const LEEWAY_SECS: u64 = 5;
+
+/// Default maximum lifetime of a connection token: a day.
+pub const DEFAULT_MAX_LIFETIME_SECS: u64 = 86_400;
 
 impl Authenticator {
     /// An authenticator accepting tokens signed with `key`; when `issuer` or `audience`
@@ -206,8 +214,24 @@ impl Authenticator {
         Authenticator {
             key,
             validation,
-            leeway_secs: 5,
+            leeway_secs: LEEWAY_SECS,
+            max_lifetime_secs: DEFAULT_MAX_LIFETIME_SECS,
+            allow_no_exp: false,
         }
+    }
+
+    /// Connection tokens may be valid for at most `secs` (`exp` at most that far ahead);
+    /// with `allow_no_exp`, tokens without `exp` are accepted and treated as expiring
+    /// `secs` after they are presented (the connection must refresh by then).
+    pub fn with_lifetime(mut self, secs: u64, allow_no_exp: bool) -> Self {
+        self.max_lifetime_secs = secs;
+        self.allow_no_exp = allow_no_exp;
+        self
+    }
+
+    /// The clock leeway applied to time claims, in seconds.
+    pub fn leeway_secs(&self) -> u64 {
+        self.leeway_secs
     }
 
     fn decode<C: serde::de::DeserializeOwned>(&self, token: &str) -> Result<C, AuthError> {
@@ -253,6 +277,17 @@ impl Authenticator {
             ));
         }
         self.check_time(claims.exp, claims.nbf, now_unix)?;
+        let expires_at = match claims.exp {
+            Some(exp) if exp > now_unix + self.max_lifetime_secs + self.leeway_secs => {
+                return Err(AuthError::Claims(format!(
+                    "exp lies beyond the maximum token lifetime of {} s",
+                    self.max_lifetime_secs
+                )));
+            }
+            Some(exp) => exp,
+            None if self.allow_no_exp => now_unix + self.max_lifetime_secs,
+            None => return Err(AuthError::Claims("exp is required".into())),
+        };
         let id: u64 = claims
             .sub
             .parse()
@@ -270,7 +305,7 @@ impl Authenticator {
             account_id: claims.account_id,
             role: claims.role,
             inboxes,
-            expires_at: claims.exp,
+            expires_at: Some(expires_at),
         })
     }
 

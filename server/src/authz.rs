@@ -8,7 +8,7 @@
 //! | `account:ID` | agents and admins of that account (never contacts) |
 //! | `inbox:ID` | agents and admins whose token lists the inbox |
 //! | `conversation:ID` | whoever holds a subscription token for it |
-//! | `public:NAME` | any authenticated connection |
+//! | `public:ACCOUNT:NAME` | any authenticated connection of that account |
 //!
 //! Any room may also be granted by a subscription token; the token is the backend's word.
 //! A refusal is always the same `permission_denied`, whether the room exists, belongs to
@@ -39,7 +39,7 @@ pub fn may_join(principal: &Principal, room: &RoomName, grant: Grant) -> bool {
         RoomKind::Account(id) => agent && id == principal.account_id,
         RoomKind::Inbox(id) => agent && principal.inboxes.binary_search(&id).is_ok(),
         RoomKind::Conversation(_) => false,
-        RoomKind::Public => true,
+        RoomKind::Public(account) => account == principal.account_id,
     }
 }
 
@@ -78,7 +78,8 @@ mod tests {
             (&agent, "inbox:12", false),
             (&agent, "inbox:20", false),
             (&agent, "conversation:5", false),
-            (&agent, "public:lobby", true),
+            (&agent, "public:1:lobby", true),
+            (&agent, "public:2:lobby", false),
             (&admin, "inbox:12", true),
             (&admin, "inbox:20", false),
             (&admin, "account:2", false),
@@ -86,7 +87,9 @@ mod tests {
             (&contact, "user:7", false),
             (&contact, "account:1", false),
             (&contact, "inbox:10", false),
-            (&contact, "public:lobby", true),
+            (&contact, "public:1:lobby", true),
+            (&other_tenant, "public:1:lobby", false),
+            (&other_tenant, "public:2:lobby", true),
             (&other_tenant, "account:1", false),
             (&other_tenant, "inbox:10", false),
             (&other_tenant, "user:7", false),

@@ -25,6 +25,12 @@ pub enum CertError {
     /// The configured PEM files could not be read.
     #[error("cannot load certificate/key: {0}")]
     Load(String),
+    /// The private key is not the certificate's.
+    #[error("the private key does not match the certificate: {0}")]
+    Mismatch(String),
+    /// The certificate is expired or not yet valid.
+    #[error("{0}")]
+    Expired(String),
     /// The development certificate could not be generated or stored.
     #[error("cannot create the development certificate in {dir}: {err}")]
     Generate {
@@ -51,11 +57,64 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Loads `cert` and `key` (PEM).
+/// Makes a file readable and writable by its owner only (a private key).
+fn restrict_to_owner(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+/// Checks what the TLS layer would otherwise only find out by failing: that the key is the
+/// certificate's and that the certificate is valid now.
+pub fn validate(identity: &Identity, now_unix: u64) -> Result<(), CertError> {
+    let chain = identity.certificate_chain().as_slice();
+    let Some(leaf) = chain.first() else {
+        return Err(CertError::Load(
+            "the certificate file holds no certificate".into(),
+        ));
+    };
+    let provider = rustls::crypto::ring::default_provider();
+    let der = rustls::pki_types::PrivateKeyDer::try_from(identity.private_key().secret_der().to_vec())
+        .map_err(|e| CertError::Load(format!("unreadable private key: {e}")))?;
+    rustls::sign::CertifiedKey::from_der(
+        chain
+            .iter()
+            .map(|c| rustls::pki_types::CertificateDer::from(c.der().to_vec()))
+            .collect(),
+        der,
+        &provider,
+    )
+    .map_err(|e| CertError::Mismatch(e.to_string()))?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(leaf.der())
+        .map_err(|e| CertError::Load(format!("unreadable certificate: {e}")))?;
+    let validity = parsed.validity();
+    let (from, until) = (validity.not_before.timestamp(), validity.not_after.timestamp());
+    if (now_unix as i64) >= until {
+        return Err(CertError::Expired(format!(
+            "the certificate expired at unix time {until} ({})",
+            validity.not_after
+        )));
+    }
+    if (now_unix as i64) < from {
+        return Err(CertError::Expired(format!(
+            "the certificate is not valid before {}",
+            validity.not_before
+        )));
+    }
+    Ok(())
+}
+
+/// Loads `cert` and `key` (PEM) and checks that they belong together and are valid now.
 pub async fn load(cert: &Path, key: &Path) -> Result<LoadedIdentity, CertError> {
     let identity = Identity::load_pemfiles(cert, key)
         .await
         .map_err(|e| CertError::Load(e.to_string()))?;
+    validate(&identity, unix_now())?;
     Ok(LoadedIdentity {
         sha256_hex: leaf_hash(&identity),
         identity,
@@ -103,6 +162,7 @@ pub async fn dev_identity(dir: &Path) -> Result<LoadedIdentity, CertError> {
         .store_secret_pemfile(&key_path)
         .await
         .map_err(|e| gen_err(e.to_string()))?;
+    restrict_to_owner(&key_path).map_err(|e| gen_err(e.to_string()))?;
     tokio::fs::write(&expiry_path, not_after.to_string())
         .await
         .map_err(|e| gen_err(e.to_string()))?;

@@ -30,13 +30,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[derive(Debug, Clone, Parser)]
 #[command(name = "rtgate", version, about, long_about)]
 pub struct Config {
-    /// UDP address of the WebTransport listener ([::] is dual-stack).
-    #[arg(long, env = "RTGATE_WT_LISTEN", default_value = "[::]:4433")]
-    pub wt_listen: SocketAddr,
+    /// UDP address of the WebTransport listener. Default: [::]:4433 (dual stack) with
+    /// --production, 127.0.0.1:4433 in development mode (it hands out tokens).
+    #[arg(long, env = "RTGATE_WT_LISTEN")]
+    pub wt_listen: Option<SocketAddr>,
 
     /// TCP address of the HTTP listener: WebSocket (/ws), server API (/api/v1), health.
-    #[arg(long, env = "RTGATE_HTTP_LISTEN", default_value = "[::]:8080")]
-    pub http_listen: SocketAddr,
+    /// Default: [::]:8080 with --production, 127.0.0.1:8080 in development mode.
+    #[arg(long, env = "RTGATE_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+
+    /// Serve /metrics on this address only (not on the HTTP listener).
+    #[arg(long, env = "RTGATE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 
     /// TLS certificate chain (PEM) for WebTransport. Without it a development
     /// certificate is generated.
@@ -47,11 +53,13 @@ pub struct Config {
     #[arg(long, env = "RTGATE_KEY", requires = "cert")]
     pub key: Option<PathBuf>,
 
-    /// Where the development certificate is kept.
+    /// Where the development certificate is kept (a relative path is taken from the
+    /// working directory; the absolute path is logged at start).
     #[arg(long, env = "RTGATE_CERT_DIR", default_value = "certs")]
     pub cert_dir: PathBuf,
 
-    /// HS256 secret for client tokens (at least 32 bytes).
+    /// HS256 secret for client tokens: the bytes of this text (UTF-8, not hex- or
+    /// base64-decoded), at least 32 of them.
     #[arg(
         long,
         env = "RTGATE_JWT_SECRET",
@@ -72,7 +80,7 @@ pub struct Config {
     #[arg(long, env = "RTGATE_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
 
-    /// Bearer key for the server API.
+    /// Bearer key for the server API (with --production: at least 24 characters).
     #[arg(long, env = "RTGATE_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
 
@@ -92,9 +100,19 @@ pub struct Config {
     #[arg(long, env = "RTGATE_HISTORY_TTL", default_value = "5m", value_parser = parse_duration)]
     pub history_ttl: Duration,
 
-    /// Time a connection has to send Hello.
-    #[arg(long, env = "RTGATE_HELLO_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    /// Time a connection has to send Hello (from the WebSocket upgrade or the
+    /// WebTransport session); until then it holds an unauthenticated slot.
+    #[arg(long, env = "RTGATE_HELLO_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub hello_timeout: Duration,
+
+    /// Time a client has to complete a handshake: QUIC plus the WebTransport CONNECT
+    /// request, or an HTTP request's headers.
+    #[arg(long, env = "RTGATE_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// Time a client has to send an HTTP request body.
+    #[arg(long, env = "RTGATE_HTTP_BODY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub http_body_timeout: Duration,
 
     /// Heartbeat interval announced to clients; silence for 2.5× this closes a connection.
     #[arg(long, env = "RTGATE_HEARTBEAT", default_value = "25s", value_parser = parse_duration)]
@@ -116,9 +134,56 @@ pub struct Config {
     #[arg(long, env = "RTGATE_SEND_QUEUE_BYTES", default_value_t = 1 << 20)]
     pub send_queue_bytes: usize,
 
-    /// Most concurrent connections.
+    /// Most concurrent authenticated connections (past Hello).
     #[arg(long, env = "RTGATE_MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,
+
+    /// Most connections waiting for their Hello, in all (a budget of their own, so that
+    /// silent sockets never take authenticated slots).
+    #[arg(long, env = "RTGATE_MAX_PENDING_CONNECTIONS", default_value_t = 4096)]
+    pub max_pending_connections: usize,
+
+    /// Most connections waiting for their Hello from one client address.
+    #[arg(long, env = "RTGATE_MAX_PENDING_PER_IP", default_value_t = 256)]
+    pub max_pending_per_ip: usize,
+
+    /// Most open connections from one client address: TCP connections (HTTP and
+    /// WebSocket) and WebTransport sessions each count. Behind a proxy every client has the
+    /// proxy's address: raise it there.
+    #[arg(long, env = "RTGATE_MAX_CONNECTIONS_PER_IP", default_value_t = 4096)]
+    pub max_connections_per_ip: usize,
+
+    /// Most authenticated connections of one user or contact.
+    #[arg(long, env = "RTGATE_MAX_CONNECTIONS_PER_USER", default_value_t = 32)]
+    pub max_connections_per_user: usize,
+
+    /// New TCP connections and QUIC handshakes accepted per second (beyond, they wait in
+    /// the kernel's backlog or are refused).
+    #[arg(long, env = "RTGATE_ACCEPT_RATE", default_value_t = 2000.0)]
+    pub accept_rate: f64,
+
+    /// Most QUIC handshakes in progress; beyond, new ones are refused.
+    #[arg(long, env = "RTGATE_MAX_HANDSHAKES", default_value_t = 1024)]
+    pub max_handshakes: usize,
+
+    /// QUIC address validation (Retry): `auto` asks for it once 64 handshakes are in
+    /// progress, `always` for every handshake, `never` not at all.
+    #[arg(long, env = "RTGATE_QUIC_RETRY", value_enum, default_value = "auto")]
+    pub quic_retry: QuicRetry,
+
+    /// Largest event accepted, in bytes (the encoded `Event`), from the API and from
+    /// clients. At most a quarter of --send-queue-bytes.
+    #[arg(long, env = "RTGATE_MAX_EVENT_SIZE", default_value_t = 128 * 1024)]
+    pub max_event_size: usize,
+
+    /// Most seconds a connection token may be valid for (`exp` at most this far ahead).
+    #[arg(long, env = "RTGATE_TOKEN_MAX_LIFETIME", default_value = "24h", value_parser = parse_duration)]
+    pub token_max_lifetime: Duration,
+
+    /// Accept connection tokens without `exp`; such a connection must refresh its token
+    /// within --token-max-lifetime.
+    #[arg(long, env = "RTGATE_ALLOW_TOKENS_WITHOUT_EXP")]
+    pub allow_tokens_without_exp: bool,
 
     /// Most server-opened streams per WebTransport connection (rooms share beyond).
     #[arg(long, env = "RTGATE_MAX_ROOM_STREAMS", default_value_t = 64)]
@@ -132,6 +197,24 @@ pub struct Config {
         value_delimiter = ','
     )]
     pub client_publish: Vec<String>,
+
+    /// Kinds of rooms clients may publish into (comma-separated: conversation, public,
+    /// inbox, account, user, contact; empty: none).
+    #[arg(
+        long,
+        env = "RTGATE_CLIENT_PUBLISH_ROOMS",
+        default_value = "conversation,public",
+        value_delimiter = ','
+    )]
+    pub client_publish_rooms: Vec<String>,
+
+    /// Client events one connection may publish per second.
+    #[arg(long, env = "RTGATE_CLIENT_PUBLISH_RATE", default_value_t = 5.0)]
+    pub client_publish_rate: f64,
+
+    /// Client events one connection may publish in a burst.
+    #[arg(long, env = "RTGATE_CLIENT_PUBLISH_BURST", default_value_t = 20.0)]
+    pub client_publish_burst: f64,
 
     /// Redis URL (`redis://host:port/db`): share rooms, history and presence with every
     /// node on the same Redis. Without it the node runs on its embedded engine.
@@ -203,6 +286,22 @@ pub struct Config {
     /// How long shutdown waits for connections to close.
     #[arg(long, env = "RTGATE_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+
+    /// On SIGTERM, how long /readyz answers 503 before clients are told to go and the
+    /// listeners close (load balancers stop sending new clients first).
+    #[arg(long, env = "RTGATE_SHUTDOWN_DELAY", default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_delay: Duration,
+}
+
+/// When QUIC handshakes must prove the client's address first (a Retry round trip).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum QuicRetry {
+    /// Once many handshakes are in progress.
+    Auto,
+    /// Always.
+    Always,
+    /// Never.
+    Never,
 }
 
 impl Config {
@@ -210,14 +309,33 @@ impl Config {
     /// (for tests and embedding).
     pub fn ephemeral() -> Self {
         let mut config = Config::parse_from(["rtgate"]);
-        config.wt_listen = "127.0.0.1:0".parse().expect("valid address");
-        config.http_listen = "127.0.0.1:0".parse().expect("valid address");
+        config.wt_listen = Some("127.0.0.1:0".parse().expect("valid address"));
+        config.http_listen = Some("127.0.0.1:0".parse().expect("valid address"));
         config
     }
 
     /// Whether the gateway runs in development mode.
     pub fn dev_mode(&self) -> bool {
         !self.production
+    }
+
+    fn default_ip(&self) -> std::net::IpAddr {
+        if self.production {
+            std::net::Ipv6Addr::UNSPECIFIED.into()
+        } else {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        }
+    }
+
+    /// The WebTransport listener's address (the mode's default when not given).
+    pub fn wt_addr(&self) -> SocketAddr {
+        self.wt_listen.unwrap_or(SocketAddr::new(self.default_ip(), 4433))
+    }
+
+    /// The HTTP listener's address (the mode's default when not given).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_listen
+            .unwrap_or(SocketAddr::new(self.default_ip(), 8080))
     }
 }
 

@@ -16,7 +16,7 @@ use rtgate_protocol::{DisconnectCode, FrameError, RoomName};
 use tokio::sync::oneshot;
 
 use crate::engine::with_timeout;
-use crate::hub::Subscriber;
+use crate::hub::{Pumped, ReplayCursor, Subscriber};
 use crate::ids::ConnectionId;
 use crate::node::{ConnControl, Node};
 use crate::outbox::{DatagramSink, Lane};
@@ -94,6 +94,8 @@ pub async fn drive(
     let outbox = t.control.outbox().clone();
     let mut shutdown = node.shutdown_signal();
     let mut subs: HashMap<RoomName, Arc<Subscriber>> = HashMap::new();
+    // Rooms whose replay is going out at the client's pace.
+    let mut replays: Vec<RoomName> = Vec::new();
     let mut identified = None;
     let close: (DisconnectCode, String);
     let mut peer_gone = false;
@@ -110,7 +112,27 @@ pub async fn drive(
                 }
                 Action::Activate(room) => {
                     if let Some(sub) = subs.get(&room) {
-                        sub.activate();
+                        match sub.activate() {
+                            Pumped::Done => {}
+                            Pumped::Waiting => replays.push(room),
+                            Pumped::NeedPage(cursor) => {
+                                replays.push(room.clone());
+                                if let Err(reason) = fetch_page(&node, sub, &room, &cursor, &outbox).await {
+                                    session.close(DisconnectCode::ServerError, &reason);
+                                }
+                            }
+                        }
+                    }
+                }
+                Action::Admit => {
+                    let p = session.principal().expect("admission follows hello").clone();
+                    match node.admit(conn, &p) {
+                        Ok(()) => {
+                            session.admitted(Ok(()));
+                            node.presence.connected(presence::who(&p));
+                            identified = Some(presence::who(&p));
+                        }
+                        Err(refusal) => session.admitted(Err(refusal.to_string())),
                     }
                 }
                 Action::AuthFailed(reason) => {
@@ -128,17 +150,15 @@ pub async fn drive(
                 }
             }
         }
-        if identified.is_none()
-            && let Some(p) = session.principal()
-        {
-            node.identify(conn, p);
-            node.presence.connected(presence::who(p));
-            identified = Some(presence::who(p));
-        }
         let deadline = session.poll_timeout().map(tokio::time::Instant::from_std);
         tokio::select! {
             biased;
             _ = outbox.overflowed() => session.close(DisconnectCode::SlowConsumer, "send queue overflow"),
+            _ = outbox.below_replay_mark(), if !replays.is_empty() => {
+                if let Err(reason) = pump_replays(&node, &subs, &mut replays, &outbox).await {
+                    session.close(DisconnectCode::ServerError, &reason);
+                }
+            }
             ctl = &mut control_rx, if control_open => {
                 control_open = false;
                 if let Ok(ConnControl::Kick(reason)) = ctl {
@@ -194,6 +214,50 @@ pub async fn drive(
     node.deregister(conn);
 }
 
+/// Reads the next page of a room's replay and hands it to the subscriber (which sends
+/// what the client's queue has room for). An engine that cannot be read ends the
+/// connection: the client reconnects and recovers from its position.
+async fn fetch_page(
+    node: &Node,
+    sub: &Subscriber,
+    room: &RoomName,
+    cursor: &ReplayCursor,
+    outbox: &crate::outbox::Outbox,
+) -> Result<Pumped, String> {
+    let mut cursor = cursor.clone();
+    loop {
+        let page = with_timeout(node.engine.replay_page(room, &cursor, outbox.replay_mark()))
+            .await
+            .map_err(|e| format!("cannot read the replay of {room}: {e}"))?;
+        match sub.add_page(page) {
+            Pumped::NeedPage(next) => cursor = next,
+            other => return Ok(other),
+        }
+    }
+}
+
+/// Sends more of every replay in progress, reading pages as needed; forgets the finished.
+async fn pump_replays(
+    node: &Node,
+    subs: &HashMap<RoomName, Arc<Subscriber>>,
+    replays: &mut Vec<RoomName>,
+    outbox: &crate::outbox::Outbox,
+) -> Result<(), String> {
+    let mut still = Vec::with_capacity(replays.len());
+    for room in replays.drain(..) {
+        let Some(sub) = subs.get(&room) else { continue };
+        let state = match sub.pump() {
+            Pumped::NeedPage(cursor) => fetch_page(node, sub, &room, &cursor, outbox).await?,
+            other => other,
+        };
+        if state != Pumped::Done {
+            still.push(room);
+        }
+    }
+    *replays = still;
+    Ok(())
+}
+
 /// Carries out an action that awaits the engine or the presence service.
 async fn execute(
     node: &Arc<Node>,
@@ -226,11 +290,11 @@ async fn execute(
             engine.unsubscribe(&room, conn).await;
             t.lanes.release(&room);
         }
-        Action::Publish { id, room, mut event } => {
-            if event.id.is_empty() {
-                event.id = uuid::Uuid::new_v4().to_string();
-            }
-            let result = with_timeout(engine.publish(&room, &event.encode_to_vec())).await;
+        Action::Publish { id, room, event } => {
+            // Client events carry server-made ids: no idempotency key to honour.
+            let result = with_timeout(engine.publish(&room, &event.encode_to_vec(), None))
+                .await
+                .map(|p| p.pos);
             if result.is_ok() {
                 metrics::counter!("rtgate_events_published_total", "source" => "client").increment(1);
             }
@@ -262,7 +326,7 @@ async fn execute(
             let result = node.presence.snapshot(account).await;
             session.answer(id, result.map(Some));
         }
-        Action::Send(_) | Action::Activate(_) | Action::AuthFailed(_) | Action::Close(..) => {
+        Action::Send(_) | Action::Admit | Action::Activate(_) | Action::AuthFailed(_) | Action::Close(..) => {
             unreachable!("handled by the driver")
         }
     }

@@ -8,17 +8,26 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 
-use crate::api::{HttpState, router};
+use crate::api::{HttpState, RouterOptions, metrics_router, router};
 use crate::auth::{Authenticator, TokenKey};
 use crate::certs;
 use crate::config::Config;
+use crate::config::QuicRetry;
 use crate::dev::DevCredentials;
 use crate::engine::{Engine, HistoryLimits, MemoryEngine, RedisConfig, RedisEngine};
+use crate::http::HttpLimits;
 use crate::hub::Hub;
 use crate::node::{ConnectionLimits, Node};
 use crate::presence::{MemoryPresence, PresenceService, PresenceStore, TrackerConfig};
 use crate::session::SessionConfig;
 use crate::transport::webtransport;
+
+/// Shortest API key accepted in production mode.
+pub const MIN_API_KEY_LEN: usize = 24;
+
+/// With `--quic-retry auto`, handshakes beyond this many in progress must validate their
+/// address first.
+pub const RETRY_ABOVE_HANDSHAKES: usize = 64;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +56,8 @@ pub struct Gateway {
     pub wt_addr: SocketAddr,
     /// Bound HTTP (TCP) address.
     pub http_addr: SocketAddr,
+    /// Bound address of the metrics listener, when it has its own.
+    pub metrics_addr: Option<SocketAddr>,
     /// Hex SHA-256 of the certificate served over WebTransport.
     pub cert_sha256: String,
     /// Whether the certificate is a generated development one.
@@ -125,6 +136,25 @@ impl Gateway {
                 "production mode needs --cert and --key".into(),
             ));
         }
+        if !dev_mode
+            && config
+                .api_key
+                .as_ref()
+                .is_some_and(|k| k.trim().len() < MIN_API_KEY_LEN)
+        {
+            return Err(StartError::Config(format!(
+                "--api-key must be at least {MIN_API_KEY_LEN} characters in production mode"
+            )));
+        }
+        if config.api_key.as_ref().is_some_and(|k| k.is_empty()) {
+            return Err(StartError::Config("--api-key is empty".into()));
+        }
+        if config.max_event_size * 4 > config.send_queue_bytes {
+            return Err(StartError::Config(format!(
+                "--max-event-size ({}) must be at most a quarter of --send-queue-bytes ({})",
+                config.max_event_size, config.send_queue_bytes
+            )));
+        }
         let dev = need_dev.then(DevCredentials::generate);
 
         let key = match (&config.jwt_secret, &config.jwt_public_key) {
@@ -141,7 +171,11 @@ impl Gateway {
                 TokenKey::hs256(secret.as_bytes()).map_err(|e| StartError::Config(e.to_string()))?
             }
         };
-        let auth = Authenticator::new(key, config.jwt_issuer.as_deref(), config.jwt_audience.as_deref());
+        let auth = Authenticator::new(key, config.jwt_issuer.as_deref(), config.jwt_audience.as_deref())
+            .with_lifetime(
+                config.token_max_lifetime.as_secs(),
+                config.allow_tokens_without_exp,
+            );
         let api_key = config
             .api_key
             .clone()
@@ -149,7 +183,11 @@ impl Gateway {
 
         let identity = match (&config.cert, &config.key) {
             (Some(cert), Some(key)) => certs::load(cert, key).await?,
-            _ => certs::dev_identity(&config.cert_dir).await?,
+            _ => {
+                let dir = std::path::absolute(&config.cert_dir).unwrap_or_else(|_| config.cert_dir.clone());
+                tracing::info!(dir = %dir.display(), "development certificate directory");
+                certs::dev_identity(&dir).await?
+            }
         };
 
         let node_id = config
@@ -165,6 +203,10 @@ impl Gateway {
             max_subscriptions: config.max_subscriptions,
             refresh_grace: config.refresh_grace,
             client_publish: config.client_publish.clone(),
+            client_publish_rooms: config.client_publish_rooms.clone(),
+            client_publish_rate: config.client_publish_rate,
+            client_publish_burst: config.client_publish_burst,
+            max_event_size: config.max_event_size,
             typing_timeout: config.typing_timeout,
             request_rate: config.request_rate,
             request_burst: config.request_burst,
@@ -173,6 +215,11 @@ impl Gateway {
         let limits = ConnectionLimits {
             send_queue_bytes: config.send_queue_bytes,
             max_connections: config.max_connections,
+            max_pending: config.max_pending_connections,
+            max_pending_per_ip: config.max_pending_per_ip,
+            max_per_user: config.max_connections_per_user,
+            max_per_ip: config.max_connections_per_ip,
+            accept_rate: config.accept_rate,
             max_room_streams: config.max_room_streams,
             ..ConnectionLimits::default()
         };
@@ -191,8 +238,8 @@ impl Gateway {
         let node = Node::new(session, auth, engine.clone(), presence, limits);
 
         // WebTransport.
-        let socket = udp_socket(config.wt_listen).map_err(|err| StartError::Bind {
-            addr: config.wt_listen,
+        let socket = udp_socket(config.wt_addr()).map_err(|err| StartError::Bind {
+            addr: config.wt_addr(),
             err,
         })?;
         let server_config = wtransport::ServerConfig::builder()
@@ -202,25 +249,30 @@ impl Gateway {
             .map_err(|e| StartError::Config(format!("idle timeout: {e}")))?
             .build();
         let endpoint = webtransport::bind(server_config).map_err(|err| StartError::Bind {
-            addr: config.wt_listen,
+            addr: config.wt_addr(),
             err,
         })?;
         let wt_addr = endpoint.local_addr().map_err(|err| StartError::Bind {
-            addr: config.wt_listen,
+            addr: config.wt_addr(),
             err,
         })?;
 
         // HTTP: WebSocket, server API, health.
-        let listener = tokio::net::TcpListener::bind(config.http_listen)
-            .await
-            .map_err(|err| StartError::Bind {
-                addr: config.http_listen,
-                err,
-            })?;
+        let bind_tcp =
+            |addr: SocketAddr| crate::http::bind(addr).map_err(|err| StartError::Bind { addr, err });
+        let listener = bind_tcp(config.http_addr())?;
         let http_addr = listener.local_addr().map_err(|err| StartError::Bind {
-            addr: config.http_listen,
+            addr: config.http_addr(),
             err,
         })?;
+        let metrics_listener = config.metrics_listen.map(bind_tcp).transpose()?;
+        let metrics_addr = match &metrics_listener {
+            Some(l) => Some(l.local_addr().map_err(|err| StartError::Bind {
+                addr: config.metrics_listen.expect("set"),
+                err,
+            })?),
+            None => None,
+        };
         let state = HttpState {
             // Development tokens only when the gateway verifies with the secret it made up.
             dev: if dev_mode && config.jwt_secret.is_none() && config.jwt_public_key.is_none() {
@@ -232,33 +284,58 @@ impl Gateway {
             api_key_sha256: Sha256::digest(api_key.as_bytes()).into(),
             dev_cert_sha256: identity.generated.then(|| identity.sha256_hex.clone()),
             wt_port: wt_addr.port(),
+            max_event_size: config.max_event_size,
         };
-        let app = router(state, &config.demo_dir, &config.demo_pkg_dir);
+        let app = router(
+            state.clone(),
+            RouterOptions {
+                metrics: metrics_listener.is_none(),
+                demo: dev_mode.then(|| (config.demo_dir.clone(), config.demo_pkg_dir.clone())),
+                body_timeout: config.http_body_timeout,
+            },
+        );
+        let http_limits = HttpLimits {
+            header_timeout: config.handshake_timeout,
+            pacer: node.pacer.clone(),
+            slots: node.addresses.clone(),
+        };
 
         let mut listeners = Vec::new();
+        let policy = webtransport::HandshakePolicy {
+            timeout: config.handshake_timeout,
+            max_in_flight: config.max_handshakes,
+            retry_above: match config.quic_retry {
+                QuicRetry::Always => 0,
+                QuicRetry::Never => usize::MAX,
+                QuicRetry::Auto => RETRY_ABOVE_HANDSHAKES,
+            },
+        };
         listeners.push(tokio::spawn(webtransport::accept_loop(
             node.clone(),
             endpoint,
+            policy,
             node.shutdown_signal(),
         )));
-        let mut shutdown = node.shutdown_signal();
-        listeners.push(tokio::spawn(async move {
-            let stop = async move {
-                while !*shutdown.borrow_and_update() {
-                    if shutdown.changed().await.is_err() {
-                        break;
-                    }
-                }
+        listeners.push(tokio::spawn(crate::http::serve(
+            listener,
+            app,
+            http_limits.clone(),
+            node.shutdown_signal(),
+        )));
+        if let Some(metrics_listener) = metrics_listener {
+            // Its own pacing and address budget: scrapes are not held up by client floods.
+            let limits = HttpLimits {
+                pacer: Arc::new(crate::admission::AcceptPacer::new(0.0)),
+                slots: crate::admission::AddressSlots::new(64),
+                ..http_limits
             };
-            use axum::serve::ListenerExt;
-            // Frames are small and latency matters: no Nagle delay on any socket.
-            let listener = listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            if let Err(err) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
-                tracing::error!(%err, "http listener failed");
-            }
-        }));
+            listeners.push(tokio::spawn(crate::http::serve(
+                metrics_listener,
+                metrics_router(state),
+                limits,
+                node.shutdown_signal(),
+            )));
+        }
         let maintenance_engine = engine.clone();
         let maintenance = tokio::spawn(async move {
             // Histogram samples are folded every second (bounded memory under load);
@@ -278,6 +355,7 @@ impl Gateway {
             node,
             wt_addr,
             http_addr,
+            metrics_addr,
             cert_sha256: identity.sha256_hex,
             dev_cert: identity.generated,
             dev,

@@ -48,11 +48,91 @@ pub struct Publication {
 /// Most live events buffered while a subscription is being set up.
 const MAX_PENDING: usize = 10_000;
 
+/// How a publication follows the last position a subscriber delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Follow {
+    /// Newer in the same epoch (or the first event after "before anything"): deliver.
+    Next,
+    /// Already delivered: drop.
+    Old,
+    /// Another epoch: the history was reset; say so, then deliver.
+    Reset,
+}
+
+fn follow(epoch: &Epoch, last: u64, p: &Publication) -> Follow {
+    if p.pos.epoch == *epoch {
+        if p.pos.offset > last {
+            Follow::Next
+        } else {
+            Follow::Old
+        }
+    } else if epoch.as_str().is_empty() && last == 0 && p.pos.offset == 1 {
+        // Joined before the room existed: its first event starts its first epoch.
+        Follow::Next
+    } else {
+        Follow::Reset
+    }
+}
+
+/// Where to read the next page of a replay: the room's epoch, the next offset wanted,
+/// the last offset of the replay (the room's top when the subscription was made), and for
+/// engines that page by their own ids (Redis stream ids) the id to read after.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayCursor {
+    /// The epoch being replayed.
+    pub epoch: Epoch,
+    /// The next offset wanted.
+    pub next: u64,
+    /// The replay ends with this offset.
+    pub until: u64,
+    /// The engine's own position of the last entry read, if it pages by one.
+    pub after_id: Option<Arc<str>>,
+}
+
+/// A page of a replay.
+#[derive(Debug, Clone)]
+pub enum ReplayPage {
+    /// Events in order, and where to read on (`None`: the replay is complete).
+    Events(Vec<Arc<Publication>>, Option<ReplayCursor>),
+    /// History no longer covers the rest: the room's current top.
+    Lost(StreamPos),
+}
+
+/// What a subscriber's replay needs after [`Subscriber::pump`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pumped {
+    /// Live (or closed): nothing more to do.
+    Done,
+    /// Events are held for the client; pump again once its queue has room.
+    Waiting,
+    /// The held events are sent; read the next page from here and hand it over with
+    /// [`Subscriber::add_page`].
+    NeedPage(ReplayCursor),
+}
+
+#[derive(Debug)]
+struct Prepared {
+    replay: Vec<Arc<Publication>>,
+    pos: StreamPos,
+    next: Option<ReplayCursor>,
+}
+
 #[derive(Debug)]
 enum SubState {
     Pending {
         buffered: Vec<Arc<Publication>>,
-        prepared: Option<(Vec<Arc<Publication>>, StreamPos)>,
+        prepared: Option<Prepared>,
+    },
+    /// Replaying at the client's pace: `held` events go out while the connection's queue
+    /// is below its replay mark; live events wait in `buffered`.
+    Replaying {
+        epoch: Epoch,
+        last: u64,
+        until: u64,
+        held: std::collections::VecDeque<Arc<Publication>>,
+        next: Option<ReplayCursor>,
+        fetching: bool,
+        buffered: Vec<Arc<Publication>>,
     },
     Live {
         epoch: Epoch,
@@ -122,7 +202,7 @@ impl Subscriber {
     pub fn deliver(&self, p: &Arc<Publication>) {
         let mut state = self.state.lock().expect("subscriber lock");
         match &mut *state {
-            SubState::Pending { buffered, .. } => {
+            SubState::Pending { buffered, .. } | SubState::Replaying { buffered, .. } => {
                 if buffered.len() >= MAX_PENDING {
                     // Cannot keep up even before going live: treat as a slow consumer.
                     self.lane.outbox().trip();
@@ -131,8 +211,14 @@ impl Subscriber {
                 }
                 buffered.push(p.clone());
             }
-            SubState::Live { epoch, last } => {
-                if p.pos.epoch != *epoch {
+            SubState::Live { epoch, last } => match follow(epoch, *last, p) {
+                Follow::Old => {}
+                Follow::Next => {
+                    *epoch = p.pos.epoch.clone();
+                    *last = p.pos.offset;
+                    self.send(p);
+                }
+                Follow::Reset => {
                     // The room's history was reset: say so, then follow the new epoch.
                     self.send_reset(&StreamPos {
                         epoch: p.pos.epoch.clone(),
@@ -141,63 +227,161 @@ impl Subscriber {
                     *epoch = p.pos.epoch.clone();
                     *last = p.pos.offset;
                     self.send(p);
-                } else if p.pos.offset > *last {
-                    *last = p.pos.offset;
-                    self.send(p);
                 }
-            }
+            },
             SubState::Closed => {}
         }
     }
 
-    /// Records what to replay and the position the subscription starts from.
-    pub fn prepare(&self, replay: Vec<Arc<Publication>>, pos: StreamPos) {
+    /// Records what to replay (its first page, and where to read on) and the position
+    /// the subscription starts from.
+    pub fn prepare(&self, replay: Vec<Arc<Publication>>, pos: StreamPos, next: Option<ReplayCursor>) {
         let mut state = self.state.lock().expect("subscriber lock");
         if let SubState::Pending { prepared, .. } = &mut *state {
-            *prepared = Some((replay, pos));
+            *prepared = Some(Prepared { replay, pos, next });
         }
     }
 
-    /// Sends the replay, then buffered live events newer than it, and goes live.
-    pub fn activate(&self) {
+    /// Starts delivery once the client has been told the subscription result: the replay
+    /// first, at the pace the client reads, then buffered live events newer than it, then
+    /// live ones.
+    pub fn activate(&self) -> Pumped {
         let mut state = self.state.lock().expect("subscriber lock");
         let SubState::Pending { buffered, prepared } = &mut *state else {
-            return;
+            return Pumped::Done;
         };
-        let Some((replay, pos)) = prepared.take() else {
-            return;
+        let Some(Prepared { replay, pos, next }) = prepared.take() else {
+            return Pumped::Done;
         };
-        for p in &replay {
-            self.send(p);
+        let last = replay.first().map_or(pos.offset, |p| p.pos.offset - 1);
+        *state = SubState::Replaying {
+            epoch: pos.epoch,
+            last,
+            until: pos.offset,
+            held: replay.into(),
+            next,
+            fetching: false,
+            buffered: std::mem::take(buffered),
+        };
+        self.pump_locked(&mut state)
+    }
+
+    /// Sends held replay events while the connection's queue has room for them.
+    pub fn pump(&self) -> Pumped {
+        let mut state = self.state.lock().expect("subscriber lock");
+        self.pump_locked(&mut state)
+    }
+
+    /// Hands over the next page of the replay (asked for by [`Pumped::NeedPage`]).
+    pub fn add_page(&self, page: ReplayPage) -> Pumped {
+        let mut state = self.state.lock().expect("subscriber lock");
+        let SubState::Replaying {
+            held, next, fetching, ..
+        } = &mut *state
+        else {
+            return Pumped::Done;
+        };
+        *fetching = false;
+        match page {
+            ReplayPage::Events(events, cursor) => {
+                held.extend(events);
+                *next = cursor;
+                self.pump_locked(&mut state)
+            }
+            ReplayPage::Lost(top) => {
+                self.lose_replay(&mut state, &top);
+                Pumped::Done
+            }
         }
-        let mut epoch = pos.epoch;
-        let mut last = pos.offset;
-        for p in buffered.drain(..) {
-            if p.pos.epoch != epoch {
-                self.send_reset(&StreamPos {
-                    epoch: p.pos.epoch.clone(),
-                    offset: p.pos.offset - 1,
-                });
-                epoch = p.pos.epoch.clone();
-                last = p.pos.offset;
-                self.send(&p);
-            } else if p.pos.offset > last {
-                last = p.pos.offset;
+    }
+
+    fn pump_locked(&self, state: &mut SubState) -> Pumped {
+        let SubState::Replaying {
+            epoch,
+            last,
+            until,
+            held,
+            next,
+            fetching,
+            ..
+        } = state
+        else {
+            return Pumped::Done;
+        };
+        while self.lane.outbox().has_replay_room() {
+            let Some(p) = held.pop_front() else { break };
+            if p.pos.epoch == *epoch && p.pos.offset > *last {
+                *last = p.pos.offset;
                 self.send(&p);
             }
+        }
+        if !held.is_empty() {
+            return Pumped::Waiting;
+        }
+        if *last < *until
+            && let Some(cursor) = next.clone()
+        {
+            if *fetching {
+                return Pumped::Waiting;
+            }
+            if !self.lane.outbox().has_replay_room() {
+                return Pumped::Waiting;
+            }
+            *fetching = true;
+            return Pumped::NeedPage(cursor);
+        }
+        let (epoch, last) = (epoch.clone(), *last);
+        self.go_live(state, epoch, last);
+        Pumped::Done
+    }
+
+    /// The rest of a replay cannot be had: say so, continue from `top`.
+    fn lose_replay(&self, state: &mut SubState, top: &StreamPos) {
+        if !matches!(state, SubState::Replaying { .. }) {
+            return;
+        }
+        self.send_reset(top);
+        self.go_live(state, top.epoch.clone(), top.offset);
+    }
+
+    /// Flushes buffered live events newer than (`epoch`, `last`) and goes live.
+    fn go_live(&self, state: &mut SubState, mut epoch: Epoch, mut last: u64) {
+        let buffered = match state {
+            SubState::Replaying { buffered, .. } | SubState::Pending { buffered, .. } => {
+                std::mem::take(buffered)
+            }
+            _ => Vec::new(),
+        };
+        for p in buffered {
+            match follow(&epoch, last, &p) {
+                Follow::Old => continue,
+                Follow::Reset => self.send_reset(&StreamPos {
+                    epoch: p.pos.epoch.clone(),
+                    offset: p.pos.offset - 1,
+                }),
+                Follow::Next => {}
+            }
+            epoch = p.pos.epoch.clone();
+            last = p.pos.offset;
+            self.send(&p);
         }
         *state = SubState::Live { epoch, last };
     }
 
-    /// The position this subscriber has reached (or will start from, once prepared).
+    /// The position this subscriber has reached (or will have reached once its replay is
+    /// sent).
     pub fn position(&self) -> Option<StreamPos> {
         match &*self.state.lock().expect("subscriber lock") {
             SubState::Live { epoch, last } => Some(StreamPos {
                 epoch: epoch.clone(),
                 offset: *last,
             }),
+            SubState::Replaying { epoch, until, .. } => Some(StreamPos {
+                epoch: epoch.clone(),
+                offset: *until,
+            }),
             SubState::Pending {
-                prepared: Some((_, pos)),
+                prepared: Some(Prepared { pos, .. }),
                 ..
             } => Some(pos.clone()),
             SubState::Pending { .. } | SubState::Closed => None,
@@ -217,13 +401,15 @@ impl Subscriber {
                 *last = pos.offset;
             }
             SubState::Pending {
-                prepared: Some((replay, prepared_pos)),
+                prepared: Some(prepared),
                 ..
             } => {
                 // Not live yet: the client will hear of it as recovered = false.
-                replay.clear();
-                *prepared_pos = pos.clone();
+                prepared.replay.clear();
+                prepared.next = None;
+                prepared.pos = pos.clone();
             }
+            SubState::Replaying { .. } => self.lose_replay(&mut state, pos),
             SubState::Pending { .. } | SubState::Closed => {}
         }
     }

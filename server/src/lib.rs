@@ -13,6 +13,7 @@
 //! See docs/architecture.md for the whole picture.
 #![warn(missing_docs)]
 
+pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod authz;
@@ -22,6 +23,7 @@ pub mod connection;
 pub mod dev;
 pub mod engine;
 pub mod gateway;
+pub mod http;
 pub mod hub;
 pub mod ids;
 pub mod metrics;

@@ -63,6 +63,7 @@ async fn main() -> std::process::ExitCode {
         .init();
     let config = Config::parse();
     let drain = config.drain_timeout;
+    let delay = config.shutdown_delay;
     let gateway = match Gateway::start(config).await {
         Ok(gw) => gw,
         Err(err) => {
@@ -73,6 +74,18 @@ async fn main() -> std::process::ExitCode {
     tracing::info!(sha256 = %gateway.cert_sha256, dev = gateway.dev_cert, "webtransport certificate");
     print_dev_help(&gateway);
     terminate().await;
+    // Load balancers see /readyz fail and stop sending new clients; then everyone is told.
+    gateway.node.begin_drain();
+    if !delay.is_zero() {
+        tracing::info!(
+            ?delay,
+            "draining: /readyz answers 503 before clients are told to go"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = terminate() => {}
+        }
+    }
     tracing::info!("shutting down: advising clients to reconnect and draining");
     let left = gateway.shutdown(drain.max(Duration::from_millis(1))).await;
     if left > 0 {

@@ -3,7 +3,8 @@
 //! and the shutdown signal.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,10 +25,47 @@ pub enum ConnControl {
 
 #[derive(Debug)]
 struct ConnEntry {
-    who: Option<(Role, u64)>,
+    /// Set once admitted (after Hello): until then the connection is pending.
+    who: Option<(bool, u64)>,
+    ip: IpAddr,
     transport: &'static str,
     /// One request at most reaches a connection (it then closes).
     control: Option<oneshot::Sender<ConnControl>>,
+}
+
+/// Why a connection was not let in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The gateway is shutting down.
+    #[error("gateway shutting down")]
+    ShuttingDown,
+    /// Too many connections are waiting for their Hello (in all or from this address).
+    #[error("too many connections waiting for their hello")]
+    PendingFull,
+    /// The gateway holds its maximum of authenticated connections.
+    #[error("gateway at its connection limit")]
+    Full,
+    /// This user or contact holds their maximum of connections.
+    #[error("too many connections for this user")]
+    UserFull,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    entries: HashMap<ConnectionId, ConnEntry>,
+    pending: usize,
+    pending_by_ip: HashMap<IpAddr, usize>,
+    admitted: usize,
+    by_user: HashMap<(bool, u64), usize>,
+}
+
+fn decrement<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
+    if let Some(n) = map.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            map.remove(key);
+        }
+    }
 }
 
 /// Per-connection resource limits.
@@ -35,8 +73,18 @@ struct ConnEntry {
 pub struct ConnectionLimits {
     /// Bytes that may wait in one connection's send queues before it counts as slow.
     pub send_queue_bytes: usize,
-    /// Most concurrent connections; further ones are refused with `overloaded`.
+    /// Most concurrent authenticated connections; further ones are refused with `overloaded`.
     pub max_connections: usize,
+    /// Most connections waiting for their Hello, in all.
+    pub max_pending: usize,
+    /// Most connections waiting for their Hello from one address.
+    pub max_pending_per_ip: usize,
+    /// Most authenticated connections of one user or contact.
+    pub max_per_user: usize,
+    /// Most open connections from one client address (0: no limit).
+    pub max_per_ip: usize,
+    /// New connections per second.
+    pub accept_rate: f64,
     /// Most server-opened streams per WebTransport connection; beyond, rooms share streams.
     pub max_room_streams: usize,
     /// How long a closing connection may take to flush its last frames.
@@ -48,6 +96,11 @@ impl Default for ConnectionLimits {
         ConnectionLimits {
             send_queue_bytes: 1 << 20,
             max_connections: 100_000,
+            max_pending: 4096,
+            max_pending_per_ip: 256,
+            max_per_user: 32,
+            max_per_ip: 4096,
+            accept_rate: 2000.0,
             max_room_streams: 64,
             close_flush_timeout: Duration::from_secs(2),
         }
@@ -67,8 +120,13 @@ pub struct Node {
     /// Presence, availability, last seen.
     pub presence: Arc<PresenceService>,
     next_conn: AtomicU64,
-    connections: Mutex<HashMap<ConnectionId, ConnEntry>>,
+    connections: Mutex<Registry>,
     shutdown: watch::Sender<bool>,
+    draining: AtomicBool,
+    /// Open connections per client address (TCP connections and WebTransport sessions).
+    pub addresses: Arc<crate::admission::AddressSlots>,
+    /// Paces new connections.
+    pub pacer: Arc<crate::admission::AcceptPacer>,
 }
 
 impl std::fmt::Debug for Node {
@@ -94,51 +152,114 @@ impl Node {
             auth: Arc::new(auth),
             engine,
             presence,
-            limits,
             next_conn: AtomicU64::new(1),
-            connections: Mutex::new(HashMap::new()),
+            connections: Mutex::new(Registry::default()),
             shutdown: watch::channel(false).0,
+            draining: AtomicBool::new(false),
+            addresses: crate::admission::AddressSlots::new(limits.max_per_ip),
+            pacer: Arc::new(crate::admission::AcceptPacer::new(limits.accept_rate)),
+            limits,
         })
     }
 
-    /// Registers a new connection, or refuses it when at the limit.
+    /// Registers a new connection from `ip`, not yet authenticated: it holds a pending
+    /// slot until [`admit`](Self::admit) or [`deregister`](Self::deregister).
     pub fn register(
         &self,
         transport: &'static str,
-    ) -> Option<(ConnectionId, oneshot::Receiver<ConnControl>)> {
-        let mut conns = self.connections.lock().expect("registry lock");
-        if conns.len() >= self.limits.max_connections {
-            return None;
+        ip: IpAddr,
+    ) -> Result<(ConnectionId, oneshot::Receiver<ConnControl>), Refusal> {
+        if self.is_shutting_down() {
+            return Err(Refusal::ShuttingDown);
+        }
+        let ip = crate::admission::canonical_ip(ip);
+        let mut reg = self.connections.lock().expect("registry lock");
+        let from_ip = reg.pending_by_ip.get(&ip).copied().unwrap_or(0);
+        if reg.pending >= self.limits.max_pending || from_ip >= self.limits.max_pending_per_ip {
+            metrics::counter!("rtgate_connections_refused_total", "reason" => "pending_full").increment(1);
+            return Err(Refusal::PendingFull);
         }
         let id = ConnectionId(self.next_conn.fetch_add(1, Ordering::Relaxed));
         metrics::counter!("rtgate_connects_total", "transport" => transport).increment(1);
         let (tx, rx) = oneshot::channel();
-        conns.insert(
+        reg.pending += 1;
+        *reg.pending_by_ip.entry(ip).or_insert(0) += 1;
+        reg.entries.insert(
             id,
             ConnEntry {
                 who: None,
+                ip,
                 transport,
                 control: Some(tx),
             },
         );
-        Some((id, rx))
+        Ok((id, rx))
     }
 
-    /// Records who is behind a connection, once authenticated.
-    pub fn identify(&self, id: ConnectionId, principal: &Principal) {
-        if let Some(e) = self.connections.lock().expect("registry lock").get_mut(&id) {
-            e.who = Some((principal.role, principal.id));
+    /// Lets an authenticated connection in: it moves from its pending slot to an
+    /// authenticated one, within the gateway's and the user's limits.
+    pub fn admit(&self, id: ConnectionId, principal: &Principal) -> Result<(), Refusal> {
+        let user = (principal.role == Role::Contact, principal.id);
+        let mut reg = self.connections.lock().expect("registry lock");
+        let Some(entry) = reg.entries.get(&id) else {
+            return Err(Refusal::ShuttingDown);
+        };
+        if entry.who.is_some() {
+            return Ok(());
         }
+        let ip = entry.ip;
+        let refusal = if reg.admitted >= self.limits.max_connections {
+            Some(Refusal::Full)
+        } else if reg.by_user.get(&user).copied().unwrap_or(0) >= self.limits.max_per_user {
+            Some(Refusal::UserFull)
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            let label = if refusal == Refusal::Full {
+                "full"
+            } else {
+                "user_full"
+            };
+            metrics::counter!("rtgate_connections_refused_total", "reason" => label).increment(1);
+            return Err(refusal);
+        }
+        reg.pending -= 1;
+        decrement(&mut reg.pending_by_ip, &ip);
+        reg.admitted += 1;
+        *reg.by_user.entry(user).or_insert(0) += 1;
+        if let Some(e) = reg.entries.get_mut(&id) {
+            e.who = Some(user);
+        }
+        Ok(())
     }
 
     /// Forgets a closed connection.
     pub fn deregister(&self, id: ConnectionId) {
-        self.connections.lock().expect("registry lock").remove(&id);
+        let mut reg = self.connections.lock().expect("registry lock");
+        let Some(entry) = reg.entries.remove(&id) else {
+            return;
+        };
+        match entry.who {
+            Some(user) => {
+                reg.admitted -= 1;
+                decrement(&mut reg.by_user, &user);
+            }
+            None => {
+                reg.pending -= 1;
+                decrement(&mut reg.pending_by_ip, &entry.ip);
+            }
+        }
     }
 
-    /// Live connections.
+    /// Live connections (pending ones included).
     pub fn connection_count(&self) -> usize {
-        self.connections.lock().expect("registry lock").len()
+        self.connections.lock().expect("registry lock").entries.len()
+    }
+
+    /// Connections still waiting for their Hello.
+    pub fn pending_count(&self) -> usize {
+        self.connections.lock().expect("registry lock").pending
     }
 
     /// Live connections over one transport (`"webtransport"` or `"websocket"`).
@@ -146,6 +267,7 @@ impl Node {
         self.connections
             .lock()
             .expect("registry lock")
+            .entries
             .values()
             .filter(|e| e.transport == transport)
             .count()
@@ -154,12 +276,10 @@ impl Node {
     /// Closes every connection of a user (`contact` selects contact connections), returning
     /// how many were asked to close.
     pub fn kick(&self, contact: bool, id: u64, reason: &str) -> usize {
-        let mut conns = self.connections.lock().expect("registry lock");
+        let mut reg = self.connections.lock().expect("registry lock");
         let mut n = 0;
-        for e in conns.values_mut() {
-            if let Some((role, who)) = e.who
-                && who == id
-                && (role == Role::Contact) == contact
+        for e in reg.entries.values_mut() {
+            if e.who == Some((contact, id))
                 && let Some(control) = e.control.take()
                 && control.send(ConnControl::Kick(reason.to_string())).is_ok()
             {
@@ -177,6 +297,17 @@ impl Node {
     /// Whether shutdown has begun.
     pub fn is_shutting_down(&self) -> bool {
         *self.shutdown.borrow()
+    }
+
+    /// Marks the node as draining: `/readyz` answers 503 so that load balancers stop sending
+    /// new clients, while everything keeps working.
+    pub fn begin_drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`begin_drain`](Self::begin_drain) was called.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
     /// Begins shutdown: every connection is sent `Disconnect(shutdown)` and closed.

@@ -22,6 +22,9 @@ pub struct Outbox {
     limit: usize,
     overflowed: AtomicBool,
     notify: Notify,
+    /// Someone waits for the queue to fall below the replay mark.
+    drain_wanted: AtomicBool,
+    drained: Notify,
 }
 
 impl Outbox {
@@ -32,7 +35,40 @@ impl Outbox {
             limit,
             overflowed: AtomicBool::new(false),
             notify: Notify::new(),
+            drain_wanted: AtomicBool::new(false),
+            drained: Notify::new(),
         })
+    }
+
+    /// Replays fill the queue only up to this mark (half the budget), so that a client
+    /// reading a long replay is never taken for a slow consumer, and live events still
+    /// have room.
+    pub fn replay_mark(&self) -> usize {
+        self.limit / 2
+    }
+
+    /// Whether a replay may queue more now.
+    pub fn has_replay_room(&self) -> bool {
+        self.queued() < self.replay_mark()
+    }
+
+    /// Completes once the queue is below [`replay_mark`](Self::replay_mark).
+    pub async fn below_replay_mark(&self) {
+        loop {
+            let notified = self.drained.notified();
+            self.drain_wanted.store(true, Ordering::Release);
+            if self.has_replay_room() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn release(&self, n: usize) {
+        let before = self.queued.fetch_sub(n, Ordering::Relaxed);
+        if before.saturating_sub(n) < self.replay_mark() && self.drain_wanted.swap(false, Ordering::AcqRel) {
+            self.drained.notify_waiters();
+        }
     }
 
     fn reserve(&self, n: usize) -> bool {
@@ -158,7 +194,7 @@ impl Drop for LaneReceiver {
             .iter()
             .map(|q| q.frame.len())
             .sum();
-        self.outbox.queued.fetch_sub(drained, Ordering::Relaxed);
+        self.outbox.release(drained);
     }
 }
 
@@ -204,7 +240,7 @@ impl Lane {
             return Err(LaneError::Overflow);
         }
         self.push(item).inspect_err(|_| {
-            self.outbox.queued.fetch_sub(n, Ordering::Relaxed);
+            self.outbox.release(n);
         })
     }
 
@@ -261,7 +297,7 @@ impl LaneReceiver {
 
     /// Returns `n` written bytes to the budget.
     pub fn written(&self, n: usize) {
-        self.outbox.queued.fetch_sub(n, Ordering::Relaxed);
+        self.outbox.release(n);
     }
 }
 
@@ -312,6 +348,26 @@ mod tests {
         tokio::task::yield_now().await;
         drop(lane);
         assert_eq!(waiter.await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn the_replay_mark_is_signalled_when_the_writer_catches_up() {
+        let outbox = Outbox::new(100);
+        let (lane, mut rx) = Lane::new(&outbox);
+        lane.send(Bytes::from(vec![0u8; 60])).unwrap();
+        assert!(!outbox.has_replay_room());
+        let waiter = {
+            let outbox = outbox.clone();
+            tokio::spawn(async move { outbox.below_replay_mark().await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        let frame = rx.recv().await.unwrap();
+        rx.written(frame.len());
+        tokio::time::timeout(std::time::Duration::from_secs(1), waiter)
+            .await
+            .expect("woken")
+            .unwrap();
     }
 
     #[tokio::test]

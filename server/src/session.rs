@@ -38,6 +38,14 @@ pub struct SessionConfig {
     pub refresh_grace: Duration,
     /// Event names clients may publish; a trailing `*` matches any suffix.
     pub client_publish: Vec<String>,
+    /// Kinds of rooms clients may publish into (`conversation`, `public`, …).
+    pub client_publish_rooms: Vec<String>,
+    /// Client events per second one connection may publish.
+    pub client_publish_rate: f64,
+    /// Client events one connection may publish in a burst.
+    pub client_publish_burst: f64,
+    /// Largest encoded event a client may publish.
+    pub max_event_size: usize,
     /// Least time between two typing frames of one connection in one room.
     pub typing_min_interval: Duration,
     /// A typing indicator not refreshed for this long is turned off by the gateway.
@@ -52,13 +60,17 @@ impl Default for SessionConfig {
     fn default() -> Self {
         SessionConfig {
             node_id: "node".into(),
-            hello_timeout: Duration::from_secs(10),
+            hello_timeout: Duration::from_secs(5),
             heartbeat_interval: Duration::from_secs(25),
             stale_timeout: Duration::from_secs(60),
             max_frame_size: rtgate_protocol::DEFAULT_MAX_FRAME_SIZE,
             max_subscriptions: 256,
             refresh_grace: Duration::from_secs(30),
             client_publish: vec!["client.*".into()],
+            client_publish_rooms: vec!["conversation".into(), "public".into()],
+            client_publish_rate: 5.0,
+            client_publish_burst: 20.0,
+            max_event_size: 128 * 1024,
             typing_min_interval: Duration::from_millis(300),
             typing_timeout: Duration::from_secs(6),
             request_rate: 50.0,
@@ -72,6 +84,9 @@ impl Default for SessionConfig {
 pub enum Action {
     /// Send a frame on the control path.
     Send(pb::ServerFrame),
+    /// The Hello's token verified: take the connection in (node and user limits), then
+    /// call [`Session::admitted`].
+    Admit,
     /// Subscribe to a room in the engine, then call [`Session::join_done`].
     Join {
         /// The room.
@@ -124,13 +139,33 @@ enum RoomState {
     /// Joining on behalf of request `id` (0 for rooms joined automatically).
     Joining {
         id: u32,
+        grant: Grant,
     },
-    Live,
+    Live {
+        grant: Grant,
+    },
+}
+
+impl RoomState {
+    fn is_live(&self) -> bool {
+        matches!(self, RoomState::Live { .. })
+    }
+
+    fn grant(&self) -> Grant {
+        match self {
+            RoomState::Joining { grant, .. } | RoomState::Live { grant } => *grant,
+        }
+    }
 }
 
 #[derive(Debug)]
 enum State {
     AwaitingHello,
+    /// The token verified; the driver is taking the connection in.
+    Admitting {
+        recover: HashMap<String, StreamPos>,
+        queued: VecDeque<pb::ClientFrame>,
+    },
     /// Auto rooms are being joined; frames that arrive meanwhile wait.
     Joining {
         pending: usize,
@@ -157,6 +192,7 @@ pub struct Session {
     /// Rooms where this connection's typing indicator is on: until when, and private.
     typing_until: HashMap<RoomName, (Instant, bool)>,
     requests: TokenBucket,
+    publishes: TokenBucket,
     actions: VecDeque<Action>,
 }
 
@@ -173,6 +209,7 @@ impl Session {
         unix_ms: u64,
     ) -> Self {
         let requests = TokenBucket::new(config.request_rate, config.request_burst, now);
+        let publishes = TokenBucket::new(config.client_publish_rate, config.client_publish_burst, now);
         Session {
             config,
             auth,
@@ -186,6 +223,7 @@ impl Session {
             last_typing: HashMap::new(),
             typing_until: HashMap::new(),
             requests,
+            publishes,
             actions: VecDeque::new(),
         }
     }
@@ -219,9 +257,10 @@ impl Session {
         self.unix_ms_at_start + now.saturating_duration_since(self.started).as_millis() as u64
     }
 
+    /// `exp` plus the clock leeway (the rule Hello applies) plus the refresh grace.
     fn token_deadline(&self) -> Option<Instant> {
         let exp = self.principal.as_ref()?.expires_at?;
-        let exp_ms = exp.saturating_mul(1000);
+        let exp_ms = exp.saturating_add(self.auth.leeway_secs()).saturating_mul(1000);
         let from_start = exp_ms.saturating_sub(self.unix_ms_at_start);
         Some(self.started + Duration::from_millis(from_start) + self.config.refresh_grace)
     }
@@ -231,6 +270,7 @@ impl Session {
         match self.state {
             State::Closed => None,
             State::AwaitingHello => Some(self.started + self.config.hello_timeout),
+            State::Admitting { .. } => Some(self.started + self.config.hello_timeout),
             State::Joining { .. } | State::Active => {
                 let stale = self.last_rx + self.config.stale_timeout;
                 let mut next = self.token_deadline().map_or(stale, |t| t.min(stale));
@@ -246,7 +286,7 @@ impl Session {
     pub fn handle_timeout(&mut self, now: Instant) {
         match self.state {
             State::Closed => {}
-            State::AwaitingHello => {
+            State::AwaitingHello | State::Admitting { .. } => {
                 if now >= self.started + self.config.hello_timeout {
                     self.close(DisconnectCode::HelloTimeout, "no hello in time");
                 }
@@ -329,7 +369,7 @@ impl Session {
                 Some(C::Hello(hello)) => self.handle_hello(hello, now),
                 _ => self.close(DisconnectCode::ProtocolViolation, "the first frame must be hello"),
             },
-            State::Joining { queued, .. } => {
+            State::Joining { queued, .. } | State::Admitting { queued, .. } => {
                 if queued.len() >= MAX_QUEUED_DURING_SETUP {
                     self.close(
                         DisconnectCode::ProtocolViolation,
@@ -381,21 +421,46 @@ impl Session {
                 return self.close(code, "token refused");
             }
         };
-        let auto = principal.auto_rooms();
         let recover: HashMap<String, StreamPos> = hello
             .recover
             .iter()
             .filter_map(|r| Some((r.room.clone(), StreamPos::from_pb(r.position.as_ref()?))))
             .collect();
-        self.state = State::Joining {
-            pending: auto.len(),
-            results: Vec::new(),
+        self.state = State::Admitting {
+            recover,
             queued: VecDeque::new(),
         };
         self.principal = Some(principal);
+        self.actions.push_back(Action::Admit);
+    }
+
+    /// The driver took the connection in (or refused it: at the node's or the user's
+    /// connection limit). On success the automatic rooms are joined.
+    pub fn admitted(&mut self, result: Result<(), String>) {
+        if !matches!(self.state, State::Admitting { .. }) {
+            return;
+        }
+        if let Err(reason) = result {
+            return self.close(DisconnectCode::Overloaded, &reason);
+        }
+        let State::Admitting { recover, queued } = std::mem::replace(&mut self.state, State::Closed) else {
+            return;
+        };
+        let auto = self.principal.as_ref().expect("set at hello").auto_rooms();
+        self.state = State::Joining {
+            pending: auto.len(),
+            results: Vec::new(),
+            queued,
+        };
         for room in auto {
             let since = recover.get(room.as_str()).cloned();
-            self.rooms.insert(room.clone(), RoomState::Joining { id: 0 });
+            self.rooms.insert(
+                room.clone(),
+                RoomState::Joining {
+                    id: 0,
+                    grant: Grant::Claims,
+                },
+            );
             self.actions.push_back(Action::Join { room, since });
         }
     }
@@ -407,7 +472,7 @@ impl Session {
         result: Result<SubscribeOutcome, EngineError>,
         now: Instant,
     ) {
-        let Some(RoomState::Joining { id }) = self.rooms.get(room).copied() else {
+        let Some(RoomState::Joining { id, grant }) = self.rooms.get(room).copied() else {
             return;
         };
         let outcome = match result {
@@ -425,7 +490,7 @@ impl Session {
                 return self.reply_error(id, code, "subscription failed, retry later");
             }
         };
-        self.rooms.insert(room.clone(), RoomState::Live);
+        self.rooms.insert(room.clone(), RoomState::Live { grant });
         let result = pb::SubscribeResult {
             room: room.to_string(),
             epoch: outcome.pos.epoch.to_string(),
@@ -449,7 +514,7 @@ impl Session {
                 });
                 self.actions.push_back(Action::Activate(room.clone()));
             }
-            State::AwaitingHello | State::Closed => {}
+            State::AwaitingHello | State::Admitting { .. } | State::Closed => {}
         }
     }
 
@@ -605,7 +670,7 @@ impl Session {
         if !may_join(principal, &room, grant) {
             return self.reply_error(id, ErrorCode::PermissionDenied, "permission denied");
         }
-        self.rooms.insert(room.clone(), RoomState::Joining { id });
+        self.rooms.insert(room.clone(), RoomState::Joining { id, grant });
         let since = sub.since.as_ref().map(StreamPos::from_pb);
         self.actions.push_back(Action::Join { room, since });
     }
@@ -618,6 +683,11 @@ impl Session {
                 Some(prefix) => name.starts_with(prefix) && name.len() > prefix.len(),
                 None => name == pattern,
             })
+    }
+
+    fn may_publish_in(&self, room: &RoomName) -> bool {
+        let kind = room.kind().label();
+        self.config.client_publish_rooms.iter().any(|k| k == kind)
     }
 
     fn sender(&self) -> pb::Sender {
@@ -643,21 +713,33 @@ impl Session {
         let Some(mut event) = publish.event else {
             return self.reply_error(id, ErrorCode::BadRequest, "publish without event");
         };
-        if self.rooms.get(&room) != Some(&RoomState::Live) {
+        if !self.rooms.get(&room).is_some_and(RoomState::is_live) {
             return self.reply_error(id, ErrorCode::NotSubscribed, "not subscribed to this room");
         }
-        if !self.may_publish(&event.name) {
+        if !self.may_publish(&event.name) || !self.may_publish_in(&room) {
             return self.reply_error(
                 id,
                 ErrorCode::PermissionDenied,
-                "clients may not publish this event",
+                "clients may not publish this event here",
             );
+        }
+        if event.payload.is_some() {
+            // Typed payloads (a message, its sender…) are the backend's word only.
+            return self.reply_error(id, ErrorCode::BadRequest, "client events carry json only");
+        }
+        if event.encoded_len() > self.config.max_event_size {
+            return self.reply_error(id, ErrorCode::BadRequest, "event too large");
+        }
+        if !self.publishes.take(now) {
+            return self.reply_error(id, ErrorCode::LimitExceeded, "publishing too often");
         }
         let principal = self
             .principal
             .as_ref()
             .expect("active sessions are authenticated");
-        // Fields the server vouches for are never taken from the client.
+        // Fields the server vouches for are never taken from the client; the id is the
+        // server's, so a client cannot collide with (and suppress) another event.
+        event.id = uuid::Uuid::new_v4().to_string();
         event.account_id = principal.account_id;
         event.occurred_at_ms = self.unix_ms(now) as i64;
         event.performer = (!principal.is_contact()).then(|| pb::User {
@@ -692,7 +774,7 @@ impl Session {
         if !matches!(room.kind(), RoomKind::Conversation(_)) {
             return self.reply_error(id, ErrorCode::BadRequest, "typing is for conversation rooms");
         }
-        if self.rooms.get(&room) != Some(&RoomState::Live) {
+        if !self.rooms.get(&room).is_some_and(RoomState::is_live) {
             return self.reply_error(id, ErrorCode::NotSubscribed, "not subscribed to this room");
         }
         if let Some(last) = self.last_typing.get(&room)
@@ -752,6 +834,31 @@ impl Session {
         });
     }
 
+    /// After a refresh: every room joined on the strength of the claims must still be
+    /// granted by the new ones; those that are not are left, and the client is told.
+    fn recheck_rooms(&mut self, now: Instant) {
+        let principal = self.principal.as_ref().expect("refresh follows hello");
+        let revoked: Vec<RoomName> = self
+            .rooms
+            .iter()
+            .filter(|(room, state)| {
+                state.grant() == Grant::Claims && !may_join(principal, room, Grant::Claims)
+            })
+            .map(|(room, _)| room.clone())
+            .collect();
+        for room in revoked {
+            self.rooms.remove(&room);
+            self.typing_off(&room, now);
+            self.actions.push_back(Action::Leave(room.clone()));
+            self.send(S::Unsubscribed(pb::Unsubscribed {
+                room: room.to_string(),
+                error: Some(
+                    ErrorCode::PermissionDenied.error("the refreshed token no longer grants this room"),
+                ),
+            }));
+        }
+    }
+
     fn handle_refresh(&mut self, id: u32, token: &str, now: Instant) {
         let current = self
             .principal
@@ -765,6 +872,7 @@ impl Session {
             {
                 let expires = new.expires_at;
                 self.principal = Some(new);
+                self.recheck_rooms(now);
                 self.reply(pb::Reply {
                     id,
                     refreshed: Some(pb::RefreshResult {
@@ -835,8 +943,17 @@ mod tests {
         )
     }
 
+    /// The actions queued, with admission granted along the way (as the driver would).
     fn actions(s: &mut Session) -> Vec<Action> {
-        std::iter::from_fn(|| s.poll_action()).collect()
+        let mut out = Vec::new();
+        while let Some(a) = s.poll_action() {
+            if a == Action::Admit {
+                s.admitted(Ok(()));
+                continue;
+            }
+            out.push(a);
+        }
+        out
     }
 
     fn outcome(offset: u64) -> SubscribeOutcome {
@@ -937,7 +1054,7 @@ mod tests {
     fn an_expired_token_closes_after_the_grace_period_unless_refreshed() {
         let t0 = Instant::now();
         let mut s = active(t0, 60);
-        // Deadline: expiry (60 s) + grace (10 s).
+        // Deadline: expiry (60 s) + clock leeway (5 s, as at Hello) + grace (10 s).
         assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(60)));
         // Keep the connection from going stale meanwhile.
         s.handle_client_frame(
@@ -945,10 +1062,10 @@ mod tests {
             t0 + Duration::from_secs(30),
         );
         actions(&mut s);
-        assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(70)));
-        s.handle_timeout(t0 + Duration::from_secs(69));
+        assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(75)));
+        s.handle_timeout(t0 + Duration::from_secs(74));
         assert!(closed_with(&actions(&mut s)).is_none());
-        s.handle_timeout(t0 + Duration::from_secs(70));
+        s.handle_timeout(t0 + Duration::from_secs(75));
         assert_eq!(closed_with(&actions(&mut s)), Some(DisconnectCode::TokenExpired));
 
         // Refreshed during the grace period: the deadline moves.
@@ -984,7 +1101,7 @@ mod tests {
             reply(&actions(&mut s)).error.unwrap().code,
             ErrorCode::Unauthorized.code()
         );
-        s.handle_timeout(t0 + Duration::from_secs(70));
+        s.handle_timeout(t0 + Duration::from_secs(75));
         assert_eq!(closed_with(&actions(&mut s)), Some(DisconnectCode::TokenExpired));
     }
 
@@ -996,7 +1113,7 @@ mod tests {
             frame(
                 id,
                 C::Unsubscribe(pb::Unsubscribe {
-                    room: "public:none".into(),
+                    room: "public:1:none".into(),
                 }),
             )
         };
@@ -1030,7 +1147,7 @@ mod tests {
     #[test]
     fn silent_connections_go_stale() {
         let t0 = Instant::now();
-        let mut s = active(t0, 100_000);
+        let mut s = active(t0, 80_000);
         s.handle_timeout(t0 + Duration::from_secs(59));
         assert!(actions(&mut s).is_empty());
         s.handle_client_frame(
@@ -1117,7 +1234,7 @@ mod tests {
             frame(
                 1,
                 C::Typing(pb::Typing {
-                    room: "public:x".into(),
+                    room: "public:1:x".into(),
                     on: true,
                     private: false,
                 }),
@@ -1147,23 +1264,23 @@ mod tests {
                 }),
             )
         };
-        s.handle_client_frame(publish("public:x", "client.hi"), t0);
+        s.handle_client_frame(publish("public:1:x", "client.hi"), t0);
         assert_eq!(
             reply(&actions(&mut s)).error.unwrap().code,
             ErrorCode::NotSubscribed.code()
         );
-        join(&mut s, "public:x", "", t0);
-        s.handle_client_frame(publish("public:x", "message.created"), t0);
+        join(&mut s, "public:1:x", "", t0);
+        s.handle_client_frame(publish("public:1:x", "message.created"), t0);
         assert_eq!(
             reply(&actions(&mut s)).error.unwrap().code,
             ErrorCode::PermissionDenied.code()
         );
-        s.handle_client_frame(publish("public:x", "client."), t0);
+        s.handle_client_frame(publish("public:1:x", "client."), t0);
         assert_eq!(
             reply(&actions(&mut s)).error.unwrap().code,
             ErrorCode::PermissionDenied.code()
         );
-        s.handle_client_frame(publish("public:x", "client.hi"), t0 + Duration::from_secs(2));
+        s.handle_client_frame(publish("public:1:x", "client.hi"), t0 + Duration::from_secs(2));
         let acts = actions(&mut s);
         let Some(Action::Publish { event, .. }) = acts.first() else {
             panic!("{acts:?}")
@@ -1196,7 +1313,7 @@ mod tests {
             frame(
                 4,
                 C::Subscribe(pb::Subscribe {
-                    room: "public:y".into(),
+                    room: "public:1:y".into(),
                     ..Default::default()
                 }),
             ),
@@ -1204,12 +1321,12 @@ mod tests {
         );
         actions(&mut s);
         s.join_done(
-            &RoomName::parse("public:y").unwrap(),
+            &RoomName::parse("public:1:y").unwrap(),
             Err(EngineError::Unavailable("down".into())),
             t0,
         );
         let acts = actions(&mut s);
-        assert!(acts.contains(&Action::Leave(RoomName::parse("public:y").unwrap())));
+        assert!(acts.contains(&Action::Leave(RoomName::parse("public:1:y").unwrap())));
         assert_eq!(reply(&acts).error.unwrap().code, ErrorCode::Unavailable.code());
     }
 }

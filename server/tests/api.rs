@@ -10,7 +10,7 @@ use serde_json::json;
 #[tokio::test]
 async fn the_api_key_is_required_and_checked() {
     let t = TestGateway::start().await;
-    let body = json!({ "rooms": ["public:a"], "event": { "name": "x" } });
+    let body = json!({ "rooms": ["public:1:a"], "event": { "name": "x" } });
     for key in [None, Some("wrong"), Some(""), Some("test-api-key-x")] {
         let mut req = t.http.post(t.api("/api/v1/publish")).json(&body);
         if let Some(k) = key {
@@ -21,7 +21,7 @@ async fn the_api_key_is_required_and_checked() {
         let err: serde_json::Value = resp.json().await.unwrap();
         assert_eq!(err["code"], 401);
     }
-    for path in ["/api/v1/rooms/public:a"] {
+    for path in ["/api/v1/rooms/public:1:a"] {
         assert_eq!(t.http.get(t.api(path)).send().await.unwrap().status(), 401);
     }
     assert_eq!(
@@ -46,7 +46,7 @@ async fn publish_accepts_protobuf_and_json_and_validates() {
     client.subscribe("inbox:3", None).await.unwrap();
 
     let req = pb::PublishRequest {
-        rooms: vec!["inbox:3".into(), "public:b".into()],
+        rooms: vec!["inbox:3".into(), "public:1:b".into()],
         event: Some(pb::Event {
             name: "message.created".into(),
             account_id: 1,
@@ -164,11 +164,11 @@ async fn room_info_reports_subscribers_and_position() {
     let t = TestGateway::start().await;
     let (a, _ea) = t.client(TRANSPORTS[0], &token("agent", 7, 1, &[])).await;
     let (b, _eb) = t.client(TRANSPORTS[1], &token("agent", 8, 1, &[])).await;
-    a.subscribe("public:info", None).await.unwrap();
-    b.subscribe("public:info", None).await.unwrap();
-    t.publish(&["public:info"], "client.x", "1").await;
-    t.publish(&["public:info"], "client.x", "2").await;
-    let info: serde_json::Value = t.get_json("/api/v1/rooms/public:info").await;
+    a.subscribe("public:1:info", None).await.unwrap();
+    b.subscribe("public:1:info", None).await.unwrap();
+    t.publish(&["public:1:info"], "client.x", "1").await;
+    t.publish(&["public:1:info"], "client.x", "2").await;
+    let info: serde_json::Value = t.get_json("/api/v1/rooms/public:1:info").await;
     assert_eq!(info["subscribers"], 2);
     assert_eq!(info["offset"], "2");
     assert!(!info["epoch"].as_str().unwrap().is_empty());

@@ -44,16 +44,20 @@ async fn fan_out_keeps_order_for_every_subscriber() {
     for i in 0..40u64 {
         let prefer = TRANSPORTS[(i % 2) as usize];
         let (client, events) = t.client(prefer, &token("agent", 100 + i, 1, &[])).await;
-        client.subscribe("public:fanout", None).await.unwrap();
+        client.subscribe("public:1:fanout", None).await.unwrap();
         clients.push((client, events));
     }
     for n in 1..=100 {
-        t.publish(&["public:fanout"], "client.tick", &n.to_string()).await;
+        t.publish(&["public:1:fanout"], "client.tick", &n.to_string())
+            .await;
     }
     for (client, events) in &mut clients {
         for n in 1..=100u64 {
             let (room, offset, json) = next_room_event(events).await;
-            assert_eq!((room.as_str(), offset, json), ("public:fanout", n, n.to_string()));
+            assert_eq!(
+                (room.as_str(), offset, json),
+                ("public:1:fanout", n, n.to_string())
+            );
         }
         client.close();
     }
@@ -65,7 +69,7 @@ async fn resubscribing_from_a_position_replays_missed_events_or_says_it_cannot()
     config.history_size = 5;
     let t = TestGateway::start_with(config).await;
     for prefer in TRANSPORTS {
-        let room = format!("public:replay-{prefer:?}").to_lowercase();
+        let room = format!("public:1:replay-{prefer:?}").to_lowercase();
         let (client, mut events) = t.client(prefer, &token("agent", 7, 1, &[])).await;
         client.subscribe(&room, None).await.unwrap();
         t.publish(&[&room], "client.a", "1").await;
@@ -139,10 +143,10 @@ async fn webtransport_clients_can_share_one_quic_endpoint() {
             client.connected().await,
             Ok(rtgate_client::TransportKind::WebTransport)
         );
-        client.subscribe("public:shared", None).await.unwrap();
+        client.subscribe("public:1:shared", None).await.unwrap();
         clients.push((client, events));
     }
-    t.publish(&["public:shared"], "client.n", "1").await;
+    t.publish(&["public:1:shared"], "client.n", "1").await;
     for (client, events) in &mut clients {
         assert_eq!(next_room_event(events).await.2, "1");
         client.close();

@@ -42,10 +42,10 @@ async fn metrics_move_with_connections_events_and_failures() {
     let (wt, mut wt_events) = t
         .client(TransportPreference::WebTransport, &token("agent", 8, 1, &[]))
         .await;
-    ws.subscribe("public:m", None).await.unwrap();
-    wt.subscribe("public:m", None).await.unwrap();
+    ws.subscribe("public:1:m", None).await.unwrap();
+    wt.subscribe("public:1:m", None).await.unwrap();
     for n in 0..5 {
-        t.publish(&["public:m"], "client.n", &n.to_string()).await;
+        t.publish(&["public:1:m"], "client.n", &n.to_string()).await;
     }
     for _ in 0..5 {
         next_room_event(&mut ws_events).await;

@@ -108,21 +108,22 @@ fn big_payload(n: usize) -> String {
 async fn slow_consumers_are_disconnected_without_delaying_others() {
     let mut config = config();
     config.send_queue_bytes = 256 * 1024;
+    config.max_event_size = 64 * 1024;
     let t = TestGateway::start_with(config).await;
     let tok = token("agent", 7, 1, &[]);
     // One WebSocket and one WebTransport client that never read, one reader.
     let (mut slow_ws, _) = RawWs::handshake(&t.ws_url(), &tok).await;
-    slow_ws.send(&subscribe(1, "public:flood", "")).await;
+    slow_ws.send(&subscribe(1, "public:1:flood", "")).await;
     assert!(matches!(slow_ws.recv().await.unwrap().kind, Some(S::Reply(_))));
     let (mut slow_wt, _) = RawWt::handshake(&t.wt_url(), t.cert_hash(), &tok).await;
-    slow_wt.send(&subscribe(1, "public:flood", "")).await;
+    slow_wt.send(&subscribe(1, "public:1:flood", "")).await;
     assert!(matches!(slow_wt.recv().await.unwrap().kind, Some(S::Reply(_))));
     let (reader, mut events) = t.client(TRANSPORTS[1], &tok).await;
-    reader.subscribe("public:flood", None).await.unwrap();
+    reader.subscribe("public:1:flood", None).await.unwrap();
 
     let payload = big_payload(32 * 1024);
     for _ in 0..400 {
-        t.publish(&["public:flood"], "client.flood", &payload).await;
+        t.publish(&["public:1:flood"], "client.flood", &payload).await;
     }
     for n in 1..=400u64 {
         assert_eq!(next_room_event(&mut events).await.1, n);
@@ -142,29 +143,29 @@ async fn a_room_whose_stream_is_not_read_does_not_delay_another_room() {
     let t = TestGateway::start_with(config).await;
     let (mut wt, _) = RawWt::handshake(&t.wt_url(), t.cert_hash(), &token("agent", 7, 1, &[])).await;
 
-    wt.send(&subscribe(1, "public:busy", "")).await;
+    wt.send(&subscribe(1, "public:1:busy", "")).await;
     assert!(matches!(wt.recv().await.unwrap().kind, Some(S::Reply(_))));
-    t.publish(&["public:busy"], "client.x", "0").await;
+    t.publish(&["public:1:busy"], "client.x", "0").await;
     let mut busy = RoomStream::accept(&wt.connection).await;
-    assert_eq!(busy.next_event().await.room, "public:busy");
+    assert_eq!(busy.next_event().await.room, "public:1:busy");
 
-    wt.send(&subscribe(2, "public:quiet", "")).await;
+    wt.send(&subscribe(2, "public:1:quiet", "")).await;
     assert!(matches!(wt.recv().await.unwrap().kind, Some(S::Reply(_))));
-    t.publish(&["public:quiet"], "client.x", "0").await;
+    t.publish(&["public:1:quiet"], "client.x", "0").await;
     let mut quiet = RoomStream::accept(&wt.connection).await;
-    assert_eq!(quiet.next_event().await.room, "public:quiet");
+    assert_eq!(quiet.next_event().await.room, "public:1:quiet");
 
     // Far more than the stream's flow-control window, never read.
     let payload = big_payload(32 * 1024);
     for _ in 0..200 {
-        t.publish(&["public:busy"], "client.flood", &payload).await;
+        t.publish(&["public:1:busy"], "client.flood", &payload).await;
     }
     for n in 2..=20u64 {
-        t.publish(&["public:quiet"], "client.x", &n.to_string()).await;
+        t.publish(&["public:1:quiet"], "client.x", &n.to_string()).await;
         let e = tokio::time::timeout(Duration::from_secs(2), quiet.next_event())
             .await
             .expect("the quiet room is not held up by the busy one");
-        assert_eq!((e.room.as_str(), e.offset), ("public:quiet", n));
+        assert_eq!((e.room.as_str(), e.offset), ("public:1:quiet", n));
     }
     // The busy room's events are all there, in order, once read.
     for n in 2..=201u64 {

@@ -36,11 +36,11 @@ async fn authorization_matrix_over_both_transports() {
         assert_eq!(outcome(&admin, "inbox:11", None).await, Ok(()));
         assert_eq!(outcome(&agent, "user:8", None).await, denied);
         assert_eq!(outcome(&agent, "contact:7", None).await, denied);
-        assert_eq!(outcome(&agent, "public:lobby", None).await, Ok(()));
+        assert_eq!(outcome(&agent, "public:1:lobby", None).await, Ok(()));
         assert_eq!(outcome(&contact, "user:7", None).await, denied);
         assert_eq!(outcome(&contact, "account:1", None).await, denied);
         assert_eq!(outcome(&contact, "inbox:10", None).await, denied);
-        assert_eq!(outcome(&contact, "public:lobby", None).await, Ok(()));
+        assert_eq!(outcome(&contact, "public:1:lobby", None).await, Ok(()));
 
         // Cross-account: the other tenant's admin gets the same answer for a room that
         // exists with subscribers as for one that does not.
@@ -116,10 +116,10 @@ async fn subscription_limit_is_enforced() {
         .client(TransportPreference::WebSocket, &token("agent", 7, 1, &[]))
         .await;
     // user:7 and account:1 count too.
-    client.subscribe("public:a", None).await.unwrap();
-    client.subscribe("public:b", None).await.unwrap();
+    client.subscribe("public:1:a", None).await.unwrap();
+    client.subscribe("public:1:b", None).await.unwrap();
     assert_eq!(
-        outcome(&client, "public:c", None).await,
+        outcome(&client, "public:1:c", None).await,
         Err(ErrorCode::LimitExceeded.code())
     );
 }

@@ -9,8 +9,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use rtgate_protocol::RoomName;
 
-use super::{Engine, EngineError, Recovery, RoomInfo, SubscribeOutcome, encode_publication, plan_recovery};
-use crate::hub::{Hub, Publication, Subscriber};
+use super::{
+    Engine, EngineError, Published, Recovery, RoomInfo, SubscribeOutcome, encode_publication, plan_recovery,
+};
+use crate::hub::{Hub, Publication, ReplayCursor, ReplayPage, Subscriber};
 use crate::ids::{ConnectionId, Epoch, StreamPos};
 
 /// How much history each room keeps.
@@ -37,6 +39,10 @@ pub(crate) struct RoomLog {
     epoch: Epoch,
     top: u64,
     entries: VecDeque<(Instant, Arc<Publication>)>,
+    /// Idempotency keys of the events in `entries`, with their offsets.
+    keys: HashMap<Box<str>, u64>,
+    /// The key of each entry that has one, oldest first (to forget keys as entries go).
+    keyed: VecDeque<(u64, Box<str>)>,
     last_used: Instant,
 }
 
@@ -46,6 +52,8 @@ impl RoomLog {
             epoch: Epoch::random(),
             top: 0,
             entries: VecDeque::new(),
+            keys: HashMap::new(),
+            keyed: VecDeque::new(),
             last_used: now,
         }
     }
@@ -68,12 +76,29 @@ impl RoomLog {
                 break;
             }
         }
+        let oldest = self.oldest();
+        while let Some((offset, _)) = self.keyed.front() {
+            if *offset >= oldest {
+                break;
+            }
+            let (_, key) = self.keyed.pop_front().expect("checked");
+            self.keys.remove(&key);
+        }
+    }
+
+    /// The position of the event holding idempotency `key`, if it is still in history.
+    pub(crate) fn find_key(&self, key: &str) -> Option<StreamPos> {
+        self.keys.get(key).map(|offset| StreamPos {
+            epoch: self.epoch.clone(),
+            offset: *offset,
+        })
     }
 
     pub(crate) fn append(
         &mut self,
         room: &RoomName,
         event: &[u8],
+        key: Option<&str>,
         limits: HistoryLimits,
         now: Instant,
     ) -> Arc<Publication> {
@@ -81,12 +106,39 @@ impl RoomLog {
         self.last_used = now;
         let p = encode_publication(room, self.top(), event);
         self.entries.push_back((now, p.clone()));
+        if let Some(key) = key {
+            self.keys.insert(key.into(), self.top);
+            self.keyed.push_back((self.top, key.into()));
+        }
         self.trim(limits, now);
         p
     }
 
     fn oldest(&self) -> u64 {
         self.entries.front().map_or(self.top + 1, |(_, p)| p.pos.offset)
+    }
+
+    /// The events from `cursor.next` up to `cursor.until`, about `max_bytes` of them.
+    pub(crate) fn page(&self, cursor: &ReplayCursor, max_bytes: usize) -> ReplayPage {
+        if cursor.epoch != self.epoch || cursor.next < self.oldest() {
+            return ReplayPage::Lost(self.top());
+        }
+        let start = (cursor.next - self.oldest()) as usize;
+        let mut events = Vec::new();
+        let mut bytes = 0;
+        for (_, p) in self.entries.iter().skip(start) {
+            if p.pos.offset > cursor.until || bytes >= max_bytes {
+                break;
+            }
+            bytes += p.frame.len();
+            events.push(p.clone());
+        }
+        let last = events.last().map_or(cursor.next - 1, |p| p.pos.offset);
+        let next = (last < cursor.until).then(|| ReplayCursor {
+            next: last + 1,
+            ..cursor.clone()
+        });
+        ReplayPage::Events(events, next)
     }
 
     /// The replay for a subscription from `since`, and whether it recovers.
@@ -162,13 +214,26 @@ impl MemoryEngine {
 
 #[async_trait]
 impl Engine for MemoryEngine {
-    async fn publish(&self, room: &RoomName, event: &[u8]) -> Result<StreamPos, EngineError> {
+    async fn publish(
+        &self,
+        room: &RoomName,
+        event: &[u8],
+        key: Option<&str>,
+    ) -> Result<Published, EngineError> {
         let log = self.log(room);
         let mut log = log.lock().expect("room lock");
-        let p = log.append(room, event, self.limits, Instant::now());
+        let now = Instant::now();
+        log.trim(self.limits, now);
+        if let Some(pos) = key.and_then(|k| log.find_key(k)) {
+            return Ok(Published { pos, duplicate: true });
+        }
+        let p = log.append(room, event, key, self.limits, now);
         // Broadcast under the room lock: offsets reach every subscriber in order.
         self.hub.broadcast(&p);
-        Ok(p.pos.clone())
+        Ok(Published {
+            pos: p.pos.clone(),
+            duplicate: false,
+        })
     }
 
     async fn subscribe(
@@ -180,7 +245,22 @@ impl Engine for MemoryEngine {
         // Register first: anything published from now on is buffered by the subscriber, and
         // anything published before is in the history read below.
         self.hub.add(sub.clone());
-        let log = self.log(&room);
+        // Joining creates nothing: a room nobody published to has no log, and the
+        // subscription starts from the position before anything (epoch "", offset 0).
+        let existing = self.rooms.lock().expect("rooms lock").get(&room).cloned();
+        let Some(log) = existing else {
+            let top = StreamPos {
+                epoch: Epoch::from_wire(""),
+                offset: 0,
+            };
+            let recovered = since.is_some_and(|s| s.offset == 0 && s.epoch.as_str().is_empty());
+            sub.prepare(Vec::new(), top.clone(), None);
+            return Ok(SubscribeOutcome {
+                pos: top,
+                recovered,
+                replayed: 0,
+            });
+        };
         let mut log = log.lock().expect("room lock");
         let (replay, recovered) = log.recover(since.as_ref(), self.limits, Instant::now());
         let outcome = SubscribeOutcome {
@@ -188,8 +268,28 @@ impl Engine for MemoryEngine {
             recovered,
             replayed: replay.len() as u32,
         };
-        sub.prepare(replay, log.top());
+        // The replay shares the history's publications: handed over whole, it costs this
+        // subscriber nothing but pointers, and goes out at the client's pace.
+        sub.prepare(replay, log.top(), None);
         Ok(outcome)
+    }
+
+    async fn replay_page(
+        &self,
+        room: &RoomName,
+        cursor: &ReplayCursor,
+        max_bytes: usize,
+    ) -> Result<ReplayPage, EngineError> {
+        let existing = self.rooms.lock().expect("rooms lock").get(room).cloned();
+        let Some(log) = existing else {
+            return Ok(ReplayPage::Lost(StreamPos {
+                epoch: Epoch::from_wire(""),
+                offset: 0,
+            }));
+        };
+        let mut log = log.lock().expect("room lock");
+        log.trim(self.limits, Instant::now());
+        Ok(log.page(cursor, max_bytes))
     }
 
     async fn unsubscribe(&self, room: &RoomName, conn: ConnectionId) {
@@ -249,12 +349,13 @@ mod tests {
             max_events: 3,
             max_age: Duration::from_secs(10),
         };
-        let room = RoomName::parse("public:x").unwrap();
+        let room = RoomName::parse("public:1:x").unwrap();
         let mut log = RoomLog::new(t0);
         for i in 0..5 {
             log.append(
                 &room,
                 &prost::Message::encode_to_vec(&event(i)),
+                None,
                 limits,
                 t0 + Duration::from_secs(i as u64),
             );

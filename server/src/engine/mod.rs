@@ -18,7 +18,7 @@ use bytes::Bytes;
 use prost::Message;
 use rtgate_protocol::{RoomName, pb};
 
-use crate::hub::{Hub, Publication, Subscriber};
+use crate::hub::{Hub, Publication, ReplayCursor, ReplayPage, Subscriber};
 use crate::ids::{ConnectionId, StreamPos};
 
 /// Why the engine could not do what was asked.
@@ -43,6 +43,12 @@ pub struct SubscribeOutcome {
     pub replayed: u32,
 }
 
+/// Most events in one replay page read from a shared store.
+pub const REPLAY_PAGE_EVENTS: usize = 100;
+
+/// About the most bytes in the first page of a replay read from a shared store.
+pub const REPLAY_PAGE_BYTES: usize = 256 * 1024;
+
 /// How long the gateway waits for one engine call before calling the engine unavailable.
 pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -53,6 +59,16 @@ pub async fn with_timeout<T>(
     tokio::time::timeout(CALL_TIMEOUT, call)
         .await
         .unwrap_or_else(|_| Err(EngineError::Unavailable("engine call timed out".into())))
+}
+
+/// Where a publish landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The event's position.
+    pub pos: StreamPos,
+    /// The room already held an event with the same idempotency key: nothing was
+    /// published and `pos` is that event's.
+    pub duplicate: bool,
 }
 
 /// Counters of an engine's health.
@@ -78,8 +94,15 @@ pub struct RoomInfo {
 pub trait Engine: Send + Sync + 'static {
     /// Assigns the next offset of `room` to `event` (an encoded `Event`), stores it in the
     /// room's history and delivers it to every subscriber of the room. The caller encodes
-    /// an event once, whatever the number of rooms it goes to.
-    async fn publish(&self, room: &RoomName, event: &[u8]) -> Result<StreamPos, EngineError>;
+    /// an event once, whatever the number of rooms it goes to. With an idempotency `key`
+    /// (the event's id), a key the room already holds among its recent events (its
+    /// history) publishes nothing and answers that event's position as a duplicate.
+    async fn publish(
+        &self,
+        room: &RoomName,
+        event: &[u8],
+        key: Option<&str>,
+    ) -> Result<Published, EngineError>;
 
     /// Registers `sub` for live events of its room and prepares it with the events missed
     /// since `since` (if given and still in history). The caller activates it once the
@@ -89,6 +112,15 @@ pub trait Engine: Send + Sync + 'static {
         sub: Arc<Subscriber>,
         since: Option<StreamPos>,
     ) -> Result<SubscribeOutcome, EngineError>;
+
+    /// The next page of a replay that [`subscribe`](Self::subscribe) did not hand over
+    /// whole, of at most about `max_bytes`.
+    async fn replay_page(
+        &self,
+        room: &RoomName,
+        cursor: &ReplayCursor,
+        max_bytes: usize,
+    ) -> Result<ReplayPage, EngineError>;
 
     /// Removes a connection from a room.
     async fn unsubscribe(&self, room: &RoomName, conn: ConnectionId);
@@ -169,7 +201,10 @@ pub fn plan_recovery(since: Option<&StreamPos>, top: &StreamPos, oldest: u64) ->
     let Some(since) = since else {
         return Recovery::Fresh;
     };
-    if since.epoch != top.epoch || since.offset > top.offset {
+    // Epoch "" offset 0 is the position before anything: a client that joined a room
+    // before its first event follows on from there in whatever epoch it got.
+    let before_anything = since.epoch.as_str().is_empty() && since.offset == 0;
+    if (since.epoch != top.epoch && !before_anything) || since.offset > top.offset {
         return Recovery::Lost;
     }
     if since.offset + 1 >= oldest {
@@ -234,5 +269,16 @@ mod tests {
             Recovery::ReplayAfter(10)
         );
         assert_eq!(plan_recovery(Some(&pos("e1", 9)), &top, 11), Recovery::Lost);
+        // Joined before the room's first event: everything after offset 0, if kept.
+        assert_eq!(
+            plan_recovery(Some(&pos("", 0)), &top, 1),
+            Recovery::ReplayAfter(0)
+        );
+        assert_eq!(plan_recovery(Some(&pos("", 0)), &top, 2), Recovery::Lost);
+        assert_eq!(
+            plan_recovery(Some(&pos("", 0)), &pos("", 0), 1),
+            Recovery::ReplayAfter(0)
+        );
+        assert_eq!(plan_recovery(Some(&pos("", 3)), &top, 1), Recovery::Lost);
     }
 }

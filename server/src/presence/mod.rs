@@ -153,6 +153,7 @@ async fn publish_presence(
         .publish(
             &RoomName::account(account),
             &prost::Message::encode_to_vec(&event),
+            None,
         )
         .await
         .map(|_| ())

@@ -33,19 +33,30 @@ impl Closer for WsCloser {
     }
 }
 
-/// Serves one upgraded WebSocket until it closes.
-pub async fn serve(node: Arc<Node>, socket: WebSocket) {
+/// Serves one upgraded WebSocket until it closes. `client` (its address and slot) is
+/// held for the socket's whole life.
+pub async fn serve(node: Arc<Node>, socket: WebSocket, client: Option<crate::http::ClientConn>) {
     let (mut sink, stream) = socket.split();
-    let Some((conn, control_rx)) = node.register("websocket") else {
-        let frame = DisconnectCode::Overloaded.frame("gateway at its connection limit");
-        let body = prost::Message::encode_to_vec(&rtgate_protocol::pb::ServerFrame {
-            kind: Some(rtgate_protocol::pb::server_frame::Kind::Disconnect(frame)),
-        });
-        let _ = sink.send(Message::Binary(body.into())).await;
-        let _ = sink
-            .send(close_message(DisconnectCode::Overloaded, "overloaded"))
-            .await;
-        return;
+    let ip = client
+        .as_ref()
+        .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |c| c.addr.ip());
+    let _slot = client.map(|c| c.slot);
+    let (conn, control_rx) = match node.register("websocket", ip) {
+        Ok(registered) => registered,
+        Err(refusal) => {
+            let code = if refusal == crate::node::Refusal::ShuttingDown {
+                DisconnectCode::Shutdown
+            } else {
+                DisconnectCode::Overloaded
+            };
+            let frame = code.frame(refusal.to_string());
+            let body = prost::Message::encode_to_vec(&rtgate_protocol::pb::ServerFrame {
+                kind: Some(rtgate_protocol::pb::server_frame::Kind::Disconnect(frame)),
+            });
+            let _ = sink.send(Message::Binary(body.into())).await;
+            let _ = sink.send(close_message(code, code.label())).await;
+            return;
+        }
     };
     let max = node.session.max_frame_size;
     // Read by the driver itself: no task or queue of its own per connection.

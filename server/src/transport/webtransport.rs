@@ -53,16 +53,91 @@ pub fn bind(config: ServerConfig) -> std::io::Result<Endpoint<wtransport::endpoi
     Endpoint::server(config)
 }
 
+/// How the accept loop treats QUIC handshakes before they cost any state.
+#[derive(Debug, Clone)]
+pub struct HandshakePolicy {
+    /// Time from the first packet to the WebTransport session request.
+    pub timeout: std::time::Duration,
+    /// Most handshakes in progress; beyond, new ones are refused.
+    pub max_in_flight: usize,
+    /// Ask for address validation (Retry) once this many are in progress (0: always,
+    /// `usize::MAX`: never).
+    pub retry_above: usize,
+}
+
+/// Handshakes in progress: a slot held from the first packet to the session request.
+#[derive(Debug, Default)]
+struct InFlight(std::sync::atomic::AtomicUsize);
+
+struct HandshakeSlot(Arc<InFlight>);
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        (self.0).0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// What to do with a new QUIC connection attempt, given how many handshakes are in
+/// progress: pure, so that the policy is tested without sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeDecision {
+    /// Go on with the handshake.
+    Accept,
+    /// Answer with a Retry: the client proves its address first, at no cost to us.
+    Retry,
+    /// Refuse outright.
+    Refuse,
+}
+
+impl HandshakePolicy {
+    /// The decision for an attempt when `in_flight` handshakes are in progress.
+    pub fn decide(&self, in_flight: usize, address_validated: bool) -> HandshakeDecision {
+        if in_flight >= self.max_in_flight {
+            HandshakeDecision::Refuse
+        } else if !address_validated && in_flight >= self.retry_above {
+            HandshakeDecision::Retry
+        } else {
+            HandshakeDecision::Accept
+        }
+    }
+}
+
 /// Accepts sessions until shutdown begins.
 pub async fn accept_loop(
     node: Arc<Node>,
     endpoint: Endpoint<wtransport::endpoint::endpoint_side::Server>,
+    policy: HandshakePolicy,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let in_flight = Arc::new(InFlight::default());
     loop {
         tokio::select! {
-            incoming = endpoint.accept() => {
-                tokio::spawn(handle(node.clone(), incoming));
+            incoming = async {
+                node.pacer.ready().await;
+                endpoint.accept().await
+            } => {
+                let n = in_flight.0.load(std::sync::atomic::Ordering::Relaxed);
+                match policy.decide(n, incoming.remote_address_validated()) {
+                    HandshakeDecision::Refuse => {
+                        metrics::counter!("rtgate_handshakes_refused_total", "reason" => "in_flight").increment(1);
+                        incoming.refuse();
+                        continue;
+                    }
+                    HandshakeDecision::Retry => {
+                        metrics::counter!("rtgate_handshakes_retried_total").increment(1);
+                        incoming.retry();
+                        continue;
+                    }
+                    HandshakeDecision::Accept => {}
+                }
+                let Some(address) = node.addresses.acquire(incoming.remote_address().ip()) else {
+                    metrics::counter!("rtgate_connections_refused_total", "reason" => "per_ip").increment(1);
+                    incoming.refuse();
+                    continue;
+                };
+                in_flight.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let slot = HandshakeSlot(in_flight.clone());
+                tokio::spawn(handle(node.clone(), incoming, policy.timeout, slot, address));
             }
             changed = shutdown.changed() => {
                 if changed.is_err() || *shutdown.borrow() {
@@ -85,34 +160,53 @@ struct Established {
     recv: RecvStream,
 }
 
-async fn handle(node: Arc<Node>, incoming: IncomingSession) {
+async fn handle(
+    node: Arc<Node>,
+    incoming: IncomingSession,
+    timeout: std::time::Duration,
+    slot: HandshakeSlot,
+    _address: Arc<crate::admission::AddressSlot>,
+) {
     // The handshake's futures are large and short-lived: boxed, they are freed once the
     // session is up instead of sizing this task for its whole life.
-    let Some(session) = Box::pin(establish(&node, incoming)).await else {
+    let Some(session) = Box::pin(establish(&node, incoming, timeout, slot)).await else {
         return;
     };
     serve(node, session).await;
 }
 
-async fn establish(node: &Arc<Node>, incoming: IncomingSession) -> Option<Established> {
-    let request = match incoming.await {
-        Ok(r) => r,
-        Err(err) => {
+async fn establish(
+    node: &Arc<Node>,
+    incoming: IncomingSession,
+    timeout: std::time::Duration,
+    slot: HandshakeSlot,
+) -> Option<Established> {
+    let ip = incoming.remote_address().ip();
+    // Dropping the handshake drops the QUIC connection with it: a client that never gets
+    // to its session request holds nothing past the deadline.
+    let request = match tokio::time::timeout(timeout, incoming.into_future()).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(err)) => {
             tracing::debug!(%err, "webtransport handshake failed");
             return None;
         }
+        Err(_) => {
+            metrics::counter!("rtgate_handshakes_refused_total", "reason" => "timeout").increment(1);
+            tracing::debug!("webtransport handshake timed out");
+            return None;
+        }
     };
+    drop(slot);
     if request.path() != PATH {
         request.not_found().await;
         return None;
     }
-    if node.is_shutting_down() {
-        request.too_many_requests().await;
-        return None;
-    }
-    let Some((conn, control_rx)) = node.register("webtransport") else {
-        request.too_many_requests().await;
-        return None;
+    let (conn, control_rx) = match node.register("webtransport", ip) {
+        Ok(registered) => registered,
+        Err(_) => {
+            request.too_many_requests().await;
+            return None;
+        }
     };
     let connection = match request.accept().await {
         Ok(c) => c,

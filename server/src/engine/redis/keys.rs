@@ -26,6 +26,11 @@ impl Keys {
         format!("{}:{{{}}}:h", self.prefix, room)
     }
 
+    /// The room's idempotency keys: ZSET event id → offset.
+    pub fn ids(&self, room: &RoomName) -> String {
+        format!("{}:{{{}}}:i", self.prefix, room)
+    }
+
     /// The room's pub/sub channel.
     pub fn channel(&self, room: &RoomName) -> String {
         format!("{}:{{{}}}:c", self.prefix, room)

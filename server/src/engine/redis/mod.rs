@@ -32,8 +32,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use rtgate_protocol::RoomName;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Engine, EngineError, HistoryLimits, RoomInfo, SubscribeOutcome, bus, encode_publication};
-use crate::hub::{Hub, Publication, Subscriber};
+use super::{
+    Engine, EngineError, HistoryLimits, Published, RoomInfo, SubscribeOutcome, bus, encode_publication,
+};
+use crate::hub::{Hub, Publication, ReplayCursor, ReplayPage, Subscriber};
 use crate::ids::{ConnectionId, Epoch, StreamPos};
 
 /// Whether to use sharded pub/sub (`SSUBSCRIBE`/`SPUBLISH`, Redis 7+).
@@ -82,9 +84,14 @@ impl RedisConfig {
 #[derive(Debug)]
 enum Read {
     Fresh,
-    Replay(Vec<(u64, Bytes)>),
+    /// Events after the position, and the stream id to read on from when they are only
+    /// a first page.
+    Replay(Vec<(u64, Bytes)>, Option<String>),
     Lost,
 }
+
+/// A repair reads the whole gap at once: it is bounded by the history's size.
+const REPAIR_PAGE: (usize, usize) = (usize::MAX, usize::MAX);
 
 /// Counters of the engine's health.
 #[derive(Debug, Default)]
@@ -108,6 +115,7 @@ pub(crate) struct Inner {
     commands: tokio::sync::Mutex<Option<ConnectionManager>>,
     publish_script: redis::Script,
     read_script: redis::Script,
+    page_script: redis::Script,
     sharded: AtomicBool,
     pubsub_up: AtomicBool,
     commands_ok: AtomicBool,
@@ -157,6 +165,7 @@ impl RedisEngine {
             commands: tokio::sync::Mutex::new(None),
             publish_script: redis::Script::new(scripts::PUBLISH),
             read_script: redis::Script::new(scripts::READ),
+            page_script: redis::Script::new(scripts::PAGE),
             pubsub_up: AtomicBool::new(false),
             commands_ok: AtomicBool::new(false),
             tracks: Mutex::new(HashMap::new()),
@@ -271,15 +280,18 @@ impl Inner {
         &self,
         room: &RoomName,
         since: Option<&StreamPos>,
+        (max_events, max_bytes): (usize, usize),
     ) -> Result<(StreamPos, Read), EngineError> {
         let mut inv = self.read_script.prepare_invoke();
         inv.key(self.keys.meta(room))
             .key(self.keys.history(room))
-            .arg(Epoch::random().as_str())
             .arg(self.config.history.max_age.as_millis() as u64)
             .arg(self.config.meta_ttl.as_millis() as u64)
+            .arg(if since.is_some() { "1" } else { "0" })
             .arg(since.map_or("", |s| s.epoch.as_str()))
-            .arg(since.map_or(0, |s| s.offset));
+            .arg(since.map_or(0, |s| s.offset))
+            .arg(max_events.min(i64::MAX as usize))
+            .arg(max_bytes.min(i64::MAX as usize));
         let values: Vec<redis::Value> = self.call(inv).await?;
         parse_read(values).ok_or_else(|| EngineError::Internal("unexpected read script reply".into()))
     }
@@ -308,8 +320,8 @@ impl Inner {
         let Some(last) = tracked.or_else(|| self.hub.oldest_position(room)) else {
             return true;
         };
-        match self.read(room, Some(&last)).await {
-            Ok((top, Read::Replay(entries))) => {
+        match self.read(room, Some(&last), REPAIR_PAGE).await {
+            Ok((top, Read::Replay(entries, _))) => {
                 if !entries.is_empty() {
                     self.stats.gaps_repaired.fetch_add(1, Ordering::Relaxed);
                 }
@@ -423,11 +435,43 @@ fn value_str(v: &redis::Value) -> Option<String> {
     }
 }
 
+/// Reads `offset, event` pairs until the end of a script's answer.
+fn parse_entries(it: &mut impl Iterator<Item = redis::Value>) -> Option<Vec<(u64, Bytes)>> {
+    let mut entries = Vec::new();
+    while let Some(offset) = it.next() {
+        let offset: u64 = value_str(&offset)?.parse().ok()?;
+        let data = match it.next()? {
+            redis::Value::BulkString(b) => Bytes::from(b),
+            _ => return None,
+        };
+        entries.push((offset, data));
+    }
+    Some(entries)
+}
+
+/// Events of a page and the stream id to read on from (`None`: the replay is complete).
+type PageEntries = (Vec<(u64, Bytes)>, Option<String>);
+
+/// The PAGE script's answer: `Some(None)` when history lost the rest.
+fn parse_page(values: Vec<redis::Value>) -> Option<Option<PageEntries>> {
+    let mut it = values.into_iter();
+    match value_str(&it.next()?)?.as_str() {
+        "lost" => Some(None),
+        "ok" => {
+            let next = value_str(&it.next()?)?;
+            let entries = parse_entries(&mut it)?;
+            Some(Some((entries, (!next.is_empty()).then_some(next))))
+        }
+        _ => None,
+    }
+}
+
 fn parse_read(values: Vec<redis::Value>) -> Option<(StreamPos, Read)> {
     let mut it = values.into_iter();
     let epoch = value_str(&it.next()?)?;
     let top: u64 = value_str(&it.next()?)?.parse().ok()?;
     let status = value_str(&it.next()?)?;
+    let next = value_str(&it.next()?)?;
     let pos = StreamPos {
         epoch: Epoch::from_wire(&epoch),
         offset: top,
@@ -435,18 +479,7 @@ fn parse_read(values: Vec<redis::Value>) -> Option<(StreamPos, Read)> {
     let read = match status.as_str() {
         "fresh" => Read::Fresh,
         "lost" => Read::Lost,
-        "ok" => {
-            let mut entries = Vec::new();
-            while let Some(offset) = it.next() {
-                let offset: u64 = value_str(&offset)?.parse().ok()?;
-                let data = match it.next()? {
-                    redis::Value::BulkString(b) => Bytes::from(b),
-                    _ => return None,
-                };
-                entries.push((offset, data));
-            }
-            Read::Replay(entries)
-        }
+        "ok" => Read::Replay(parse_entries(&mut it)?, (!next.is_empty()).then_some(next)),
         _ => return None,
     };
     Some((pos, read))
@@ -454,22 +487,32 @@ fn parse_read(values: Vec<redis::Value>) -> Option<(StreamPos, Read)> {
 
 #[async_trait]
 impl Engine for RedisEngine {
-    async fn publish(&self, room: &RoomName, event: &[u8]) -> Result<StreamPos, EngineError> {
+    async fn publish(
+        &self,
+        room: &RoomName,
+        event: &[u8],
+        key: Option<&str>,
+    ) -> Result<Published, EngineError> {
         let inner = &self.inner;
         let mut inv = inner.publish_script.prepare_invoke();
         inv.key(inner.keys.meta(room))
             .key(inner.keys.history(room))
             .key(inner.keys.channel(room))
+            .key(inner.keys.ids(room))
             .arg(event)
             .arg(inner.config.history.max_events)
             .arg(inner.config.history.max_age.as_millis() as u64)
             .arg(inner.config.meta_ttl.as_millis() as u64)
             .arg(Epoch::random().as_str())
-            .arg(if inner.sharded() { "1" } else { "0" });
-        let (epoch, offset): (String, u64) = inner.call(inv).await?;
-        Ok(StreamPos {
-            epoch: Epoch::from_wire(&epoch),
-            offset,
+            .arg(if inner.sharded() { "1" } else { "0" })
+            .arg(key.unwrap_or(""));
+        let (epoch, offset, duplicate): (String, u64, u8) = inner.call(inv).await?;
+        Ok(Published {
+            pos: StreamPos {
+                epoch: Epoch::from_wire(&epoch),
+                offset,
+            },
+            duplicate: duplicate == 1,
         })
     }
 
@@ -486,24 +529,87 @@ impl Engine for RedisEngine {
         // The node's own position in the room is not moved here: it only records what the
         // hub was handed. Other local subscribers may still be waiting for events up to
         // this read's top through pub/sub, and must not see them dropped as duplicates.
-        let (top, read) = self.inner.read(&room, since.as_ref()).await?;
-        let (replay, recovered) = match read {
-            Read::Replay(entries) => (
-                entries
+        // Only a first page of the replay is read: the rest is read at the client's pace.
+        let (top, read) = self
+            .inner
+            .read(
+                &room,
+                since.as_ref(),
+                (super::REPLAY_PAGE_EVENTS, super::REPLAY_PAGE_BYTES),
+            )
+            .await?;
+        let (replay, next, recovered): (Vec<_>, _, _) = match read {
+            Read::Replay(entries, next) => {
+                let last = entries.last().map_or(top.offset, |(o, _)| *o);
+                let next = next.map(|id| ReplayCursor {
+                    epoch: top.epoch.clone(),
+                    next: last + 1,
+                    until: top.offset,
+                    after_id: Some(Arc::from(id)),
+                });
+                let replay = entries
                     .iter()
                     .map(|(offset, event)| self.inner.publication(&room, &top.epoch, *offset, event))
-                    .collect(),
-                true,
-            ),
-            Read::Fresh | Read::Lost => (Vec::new(), false),
+                    .collect();
+                (replay, next, true)
+            }
+            Read::Fresh | Read::Lost => (Vec::new(), None, false),
+        };
+        let replayed = match (&since, recovered) {
+            (Some(since), true) => top.offset.saturating_sub(since.offset) as u32,
+            _ => 0,
         };
         let outcome = SubscribeOutcome {
             pos: top.clone(),
             recovered,
-            replayed: replay.len() as u32,
+            replayed,
         };
-        sub.prepare(replay, top);
+        sub.prepare(replay, top, next);
         Ok(outcome)
+    }
+
+    async fn replay_page(
+        &self,
+        room: &RoomName,
+        cursor: &ReplayCursor,
+        max_bytes: usize,
+    ) -> Result<ReplayPage, EngineError> {
+        let inner = &self.inner;
+        let Some(after) = &cursor.after_id else {
+            return Err(EngineError::Internal(
+                "a replay cursor without a stream id".into(),
+            ));
+        };
+        let mut inv = inner.page_script.prepare_invoke();
+        inv.key(inner.keys.meta(room))
+            .key(inner.keys.history(room))
+            .arg(cursor.epoch.as_str())
+            .arg(after.as_ref())
+            .arg(cursor.next)
+            .arg(cursor.until)
+            .arg(super::REPLAY_PAGE_EVENTS)
+            .arg(max_bytes);
+        let values: Vec<redis::Value> = inner.call(inv).await?;
+        match parse_page(values) {
+            Some(Some((entries, next_id))) => {
+                let last = entries.last().map_or(cursor.next - 1, |(o, _)| *o);
+                let events = entries
+                    .iter()
+                    .map(|(offset, event)| inner.publication(room, &cursor.epoch, *offset, event))
+                    .collect();
+                let next = next_id.map(|id| ReplayCursor {
+                    next: last + 1,
+                    after_id: Some(Arc::from(id)),
+                    ..cursor.clone()
+                });
+                Ok(ReplayPage::Events(events, next))
+            }
+            Some(None) => {
+                let (top, _) = inner.read(room, None, (0, 0)).await?;
+                Ok(ReplayPage::Lost(top))
+            }
+            None => Err(EngineError::Internal("unexpected page script reply".into())),
+        }
     }
 
     async fn unsubscribe(&self, room: &RoomName, conn: ConnectionId) {
