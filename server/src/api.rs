@@ -605,13 +605,38 @@ async fn disconnect(
     } else {
         &req.reason
     };
-    let n = state.node.kick(contact, id, reason);
+    let node = &state.node;
+    let now = (unix_ms() / 1000) as u64;
+    let revoke_before = if req.revoke_tokens {
+        // Tokens issued (`iat`) up to this second are refused, here and (through the
+        // engine) on every node, for as long as any of them could still be valid.
+        let before = now + 1;
+        let until = before + node.auth.max_validity_secs();
+        node.auth.revocations().revoke(contact, id, before, until);
+        with_timeout(node.engine.store_revocation(contact, id, before, until))
+            .await
+            .map_err(|e| ApiError::engine(format, &e))?;
+        before
+    } else {
+        0
+    };
+    let n = node.kick(contact, id, reason);
+    let message = crate::engine::bus::ControlMessage::Kick {
+        origin: node.session.node_id.clone(),
+        contact,
+        id,
+        revoke_before,
+        reason: reason.to_string(),
+    };
+    let nodes = with_timeout(node.engine.broadcast_control(&message))
+        .await
+        .map_err(|e| ApiError::engine(format, &e))?;
     Ok(respond(
         format,
         StatusCode::OK,
         &pb::DisconnectUserResponse {
             connections: n as u32,
-            nodes: 0,
+            nodes,
         },
     ))
 }

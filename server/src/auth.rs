@@ -140,6 +140,10 @@ pub enum AuthError {
     /// A subscription token for another room or holder.
     #[error("subscription token does not grant this room to this connection")]
     WrongGrant,
+    /// The backend revoked this user's tokens issued before a time, and this one is older
+    /// (or has no `iat`).
+    #[error("token revoked")]
+    Revoked,
 }
 
 impl AuthError {
@@ -152,6 +156,7 @@ impl AuthError {
             AuthError::WrongAudience => "wrong_audience",
             AuthError::Claims(_) => "claims",
             AuthError::WrongGrant => "wrong_grant",
+            AuthError::Revoked => "revoked",
         }
     }
 }
@@ -165,6 +170,7 @@ struct ConnectionClaims {
     inboxes: Vec<u64>,
     exp: Option<u64>,
     nbf: Option<u64>,
+    iat: Option<u64>,
     /// Present only in subscription tokens; its presence here is refused.
     room: Option<String>,
 }
@@ -177,6 +183,44 @@ struct SubscriptionClaims {
     nbf: Option<u64>,
 }
 
+/// Users and contacts whose tokens issued before some time are refused, each until the
+/// last such token would have expired anyway.
+#[derive(Debug, Default)]
+pub struct Revocations {
+    entries: std::sync::RwLock<std::collections::HashMap<(bool, u64), (u64, u64)>>,
+}
+
+impl Revocations {
+    /// Refuses the tokens of the user (`contact`: the contact) `id` issued before
+    /// `before`, until `until` (unix seconds).
+    pub fn revoke(&self, contact: bool, id: u64, before: u64, until: u64) {
+        let mut entries = self.entries.write().expect("revocations lock");
+        // Whatever is past its time goes (the map holds revocations in force only).
+        let now = before.saturating_sub(1);
+        entries.retain(|_, (_, until)| *until > now);
+        let entry = entries.entry((contact, id)).or_insert((before, until));
+        entry.0 = entry.0.max(before);
+        entry.1 = entry.1.max(until);
+    }
+
+    /// Whether a token of `id` issued at `iat` is revoked at `now`.
+    pub fn is_revoked(&self, contact: bool, id: u64, iat: Option<u64>, now: u64) -> bool {
+        let entries = self.entries.read().expect("revocations lock");
+        match entries.get(&(contact, id)) {
+            Some((before, until)) if *until > now => iat.is_none_or(|iat| iat < *before),
+            _ => false,
+        }
+    }
+
+    /// Forgets revocations past their time.
+    pub fn prune(&self, now: u64) {
+        self.entries
+            .write()
+            .expect("revocations lock")
+            .retain(|_, (_, until)| *until > now);
+    }
+}
+
 /// Verifies tokens with one key and the configured issuer and audience.
 #[derive(Debug, Clone)]
 pub struct Authenticator {
@@ -185,6 +229,7 @@ pub struct Authenticator {
     leeway_secs: u64,
     max_lifetime_secs: u64,
     allow_no_exp: bool,
+    revocations: std::sync::Arc<Revocations>,
 }
 
 /// Clock leeway applied to every time claim, in seconds.
@@ -217,7 +262,19 @@ impl Authenticator {
             leeway_secs: LEEWAY_SECS,
             max_lifetime_secs: DEFAULT_MAX_LIFETIME_SECS,
             allow_no_exp: false,
+            revocations: Default::default(),
         }
+    }
+
+    /// The revoked tokens this authenticator refuses.
+    pub fn revocations(&self) -> &Revocations {
+        &self.revocations
+    }
+
+    /// How long a connection token can be valid, in seconds (the maximum lifetime plus
+    /// the clock leeway): how long a revocation must be kept.
+    pub fn max_validity_secs(&self) -> u64 {
+        self.max_lifetime_secs + self.leeway_secs
     }
 
     /// Connection tokens may be valid for at most `secs` (`exp` at most that far ahead);
@@ -296,6 +353,12 @@ impl Authenticator {
             .ok_or_else(|| AuthError::Claims("sub must be a positive integer id".into()))?;
         if claims.account_id == 0 {
             return Err(AuthError::Claims("account_id must be positive".into()));
+        }
+        if self
+            .revocations
+            .is_revoked(claims.role == Role::Contact, id, claims.iat, now_unix)
+        {
+            return Err(AuthError::Revoked);
         }
         let mut inboxes = claims.inboxes;
         inboxes.sort_unstable();

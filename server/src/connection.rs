@@ -32,6 +32,9 @@ pub enum Incoming {
     Datagram(Bytes),
     /// The control path could not be framed; nothing more will come.
     FramingError(FrameError),
+    /// The transport's own protocol was violated (WebSocket framing, …); nothing more
+    /// will come.
+    ProtocolError(String),
     /// The client went away.
     Closed,
 }
@@ -179,6 +182,7 @@ pub async fn drive(
                 }
                 Some(Incoming::Datagram(body)) => session.handle_datagram(&body, Instant::now()),
                 Some(Incoming::FramingError(err)) => session.handle_framing_error(&err),
+                Some(Incoming::ProtocolError(reason)) => session.close(DisconnectCode::ProtocolViolation, &reason),
                 Some(Incoming::Closed) | None => {
                     // Let the session wind down (typing indicators off) before cleanup.
                     peer_gone = true;

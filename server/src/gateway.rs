@@ -82,6 +82,56 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     Ok(socket.into())
 }
 
+/// Carries out what other nodes ask (kicks, revocations), and keeps the revocations the
+/// engine stores loaded: at start, then every minute (in case a message was missed while
+/// the engine was unreachable).
+async fn run_control(
+    node: Arc<Node>,
+    mut control: tokio::sync::mpsc::UnboundedReceiver<crate::engine::bus::ControlMessage>,
+) {
+    use crate::engine::bus::ControlMessage;
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    };
+    let mut reload = tokio::time::interval(Duration::from_secs(60));
+    let mut loaded = false;
+    let mut retry = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            message = control.recv() => match message {
+                None => return,
+                Some(ControlMessage::Kick { origin, contact, id, revoke_before, reason }) => {
+                    if origin == node.session.node_id {
+                        continue;
+                    }
+                    if revoke_before > 0 {
+                        let until = revoke_before + node.auth.max_validity_secs();
+                        node.auth.revocations().revoke(contact, id, revoke_before, until);
+                    }
+                    let n = node.kick(contact, id, &reason);
+                    tracing::info!(%origin, contact, id, connections = n, "kick from another node");
+                }
+            },
+            _ = reload.tick() => loaded = false,
+            _ = retry.tick(), if !loaded => {
+                match node.engine.load_revocations(now()).await {
+                    Ok(list) => {
+                        let revocations = node.auth.revocations();
+                        revocations.prune(now());
+                        for (contact, id, before, until) in list {
+                            revocations.revoke(contact, id, before, until);
+                        }
+                        loaded = true;
+                    }
+                    Err(err) => tracing::debug!(%err, "cannot load revocations yet"),
+                }
+            }
+        }
+    }
+}
+
 impl Gateway {
     /// Starts a gateway: on Redis when `--redis` is given, else on the embedded engine.
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
@@ -335,6 +385,9 @@ impl Gateway {
                 limits,
                 node.shutdown_signal(),
             )));
+        }
+        if let Some(control) = engine.take_control() {
+            listeners.push(tokio::spawn(run_control(node.clone(), control)));
         }
         let maintenance_engine = engine.clone();
         let maintenance = tokio::spawn(async move {

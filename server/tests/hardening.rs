@@ -619,3 +619,25 @@ async fn metrics_can_have_a_listener_of_their_own() {
     assert_eq!(own.status(), 200);
     assert!(own.text().await.unwrap().contains("rtgate_"));
 }
+
+#[tokio::test]
+async fn websocket_protocol_violations_close_with_a_protocol_code() {
+    let t = TestGateway::start().await;
+    let tok = token("agent", 7, 1, &[]);
+    // Raw bytes written under the WebSocket layer: an unknown opcode (masked), and a
+    // client frame without a mask.
+    for (bytes, code) in [
+        (vec![0x83u8, 0x80, 1, 2, 3, 4], DisconnectCode::ProtocolViolation),
+        (vec![0x82u8, 0x01, 0x00], DisconnectCode::ProtocolViolation),
+    ] {
+        let (mut ws, _) = RawWs::handshake(&t.ws_url(), &tok).await;
+        let tcp = match ws.ws.get_mut() {
+            tokio_tungstenite::MaybeTlsStream::Plain(tcp) => tcp,
+            _ => unreachable!("plain ws"),
+        };
+        tcp.write_all(&bytes).await.unwrap();
+        let (disconnect, close) = ws.until_end().await;
+        assert_eq!(disconnect.map(|d| d.code), Some(code.code()), "{bytes:?}");
+        assert_eq!(close, Some(code.code() as u16));
+    }
+}

@@ -4,6 +4,12 @@
 //! - `P<epoch>:<offset>:<Event protobuf bytes>`: a numbered room event;
 //! - `E<0|1><principal>|<ServerFrame bytes>`: an ephemeral frame (typing), `1` when
 //!   private, not to be delivered to `principal`'s own connections.
+//!
+//! and on the node control channel:
+//!
+//! - `K<origin node>|<u|c>:<id>|<revoke before, unix s, 0: none>|<reason>`: close the
+//!   connections of a user (`u`) or contact (`c`), and refuse their tokens issued before
+//!   the given time.
 
 /// A decoded bus message, borrowing from the received bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +32,65 @@ pub enum BusMessage<'a> {
         /// The encoded `ServerFrame`.
         frame: &'a [u8],
     },
+}
+
+/// A request from one node to all others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlMessage {
+    /// Close a user's or contact's connections.
+    Kick {
+        /// The node that asked (it acted on its own connections already).
+        origin: String,
+        /// A contact (else a user).
+        contact: bool,
+        /// The user or contact id.
+        id: u64,
+        /// Refuse their connection tokens issued before this (unix seconds; 0: none).
+        revoke_before: u64,
+        /// Shown to the client.
+        reason: String,
+    },
+}
+
+/// Encodes a control message.
+pub fn encode_control(message: &ControlMessage) -> Vec<u8> {
+    match message {
+        ControlMessage::Kick {
+            origin,
+            contact,
+            id,
+            revoke_before,
+            reason,
+        } => format!(
+            "K{origin}|{}:{id}|{revoke_before}|{reason}",
+            if *contact { 'c' } else { 'u' }
+        )
+        .into_bytes(),
+    }
+}
+
+/// Decodes a control message; `None` for anything malformed.
+pub fn decode_control(bytes: &[u8]) -> Option<ControlMessage> {
+    let (&kind, rest) = bytes.split_first()?;
+    if kind != b'K' {
+        return None;
+    }
+    let text = std::str::from_utf8(rest).ok()?;
+    let mut parts = text.splitn(4, '|');
+    let origin = parts.next()?.to_string();
+    let (who, id) = parts.next()?.split_once(':')?;
+    let contact = match who {
+        "u" => false,
+        "c" => true,
+        _ => return None,
+    };
+    Some(ControlMessage::Kick {
+        origin,
+        contact,
+        id: id.parse().ok()?,
+        revoke_before: parts.next()?.parse().ok()?,
+        reason: parts.next()?.to_string(),
+    })
 }
 
 fn split_once(bytes: &[u8], sep: u8) -> Option<(&[u8], &[u8])> {
@@ -95,6 +160,28 @@ mod tests {
         #[test]
         fn garbage_is_refused_not_panicked_on(bytes in proptest::collection::vec(any::<u8>(), 0..32)) {
             let _ = decode(&bytes);
+        }
+    }
+
+    #[test]
+    fn control_messages_round_trip() {
+        let kick = ControlMessage::Kick {
+            origin: "n1".into(),
+            contact: true,
+            id: 42,
+            revoke_before: 1_900_000_000,
+            reason: "account | suspended".into(),
+        };
+        assert_eq!(decode_control(&encode_control(&kick)), Some(kick));
+        for bad in [
+            &b""[..],
+            b"K",
+            b"Kn1|x:1|0|r",
+            b"Kn1|u:a|0|r",
+            b"Kn1|u:1|r",
+            b"Xn1|u:1|0|r",
+        ] {
+            assert_eq!(decode_control(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
     }
 

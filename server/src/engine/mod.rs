@@ -139,6 +139,34 @@ pub trait Engine: Send + Sync + 'static {
     /// Subscribers and position of a room.
     async fn room_info(&self, room: &RoomName) -> Result<RoomInfo, EngineError>;
 
+    /// Passes a control message to every other node; answers how many got it. A single
+    /// node has no others.
+    async fn broadcast_control(&self, _message: &bus::ControlMessage) -> Result<u32, EngineError> {
+        Ok(0)
+    }
+
+    /// Control messages from the nodes (this one's own included); taken once, by the node.
+    fn take_control(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<bus::ControlMessage>> {
+        None
+    }
+
+    /// Records that a user's (or contact's) tokens issued before `before` (unix seconds)
+    /// are refused until `until`, where every node, present or future, finds it.
+    async fn store_revocation(
+        &self,
+        _contact: bool,
+        _id: u64,
+        _before: u64,
+        _until: u64,
+    ) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    /// The revocations in force at `now` (unix seconds): (contact, id, before, until).
+    async fn load_revocations(&self, _now: u64) -> Result<Vec<(bool, u64, u64, u64)>, EngineError> {
+        Ok(Vec::new())
+    }
+
     /// The node-local registry this engine delivers to.
     fn hub(&self) -> &Arc<Hub>;
 

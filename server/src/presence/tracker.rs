@@ -74,7 +74,8 @@ pub enum Effect {
     TouchSeen(Who, u64),
     /// Heartbeat: refresh this node's entries.
     Refresh(Vec<Who>),
-    /// Expire the entries of dead nodes in these accounts; report who went offline.
+    /// Expire the entries of dead nodes in these accounts, and in every account no node
+    /// has refreshed lately; report who went offline.
     Reap(Vec<u64>),
     /// Announce these changes (true: online) to the account room.
     Publish {
@@ -202,8 +203,10 @@ impl Tracker {
             accounts.dedup();
             if !held.is_empty() {
                 self.effects.push_back(Effect::Refresh(held));
-                self.effects.push_back(Effect::Reap(accounts));
             }
+            // Every node reaps, holding connections or not: entries of a node that died
+            // expire whoever else is (or is not) online in its accounts.
+            self.effects.push_back(Effect::Reap(accounts));
         }
         let ready: Vec<u64> = self
             .pending
@@ -316,6 +319,14 @@ mod tests {
             effects(&mut t),
             vec![Effect::Refresh(vec![AGENT, contact]), Effect::Reap(vec![1, 2])]
         );
+    }
+
+    #[test]
+    fn a_node_without_connections_still_reaps() {
+        let t0 = Instant::now();
+        let mut t = tracker(t0);
+        t.handle_timeout(t0 + Duration::from_secs(10));
+        assert_eq!(effects(&mut t), vec![Effect::Reap(vec![])]);
     }
 
     #[test]

@@ -79,9 +79,7 @@ pub async fn serve(node: Arc<Node>, socket: WebSocket, client: Option<crate::htt
                 ))),
                 Ok(Message::Ping(_) | Message::Pong(_)) => None,
                 Ok(Message::Close(_)) => Some(Incoming::Closed),
-                // Beyond the socket's own hard limit (4× the frame limit) or a broken
-                // connection: nothing more can be read.
-                Err(_) => Some(Incoming::Closed),
+                Err(err) => Some(read_error(err, max)),
             })
         })
         .boxed();
@@ -105,6 +103,27 @@ pub async fn serve(node: Arc<Node>, socket: WebSocket, client: Option<crate::htt
     // Boxed: the upgrade task then stays small while the driver's state lives on the heap
     // at its own size.
     Box::pin(drive(node, conn, control_rx, handle)).await;
+}
+
+/// What a read error of the WebSocket means: a broken connection (the peer is gone), a
+/// message beyond the socket's own hard limit (4× the frame limit), or a violation of the
+/// WebSocket protocol (bad framing, masking, opcodes, UTF-8 in a close frame…).
+fn read_error(err: axum::Error, max: usize) -> Incoming {
+    use tungstenite::Error as E;
+    use tungstenite::error::CapacityError;
+    let inner = err.into_inner();
+    match inner.downcast_ref::<E>() {
+        Some(E::Capacity(CapacityError::MessageTooLong { size, .. })) => {
+            Incoming::FramingError(FrameError::TooLarge {
+                size: *size as u64,
+                max,
+            })
+        }
+        Some(E::Capacity(_)) => Incoming::FramingError(FrameError::TooLarge { size: 0, max }),
+        Some(E::Protocol(violation)) => Incoming::ProtocolError(violation.to_string()),
+        Some(E::Utf8(_)) => Incoming::ProtocolError("invalid UTF-8 in a WebSocket frame".into()),
+        _ => Incoming::Closed,
+    }
 }
 
 fn close_message(code: DisconnectCode, reason: &str) -> Message {

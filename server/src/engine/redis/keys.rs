@@ -36,6 +36,16 @@ impl Keys {
         format!("{}:{{{}}}:c", self.prefix, room)
     }
 
+    /// The channel nodes ask each other things on (kicks).
+    pub fn control(&self) -> String {
+        format!("{}:ctl", self.prefix)
+    }
+
+    /// Revoked tokens: ZSET `u:7`/`c:3` → revoked-before unix seconds; hash `…:until`.
+    pub fn revocations(&self) -> String {
+        format!("{}:revoked", self.prefix)
+    }
+
     /// The room a channel belongs to.
     pub fn room_of_channel(&self, channel: &[u8]) -> Option<RoomName> {
         let s = std::str::from_utf8(channel).ok()?;

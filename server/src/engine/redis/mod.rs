@@ -122,12 +122,15 @@ pub(crate) struct Inner {
     /// Last position delivered by this node, per room with local subscribers.
     tracks: Mutex<HashMap<RoomName, Option<StreamPos>>>,
     stats: Arc<RedisStats>,
+    /// Where control messages from other nodes go.
+    control: mpsc::UnboundedSender<bus::ControlMessage>,
 }
 
 /// The Redis engine.
 pub struct RedisEngine {
     inner: Arc<Inner>,
     pubsub: mpsc::UnboundedSender<pubsub::Command>,
+    control: Mutex<Option<mpsc::UnboundedReceiver<bus::ControlMessage>>>,
 }
 
 impl std::fmt::Debug for RedisEngine {
@@ -155,6 +158,7 @@ impl RedisEngine {
             .set_protocol(redis::ProtocolVersion::RESP3);
         let pubsub_client = redis::Client::open(info.set_redis_settings(resp3))
             .map_err(|e| EngineError::Internal(e.to_string()))?;
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             hub,
             keys: Keys::new(&config.prefix),
@@ -170,10 +174,15 @@ impl RedisEngine {
             commands_ok: AtomicBool::new(false),
             tracks: Mutex::new(HashMap::new()),
             stats: Arc::new(RedisStats::default()),
+            control: control_tx,
         });
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(pubsub::run(inner.clone(), rx));
-        Ok(RedisEngine { inner, pubsub: tx })
+        Ok(RedisEngine {
+            inner,
+            pubsub: tx,
+            control: Mutex::new(Some(control_rx)),
+        })
     }
 
     /// Presence kept in the same Redis; entries expire `ttl_ms` after their last refresh.
@@ -361,8 +370,17 @@ impl Inner {
         self.hub.broadcast(&p);
     }
 
-    /// A message from a room channel.
+    /// A message from a room channel or the control channel.
     async fn on_message(&self, channel: &[u8], payload: &[u8]) {
+        if channel == self.keys.control().as_bytes() {
+            match bus::decode_control(payload) {
+                Some(message) => {
+                    let _ = self.control.send(message);
+                }
+                None => tracing::warn!("undecodable message on the control channel"),
+            }
+            return;
+        }
         let Some(room) = self.keys.room_of_channel(channel) else {
             return;
         };
@@ -669,6 +687,93 @@ impl Engine for RedisEngine {
 
     fn hub(&self) -> &Arc<Hub> {
         &self.inner.hub
+    }
+
+    async fn broadcast_control(&self, message: &bus::ControlMessage) -> Result<u32, EngineError> {
+        let inner = &self.inner;
+        let mut conn = inner.conn().await?;
+        let result = tokio::time::timeout(
+            inner.config.timeout,
+            redis::cmd("PUBLISH")
+                .arg(inner.keys.control())
+                .arg(bus::encode_control(message))
+                .query_async::<u32>(&mut conn),
+        )
+        .await
+        .map_err(|_| unavailable("redis call timed out"))
+        .and_then(|r| r.map_err(unavailable));
+        inner.note(&result);
+        // Every node listens, this one included.
+        result.map(|n| n.saturating_sub(1))
+    }
+
+    fn take_control(&self) -> Option<mpsc::UnboundedReceiver<bus::ControlMessage>> {
+        self.control.lock().expect("control lock").take()
+    }
+
+    async fn store_revocation(
+        &self,
+        contact: bool,
+        id: u64,
+        before: u64,
+        until: u64,
+    ) -> Result<(), EngineError> {
+        let inner = &self.inner;
+        let mut conn = inner.conn().await?;
+        let member = format!("{}:{id}", if contact { 'c' } else { 'u' });
+        let result = tokio::time::timeout(
+            inner.config.timeout,
+            redis::cmd("HSET")
+                .arg(inner.keys.revocations())
+                .arg(member)
+                .arg(format!("{before}:{until}"))
+                .exec_async(&mut conn),
+        )
+        .await
+        .map_err(|_| unavailable("redis call timed out"))
+        .and_then(|r| r.map_err(unavailable));
+        inner.note(&result);
+        result
+    }
+
+    async fn load_revocations(&self, now: u64) -> Result<Vec<(bool, u64, u64, u64)>, EngineError> {
+        let inner = &self.inner;
+        let mut conn = inner.conn().await?;
+        let result = tokio::time::timeout(
+            inner.config.timeout,
+            redis::cmd("HGETALL")
+                .arg(inner.keys.revocations())
+                .query_async::<HashMap<String, String>>(&mut conn),
+        )
+        .await
+        .map_err(|_| unavailable("redis call timed out"))
+        .and_then(|r| r.map_err(unavailable));
+        inner.note(&result);
+        let mut live = Vec::new();
+        let mut gone = Vec::new();
+        for (member, value) in result? {
+            let parsed = member.split_once(':').and_then(|(kind, id)| {
+                let (before, until) = value.split_once(':')?;
+                Some((
+                    kind == "c",
+                    id.parse().ok()?,
+                    before.parse().ok()?,
+                    until.parse().ok()?,
+                ))
+            });
+            match parsed {
+                Some(r @ (_, _, _, until)) if until > now => live.push(r),
+                _ => gone.push(member),
+            }
+        }
+        if !gone.is_empty() {
+            let _ = redis::cmd("HDEL")
+                .arg(inner.keys.revocations())
+                .arg(gone)
+                .exec_async(&mut conn)
+                .await;
+        }
+        Ok(live)
     }
 
     fn health(&self) -> super::EngineHealth {

@@ -106,6 +106,12 @@ impl RedisPresence {
         format!("{}:h:{}", self.base(who.account), who.member())
     }
 
+    /// ZSET account → when a node last refreshed entries of it (ms): accounts whose
+    /// refresh stopped (their nodes died) are found here and reaped by any node.
+    fn accounts(&self) -> String {
+        format!("{}:p:accounts", self.inner.config.prefix)
+    }
+
     fn online_set(&self, account: u64) -> String {
         format!("{}:on", self.base(account))
     }
@@ -152,11 +158,12 @@ impl RedisPresence {
 impl PresenceStore for RedisPresence {
     async fn mark_online(&self, who: Who, node: &str, now_ms: u64) -> Result<bool, EngineError> {
         let added = self.holder_script(&self.online, who, node, now_ms).await?;
+        let mut p = redis::pipe();
+        p.zadd(self.accounts(), who.account, now_ms).ignore();
         if let Some(key) = self.chatwoot_presence(&who) {
-            let mut p = redis::pipe();
             p.zadd(key, who.id.to_string(), now_ms / 1000).ignore();
-            self.pipe::<()>(&p).await?;
         }
+        self.pipe::<()>(&p).await?;
         Ok(added == 1)
     }
 
@@ -168,6 +175,11 @@ impl PresenceStore for RedisPresence {
     async fn refresh(&self, node: &str, held: &[Who], now_ms: u64) -> Result<(), EngineError> {
         for chunk in held.chunks(500) {
             let mut p = redis::pipe();
+            let mut accounts: Vec<u64> = chunk.iter().map(|w| w.account).collect();
+            accounts.dedup();
+            for account in accounts {
+                p.zadd(self.accounts(), account, now_ms).ignore();
+            }
             for who in chunk {
                 let holders = self.holders(who);
                 p.zadd(&holders, node, now_ms).ignore();
@@ -183,8 +195,21 @@ impl PresenceStore for RedisPresence {
     }
 
     async fn reap(&self, accounts: &[u64], now_ms: u64) -> Result<Vec<Who>, EngineError> {
+        // Accounts nobody refreshed within the TTL: their nodes are gone.
+        let mut p = redis::pipe();
+        p.cmd("ZRANGEBYSCORE")
+            .arg(self.accounts())
+            .arg("-inf")
+            .arg(now_ms.saturating_sub(self.ttl_ms))
+            .arg("LIMIT")
+            .arg(0)
+            .arg(1000);
+        let (stale,): (Vec<u64>,) = self.pipe(&p).await?;
+        let mut all: Vec<u64> = accounts.iter().chain(stale.iter()).copied().collect();
+        all.sort_unstable();
+        all.dedup();
         let mut gone = Vec::new();
-        for account in accounts {
+        for account in &all {
             let mut inv = self.reap.prepare_invoke();
             inv.key(self.online_set(*account))
                 .arg(format!("{}:h:", self.base(*account)))
@@ -192,6 +217,22 @@ impl PresenceStore for RedisPresence {
                 .arg(self.ttl_ms);
             let members: Vec<String> = self.inner.call(inv).await?;
             gone.extend(members.iter().filter_map(|m| Who::from_member(*account, m)));
+        }
+        if !stale.is_empty() {
+            // Forget the stale accounts left with nobody online (a live node re-adds an
+            // account when it refreshes it).
+            let mut p = redis::pipe();
+            for account in &stale {
+                p.scard(self.online_set(*account));
+            }
+            let sizes: Vec<u64> = self.pipe(&p).await?;
+            let mut p = redis::pipe();
+            for (account, size) in stale.iter().zip(sizes) {
+                if size == 0 {
+                    p.zrem(self.accounts(), *account).ignore();
+                }
+            }
+            self.pipe::<()>(&p).await?;
         }
         Ok(gone)
     }

@@ -134,6 +134,17 @@ pub(crate) async fn run(inner: Arc<Inner>, mut commands: mpsc::UnboundedReceiver
             }
         };
         let rooms: Vec<RoomName> = refs.keys().cloned().collect();
+        // The control channel is classic pub/sub: one message reaches every node.
+        let control = tokio::time::timeout(
+            inner.config.timeout,
+            redis::cmd("SUBSCRIBE")
+                .arg(inner.keys.control())
+                .exec_async(&mut conn),
+        )
+        .await;
+        if !matches!(control, Ok(Ok(()))) {
+            continue;
+        }
         let mut ok = true;
         for chunk in rooms.chunks(256) {
             if channel_cmd(&inner, &mut conn, true, chunk).await.is_err() {
