@@ -354,6 +354,18 @@ mod tests {
     }
 
     #[test]
+    fn development_mode_listens_on_loopback_unless_told_otherwise() {
+        let dev = Config::parse_from(["rtgate"]);
+        assert_eq!(dev.http_addr().to_string(), "127.0.0.1:8080");
+        assert_eq!(dev.wt_addr().to_string(), "127.0.0.1:4433");
+        let prod = Config::parse_from(["rtgate", "--production"]);
+        assert_eq!(prod.http_addr().to_string(), "[::]:8080");
+        assert_eq!(prod.wt_addr().to_string(), "[::]:4433");
+        let told = Config::parse_from(["rtgate", "--http-listen", "0.0.0.0:9000"]);
+        assert_eq!(told.http_addr().to_string(), "0.0.0.0:9000");
+    }
+
+    #[test]
     fn clap_definition_is_consistent() {
         use clap::CommandFactory;
         Config::command().debug_assert();

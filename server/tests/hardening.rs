@@ -641,3 +641,27 @@ async fn websocket_protocol_violations_close_with_a_protocol_code() {
         assert_eq!(close, Some(code.code() as u16));
     }
 }
+
+#[tokio::test]
+async fn quic_connections_that_never_open_a_session_are_dropped_at_the_deadline() {
+    let mut config = config();
+    config.handshake_timeout = Duration::from_millis(500);
+    config.max_handshakes = 2;
+    config.quic_retry = rtgate_server::config::QuicRetry::Never;
+    let t = TestGateway::start_with(config).await;
+    let started = Instant::now();
+    let a = common::quic::silent_connection(t.gw.wt_addr).await.expect("handshake");
+    let b = common::quic::silent_connection(t.gw.wt_addr).await.expect("handshake");
+    // Two handshakes in progress: the cap.
+    let refused = common::quic::silent_connection(t.gw.wt_addr).await;
+    assert!(refused.is_err(), "a third handshake beyond the cap was accepted");
+    for conn in [a, b] {
+        tokio::time::timeout(Duration::from_secs(3), conn.closed())
+            .await
+            .expect("closed by the gateway at the deadline");
+    }
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    // Their slots came back: a real client gets in.
+    let (client, _events) = t.client(TRANSPORTS[0], &token("agent", 7, 1, &[])).await;
+    client.close();
+}

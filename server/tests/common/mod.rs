@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod quic;
 pub mod raw;
 pub mod redis;
 
