@@ -1,0 +1,2 @@
+
+	contact:9blocked

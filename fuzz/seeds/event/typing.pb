@@ -1,0 +1,2 @@
+conversation.typing_on‚
+conversation:42"	
