@@ -650,8 +650,12 @@ async fn quic_connections_that_never_open_a_session_are_dropped_at_the_deadline(
     config.quic_retry = rtgate_server::config::QuicRetry::Never;
     let t = TestGateway::start_with(config).await;
     let started = Instant::now();
-    let a = common::quic::silent_connection(t.gw.wt_addr).await.expect("handshake");
-    let b = common::quic::silent_connection(t.gw.wt_addr).await.expect("handshake");
+    let a = common::quic::silent_connection(t.gw.wt_addr)
+        .await
+        .expect("handshake");
+    let b = common::quic::silent_connection(t.gw.wt_addr)
+        .await
+        .expect("handshake");
     // Two handshakes in progress: the cap.
     let refused = common::quic::silent_connection(t.gw.wt_addr).await;
     assert!(refused.is_err(), "a third handshake beyond the cap was accepted");
@@ -664,4 +668,46 @@ async fn quic_connections_that_never_open_a_session_are_dropped_at_the_deadline(
     // Their slots came back: a real client gets in.
     let (client, _events) = t.client(TRANSPORTS[0], &token("agent", 7, 1, &[])).await;
     client.close();
+}
+
+#[tokio::test]
+async fn webtransport_sessions_end_with_the_close_capsule_carrying_the_code() {
+    let t = TestGateway::start().await;
+    let (mut wt, _) =
+        common::raw::RawWt::handshake(&t.wt_url(), t.cert_hash(), &token("agent", 7, 1, &[])).await;
+    let resp = t
+        .http
+        .post(t.api("/api/v1/disconnect"))
+        .bearer_auth(API_KEY)
+        .json(&json!({"userId": "7", "reason": "account suspended"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        wt.until_end().await.map(|d| d.code),
+        Some(DisconnectCode::Kicked.code())
+    );
+    // The session's end, as the WebTransport layer reports it: from the capsule.
+    let err = tokio::time::timeout(Duration::from_secs(3), wt.connection.accept_uni())
+        .await
+        .expect("the session ends")
+        .expect_err("no stream after the close");
+    match err {
+        wtransport::error::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(
+                close.code().into_inner(),
+                u64::from(DisconnectCode::Kicked.code())
+            );
+            assert_eq!(close.reason(), b"account suspended");
+        }
+        other => panic!("closed without the session-close capsule: {other:?}"),
+    }
+    // The client ended the QUIC connection itself, on the capsule: the gateway's own QUIC
+    // close (a fallback) never came first.
+    let quic = wt.connection.quic_connection().close_reason();
+    assert!(
+        matches!(quic, Some(wtransport::quinn::ConnectionError::LocallyClosed)),
+        "the QUIC connection was closed by the gateway before the capsule: {quic:?}"
+    );
 }

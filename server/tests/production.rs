@@ -10,7 +10,12 @@ use common::*;
 use rtgate_server::{Gateway, StartError};
 
 /// A self-signed certificate valid between the given dates, and its key, as PEM files.
-fn cert_files(dir: &Path, name: &str, from: (i32, u8, u8), until: (i32, u8, u8)) -> (PathBuf, PathBuf, rcgen::KeyPair) {
+fn cert_files(
+    dir: &Path,
+    name: &str,
+    from: (i32, u8, u8),
+    until: (i32, u8, u8),
+) -> (PathBuf, PathBuf, rcgen::KeyPair) {
     let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
     params.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
     params.not_after = rcgen::date_time_ymd(until.0, until.1, until.2);
@@ -50,11 +55,20 @@ async fn production_refuses_short_keys_expired_and_mismatched_certificates() {
 
     let (old_cert, old_key, _) = cert_files(dir.path(), "old", (2020, 1, 1), (2021, 1, 1));
     let err = refusal(production(&old_cert, &old_key)).await;
-    assert!(matches!(err, StartError::Cert(rtgate_server::certs::CertError::Expired(_))), "{err}");
+    assert!(
+        matches!(err, StartError::Cert(rtgate_server::certs::CertError::Expired(_))),
+        "{err}"
+    );
 
     let (_, other_key, _) = cert_files(dir.path(), "other", (2020, 1, 1), (2099, 1, 1));
     let err = refusal(production(&cert, &other_key)).await;
-    assert!(matches!(err, StartError::Cert(rtgate_server::certs::CertError::Mismatch(_))), "{err}");
+    assert!(
+        matches!(
+            err,
+            StartError::Cert(rtgate_server::certs::CertError::Mismatch(_))
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("does not match"), "{err}");
 }
 

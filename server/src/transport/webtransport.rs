@@ -398,11 +398,25 @@ async fn write_control(
                 let _ = send.finish().await;
                 // Give the peer a moment to read the Disconnect frame before the session ends.
                 let _ = tokio::time::timeout(std::time::Duration::from_millis(200), send.stopped()).await;
-                connection.close(VarInt::from_u32(code.code()), reason.as_bytes());
+                close_session(&connection, code, &reason).await;
                 return;
             }
         }
     }
+}
+
+/// Ends the session the WebTransport way: a CLOSE_WEBTRANSPORT_SESSION capsule with the
+/// disconnect code and reason (browsers report them in `WebTransport.closed`), then, once
+/// the peer has answered or after a second, the QUIC connection.
+async fn close_session(connection: &Connection, code: DisconnectCode, reason: &str) {
+    let reason = reason.as_bytes();
+    let capsule = async {
+        if connection.close_session(code.code(), reason).await.is_ok() {
+            connection.closed().await;
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), capsule).await;
+    connection.close(VarInt::from_u32(code.code()), reason);
 }
 
 async fn write_room_stream(opening: BoxFuture<'static, Option<SendStream>>, mut rx: LaneReceiver) {
