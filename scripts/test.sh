@@ -71,11 +71,20 @@ cargo test --workspace --locked 2>&1 | tee "$results/cargo.log"
 status=${PIPESTATUS[0]}
 set -e
 
-# One closing line for the whole suite: Rust tests plus browser tests.
+# Decoders of outside bytes (client frames, API bodies, bus messages, events) under a
+# bounded coverage-guided fuzz run (scripts/fuzz.sh; RTGATE_FUZZ_SECONDS per target).
+log "fuzzing"
+fuzz_status=0
+scripts/fuzz.sh "${RTGATE_FUZZ_SECONDS:-10}" || fuzz_status=$?
+fuzz_targets=$(ls fuzz/fuzz_targets/*.rs | wc -l)
+if [ "$fuzz_status" = 0 ]; then fuzz_passed=$fuzz_targets fuzz_failed=0; else fuzz_passed=0 fuzz_failed=$fuzz_targets; fi
+
+# One closing line for the whole suite: Rust tests, browser tests and fuzz targets.
 passed=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) if ($i ~ /^passed;?$/) s += $(i - 1) } END { print s + 0 }' "$results/cargo.log")
 failed=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) if ($i ~ /^failed;?$/) s += $(i - 1) } END { print s + 0 }' "$results/cargo.log")
 browser_passed=$(awk '/^# pass / { s += $3 } END { print s + 0 }' "$results/browser.log")
 browser_failed=$(awk '/^# fail / { s += $3 } END { print s + 0 }' "$results/browser.log")
 echo
-echo "$((passed + browser_passed)) passed, $((failed + browser_failed)) failed"
-exit "$status"
+echo "$((passed + browser_passed + fuzz_passed)) passed, $((failed + browser_failed + fuzz_failed)) failed"
+[ "$status" = 0 ] || exit "$status"
+exit "$fuzz_status"

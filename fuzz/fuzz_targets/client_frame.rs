@@ -112,6 +112,12 @@ fn drive(session: &mut Session, engine: &mut Engine, now: Instant) -> bool {
                 let _ = encode_frame(&frame);
             }
             Action::Activate(_) | Action::Leave(_) | Action::AuthFailed(_) => {}
+            Action::Admit => {
+                // The driver admits an authenticated connection (or refuses it at a limit).
+                assert!(session.principal().is_some(), "admission before hello");
+                let result = engine.result(()).map_err(|e| e.to_string());
+                session.admitted(result);
+            }
             Action::Join { room, since } => {
                 // The driver needs the principal here.
                 assert!(session.principal().is_some(), "join before hello");

@@ -588,3 +588,171 @@ impl Hub {
             .sum()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Subscribers driven by hand: replay pacing against the connection's queue, live
+    //! events held during a replay, rooms before their first event.
+    use super::*;
+    use crate::outbox::{LaneReceiver, Outbox};
+    use rtgate_protocol::pb;
+
+    fn room() -> RoomName {
+        RoomName::parse("inbox:3").unwrap()
+    }
+
+    fn publication(epoch: &str, offset: u64, bytes: usize) -> Arc<Publication> {
+        let event = pb::Event {
+            name: "m".into(),
+            json: "x".repeat(bytes),
+            ..Default::default()
+        };
+        crate::engine::encode_publication(
+            &room(),
+            StreamPos {
+                epoch: Epoch::from_wire(epoch),
+                offset,
+            },
+            &prost::Message::encode_to_vec(&event),
+        )
+    }
+
+    fn subscriber(budget: usize) -> (Arc<Subscriber>, LaneReceiver) {
+        let outbox = Outbox::new(budget);
+        let (lane, rx) = Lane::new(&outbox);
+        let sub = Subscriber::new(ConnectionId(1), room(), RoomName::user(7), false, lane, None);
+        (sub, rx)
+    }
+
+    /// Offsets of the room events (and resets, as `None`) queued, each written at once.
+    fn drain(rx: &mut LaneReceiver) -> Vec<Option<u64>> {
+        let mut out = Vec::new();
+        while let Some(frame) = rx.try_recv() {
+            rx.written(frame.len());
+            let decoded = <pb::ServerFrame as prost::Message>::decode(&frame[..]).unwrap();
+            out.push(match decoded.kind {
+                Some(pb::server_frame::Kind::Event(e)) => Some(e.offset),
+                _ => None,
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn a_replay_goes_out_at_the_pace_the_queue_drains_and_live_events_wait_for_it() {
+        // A budget of 10 KB; events of about 1 KB: the replay mark lets ~5 through a time.
+        let (sub, mut rx) = subscriber(10_000);
+        let replay: Vec<_> = (1..=30).map(|o| publication("e", o, 1000)).collect();
+        sub.prepare(
+            replay,
+            StreamPos {
+                epoch: Epoch::from_wire("e"),
+                offset: 30,
+            },
+            None,
+        );
+        // A live event arrives while the subscription is set up.
+        sub.deliver(&publication("e", 31, 1000));
+        assert_eq!(sub.activate(), Pumped::Waiting);
+        let mut got = drain(&mut rx);
+        assert!(
+            got.len() <= 6,
+            "the replay filled only up to the mark: {}",
+            got.len()
+        );
+        assert!(!sub.lane.outbox().is_overflowed());
+        // Another live event while replaying: held, not sent ahead of the replay.
+        sub.deliver(&publication("e", 32, 1000));
+        let mut rounds = 0;
+        loop {
+            let state = sub.pump();
+            got.extend(drain(&mut rx));
+            rounds += 1;
+            if state == Pumped::Done {
+                break;
+            }
+            assert!(rounds < 100);
+        }
+        assert_eq!(got, (1..=32).map(Some).collect::<Vec<_>>());
+        assert!(
+            !sub.lane.outbox().is_overflowed(),
+            "a replay never trips the budget"
+        );
+        // Live now.
+        sub.deliver(&publication("e", 33, 10));
+        assert_eq!(drain(&mut rx), vec![Some(33)]);
+    }
+
+    #[test]
+    fn a_paged_replay_asks_for_the_next_page_and_a_lost_one_resets() {
+        let (sub, mut rx) = subscriber(1 << 20);
+        let cursor = ReplayCursor {
+            epoch: Epoch::from_wire("e"),
+            next: 3,
+            until: 5,
+            after_id: Some(Arc::from("1-2")),
+        };
+        let first = vec![publication("e", 1, 10), publication("e", 2, 10)];
+        sub.prepare(
+            first,
+            StreamPos {
+                epoch: Epoch::from_wire("e"),
+                offset: 5,
+            },
+            Some(cursor.clone()),
+        );
+        assert_eq!(sub.activate(), Pumped::NeedPage(cursor.clone()));
+        assert_eq!(drain(&mut rx), vec![Some(1), Some(2)]);
+        let page = ReplayPage::Events(
+            vec![publication("e", 3, 10), publication("e", 4, 10)],
+            Some(ReplayCursor {
+                next: 5,
+                ..cursor.clone()
+            }),
+        );
+        assert!(matches!(sub.add_page(page), Pumped::NeedPage(c) if c.next == 5));
+        assert_eq!(drain(&mut rx), vec![Some(3), Some(4)]);
+        // History lost the rest: a reset, then live from the room's top.
+        let top = StreamPos {
+            epoch: Epoch::from_wire("e"),
+            offset: 9,
+        };
+        assert_eq!(sub.add_page(ReplayPage::Lost(top)), Pumped::Done);
+        assert_eq!(drain(&mut rx), vec![None]);
+        sub.deliver(&publication("e", 9, 10));
+        sub.deliver(&publication("e", 10, 10));
+        assert_eq!(drain(&mut rx), vec![Some(10)]);
+    }
+
+    #[test]
+    fn a_room_joined_before_its_first_event_follows_on_without_a_reset() {
+        let (sub, mut rx) = subscriber(1 << 20);
+        sub.prepare(
+            Vec::new(),
+            StreamPos {
+                epoch: Epoch::from_wire(""),
+                offset: 0,
+            },
+            None,
+        );
+        assert_eq!(sub.activate(), Pumped::Done);
+        sub.deliver(&publication("new", 1, 10));
+        assert_eq!(drain(&mut rx), vec![Some(1)]);
+        // Whereas a later event of another epoch is a reset.
+        sub.deliver(&publication("other", 7, 10));
+        assert_eq!(drain(&mut rx), vec![None, Some(7)]);
+        // And "before anything" that sees a later first event missed some: a reset.
+        let (late, mut rx) = subscriber(1 << 20);
+        late.prepare(
+            Vec::new(),
+            StreamPos {
+                epoch: Epoch::from_wire(""),
+                offset: 0,
+            },
+            None,
+        );
+        late.activate();
+        late.deliver(&publication("new", 3, 10));
+        assert_eq!(drain(&mut rx), vec![None, Some(3)]);
+    }
+}

@@ -225,11 +225,11 @@ fn client_frame(dir: &Path) {
             3,
             &[
                 frame(1, subscribe("inbox:3", String::new(), None)),
-                frame(2, subscribe("public:lobby", String::new(), None)),
+                frame(2, subscribe("public:1:lobby", String::new(), None)),
                 frame(3, subscribe(conv, grant("user:7"), None)),
                 frame(4, subscribe("account:2", String::new(), None)),
                 frame(5, typing(conv, true, false)),
-                frame(6, publish("public:lobby", "client.hello")),
+                frame(6, publish("public:1:lobby", "client.hello")),
                 frame(7, publish(conv, "message.created")),
                 frame(
                     8,

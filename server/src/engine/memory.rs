@@ -342,6 +342,47 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn joining_rooms_creates_nothing_and_retried_ids_are_found() {
+        use crate::outbox::{Lane, Outbox};
+        let engine = MemoryEngine::new(Arc::new(Hub::new()), HistoryLimits::default());
+        let outbox = Outbox::new(1 << 20);
+        for n in 0..50u64 {
+            let (lane, _rx) = Lane::new(&outbox);
+            let room = RoomName::parse(&format!("public:1:r{n}")).unwrap();
+            let sub = Subscriber::new(ConnectionId(n), room, RoomName::user(7), false, lane, None);
+            let outcome = engine.subscribe(sub, None).await.unwrap();
+            assert_eq!((outcome.pos.epoch.as_str(), outcome.pos.offset), ("", 0));
+        }
+        assert_eq!(engine.logged_rooms(), 0, "subscribing created room logs");
+        let room = RoomName::parse("inbox:1").unwrap();
+        let bytes = prost::Message::encode_to_vec(&event(1));
+        let first = engine.publish(&room, &bytes, Some("id-1")).await.unwrap();
+        let again = engine.publish(&room, &bytes, Some("id-1")).await.unwrap();
+        assert!(!first.duplicate && again.duplicate);
+        assert_eq!(first.pos, again.pos);
+        let other = engine.publish(&room, &bytes, Some("id-2")).await.unwrap();
+        assert_eq!(other.pos.offset, 2);
+    }
+
+    #[test]
+    fn idempotency_keys_are_forgotten_with_their_events() {
+        let t0 = Instant::now();
+        let limits = HistoryLimits {
+            max_events: 2,
+            max_age: Duration::from_secs(10),
+        };
+        let room = RoomName::parse("inbox:1").unwrap();
+        let mut log = RoomLog::new(t0);
+        let bytes = prost::Message::encode_to_vec(&event(1));
+        log.append(&room, &bytes, Some("a"), limits, t0);
+        assert!(log.find_key("a").is_some());
+        log.append(&room, &bytes, Some("b"), limits, t0);
+        log.append(&room, &bytes, Some("c"), limits, t0);
+        assert!(log.find_key("a").is_none(), "trimmed with its event");
+        assert_eq!(log.find_key("c").map(|p| p.offset), Some(3));
+    }
+
     #[test]
     fn history_trims_by_count_and_age() {
         let t0 = Instant::now();
