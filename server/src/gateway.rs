@@ -199,6 +199,17 @@ impl Gateway {
         if config.api_key.as_ref().is_some_and(|k| k.is_empty()) {
             return Err(StartError::Config("--api-key is empty".into()));
         }
+        const KINDS: [&str; 6] = ["user", "contact", "account", "inbox", "conversation", "public"];
+        if let Some(bad) = config
+            .client_publish_rooms
+            .iter()
+            .find(|k| !k.is_empty() && !KINDS.contains(&k.as_str()))
+        {
+            return Err(StartError::Config(format!(
+                "--client-publish-rooms: unknown room kind {bad:?} (one of {})",
+                KINDS.join(", ")
+            )));
+        }
         if config.max_event_size * 4 > config.send_queue_bytes {
             return Err(StartError::Config(format!(
                 "--max-event-size ({}) must be at most a quarter of --send-queue-bytes ({})",

@@ -1299,6 +1299,19 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_refused_at_admission_closes_overloaded_and_joins_nothing() {
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        s.handle_client_frame(hello(&agent_token(3600)), t0);
+        assert_eq!(s.poll_action(), Some(Action::Admit));
+        assert_eq!(s.poll_action(), None, "nothing before admission");
+        s.admitted(Err("too many connections for this user".into()));
+        let acts: Vec<Action> = std::iter::from_fn(|| s.poll_action()).collect();
+        assert!(!acts.iter().any(|a| matches!(a, Action::Join { .. })), "{acts:?}");
+        assert_eq!(closed_with(&acts), Some(DisconnectCode::Overloaded));
+    }
+
+    #[test]
     fn a_failed_auto_join_closes_and_a_failed_join_replies() {
         let t0 = Instant::now();
         let mut s = session(t0);
