@@ -165,6 +165,14 @@ async fn a_redis_restart_that_loses_history_is_reported_never_silent() {
         .client(TransportPreference::WebTransport, &token("agent", 7, 1, &[]))
         .await;
     client.subscribe("public:1:wipe", None).await.unwrap();
+    // The account room has had its first event (the user's presence) before Redis goes.
+    loop {
+        if let ClientEvent::Event { room, .. } = next(&mut events).await
+            && room == "account:1"
+        {
+            break;
+        }
+    }
     a.publish(&["public:1:wipe"], "client.n", "before").await;
     assert_eq!(next_room_event(&mut events).await.2, "before");
 

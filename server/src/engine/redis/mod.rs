@@ -281,6 +281,20 @@ impl Inner {
         result
     }
 
+    /// Runs one command within the call timeout; failures count against readiness.
+    async fn command<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, EngineError> {
+        let result = async {
+            let mut conn = self.conn().await?;
+            tokio::time::timeout(self.config.timeout, cmd.query_async::<T>(&mut conn))
+                .await
+                .map_err(|_| unavailable("redis call timed out"))?
+                .map_err(unavailable)
+        }
+        .await;
+        self.note(&result);
+        result
+    }
+
     fn sharded(&self) -> bool {
         self.sharded.load(Ordering::Relaxed)
     }
@@ -643,39 +657,18 @@ impl Engine for RedisEngine {
         private: bool,
     ) -> Result<(), EngineError> {
         let inner = &self.inner;
-        let mut conn = inner.conn().await?;
         let message = bus::encode_ephemeral(private, exclude.unwrap_or(""), &frame);
         let cmd = if inner.sharded() { "SPUBLISH" } else { "PUBLISH" };
-        let result = tokio::time::timeout(
-            inner.config.timeout,
-            redis::cmd(cmd)
-                .arg(inner.keys.channel(room))
-                .arg(message)
-                .exec_async(&mut conn),
-        )
-        .await
-        .map_err(|_| unavailable("redis call timed out"))
-        .and_then(|r| r.map_err(unavailable));
-        inner.note(&result);
-        result
+        inner
+            .command::<()>(redis::cmd(cmd).arg(inner.keys.channel(room)).arg(message))
+            .await
     }
 
     async fn room_info(&self, room: &RoomName) -> Result<RoomInfo, EngineError> {
         let inner = &self.inner;
-        let mut conn = inner.conn().await?;
-        let result = tokio::time::timeout(
-            inner.config.timeout,
-            redis::cmd("HMGET")
-                .arg(inner.keys.meta(room))
-                .arg("e")
-                .arg("o")
-                .query_async::<(Option<String>, Option<u64>)>(&mut conn),
-        )
-        .await
-        .map_err(|_| unavailable("redis call timed out"))
-        .and_then(|r| r.map_err(unavailable));
-        inner.note(&result);
-        let (epoch, offset) = result?;
+        let (epoch, offset): (Option<String>, Option<u64>) = inner
+            .command(redis::cmd("HMGET").arg(inner.keys.meta(room)).arg("e").arg("o"))
+            .await?;
         Ok(RoomInfo {
             subscribers: inner.hub.subscribers(room) as u32,
             pos: StreamPos {
@@ -691,20 +684,15 @@ impl Engine for RedisEngine {
 
     async fn broadcast_control(&self, message: &bus::ControlMessage) -> Result<u32, EngineError> {
         let inner = &self.inner;
-        let mut conn = inner.conn().await?;
-        let result = tokio::time::timeout(
-            inner.config.timeout,
-            redis::cmd("PUBLISH")
-                .arg(inner.keys.control())
-                .arg(bus::encode_control(message))
-                .query_async::<u32>(&mut conn),
-        )
-        .await
-        .map_err(|_| unavailable("redis call timed out"))
-        .and_then(|r| r.map_err(unavailable));
-        inner.note(&result);
+        let receivers: u32 = inner
+            .command(
+                redis::cmd("PUBLISH")
+                    .arg(inner.keys.control())
+                    .arg(bus::encode_control(message)),
+            )
+            .await?;
         // Every node listens, this one included.
-        result.map(|n| n.saturating_sub(1))
+        Ok(receivers.saturating_sub(1))
     }
 
     fn take_control(&self) -> Option<mpsc::UnboundedReceiver<bus::ControlMessage>> {
@@ -719,39 +707,25 @@ impl Engine for RedisEngine {
         until: u64,
     ) -> Result<(), EngineError> {
         let inner = &self.inner;
-        let mut conn = inner.conn().await?;
         let member = format!("{}:{id}", if contact { 'c' } else { 'u' });
-        let result = tokio::time::timeout(
-            inner.config.timeout,
-            redis::cmd("HSET")
-                .arg(inner.keys.revocations())
-                .arg(member)
-                .arg(format!("{before}:{until}"))
-                .exec_async(&mut conn),
-        )
-        .await
-        .map_err(|_| unavailable("redis call timed out"))
-        .and_then(|r| r.map_err(unavailable));
-        inner.note(&result);
-        result
+        inner
+            .command::<()>(
+                redis::cmd("HSET")
+                    .arg(inner.keys.revocations())
+                    .arg(member)
+                    .arg(format!("{before}:{until}")),
+            )
+            .await
     }
 
     async fn load_revocations(&self, now: u64) -> Result<Vec<(bool, u64, u64, u64)>, EngineError> {
         let inner = &self.inner;
-        let mut conn = inner.conn().await?;
-        let result = tokio::time::timeout(
-            inner.config.timeout,
-            redis::cmd("HGETALL")
-                .arg(inner.keys.revocations())
-                .query_async::<HashMap<String, String>>(&mut conn),
-        )
-        .await
-        .map_err(|_| unavailable("redis call timed out"))
-        .and_then(|r| r.map_err(unavailable));
-        inner.note(&result);
+        let stored: HashMap<String, String> = inner
+            .command(redis::cmd("HGETALL").arg(inner.keys.revocations()))
+            .await?;
         let mut live = Vec::new();
         let mut gone = Vec::new();
-        for (member, value) in result? {
+        for (member, value) in stored {
             let parsed = member.split_once(':').and_then(|(kind, id)| {
                 let (before, until) = value.split_once(':')?;
                 Some((
@@ -767,10 +741,9 @@ impl Engine for RedisEngine {
             }
         }
         if !gone.is_empty() {
-            let _ = redis::cmd("HDEL")
-                .arg(inner.keys.revocations())
-                .arg(gone)
-                .exec_async(&mut conn)
+            // Forgetting what is past its time can wait for the next load if this fails.
+            let _ = inner
+                .command::<()>(redis::cmd("HDEL").arg(inner.keys.revocations()).arg(gone))
                 .await;
         }
         Ok(live)
@@ -789,16 +762,7 @@ impl Engine for RedisEngine {
 
     async fn maintain(&self) {
         // A cheap round trip keeps readiness honest while the node is idle.
-        if let Ok(mut conn) = self.inner.conn().await {
-            let result = tokio::time::timeout(
-                self.inner.config.timeout,
-                redis::cmd("PING").exec_async(&mut conn),
-            )
-            .await
-            .map_err(|_| unavailable("redis ping timed out"))
-            .and_then(|r| r.map_err(unavailable));
-            self.inner.note(&result);
-        }
+        let _ = self.inner.command::<()>(&redis::cmd("PING")).await;
     }
 }
 
