@@ -192,7 +192,7 @@ async fn silent_sockets_never_take_the_slots_of_authenticated_users() {
     let mut config = config();
     config.max_connections = 2;
     config.max_pending_per_ip = 3;
-    config.hello_timeout = Duration::from_millis(800);
+    config.hello_timeout = Duration::from_secs(2);
     let t = TestGateway::start_with(config).await;
     // An attacker at 127.0.0.2 opens WebSockets and never says Hello.
     let mut silent = Vec::new();
