@@ -5,9 +5,10 @@
 //! sharded pub/sub (`SPUBLISH`) routes it to the same shard.
 
 /// Assigns the next offset, appends to the history stream (trimmed by count and age),
-/// refreshes expiries and broadcasts — one atomic step. With an idempotency key, a key the
-/// room already holds (among its last `max events` events) publishes nothing and answers
-/// the earlier event's offset.
+/// refreshes expiries and broadcasts — one atomic step. With an idempotency key, a key
+/// held by an event still in the room's history publishes nothing and answers that
+/// event's offset. The history is a contiguous run of offsets ending at the top, so the
+/// oldest offset kept is `top - XLEN + 1`: keys of older events are dropped with them.
 ///
 /// KEYS: meta hash, history stream, channel, idempotency zset (key → offset).
 /// ARGV: event bytes, max events, history TTL ms, meta TTL ms, epoch for a new room,
@@ -20,23 +21,28 @@ if not epoch then
   redis.call('DEL', KEYS[2], KEYS[4])
   redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function trim(top)
+  redis.call('XTRIM', KEYS[2], 'MINID', string.format('%d', now - tonumber(ARGV[3])))
+  local oldest = top - redis.call('XLEN', KEYS[2]) + 1
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', oldest - 1)
+end
 if ARGV[7] ~= '' then
+  trim(tonumber(redis.call('HGET', KEYS[1], 'o')))
   local seen = redis.call('ZSCORE', KEYS[4], ARGV[7])
   if seen then return {epoch, string.format('%d', tonumber(seen)), 1} end
 end
 local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local off = string.format('%d', offset)
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], '*', 'o', off, 'd', ARGV[1])
-redis.call('XTRIM', KEYS[2], 'MINID', string.format('%d', now - tonumber(ARGV[3])))
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
 if ARGV[7] ~= '' then
   redis.call('ZADD', KEYS[4], offset, ARGV[7])
-  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', offset - tonumber(ARGV[2]))
-  redis.call('PEXPIRE', KEYS[4], ARGV[3])
 end
+trim(offset)
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('PEXPIRE', KEYS[4], ARGV[3]) end
 local msg = 'P' .. epoch .. ':' .. off .. ':' .. ARGV[1]
 if ARGV[6] == '1' then
   redis.call('SPUBLISH', KEYS[3], msg)
