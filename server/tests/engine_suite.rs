@@ -249,3 +249,108 @@ async fn an_idempotency_key_publishes_once_per_room() {
         );
     }
 }
+
+mod presence {
+    //! The presence stores, memory and Redis, held to the same behaviour.
+    use super::*;
+    use rtgate_server::presence::{MemoryPresence, PresenceStore, Who};
+
+    const TTL_MS: u64 = 1_000;
+
+    async fn stores(test: &str) -> Vec<(&'static str, Arc<dyn PresenceStore>)> {
+        let config = RedisConfig {
+            prefix: common::redis::unique_prefix(test),
+            ..RedisConfig::new(common::redis::SHARED_REDIS)
+        };
+        let engine = RedisEngine::new(Arc::new(Hub::new()), config).expect("redis engine");
+        let redis: Arc<dyn PresenceStore> = Arc::new(engine.presence_store(TTL_MS, None));
+        vec![
+            ("memory", Arc::new(MemoryPresence::new(TTL_MS))),
+            ("redis", redis),
+        ]
+    }
+
+    const AGENT: Who = Who {
+        account: 1,
+        contact: false,
+        id: 7,
+    };
+
+    #[tokio::test]
+    async fn online_with_the_first_node_offline_when_the_last_leaves() {
+        for (name, store) in stores("presence-nodes").await {
+            let t = 1_000_000;
+            assert!(store.mark_online(AGENT, "n1", t).await.unwrap(), "{name}");
+            assert!(
+                !store.mark_online(AGENT, "n2", t).await.unwrap(),
+                "{name}: already online"
+            );
+            assert!(
+                !store.mark_offline(AGENT, "n1", t + 10).await.unwrap(),
+                "{name}: n2 still holds"
+            );
+            assert!(store.mark_offline(AGENT, "n2", t + 20).await.unwrap(), "{name}");
+            let entries = store.entries(1, &[AGENT], t + 30).await.unwrap();
+            assert!(!entries[0].1.online, "{name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn entries_of_a_node_that_stops_refreshing_are_reaped_after_the_ttl() {
+        for (name, store) in stores("presence-reap").await {
+            // Real clocks: Redis compares with the times given, so use now.
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64;
+            store.mark_online(AGENT, "dead", t).await.unwrap();
+            assert!(
+                store.reap(&[1], t + TTL_MS / 2).await.unwrap().is_empty(),
+                "{name}: not yet"
+            );
+            assert_eq!(
+                store.reap(&[1], t + TTL_MS + 1).await.unwrap(),
+                vec![AGENT],
+                "{name}"
+            );
+            assert!(
+                store.reap(&[1], t + TTL_MS + 2).await.unwrap().is_empty(),
+                "{name}: once"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn availability_is_stored_and_effective_only_while_online() {
+        for (name, store) in stores("presence-avail").await {
+            let t = 1_000_000;
+            assert!(
+                store
+                    .set_availability(1, 7, pb::Availability::Busy)
+                    .await
+                    .unwrap(),
+                "{name}"
+            );
+            assert!(
+                !store
+                    .set_availability(1, 7, pb::Availability::Busy)
+                    .await
+                    .unwrap(),
+                "{name}: unchanged"
+            );
+            let offline = store.entries(1, &[AGENT], t).await.unwrap();
+            assert_eq!(
+                offline[0].1.availability,
+                pb::Availability::Offline as i32,
+                "{name}"
+            );
+            store.mark_online(AGENT, "n1", t).await.unwrap();
+            store.touch_seen(AGENT, t + 5).await.unwrap();
+            let online = store.entries(1, &[AGENT], t).await.unwrap();
+            assert_eq!(online[0].1.availability, pb::Availability::Busy as i32, "{name}");
+            assert_eq!(online[0].1.last_seen_at_ms, (t + 5) as i64, "{name}");
+            let snapshot = store.snapshot(1, t).await.unwrap();
+            assert_eq!(snapshot.users.len(), 1, "{name}");
+        }
+    }
+}
