@@ -56,12 +56,30 @@ async fn half_open_requests_are_dropped_at_the_header_deadline_and_health_stays_
     config.handshake_timeout = Duration::from_millis(400);
     let t = TestGateway::start_with(config).await;
     let mut slow = Vec::new();
-    for _ in 0..100 {
+    for n in 0..100 {
         let mut tcp = TcpStream::connect(t.gw.http_addr).await.unwrap();
-        // One byte of a request line, then nothing.
-        tcp.write_all(b"G").await.unwrap();
+        match n % 3 {
+            // One byte of a request line, then nothing.
+            0 => tcp.write_all(b"G").await.unwrap(),
+            // Most of the headers.
+            1 => tcp
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+                .await
+                .unwrap(),
+            // Nothing at all.
+            _ => {}
+        }
         slow.push(tcp);
     }
+    // A keep-alive connection left idle after its request is closed too.
+    let mut idle = TcpStream::connect(t.gw.http_addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = idle.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    slow.push(idle);
     // Meanwhile the listener serves everyone else.
     let health = t.http.get(t.api("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
