@@ -166,6 +166,10 @@ pub struct Config {
     #[arg(long, env = "RTGATE_MAX_HANDSHAKES", default_value_t = 1024)]
     pub max_handshakes: usize,
 
+    /// Most QUIC handshakes in progress from one client address.
+    #[arg(long, env = "RTGATE_MAX_HANDSHAKES_PER_IP", default_value_t = 128)]
+    pub max_handshakes_per_ip: usize,
+
     /// QUIC address validation (Retry): `auto` asks for it once 64 handshakes are in
     /// progress, `always` for every handshake, `never` not at all.
     #[arg(long, env = "RTGATE_QUIC_RETRY", value_enum, default_value = "auto")]

@@ -365,6 +365,7 @@ impl Gateway {
         let policy = webtransport::HandshakePolicy {
             timeout: config.handshake_timeout,
             max_in_flight: config.max_handshakes,
+            max_per_ip: config.max_handshakes_per_ip,
             retry_above: match config.quic_retry {
                 QuicRetry::Always => 0,
                 QuicRetry::Never => usize::MAX,

@@ -600,6 +600,7 @@ fn handshake_policy_refuses_beyond_the_cap_and_retries_when_piling_up() {
         timeout: Duration::from_secs(5),
         max_in_flight: 100,
         retry_above: 10,
+        max_per_ip: 0,
     };
     assert_eq!(policy.decide(0, false), HandshakeDecision::Accept);
     assert_eq!(policy.decide(10, false), HandshakeDecision::Retry);
@@ -665,6 +666,7 @@ async fn quic_connections_that_never_open_a_session_are_dropped_at_the_deadline(
     let mut config = config();
     config.handshake_timeout = Duration::from_millis(500);
     config.max_handshakes = 2;
+    config.max_handshakes_per_ip = 0;
     config.quic_retry = rtgate_server::config::QuicRetry::Never;
     let t = TestGateway::start_with(config).await;
     let started = Instant::now();
@@ -686,6 +688,29 @@ async fn quic_connections_that_never_open_a_session_are_dropped_at_the_deadline(
     // Their slots came back: a real client gets in.
     let (client, _events) = t.client(TRANSPORTS[0], &token("agent", 7, 1, &[])).await;
     client.close();
+}
+
+#[tokio::test]
+async fn one_address_cannot_take_every_handshake_slot() {
+    let mut config = config();
+    config.handshake_timeout = Duration::from_secs(3);
+    config.max_handshakes_per_ip = 2;
+    config.quic_retry = rtgate_server::config::QuicRetry::Never;
+    let t = TestGateway::start_with(config).await;
+    // Silent handshakes from the test's address hold its two slots...
+    let _a = common::quic::silent_connection(t.gw.wt_addr)
+        .await
+        .expect("handshake");
+    let _b = common::quic::silent_connection(t.gw.wt_addr)
+        .await
+        .expect("handshake");
+    assert!(
+        common::quic::silent_connection(t.gw.wt_addr).await.is_err(),
+        "a third handshake from the same address was accepted"
+    );
+    // ...and a client from another address is not held up by them.
+    let other = common::quic::silent_connection_from([127, 0, 0, 3], t.gw.wt_addr).await;
+    assert!(other.is_ok(), "{other:?}");
 }
 
 #[tokio::test]

@@ -63,17 +63,29 @@ pub struct HandshakePolicy {
     /// Ask for address validation (Retry) once this many are in progress (0: always,
     /// `usize::MAX`: never).
     pub retry_above: usize,
+    /// Most handshakes in progress from one client address (0: no limit), so that one
+    /// client cannot take the whole `max_in_flight`.
+    pub max_per_ip: usize,
 }
 
-/// Handshakes in progress: a slot held from the first packet to the session request.
-#[derive(Debug, Default)]
-struct InFlight(std::sync::atomic::AtomicUsize);
+/// Handshakes in progress, in all and per client address.
+#[derive(Debug)]
+struct InFlight {
+    total: std::sync::atomic::AtomicUsize,
+    per_ip: Arc<crate::admission::AddressSlots>,
+}
 
-struct HandshakeSlot(Arc<InFlight>);
+/// A handshake's place, held from its first packet to its session request.
+struct HandshakeSlot {
+    in_flight: Arc<InFlight>,
+    _address: Arc<crate::admission::AddressSlot>,
+}
 
 impl Drop for HandshakeSlot {
     fn drop(&mut self) {
-        (self.0).0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.in_flight
+            .total
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -109,14 +121,17 @@ pub async fn accept_loop(
     policy: HandshakePolicy,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let in_flight = Arc::new(InFlight::default());
+    let in_flight = Arc::new(InFlight {
+        total: Default::default(),
+        per_ip: crate::admission::AddressSlots::new(policy.max_per_ip),
+    });
     loop {
         tokio::select! {
             incoming = async {
                 node.pacer.ready().await;
                 endpoint.accept().await
             } => {
-                let n = in_flight.0.load(std::sync::atomic::Ordering::Relaxed);
+                let n = in_flight.total.load(std::sync::atomic::Ordering::Relaxed);
                 match policy.decide(n, incoming.remote_address_validated()) {
                     HandshakeDecision::Refuse => {
                         metrics::counter!("rtgate_handshakes_refused_total", "reason" => "in_flight").increment(1);
@@ -130,13 +145,22 @@ pub async fn accept_loop(
                     }
                     HandshakeDecision::Accept => {}
                 }
-                let Some(address) = node.addresses.acquire(incoming.remote_address().ip()) else {
+                let ip = incoming.remote_address().ip();
+                let Some(handshake_of_ip) = in_flight.per_ip.acquire(ip) else {
+                    metrics::counter!("rtgate_handshakes_refused_total", "reason" => "per_ip").increment(1);
+                    incoming.refuse();
+                    continue;
+                };
+                let Some(address) = node.addresses.acquire(ip) else {
                     metrics::counter!("rtgate_connections_refused_total", "reason" => "per_ip").increment(1);
                     incoming.refuse();
                     continue;
                 };
-                in_flight.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let slot = HandshakeSlot(in_flight.clone());
+                in_flight.total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let slot = HandshakeSlot {
+                    in_flight: in_flight.clone(),
+                    _address: handshake_of_ip,
+                };
                 tokio::spawn(handle(node.clone(), incoming, policy.timeout, slot, address));
             }
             changed = shutdown.changed() => {

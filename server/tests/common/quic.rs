@@ -48,6 +48,11 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
 
 /// Opens a QUIC connection to `addr` (ALPN `h3`) and returns it once the handshake is done.
 pub async fn silent_connection(addr: SocketAddr) -> Result<quinn::Connection, String> {
+    silent_connection_from([127, 0, 0, 1], addr).await
+}
+
+/// The same, from the loopback address `from` (127.0.0.x).
+pub async fn silent_connection_from(from: [u8; 4], addr: SocketAddr) -> Result<quinn::Connection, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -57,7 +62,7 @@ pub async fn silent_connection(addr: SocketAddr) -> Result<quinn::Connection, St
         .with_no_client_auth();
     tls.alpn_protocols = vec![b"h3".to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut endpoint = quinn::Endpoint::client(SocketAddr::from((from, 0))).unwrap();
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
     let connecting = endpoint.connect(addr, "localhost").map_err(|e| e.to_string())?;
     connecting.await.map_err(|e| e.to_string())
