@@ -303,12 +303,20 @@ impl Gateway {
             addr: config.wt_addr(),
             err,
         })?;
-        let server_config = wtransport::ServerConfig::builder()
+        let mut server_config = wtransport::ServerConfig::builder()
             .with_bind_socket(socket)
             .with_custom_transport(identity.identity, webtransport::transport_config())
             .max_idle_timeout(Some(config.heartbeat * 3))
             .map_err(|e| StartError::Config(format!("idle timeout: {e}")))?
             .build();
+        // Connection attempts waiting for the accept loop are bounded (quinn's defaults
+        // allow 65,536 of them, with up to 10 MiB buffered each): beyond, QUIC refuses them
+        // without keeping anything.
+        server_config
+            .quic_config_mut()
+            .max_incoming(config.max_handshakes.max(256))
+            .incoming_buffer_size(64 * 1024)
+            .incoming_buffer_size_total(16 << 20);
         let endpoint = webtransport::bind(server_config).map_err(|err| StartError::Bind {
             addr: config.wt_addr(),
             err,
