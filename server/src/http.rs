@@ -86,10 +86,7 @@ pub async fn serve(
                 }
                 continue;
             }
-            accepted = async {
-                limits.pacer.ready().await;
-                listener.accept().await
-            } => accepted,
+            accepted = listener.accept() => accepted,
         };
         let (tcp, addr) = match accepted {
             Ok(accepted) => accepted,
@@ -113,6 +110,9 @@ pub async fn serve(
             drop(tcp);
             continue;
         };
+        // Paced after the per-address check: connections refused at once cost no share of
+        // the rate, so one address over its budget cannot slow everyone else's accepts.
+        limits.pacer.ready().await;
         // Frames are small and latency matters: no Nagle delay.
         let _ = tcp.set_nodelay(true);
         let client = ClientConn { addr, slot };

@@ -127,10 +127,7 @@ pub async fn accept_loop(
     });
     loop {
         tokio::select! {
-            incoming = async {
-                node.pacer.ready().await;
-                endpoint.accept().await
-            } => {
+            incoming = endpoint.accept() => {
                 let n = in_flight.total.load(std::sync::atomic::Ordering::Relaxed);
                 match policy.decide(n, incoming.remote_address_validated()) {
                     HandshakeDecision::Refuse => {
@@ -156,6 +153,8 @@ pub async fn accept_loop(
                     incoming.refuse();
                     continue;
                 };
+                // Paced after the checks: attempts refused at once cost no share of the rate.
+                node.pacer.ready().await;
                 in_flight.total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let slot = HandshakeSlot {
                     in_flight: in_flight.clone(),
