@@ -21,6 +21,9 @@ pub struct Spec {
     pub redis_prefix: String,
     /// Extra flags.
     pub extra: Vec<String>,
+    /// Lift the per-address, pending and QUIC handshake budgets (every bench client comes
+    /// from one loopback address); `false` keeps the gateway's defaults.
+    pub lift_limits: bool,
     /// Scratch directory (certificate, logs).
     pub dir: PathBuf,
 }
@@ -34,6 +37,24 @@ pub struct Gateway {
     /// How clients reach it.
     pub node: Node,
 }
+
+/// Flags that lift the gateway's admission budgets for a loopback load.
+const LIFTED_LIMITS: [&str; 14] = [
+    "--max-connections-per-ip",
+    "0",
+    "--max-handshakes-per-ip",
+    "0",
+    "--max-pending-per-ip",
+    "1000000",
+    "--max-pending-connections",
+    "1000000",
+    "--accept-rate",
+    "0",
+    "--max-handshakes",
+    "1000000",
+    "--quic-retry",
+    "never",
+];
 
 fn free_ports() -> std::io::Result<(u16, u16)> {
     let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -71,21 +92,12 @@ impl Gateway {
             "3s".into(),
             "--shutdown-delay".into(),
             "0s".into(),
-            // Every bench client comes from loopback: lift the per-address and
-            // per-user budgets, pace nothing.
-            "--max-connections-per-ip".into(),
-            "0".into(),
-            "--max-pending-per-ip".into(),
-            "1000000".into(),
-            "--max-pending-connections".into(),
-            "1000000".into(),
-            "--accept-rate".into(),
-            "0".into(),
-            "--max-handshakes".into(),
-            "1000000".into(),
-            "--quic-retry".into(),
-            "never".into(),
         ];
+        if spec.lift_limits {
+            // Every bench client comes from loopback: lift the per-address and pending
+            // budgets, pace nothing.
+            args.extend(LIFTED_LIMITS.iter().map(|a| a.to_string()));
+        }
         if let Some(redis) = &spec.redis {
             args.extend([
                 "--redis".into(),

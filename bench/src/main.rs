@@ -3,8 +3,10 @@
 //! Every run targets loopback only, is bounded in time and count, and stops by itself.
 //! See docs/benchmarks.md.
 
+mod attack;
 mod coord;
 mod gateway;
+mod monitor;
 mod publisher;
 mod report;
 mod target;
@@ -46,6 +48,9 @@ enum Cmd {
     Sweep(Opts),
     /// Restarts the gateway under 10k connected clients; measures recovery.
     ReconnectStorm(Opts),
+    /// Attacks a gateway with default limits from another loopback address, under a
+    /// legitimate load (default: 200 WebSocket connections, rooms of 10, 200 events/s).
+    Attack(AttackOpts),
     /// (internal) a client worker driven over stdin/stdout.
     #[command(hide = true)]
     Worker,
@@ -142,6 +147,41 @@ struct Opts {
     restart_signal: RestartSignal,
 }
 
+#[derive(Args, Clone, Debug)]
+struct AttackOpts {
+    /// Which attack.
+    #[arg(long, value_enum)]
+    kind: attack::Kind,
+    /// Attacker connections held at once (default: slowloris 2000, slow-body 200,
+    /// silent-ws 300, quic-handshakes 3000).
+    #[arg(long)]
+    sockets: Option<usize>,
+    /// Source address of the attacker's sockets (loopback; the load comes from 127.0.0.1).
+    #[arg(long, default_value = "127.0.0.2")]
+    attacker_addr: std::net::IpAddr,
+    /// Spread the attacker's sockets over this many consecutive addresses from
+    /// --attacker-addr (a distributed attack).
+    #[arg(long, default_value_t = 1)]
+    sources: usize,
+    /// Seconds of load before the attack.
+    #[arg(long, default_value_t = 10)]
+    before: u64,
+    /// Seconds of attack.
+    #[arg(long, default_value_t = 30)]
+    attack_secs: u64,
+    /// Seconds of load after the attack.
+    #[arg(long, default_value_t = 10)]
+    after: u64,
+    /// Pause before the attacker reopens a socket the gateway closed, ms.
+    #[arg(long, default_value_t = 100)]
+    reopen_ms: u64,
+    /// quic-handshakes: Initial-sized datagrams that are not QUIC, per second (0: none).
+    #[arg(long, default_value_t = 2000)]
+    flood_rate: u64,
+    #[command(flatten)]
+    load: Opts,
+}
+
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 enum RestartSignal {
     Term,
@@ -217,7 +257,8 @@ struct Env {
 }
 
 impl Env {
-    async fn new(o: &Opts) -> Result<Env, String> {
+    /// Starts or finds the gateways; started ones get the budgets lifted if `lift_limits`.
+    async fn new(o: &Opts, lift_limits: bool) -> Result<Env, String> {
         let jwt_secret = o.jwt_secret.clone().unwrap_or_else(|| random_hex(32));
         let api_key = o.api_key.clone().unwrap_or_else(|| random_hex(16));
         if let Some(bin) = &o.rtgate_bin {
@@ -231,6 +272,7 @@ impl Env {
                 redis: o.redis.clone(),
                 redis_prefix: format!("bench-{tag}"),
                 extra: o.gateway_args.clone(),
+                lift_limits,
                 dir: dir.clone(),
             };
             let mut gateways = Vec::new();
@@ -538,7 +580,7 @@ fn write_outputs<T: Serialize>(
 
 async fn load_scenario(o: &Opts, scenario: &str, p: Preset) -> Result<(), String> {
     validate(o, &p)?;
-    let env = Env::new(o).await?;
+    let env = Env::new(o, true).await?;
     let run = Run {
         o,
         label: o.label.clone().unwrap_or_else(|| scenario.into()),
@@ -568,7 +610,7 @@ async fn load_scenario(o: &Opts, scenario: &str, p: Preset) -> Result<(), String
 
 async fn idle_memory(o: &Opts, p: Preset) -> Result<(), String> {
     validate(o, &p)?;
-    let env = Env::new(o).await?;
+    let env = Env::new(o, true).await?;
     let run = Run {
         o,
         label: "idle-memory".into(),
@@ -618,7 +660,7 @@ async fn idle_memory(o: &Opts, p: Preset) -> Result<(), String> {
 
 async fn sweep(o: &Opts, p: Preset) -> Result<(), String> {
     validate(o, &p)?;
-    let env = Env::new(o).await?;
+    let env = Env::new(o, true).await?;
     let run = Run {
         o,
         label: "sweep".into(),
@@ -681,7 +723,7 @@ fn env_nodes(o: &Opts) -> usize {
 
 async fn storm(o: &Opts, p: Preset) -> Result<(), String> {
     validate(o, &p)?;
-    let mut env = Env::new(o).await?;
+    let mut env = Env::new(o, true).await?;
     let run = Run {
         o,
         label: "reconnect-storm".into(),
@@ -806,6 +848,332 @@ async fn storm(o: &Opts, p: Preset) -> Result<(), String> {
     )
 }
 
+/// `host:port` of a loopback URL with an IP literal host.
+fn socket_addr(url: &str) -> Result<std::net::SocketAddr, String> {
+    require_loopback(url)?;
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    authority
+        .parse()
+        .map_err(|_| format!("{url:?}: the attack needs an IP address and port"))
+}
+
+/// Longest attack scenario, s (before + attack + after).
+const MAX_ATTACK_RUN_SECS: u64 = 90;
+
+fn validate_attack(a: &AttackOpts) -> Result<(), String> {
+    if !a.attacker_addr.is_loopback() {
+        return Err("--attacker-addr must be a loopback address".into());
+    }
+    if a.sources == 0 || a.sources > 64 {
+        return Err("--sources must be 1..=64".into());
+    }
+    attack::sources(a.attacker_addr, a.sources)?;
+    let total = a.before + a.attack_secs + a.after;
+    if a.before == 0 || a.attack_secs == 0 || a.after == 0 || total > MAX_ATTACK_RUN_SECS {
+        return Err(format!(
+            "--before, --attack-secs and --after must be ≥ 1 s and together ≤ {MAX_ATTACK_RUN_SECS} s"
+        ));
+    }
+    if a.sockets.is_some_and(|n| n == 0 || n > attack::MAX_SOCKETS) {
+        return Err(format!("--sockets must be 1..={}", attack::MAX_SOCKETS));
+    }
+    if a.flood_rate > 20_000 || a.reopen_ms > 10_000 {
+        return Err("--flood-rate ≤ 20000/s and --reopen-ms ≤ 10000".into());
+    }
+    Ok(())
+}
+
+/// The legitimate load's deliveries, per phase (before, during, after) and per second.
+struct Legit {
+    hist: [hdrhistogram::Histogram<u64>; 3],
+    received: [u64; 3],
+    disconnects: [u64; 3],
+    last_disconnects: u64,
+    seconds: Vec<report::Second>,
+}
+
+impl Legit {
+    fn new(disconnects: u64) -> Legit {
+        Legit {
+            hist: std::array::from_fn(|_| worker::new_histogram()),
+            received: [0; 3],
+            disconnects: [0; 3],
+            last_disconnects: disconnects,
+            seconds: Vec::new(),
+        }
+    }
+
+    /// Adds a snapshot (taken with reset) to `phase`.
+    fn add(&mut self, snap: &coord::Snapshot, phase: usize, at_ms: u64) -> Result<(), String> {
+        let total = snap.status.disconnects;
+        self.disconnects[phase] += total.saturating_sub(self.last_disconnects);
+        self.last_disconnects = total;
+        self.received[phase] += snap.received;
+        let l = Latency::from_us(&snap.hist);
+        self.seconds.push(report::Second {
+            at_ms,
+            received: snap.received,
+            p99_ms: l.p99_ms,
+            max_ms: l.max_ms,
+        });
+        self.hist[phase].add(&snap.hist).map_err(|e| format!("{e:?}"))
+    }
+
+    fn phase(&self, phase: usize, secs: f64) -> report::LegitPhase {
+        report::LegitPhase {
+            secs,
+            received: self.received[phase],
+            latency: Latency::from_us(&self.hist[phase]),
+            disconnects: self.disconnects[phase],
+        }
+    }
+}
+
+/// The phase a moment (ms since the start) falls in.
+fn phase_of(at_ms: u64, start_ms: u64, end_ms: u64) -> usize {
+    if at_ms < start_ms {
+        0
+    } else if at_ms < end_ms {
+        1
+    } else {
+        2
+    }
+}
+
+fn probe_phases(
+    probes: &[monitor::Probe],
+    transport: target::Transport,
+    start: u64,
+    end: u64,
+) -> report::Phases<report::ProbeSummary> {
+    let mut times: [Vec<f64>; 3] = Default::default();
+    let mut errors: [Vec<String>; 3] = Default::default();
+    for p in probes.iter().filter(|p| p.transport == transport) {
+        let i = phase_of(p.at_ms, start, end);
+        match (&p.connect_ms, &p.error) {
+            (Some(ms), _) => times[i].push(*ms),
+            (None, e) => errors[i].push(e.clone().unwrap_or_default()),
+        }
+    }
+    let of = |i: usize| report::ProbeSummary::of(&times[i], &errors[i]);
+    report::Phases {
+        before: of(0),
+        during: of(1),
+        after: of(2),
+    }
+}
+
+/// RSS and descriptors: the last reading before the attack, the peak during it, the last.
+fn reading_phases(
+    samples: &[monitor::Sample],
+    start: u64,
+    end: u64,
+) -> (report::Phases<u64>, report::Phases<u64>) {
+    let mut rss = report::Phases::default();
+    let mut fds = report::Phases::default();
+    for s in samples {
+        match phase_of(s.at_ms, start, end) {
+            0 => {
+                rss.before = s.rss_kb;
+                fds.before = s.fds;
+            }
+            1 => {
+                rss.during = rss.during.max(s.rss_kb);
+                fds.during = fds.during.max(s.fds);
+            }
+            _ => {}
+        }
+        rss.after = s.rss_kb;
+        fds.after = s.fds;
+    }
+    (rss, fds)
+}
+
+/// CPU per phase, percent of one core, from the first and last reading of each phase.
+fn cpu_phases(
+    samples: &[monitor::Sample],
+    start: u64,
+    end: u64,
+    ticks: fn(&monitor::Sample) -> u64,
+) -> report::Phases<f64> {
+    let pct = |phase: usize| {
+        let mut it = samples.iter().filter(|s| phase_of(s.at_ms, start, end) == phase);
+        let (Some(a), Some(b)) = (it.next(), it.next_back()) else {
+            return 0.0;
+        };
+        let secs = b.at_ms.saturating_sub(a.at_ms) as f64 / 1000.0;
+        if secs <= 0.0 {
+            return 0.0;
+        }
+        ticks(b).saturating_sub(ticks(a)) as f64 / util::clk_tck() / secs * 100.0
+    };
+    report::Phases {
+        before: pct(0),
+        during: pct(1),
+        after: pct(2),
+    }
+}
+
+async fn attack_scenario(a: &AttackOpts) -> Result<(), String> {
+    let o = &a.load;
+    let mut p = preset(o, 200, 10, 200.0, 0);
+    // The phases set the length; --duration does not apply.
+    p.duration = a.before + a.attack_secs + a.after;
+    validate(o, &p)?;
+    validate_attack(a)?;
+    let env = Env::new(o, false).await?;
+    let run = Run {
+        o,
+        label: format!("attack {}", a.kind.name()),
+        room_prefix: format!("b{}", std::process::id()),
+        p,
+    };
+    let result = async {
+        let node = env.nodes.first().cloned().ok_or("no gateway")?;
+        let pid = *env
+            .pids
+            .first()
+            .ok_or("the attack needs the gateway's pid (--server-pid)")?;
+        let plan = attack::Plan {
+            kind: a.kind,
+            sockets: a.sockets.unwrap_or_else(|| a.kind.default_sockets()),
+            sources: attack::sources(a.attacker_addr, a.sources)?,
+            http: socket_addr(&node.ws_url)?,
+            quic: socket_addr(&node.wt_url)?,
+            duration: Duration::from_secs(a.attack_secs),
+            reopen_after: Duration::from_millis(a.reopen_ms),
+            flood_rate: a.flood_rate,
+        };
+        let mut w = run.connect(&env, true).await?;
+        let http = http_client();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let t0 = std::time::Instant::now();
+        let samples = monitor::sample_every(pid, Duration::from_millis(250), t0);
+        let probes = monitor::probe_every(node.clone(), env.jwt_secret.clone(), Duration::from_secs(2), t0);
+        let first = w.snapshot(true).await?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let load = publisher::Load {
+            api_urls: vec![node.api_url.clone()],
+            api_key: env.api_key.clone(),
+            room_prefix: run.room_prefix.clone(),
+            rooms: run.rooms(),
+            room_size: run.p.room_size,
+            rate: run.p.rate,
+            batch: run.batch(run.p.rate),
+            duration: Duration::from_secs(run.p.duration + 10),
+            max_in_flight: 128,
+        };
+        let pub_task = {
+            let (http, stop) = (http.clone(), stop.clone());
+            tokio::spawn(async move { publisher::publish(&http, &load, stop).await })
+        };
+
+        // One snapshot a second: a latency series, summed into the phases.
+        let total = a.before + a.attack_secs + a.after;
+        let mut legit = Legit::new(first.status.disconnects);
+        let mut attacker = None;
+        let (mut start_ms, mut end_ms) = (0, 0);
+        for sec in 1..=total {
+            tokio::time::sleep_until((t0 + Duration::from_secs(sec)).into()).await;
+            let snap = w.snapshot(true).await?;
+            let at_ms = t0.elapsed().as_millis() as u64;
+            let phase = if sec <= a.before {
+                0
+            } else if sec <= a.before + a.attack_secs {
+                1
+            } else {
+                2
+            };
+            legit.add(&snap, phase, at_ms)?;
+            if sec == a.before {
+                eprintln!(
+                    "rtgate-bench: {} from {} address(es) from {} with {} sockets for {} s…",
+                    a.kind.name(),
+                    plan.sources.len(),
+                    a.attacker_addr,
+                    plan.sockets,
+                    a.attack_secs
+                );
+                start_ms = at_ms;
+                attacker = Some(attack::spawn(plan.clone()));
+            }
+            if sec == a.before + a.attack_secs {
+                end_ms = at_ms;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        let published = pub_task.await.map_err(|e| e.to_string())?;
+        let expected = w.expected(&published.per_room);
+        for _ in 0..50 {
+            if legit.received.iter().sum::<u64>() >= expected {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let snap = w.snapshot(true).await?;
+            legit.add(&snap, 2, t0.elapsed().as_millis() as u64)?;
+        }
+        let finish_ms = t0.elapsed().as_millis() as u64;
+        let attacker = attacker.ok_or("the attack did not start")?;
+        let tally = tokio::task::spawn_blocking(move || attacker.join())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|_| "the attacker thread panicked".to_string())??;
+        eprintln!("rtgate-bench: attacker {tally:?}");
+        let samples = samples.finish();
+        let probes = probes.finish();
+        let received = legit.received.iter().sum::<u64>();
+        let secs = |a: u64, b: u64| b.saturating_sub(a) as f64 / 1000.0;
+        let (rss_kb, fds) = reading_phases(&samples, start_ms, end_ms);
+        let mut errors = w.errors.clone();
+        errors.extend(published.error_samples.iter().cloned());
+        let r = report::AttackResult {
+            kind: a.kind.name().into(),
+            source: match a.sources {
+                1 => a.attacker_addr.to_string(),
+                n => format!("{n} addresses {} – {}", a.attacker_addr, plan.sources[n - 1]),
+            },
+            sockets: plan.sockets,
+            attack_secs: secs(start_ms, end_ms),
+            gateway_args: o.gateway_args.clone(),
+            transport: o.transport.name().into(),
+            connected: w.connected,
+            room_size: run.p.room_size,
+            rate_target: run.p.rate,
+            rate_achieved: published.room_events() as f64 / published.elapsed.as_secs_f64(),
+            publish_errors: published.errors,
+            expected,
+            received,
+            lost: expected.saturating_sub(received),
+            legit: report::Phases {
+                before: legit.phase(0, secs(0, start_ms)),
+                during: legit.phase(1, secs(start_ms, end_ms)),
+                after: legit.phase(2, secs(end_ms, finish_ms)),
+            },
+            legit_seconds: legit.seconds,
+            rss_kb,
+            fds,
+            cpu_pct: cpu_phases(&samples, start_ms, end_ms, |s| s.cpu_ticks),
+            bench_cpu_pct: cpu_phases(&samples, start_ms, end_ms, |s| s.bench_cpu_ticks),
+            machine_cpu_pct: cpu_phases(&samples, start_ms, end_ms, |s| s.machine_cpu_ticks),
+            cpus: util::machine().cpus,
+            new_ws: probe_phases(&probes, target::Transport::Ws, start_ms, end_ms),
+            new_wt: probe_phases(&probes, target::Transport::Wt, start_ms, end_ms),
+            attacker: tally,
+            samples,
+            probes,
+            errors,
+        };
+        w.close().await;
+        Ok::<_, String>(r)
+    }
+    .await;
+    env.finish();
+    let r = result?;
+    let name = format!("attack-{}", a.kind.name());
+    write_outputs(o, "attack", &name, &r, &report::attack_table(&r))
+}
+
 fn preset(o: &Opts, connections: u64, room_size: u64, rate: f64, duration: u64) -> Preset {
     Preset {
         connections: o.connections.unwrap_or(connections),
@@ -831,6 +1199,7 @@ async fn main() -> std::process::ExitCode {
             }
             storm(&o, preset(&o, 10_000, 10, 200.0, 60)).await
         }
+        Cmd::Attack(a) => attack_scenario(a).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -861,6 +1230,67 @@ mod tests {
             rate: 10.0,
             duration: 1,
         }
+    }
+
+    fn attack_opts(args: &[&str]) -> AttackOpts {
+        let mut full = vec!["rtgate-bench", "attack"];
+        full.extend_from_slice(args);
+        match Cli::parse_from(full).cmd {
+            Cmd::Attack(a) => a,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn attacks_are_bounded_and_stay_on_loopback() {
+        let a = attack_opts(&["--kind=slowloris", "--rtgate-bin=/bin/true"]);
+        assert!(validate_attack(&a).is_ok());
+        assert_eq!(a.attacker_addr.to_string(), "127.0.0.2");
+        let a = attack_opts(&["--kind=silent-ws", "--attacker-addr=10.0.0.2"]);
+        assert!(validate_attack(&a).unwrap_err().contains("loopback"));
+        let a = attack_opts(&["--kind=quic-handshakes", "--sockets=100000"]);
+        assert!(validate_attack(&a).is_err());
+        let a = attack_opts(&["--kind=slow-body", "--attack-secs=600"]);
+        assert!(validate_attack(&a).is_err());
+        assert_eq!(
+            socket_addr("ws://127.0.0.1:8080/ws"),
+            Ok("127.0.0.1:8080".parse().unwrap())
+        );
+        assert!(
+            socket_addr("ws://10.0.0.1:8080/ws")
+                .unwrap_err()
+                .contains("loopback")
+        );
+        assert!(
+            socket_addr("ws://localhost:8080/ws").is_err(),
+            "needs an IP literal"
+        );
+    }
+
+    #[test]
+    fn readings_split_into_phases() {
+        let at = |at_ms, rss_kb, fds| monitor::Sample {
+            at_ms,
+            rss_kb,
+            fds,
+            cpu_ticks: at_ms / 10,
+            bench_cpu_ticks: 0,
+            machine_cpu_ticks: 0,
+        };
+        let samples = [
+            at(0, 10, 5),
+            at(900, 11, 6),
+            at(1000, 50, 90),
+            at(1500, 40, 99),
+            at(2500, 30, 7),
+        ];
+        let (rss, fds) = reading_phases(&samples, 1000, 2000);
+        assert_eq!((rss.before, rss.during, rss.after), (11, 50, 30));
+        assert_eq!((fds.before, fds.during, fds.after), (6, 99, 7));
+        let cpu = cpu_phases(&samples, 1000, 2000, |s| s.cpu_ticks);
+        let full = 100.0 * 100.0 / util::clk_tck();
+        assert!((cpu.before - full).abs() < 1e-6, "{}", cpu.before);
+        assert_eq!(cpu.after, 0.0, "one reading only");
     }
 
     #[test]

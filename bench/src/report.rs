@@ -290,6 +290,312 @@ pub fn storm_table(rows: &[StormResult]) -> String {
     s
 }
 
+/// A measure before, during and after an attack.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Phases<T> {
+    /// Before the attack.
+    pub before: T,
+    /// While it runs.
+    pub during: T,
+    /// After it ended.
+    pub after: T,
+}
+
+/// The legitimate load in one phase.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct LegitPhase {
+    /// Length of the phase, s.
+    pub secs: f64,
+    /// Unique deliveries received.
+    pub received: u64,
+    /// Delivery latency.
+    pub latency: Latency,
+    /// Disconnect events the clients saw.
+    pub disconnects: u64,
+}
+
+/// The legitimate load over one second (or less, at the end).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Second {
+    /// End of the second, ms since the start of the measurement.
+    pub at_ms: u64,
+    /// Unique deliveries received.
+    pub received: u64,
+    /// 99th percentile of their latency, ms.
+    pub p99_ms: f64,
+    /// Their highest latency, ms.
+    pub max_ms: f64,
+}
+
+/// New-client connects over one transport in one phase.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ProbeSummary {
+    /// Connects tried.
+    pub attempts: u64,
+    /// Connects that got a Welcome.
+    pub connected: u64,
+    /// Shortest connect time, ms.
+    pub min_ms: f64,
+    /// Median connect time, ms.
+    pub median_ms: f64,
+    /// Longest connect time, ms.
+    pub max_ms: f64,
+    /// A few errors, with counts.
+    pub errors: Vec<String>,
+}
+
+impl ProbeSummary {
+    /// Summarises connect times (ms) and errors.
+    pub fn of(times_ms: &[f64], errors: &[String]) -> ProbeSummary {
+        let mut sorted = times_ms.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let n = sorted.len();
+        let median = match n {
+            0 => 0.0,
+            _ if n % 2 == 1 => sorted[n / 2],
+            _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+        };
+        let mut counted: std::collections::BTreeMap<&str, u64> = Default::default();
+        for e in errors {
+            *counted.entry(e).or_default() += 1;
+        }
+        ProbeSummary {
+            attempts: (n + errors.len()) as u64,
+            connected: n as u64,
+            min_ms: sorted.first().copied().unwrap_or(0.0),
+            median_ms: median,
+            max_ms: sorted.last().copied().unwrap_or(0.0),
+            errors: counted.iter().take(5).map(|(e, n)| format!("{n}× {e}")).collect(),
+        }
+    }
+
+    fn cell(&self) -> String {
+        match self.connected {
+            _ if self.attempts == 0 => "–".into(),
+            0 => format!("0/{}", self.attempts),
+            1 => format!("1/{}, {} ms", self.attempts, fmt_ms(self.median_ms)),
+            n => format!(
+                "{n}/{}, {} ({}–{}) ms",
+                self.attempts,
+                fmt_ms(self.median_ms),
+                fmt_ms(self.min_ms),
+                fmt_ms(self.max_ms)
+            ),
+        }
+    }
+}
+
+/// An attack scenario's result.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AttackResult {
+    /// The attack.
+    pub kind: String,
+    /// Its source address.
+    pub source: String,
+    /// Attacker connections held at once.
+    pub sockets: usize,
+    /// Attack length, s.
+    pub attack_secs: f64,
+    /// Flags the gateway got beyond the bench's own (its limits are the defaults).
+    pub gateway_args: Vec<String>,
+    /// Transport of the legitimate load.
+    pub transport: String,
+    /// Legitimate connections established.
+    pub connected: u64,
+    /// Members per room.
+    pub room_size: u64,
+    /// Room-events per second asked for.
+    pub rate_target: f64,
+    /// Room-events per second published successfully.
+    pub rate_achieved: f64,
+    /// Publish requests that failed.
+    pub publish_errors: u64,
+    /// Deliveries expected over the whole run.
+    pub expected: u64,
+    /// Unique deliveries received over the whole run.
+    pub received: u64,
+    /// expected − received.
+    pub lost: u64,
+    /// The legitimate load per phase.
+    pub legit: Phases<LegitPhase>,
+    /// The legitimate load second by second.
+    pub legit_seconds: Vec<Second>,
+    /// Gateway RSS, KiB: at the attack's start, its peak during the attack, at the end.
+    pub rss_kb: Phases<u64>,
+    /// Gateway open descriptors, as `rss_kb`.
+    pub fds: Phases<u64>,
+    /// Gateway CPU per phase, percent of one core.
+    pub cpu_pct: Phases<f64>,
+    /// CPU of the bench process holding the attacker, publisher and probes, per phase.
+    pub bench_cpu_pct: Phases<f64>,
+    /// CPU of every process on the machine (gateway, bench, anything else), per phase.
+    pub machine_cpu_pct: Phases<f64>,
+    /// Logical CPUs of the machine.
+    pub cpus: usize,
+    /// New WebSocket clients per phase.
+    pub new_ws: Phases<ProbeSummary>,
+    /// New WebTransport clients per phase.
+    pub new_wt: Phases<ProbeSummary>,
+    /// What the attacker saw.
+    pub attacker: crate::attack::Tally,
+    /// Every gateway reading (every 250 ms).
+    pub samples: Vec<crate::monitor::Sample>,
+    /// Every new-client connect.
+    pub probes: Vec<crate::monitor::Probe>,
+    /// Error samples.
+    pub errors: Vec<String>,
+}
+
+/// Markdown tables of an attack: the gateway and legitimate clients per phase, then the
+/// attacker's side.
+pub fn attack_table(r: &AttackResult) -> String {
+    let l = &r.legit;
+    let lat = |p: &LegitPhase| {
+        format!(
+            "{} / {} / {}",
+            fmt_ms(p.latency.p50_ms),
+            fmt_ms(p.latency.p99_ms),
+            fmt_ms(p.latency.max_ms)
+        )
+    };
+    let mut s = format!(
+        "{} from {}: {} sockets for {:.0} s; gateway with default limits{}. Legitimate load: \
+         {} {} connections, rooms of {}, {:.0} room-events/s ({:.0} sent).\n\n",
+        r.kind,
+        r.source,
+        fmt_int(r.sockets as u64),
+        r.attack_secs,
+        if r.gateway_args.is_empty() {
+            String::new()
+        } else {
+            format!(" (and {})", r.gateway_args.join(" "))
+        },
+        fmt_int(r.connected),
+        r.transport,
+        r.room_size,
+        r.rate_target,
+        r.rate_achieved,
+    );
+    s.push_str(
+        "| | before | during the attack | after |\n\
+         |---|---:|---:|---:|\n",
+    );
+    s.push_str(&format!(
+        "| gateway RSS MiB (at the start / peak / at the end) | {} | {} | {} |\n",
+        mib(r.rss_kb.before),
+        mib(r.rss_kb.during),
+        mib(r.rss_kb.after)
+    ));
+    s.push_str(&format!(
+        "| gateway open fds (at the start / peak / at the end) | {} | {} | {} |\n",
+        fmt_int(r.fds.before),
+        fmt_int(r.fds.during),
+        fmt_int(r.fds.after)
+    ));
+    s.push_str(&format!(
+        "| gateway CPU % | {:.0} | {:.0} | {:.0} |\n",
+        r.cpu_pct.before, r.cpu_pct.during, r.cpu_pct.after
+    ));
+    s.push_str(&format!(
+        "| attacker + publisher process CPU % | {:.0} | {:.0} | {:.0} |\n",
+        r.bench_cpu_pct.before, r.bench_cpu_pct.during, r.bench_cpu_pct.after
+    ));
+    s.push_str(&format!(
+        "| whole machine CPU % (of {}) | {:.0} | {:.0} | {:.0} |\n",
+        r.cpus * 100,
+        r.machine_cpu_pct.before,
+        r.machine_cpu_pct.during,
+        r.machine_cpu_pct.after
+    ));
+    s.push_str(&format!(
+        "| legit deliveries | {} | {} | {} |\n",
+        fmt_int(l.before.received),
+        fmt_int(l.during.received),
+        fmt_int(l.after.received)
+    ));
+    s.push_str(&format!(
+        "| legit latency p50 / p99 / max ms | {} | {} | {} |\n",
+        lat(&l.before),
+        lat(&l.during),
+        lat(&l.after)
+    ));
+    s.push_str(&format!(
+        "| legit disconnects | {} | {} | {} |\n",
+        l.before.disconnects, l.during.disconnects, l.after.disconnects
+    ));
+    s.push_str(&format!(
+        "| new WebSocket client: connected/tried, connect median (min–max) | {} | {} | {} |\n",
+        r.new_ws.before.cell(),
+        r.new_ws.during.cell(),
+        r.new_ws.after.cell()
+    ));
+    s.push_str(&format!(
+        "| new WebTransport client: connected/tried, connect median (min–max) | {} | {} | {} |\n",
+        r.new_wt.before.cell(),
+        r.new_wt.during.cell(),
+        r.new_wt.after.cell()
+    ));
+    let a = &r.attacker;
+    s.push_str(&format!(
+        "\nLegitimate deliveries: {} expected, {} received, {} lost; {} publish errors.\n\n",
+        fmt_int(r.expected),
+        fmt_int(r.received),
+        fmt_int(r.lost),
+        r.publish_errors
+    ));
+    s.push_str("| attacker | count |\n|---|---:|\n");
+    let mut row = |k: &str, v: String| s.push_str(&format!("| {k} | {v} |\n"));
+    row("connection attempts", fmt_int(a.attempts));
+    row(
+        "never connected (refused, failed or timed out)",
+        fmt_int(a.failed),
+    );
+    row("connections opened", fmt_int(a.opened));
+    row("closed by the gateway within 1 s", fmt_int(a.refused));
+    row("closed by the gateway later", fmt_int(a.closed));
+    row("still open when the attack ended", fmt_int(a.open_at_end));
+    row("most open at once", fmt_int(a.open_peak));
+    if a.refused_after_ms.samples > 0 {
+        row(
+            "time to refusal, p50 / max ms",
+            format!(
+                "{} / {}",
+                fmt_ms(a.refused_after_ms.p50_ms),
+                fmt_ms(a.refused_after_ms.max_ms)
+            ),
+        );
+    }
+    if a.held_ms.samples > 0 {
+        row(
+            "held until closed (the later ones), p50 / max s",
+            format!(
+                "{:.2} / {:.2}",
+                a.held_ms.p50_ms / 1000.0,
+                a.held_ms.max_ms / 1000.0
+            ),
+        );
+    }
+    if a.datagrams > 0 {
+        row("non-QUIC Initial-sized datagrams sent", fmt_int(a.datagrams));
+    }
+    let mut outcomes: Vec<(&String, &u64)> = a.outcomes.iter().collect();
+    outcomes.sort_by(|x, y| y.1.cmp(x.1));
+    for (how, n) in outcomes {
+        row(&format!("ended: {how}"), fmt_int(*n));
+    }
+    for (name, p) in [("WebSocket", &r.new_ws), ("WebTransport", &r.new_wt)] {
+        for (phase, q) in [("before", &p.before), ("during", &p.during), ("after", &p.after)] {
+            if !q.errors.is_empty() {
+                s.push_str(&format!(
+                    "\nNew {name} clients {phase} the attack failed: {}.\n",
+                    q.errors.join("; ")
+                ));
+            }
+        }
+    }
+    s
+}
+
 /// SVG line chart: latency percentiles (log scale) against delivered deliveries/s.
 pub fn sweep_svg(title: &str, steps: &[LoadResult], limit_ms: f64) -> String {
     let (w, h) = (860.0, 520.0);
@@ -486,6 +792,36 @@ mod tests {
         assert!(row.starts_with("| seed | WebSocket | 1 | 10,000 |"), "{row}");
         assert!(row.contains("| 0.800 | 1.50 | 3.25 | 12.5 | 40.0 |"), "{row}");
         assert_eq!(t.lines().count(), 3);
+    }
+
+    #[test]
+    fn attack_tables_show_each_phase() {
+        let mut r = AttackResult {
+            kind: "silent-ws".into(),
+            source: "127.0.0.2".into(),
+            sockets: 300,
+            rss_kb: Phases {
+                before: 10 * 1024,
+                during: 20 * 1024,
+                after: 12 * 1024,
+            },
+            ..Default::default()
+        };
+        r.new_ws.during = ProbeSummary::of(&[2.0, 4.0, 3.0], &["timed out".into()]);
+        r.attacker.outcomes.insert("WebSocket close 3012".into(), 44);
+        let t = attack_table(&r);
+        assert!(
+            t.contains("| gateway RSS MiB (at the start / peak / at the end) | 10.0 | 20.0 | 12.0 |"),
+            "{t}"
+        );
+        assert!(t.contains("| – | 3/4, 3.00 (2.00–4.00) ms | – |"), "{t}");
+        let even = ProbeSummary::of(&[2613.0, 6785.0], &[]);
+        assert_eq!(
+            (even.min_ms, even.median_ms, even.max_ms),
+            (2613.0, 4699.0, 6785.0)
+        );
+        assert!(t.contains("| ended: WebSocket close 3012 | 44 |"), "{t}");
+        assert!(t.contains("1× timed out"), "{t}");
     }
 
     #[test]

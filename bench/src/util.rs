@@ -72,6 +72,32 @@ pub fn sample(pid: u32) -> Option<ProcSample> {
     })
 }
 
+/// CPU time every process on the machine has used so far (all cores, idle and I/O wait
+/// excluded), clock ticks, from /proc/stat.
+pub fn machine_busy_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    Some(
+        v.get(..8)?
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 3 && *i != 4)
+            .map(|(_, t)| t)
+            .sum(),
+    )
+}
+
+/// Open file descriptors of a process (entries of /proc/<pid>/fd).
+pub fn fd_count(pid: u32) -> Option<u64> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
+}
+
 /// Clock ticks per second.
 pub fn clk_tck() -> f64 {
     // SAFETY: sysconf has no preconditions.
@@ -141,5 +167,7 @@ mod tests {
     fn own_process_can_be_sampled() {
         let s = sample(std::process::id()).expect("own /proc entry");
         assert!(s.rss_kb > 0);
+        assert!(fd_count(std::process::id()).is_some_and(|n| n >= 3));
+        assert!(machine_busy_ticks().is_some());
     }
 }

@@ -291,7 +291,8 @@ enum Outcome {
 /// endpoint per client would make the clients, not the gateway, the bottleneck.
 const ENDPOINTS_PER_NODE: usize = 16;
 
-fn cert_of(node: &crate::target::Node) -> Option<[u8; 32]> {
+/// A node's certificate hash as bytes.
+pub fn cert_of(node: &crate::target::Node) -> Option<[u8; 32]> {
     node.cert_hex.as_deref().and_then(|h| {
         let bytes = hex::decode(h).ok()?;
         <[u8; 32]>::try_from(bytes.as_slice()).ok()
