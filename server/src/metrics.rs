@@ -7,6 +7,7 @@ use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogra
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::node::Node;
+use crate::transport::TransportKind;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -93,8 +94,8 @@ fn describe() {
 /// Renders the metrics of `node` in Prometheus text format.
 pub fn render(node: &Node) -> String {
     let handle = install();
-    for transport in ["webtransport", "websocket"] {
-        gauge!("rtgate_connections", "transport" => transport)
+    for transport in TransportKind::ALL {
+        gauge!("rtgate_connections", "transport" => transport.label())
             .set(node.connection_count_by(transport) as f64);
     }
     let hub = node.engine.hub();

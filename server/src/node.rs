@@ -15,6 +15,7 @@ use crate::engine::Engine;
 use crate::ids::ConnectionId;
 use crate::presence::PresenceService;
 use crate::session::SessionConfig;
+use crate::transport::TransportKind;
 
 /// A request from the node to one connection.
 #[derive(Debug, Clone)]
@@ -28,7 +29,7 @@ struct ConnEntry {
     /// Set once admitted (after Hello): until then the connection is pending.
     who: Option<(bool, u64)>,
     ip: IpAddr,
-    transport: &'static str,
+    transport: TransportKind,
     /// One request at most reaches a connection (it then closes).
     control: Option<oneshot::Sender<ConnControl>>,
 }
@@ -166,7 +167,7 @@ impl Node {
     /// slot until [`admit`](Self::admit) or [`deregister`](Self::deregister).
     pub fn register(
         &self,
-        transport: &'static str,
+        transport: TransportKind,
         ip: IpAddr,
     ) -> Result<(ConnectionId, oneshot::Receiver<ConnControl>), Refusal> {
         if self.is_shutting_down() {
@@ -180,7 +181,7 @@ impl Node {
             return Err(Refusal::PendingFull);
         }
         let id = ConnectionId(self.next_conn.fetch_add(1, Ordering::Relaxed));
-        metrics::counter!("rtgate_connects_total", "transport" => transport).increment(1);
+        metrics::counter!("rtgate_connects_total", "transport" => transport.label()).increment(1);
         let (tx, rx) = oneshot::channel();
         reg.pending += 1;
         *reg.pending_by_ip.entry(ip).or_insert(0) += 1;
@@ -262,8 +263,8 @@ impl Node {
         self.connections.lock().expect("registry lock").pending
     }
 
-    /// Live connections over one transport (`"webtransport"` or `"websocket"`).
-    pub fn connection_count_by(&self, transport: &str) -> usize {
+    /// Live connections over one transport.
+    pub fn connection_count_by(&self, transport: TransportKind) -> usize {
         self.connections
             .lock()
             .expect("registry lock")

@@ -9,6 +9,34 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+/// The transports a client can connect over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TransportKind {
+    /// WebTransport over HTTP/3.
+    WebTransport,
+    /// WebSocket over HTTP/1.1.
+    WebSocket,
+}
+
+impl TransportKind {
+    /// Every transport, for per-transport figures.
+    pub const ALL: [TransportKind; 2] = [TransportKind::WebTransport, TransportKind::WebSocket];
+
+    /// The name used in metrics labels and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            TransportKind::WebTransport => "webtransport",
+            TransportKind::WebSocket => "websocket",
+        }
+    }
+}
+
+impl std::fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
 /// Signals a writer task to flush and close, then waits for it (bounded).
 pub(crate) struct WriterCloser<T> {
     pub(crate) signal: oneshot::Sender<T>,

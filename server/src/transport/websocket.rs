@@ -8,8 +8,8 @@ use futures::{SinkExt, StreamExt};
 use rtgate_protocol::{DisconnectCode, FrameError, RoomName};
 use tokio::sync::oneshot;
 
-use super::WriterCloser;
-use crate::connection::{Closer, Incoming, RoomLanes, TransportHandle, drive};
+use super::{TransportKind, WriterCloser};
+use crate::connection::{Closer, Incoming, RoomLanes, Transport, drive};
 use crate::node::Node;
 use crate::outbox::{Lane, LaneReceiver, Outbox, Queued};
 
@@ -41,7 +41,7 @@ pub async fn serve(node: Arc<Node>, socket: WebSocket, client: Option<crate::htt
         .as_ref()
         .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |c| c.addr.ip());
     let _slot = client.map(|c| c.slot);
-    let (conn, control_rx) = match node.register("websocket", ip) {
+    let (conn, control_rx) = match node.register(TransportKind::WebSocket, ip) {
         Ok(registered) => registered,
         Err(refusal) => {
             let code = if refusal == crate::node::Refusal::ShuttingDown {
@@ -88,9 +88,8 @@ pub async fn serve(node: Arc<Node>, socket: WebSocket, client: Option<crate::htt
     let (lane, lane_rx) = Lane::new(&outbox);
     let (close_tx, close_rx) = oneshot::channel();
     let writer = tokio::spawn(write_loop(sink, lane_rx, close_rx));
-    let handle = TransportHandle {
-        kind: "websocket",
-        incoming,
+    let transport = Transport {
+        kind: TransportKind::WebSocket,
         control: lane.clone(),
         lanes: Box::new(SocketLanes(lane)),
         datagrams: None,
@@ -102,7 +101,7 @@ pub async fn serve(node: Arc<Node>, socket: WebSocket, client: Option<crate::htt
     };
     // Boxed: the upgrade task then stays small while the driver's state lives on the heap
     // at its own size.
-    Box::pin(drive(node, conn, control_rx, handle)).await;
+    Box::pin(drive(node, conn, control_rx, incoming, transport)).await;
 }
 
 /// What a read error of the WebSocket means: a broken connection (the peer is gone), a

@@ -21,8 +21,8 @@ use tokio::sync::{oneshot, watch};
 use wtransport::endpoint::IncomingSession;
 use wtransport::{Connection, Endpoint, RecvStream, SendStream, ServerConfig, VarInt};
 
-use super::WriterCloser;
-use crate::connection::{Closer, Incoming, RoomLanes, TransportHandle, drive};
+use super::{TransportKind, WriterCloser};
+use crate::connection::{Closer, Incoming, RoomLanes, Transport, drive};
 use crate::ids::ConnectionId;
 use crate::node::{ConnControl, Node};
 use crate::outbox::{DatagramSink, Lane, LaneReceiver, Outbox, Queued};
@@ -224,7 +224,7 @@ async fn establish(
         request.not_found().await;
         return None;
     }
-    let (conn, control_rx) = match node.register("webtransport", ip) {
+    let (conn, control_rx) = match node.register(TransportKind::WebTransport, ip) {
         Ok(registered) => registered,
         Err(_) => {
             request.too_many_requests().await;
@@ -286,9 +286,8 @@ async fn serve(node: Arc<Node>, session: Established) {
     let datagrams: Option<Arc<dyn DatagramSink>> = connection
         .max_datagram_size()
         .map(|_| Arc::new(Datagrams(connection.clone())) as Arc<dyn DatagramSink>);
-    let handle = TransportHandle {
-        kind: "webtransport",
-        incoming,
+    let transport = Transport {
+        kind: TransportKind::WebTransport,
         control: control_lane,
         lanes: Box::new(StreamLanes {
             connection: connection.clone(),
@@ -308,7 +307,7 @@ async fn serve(node: Arc<Node>, session: Established) {
             connection: connection.clone(),
         }),
     };
-    Box::pin(drive(node, conn, control_rx, handle)).await;
+    Box::pin(drive(node, conn, control_rx, incoming, transport)).await;
 }
 
 /// The control stream as frames: ends with `Closed` (or a framing error).
