@@ -13,22 +13,24 @@
 //!   (`Unavailable`, HTTP 503), the node reports not ready, and everything resumes by
 //!   itself when Redis returns.
 
+mod commands;
 mod keys;
 mod presence;
 mod pubsub;
 mod scripts;
 
+use commands::unavailable;
+pub use commands::{RedisCommands, RedisStats};
 pub use keys::Keys;
 pub use presence::RedisPresence;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use rtgate_protocol::RoomName;
 use tokio::sync::{mpsc, oneshot};
 
@@ -93,32 +95,16 @@ enum Read {
 /// A repair reads the whole gap at once: it is bounded by the history's size.
 const REPAIR_PAGE: (usize, usize) = (usize::MAX, usize::MAX);
 
-/// Counters of the engine's health.
-#[derive(Debug, Default)]
-pub struct RedisStats {
-    /// Redis calls that failed or timed out.
-    pub errors: AtomicU64,
-    /// Times the pub/sub connection was re-established.
-    pub reconnects: AtomicU64,
-    /// Gaps filled from history.
-    pub gaps_repaired: AtomicU64,
-    /// Rooms reset because history could not fill a gap.
-    pub resets: AtomicU64,
-}
-
 pub(crate) struct Inner {
     hub: Arc<Hub>,
     config: RedisConfig,
     keys: Keys,
-    client: redis::Client,
+    commands: Arc<RedisCommands>,
     pubsub_client: redis::Client,
-    commands: tokio::sync::Mutex<Option<ConnectionManager>>,
     publish_script: redis::Script,
     read_script: redis::Script,
     page_script: redis::Script,
-    sharded: AtomicBool,
     pubsub_up: AtomicBool,
-    commands_ok: AtomicBool,
     /// Last position delivered by this node, per room with local subscribers.
     tracks: Mutex<HashMap<RoomName, Option<StreamPos>>>,
     stats: Arc<RedisStats>,
@@ -141,10 +127,6 @@ impl std::fmt::Debug for RedisEngine {
     }
 }
 
-fn unavailable(err: impl std::fmt::Display) -> EngineError {
-    EngineError::Unavailable(err.to_string())
-}
-
 impl RedisEngine {
     /// An engine on `config`, delivering to `hub`. Connects in the background: a node
     /// starts (not ready) even while Redis is unreachable.
@@ -159,21 +141,19 @@ impl RedisEngine {
         let pubsub_client = redis::Client::open(info.set_redis_settings(resp3))
             .map_err(|e| EngineError::Internal(e.to_string()))?;
         let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let stats = Arc::new(RedisStats::default());
         let inner = Arc::new(Inner {
             hub,
             keys: Keys::new(&config.prefix),
-            sharded: AtomicBool::new(config.sharded == ShardedPubSub::On),
+            commands: Arc::new(RedisCommands::new(client, &config, stats.clone())),
             config,
-            client,
             pubsub_client,
-            commands: tokio::sync::Mutex::new(None),
             publish_script: redis::Script::new(scripts::PUBLISH),
             read_script: redis::Script::new(scripts::READ),
             page_script: redis::Script::new(scripts::PAGE),
             pubsub_up: AtomicBool::new(false),
-            commands_ok: AtomicBool::new(false),
             tracks: Mutex::new(HashMap::new()),
-            stats: Arc::new(RedisStats::default()),
+            stats,
             control: control_tx,
         });
         let (tx, rx) = mpsc::unbounded_channel();
@@ -210,93 +190,8 @@ impl RedisEngine {
 }
 
 impl Inner {
-    /// The command connection, established on first use.
-    async fn conn(&self) -> Result<ConnectionManager, EngineError> {
-        let mut guard = self.commands.lock().await;
-        if let Some(c) = guard.as_ref() {
-            return Ok(c.clone());
-        }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.config.timeout))
-            .set_response_timeout(Some(self.config.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let mut conn = tokio::time::timeout(
-            self.config.timeout * 2,
-            ConnectionManager::new_with_config(self.client.clone(), config),
-        )
-        .await
-        .map_err(|_| unavailable("connecting to redis timed out"))?
-        .map_err(unavailable)?;
-        if self.config.sharded == ShardedPubSub::Auto {
-            let info: String = redis::cmd("INFO")
-                .arg("server")
-                .query_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
-            let major = info
-                .lines()
-                .find_map(|l| l.strip_prefix("redis_version:"))
-                .and_then(|v| v.split('.').next())
-                .and_then(|v| v.trim().parse::<u32>().ok())
-                .unwrap_or(0);
-            self.sharded.store(major >= 7, Ordering::Relaxed);
-        }
-        *guard = Some(conn.clone());
-        Ok(conn)
-    }
-
-    fn note<T>(&self, result: &Result<T, EngineError>) {
-        match result {
-            Ok(_) => self.commands_ok.store(true, Ordering::Relaxed),
-            Err(_) => {
-                self.commands_ok.store(false, Ordering::Relaxed);
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-
-    async fn call<T: redis::FromRedisValue>(
-        &self,
-        invocation: redis::ScriptInvocation<'_>,
-    ) -> Result<T, EngineError> {
-        let result = async {
-            let mut conn = self.conn().await?;
-            match tokio::time::timeout(self.config.timeout, invocation.invoke_async::<T>(&mut conn)).await {
-                Err(_) => Err(unavailable("redis call timed out")),
-                Ok(Err(e))
-                    if e.is_io_error()
-                        || e.is_timeout()
-                        || e.is_connection_dropped()
-                        || e.is_connection_refusal() =>
-                {
-                    Err(unavailable(e))
-                }
-                Ok(Err(e)) => Err(EngineError::Internal(e.to_string())),
-                Ok(Ok(v)) => Ok(v),
-            }
-        }
-        .await;
-        self.note(&result);
-        result
-    }
-
-    /// Runs one command within the call timeout; failures count against readiness.
-    async fn command<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, EngineError> {
-        let result = async {
-            let mut conn = self.conn().await?;
-            tokio::time::timeout(self.config.timeout, cmd.query_async::<T>(&mut conn))
-                .await
-                .map_err(|_| unavailable("redis call timed out"))?
-                .map_err(unavailable)
-        }
-        .await;
-        self.note(&result);
-        result
-    }
-
     fn sharded(&self) -> bool {
-        self.sharded.load(Ordering::Relaxed)
+        self.commands.sharded()
     }
 
     async fn read(
@@ -315,7 +210,7 @@ impl Inner {
             .arg(since.map_or(0, |s| s.offset))
             .arg(max_events.min(i64::MAX as usize))
             .arg(max_bytes.min(i64::MAX as usize));
-        let values: Vec<redis::Value> = self.call(inv).await?;
+        let values: Vec<redis::Value> = self.commands.call(inv).await?;
         parse_read(values).ok_or_else(|| EngineError::Internal("unexpected read script reply".into()))
     }
 
@@ -538,7 +433,7 @@ impl Engine for RedisEngine {
             .arg(Epoch::random().as_str())
             .arg(if inner.sharded() { "1" } else { "0" })
             .arg(key.unwrap_or(""));
-        let (epoch, offset, duplicate): (String, u64, u8) = inner.call(inv).await?;
+        let (epoch, offset, duplicate): (String, u64, u8) = inner.commands.call(inv).await?;
         Ok(Published {
             pos: StreamPos {
                 epoch: Epoch::from_wire(&epoch),
@@ -621,7 +516,7 @@ impl Engine for RedisEngine {
             .arg(cursor.until)
             .arg(super::REPLAY_PAGE_EVENTS)
             .arg(max_bytes);
-        let values: Vec<redis::Value> = inner.call(inv).await?;
+        let values: Vec<redis::Value> = inner.commands.call(inv).await?;
         match parse_page(values) {
             Some(Some((entries, next_id))) => {
                 let last = entries.last().map_or(cursor.next - 1, |(o, _)| *o);
@@ -660,6 +555,7 @@ impl Engine for RedisEngine {
         let message = bus::encode_ephemeral(private, exclude.unwrap_or(""), &frame);
         let cmd = if inner.sharded() { "SPUBLISH" } else { "PUBLISH" };
         inner
+            .commands
             .command::<()>(redis::cmd(cmd).arg(inner.keys.channel(room)).arg(message))
             .await
     }
@@ -667,6 +563,7 @@ impl Engine for RedisEngine {
     async fn room_info(&self, room: &RoomName) -> Result<RoomInfo, EngineError> {
         let inner = &self.inner;
         let (epoch, offset): (Option<String>, Option<u64>) = inner
+            .commands
             .command(redis::cmd("HMGET").arg(inner.keys.meta(room)).arg("e").arg("o"))
             .await?;
         Ok(RoomInfo {
@@ -685,6 +582,7 @@ impl Engine for RedisEngine {
     async fn broadcast_control(&self, message: &bus::ControlMessage) -> Result<u32, EngineError> {
         let inner = &self.inner;
         let receivers: u32 = inner
+            .commands
             .command(
                 redis::cmd("PUBLISH")
                     .arg(inner.keys.control())
@@ -709,6 +607,7 @@ impl Engine for RedisEngine {
         let inner = &self.inner;
         let member = format!("{}:{id}", if contact { 'c' } else { 'u' });
         inner
+            .commands
             .command::<()>(
                 redis::cmd("HSET")
                     .arg(inner.keys.revocations())
@@ -721,6 +620,7 @@ impl Engine for RedisEngine {
     async fn load_revocations(&self, now: u64) -> Result<Vec<(bool, u64, u64, u64)>, EngineError> {
         let inner = &self.inner;
         let stored: HashMap<String, String> = inner
+            .commands
             .command(redis::cmd("HGETALL").arg(inner.keys.revocations()))
             .await?;
         let mut live = Vec::new();
@@ -743,6 +643,7 @@ impl Engine for RedisEngine {
         if !gone.is_empty() {
             // Forgetting what is past its time can wait for the next load if this fails.
             let _ = inner
+                .commands
                 .command::<()>(redis::cmd("HDEL").arg(inner.keys.revocations()).arg(gone))
                 .await;
         }
@@ -757,12 +658,12 @@ impl Engine for RedisEngine {
     }
 
     fn is_ready(&self) -> bool {
-        self.inner.pubsub_up.load(Ordering::Relaxed) && self.inner.commands_ok.load(Ordering::Relaxed)
+        self.inner.pubsub_up.load(Ordering::Relaxed) && self.inner.commands.is_ok()
     }
 
     async fn maintain(&self) {
         // A cheap round trip keeps readiness honest while the node is idle.
-        let _ = self.inner.command::<()>(&redis::cmd("PING")).await;
+        let _ = self.inner.commands.command::<()>(&redis::cmd("PING")).await;
     }
 }
 

@@ -137,20 +137,11 @@ impl RedisPresence {
             .arg(now_ms)
             .arg(self.ttl_ms)
             .arg(who.member());
-        self.inner.call(inv).await
+        self.inner.commands.call(inv).await
     }
 
     async fn pipe<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, EngineError> {
-        let result = async {
-            let mut conn = self.inner.conn().await?;
-            tokio::time::timeout(self.inner.config.timeout, pipe.query_async::<T>(&mut conn))
-                .await
-                .map_err(|_| EngineError::Unavailable("redis call timed out".into()))?
-                .map_err(|e| EngineError::Unavailable(e.to_string()))
-        }
-        .await;
-        self.inner.note(&result);
-        result
+        self.inner.commands.pipe(pipe).await
     }
 }
 
@@ -215,7 +206,7 @@ impl PresenceStore for RedisPresence {
                 .arg(format!("{}:h:", self.base(*account)))
                 .arg(now_ms)
                 .arg(self.ttl_ms);
-            let members: Vec<String> = self.inner.call(inv).await?;
+            let members: Vec<String> = self.inner.commands.call(inv).await?;
             gone.extend(members.iter().filter_map(|m| Who::from_member(*account, m)));
         }
         if !stale.is_empty() {
@@ -254,7 +245,7 @@ impl PresenceStore for RedisPresence {
         inv.key(format!("{}:av", self.base(account)))
             .arg(user)
             .arg(availability as i32);
-        let changed: i64 = self.inner.call(inv).await?;
+        let changed: i64 = self.inner.commands.call(inv).await?;
         if let Some(ns) = &self.chatwoot {
             let mut p = redis::pipe();
             p.hset(
