@@ -2,11 +2,14 @@
 //! and the `presence.update` events announced to account rooms.
 //!
 //! [`PresenceService`] runs the sans-IO [`Tracker`] on a task of its own against a
-//! [`PresenceStore`] (memory or Redis) and publishes changes through the engine.
+//! [`PresenceStore`] ([`MemoryPresence`] or [`RedisPresence`]) and publishes changes
+//! through the engine.
 
+mod redis;
 mod store;
 mod tracker;
 
+pub use redis::RedisPresence;
 pub use store::{MemoryPresence, PresenceStore, effective, presence_of};
 pub use tracker::{Effect, Tracker, TrackerConfig, Who};
 

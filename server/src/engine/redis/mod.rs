@@ -15,14 +15,12 @@
 
 mod commands;
 mod keys;
-mod presence;
 mod pubsub;
 mod scripts;
 
 use commands::unavailable;
 pub use commands::{RedisCommands, RedisStats};
 pub use keys::Keys;
-pub use presence::RedisPresence;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -165,11 +163,10 @@ impl RedisEngine {
         })
     }
 
-    /// Presence kept in the same Redis; entries expire `ttl_ms` after their last refresh.
-    /// With `chatwoot` (a key namespace such as `alfred`), Chatwoot's own presence keys
-    /// are maintained too.
-    pub fn presence_store(&self, ttl_ms: u64, chatwoot: Option<String>) -> RedisPresence {
-        RedisPresence::new(self.inner.clone(), ttl_ms, chatwoot)
+    /// The engine's command connection, for stores that keep their data in the same
+    /// Redis (presence).
+    pub fn commands(&self) -> Arc<RedisCommands> {
+        self.inner.commands.clone()
     }
 
     /// Health counters.
