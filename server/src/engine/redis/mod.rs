@@ -12,15 +12,23 @@
 //! - **Outage**: every call has a timeout; while Redis is unreachable publishes fail fast
 //!   (`Unavailable`, HTTP 503), the node reports not ready, and everything resumes by
 //!   itself when Redis returns.
+//!
+//! This module holds the configuration and the [`Engine`] implementation; `commands` is
+//! the command connection, `pubsub` the pub/sub connection, `follower` what the node does
+//! with the messages it receives (ordering, gap repair), `scripts` the Lua scripts,
+//! `replies` the parsing of their answers and `keys` the key layout.
 
 mod commands;
+mod follower;
 mod keys;
 mod pubsub;
+mod replies;
 mod scripts;
 
 use commands::unavailable;
 pub use commands::{RedisCommands, RedisStats};
 pub use keys::Keys;
+use replies::{Read, parse_page, parse_read};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -79,19 +87,6 @@ impl RedisConfig {
         }
     }
 }
-
-/// What the read script found.
-#[derive(Debug)]
-enum Read {
-    Fresh,
-    /// Events after the position, and the stream id to read on from when they are only
-    /// a first page.
-    Replay(Vec<(u64, Bytes)>, Option<String>),
-    Lost,
-}
-
-/// A repair reads the whole gap at once: it is bounded by the history's size.
-const REPAIR_PAGE: (usize, usize) = (usize::MAX, usize::MAX);
 
 pub(crate) struct Inner {
     hub: Arc<Hub>,
@@ -221,192 +216,6 @@ impl Inner {
             event,
         )
     }
-
-    /// Fills the gap after the last position this node delivered in `room`, or resets the
-    /// room's subscribers when history cannot. False when Redis could not be asked (the
-    /// caller retries).
-    async fn repair(&self, room: &RoomName) -> bool {
-        let tracked = match self.tracks.lock().expect("tracks lock").get(room) {
-            Some(tracked) => tracked.clone(),
-            None => return true,
-        };
-        // Nothing handed to the hub yet: start from the oldest position a local subscriber
-        // has (subscribers drop what they already have).
-        let Some(last) = tracked.or_else(|| self.hub.oldest_position(room)) else {
-            return true;
-        };
-        match self.read(room, Some(&last), REPAIR_PAGE).await {
-            Ok((top, Read::Replay(entries, _))) => {
-                if !entries.is_empty() {
-                    self.stats.gaps_repaired.fetch_add(1, Ordering::Relaxed);
-                }
-                for (offset, event) in entries {
-                    self.deliver(room, self.publication(room, &top.epoch, offset, &event));
-                }
-            }
-            Ok((top, _)) => {
-                tracing::warn!(%room, from = %last, to = %top, "history cannot fill the gap: resetting the room");
-                self.stats.resets.fetch_add(1, Ordering::Relaxed);
-                self.hub.reset(room, &top);
-                if let Some(t) = self.tracks.lock().expect("tracks lock").get_mut(room) {
-                    *t = Some(top);
-                }
-            }
-            Err(err) => {
-                tracing::debug!(%room, %err, "gap repair failed; retrying");
-                return false;
-            }
-        }
-        true
-    }
-
-    /// Hands a publication to the hub and advances the room's position.
-    fn deliver(&self, room: &RoomName, p: Arc<Publication>) {
-        let mut tracks = self.tracks.lock().expect("tracks lock");
-        let Some(last) = tracks.get_mut(room) else {
-            return;
-        };
-        if let Some(l) = last
-            && l.epoch == p.pos.epoch
-            && l.offset >= p.pos.offset
-        {
-            return;
-        }
-        *last = Some(p.pos.clone());
-        self.hub.broadcast(&p);
-    }
-
-    /// A message from a room channel or the control channel.
-    async fn on_message(&self, channel: &[u8], payload: &[u8]) {
-        if channel == self.keys.control().as_bytes() {
-            match bus::decode_control(payload) {
-                Some(message) => {
-                    let _ = self.control.send(message);
-                }
-                None => tracing::warn!("undecodable message on the control channel"),
-            }
-            return;
-        }
-        let Some(room) = self.keys.room_of_channel(channel) else {
-            return;
-        };
-        match bus::decode(payload) {
-            Some(bus::BusMessage::Publication { epoch, offset, event }) => {
-                let epoch = Epoch::from_wire(epoch);
-                let arrival = {
-                    let tracks = self.tracks.lock().expect("tracks lock");
-                    match tracks.get(&room) {
-                        None => return,
-                        Some(last) => classify(last.as_ref(), &epoch, offset),
-                    }
-                };
-                match arrival {
-                    Arrival::Duplicate => {}
-                    Arrival::Next | Arrival::NewEpoch => {
-                        self.deliver(&room, self.publication(&room, &epoch, offset, event))
-                    }
-                    Arrival::Gap => {
-                        // If history cannot be read now, deliver anyway: the pub/sub task
-                        // retries the repair, and subscribers drop what they already have.
-                        self.repair(&room).await;
-                        self.deliver(&room, self.publication(&room, &epoch, offset, event));
-                    }
-                }
-            }
-            Some(bus::BusMessage::Ephemeral {
-                private,
-                exclude,
-                frame,
-            }) => {
-                self.hub
-                    .broadcast_ephemeral(&room, &Bytes::copy_from_slice(frame), Some(exclude), private);
-            }
-            None => tracing::warn!(%room, "undecodable message on a room channel"),
-        }
-    }
-}
-
-/// How a publication relates to the last position a node delivered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Arrival {
-    /// Already delivered.
-    Duplicate,
-    /// The next one (or the first this node sees).
-    Next,
-    /// Some were missed: fill from history first.
-    Gap,
-    /// Another epoch: history was reset.
-    NewEpoch,
-}
-
-/// Classifies an arriving publication against the last delivered position.
-pub(crate) fn classify(last: Option<&StreamPos>, epoch: &Epoch, offset: u64) -> Arrival {
-    match last {
-        None => Arrival::Next,
-        Some(l) if l.epoch != *epoch => Arrival::NewEpoch,
-        Some(l) if offset <= l.offset => Arrival::Duplicate,
-        Some(l) if offset == l.offset + 1 => Arrival::Next,
-        Some(_) => Arrival::Gap,
-    }
-}
-
-fn value_str(v: &redis::Value) -> Option<String> {
-    match v {
-        redis::Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        redis::Value::SimpleString(s) => Some(s.clone()),
-        redis::Value::Int(i) => Some(i.to_string()),
-        _ => None,
-    }
-}
-
-/// Reads `offset, event` pairs until the end of a script's answer.
-fn parse_entries(it: &mut impl Iterator<Item = redis::Value>) -> Option<Vec<(u64, Bytes)>> {
-    let mut entries = Vec::new();
-    while let Some(offset) = it.next() {
-        let offset: u64 = value_str(&offset)?.parse().ok()?;
-        let data = match it.next()? {
-            redis::Value::BulkString(b) => Bytes::from(b),
-            _ => return None,
-        };
-        entries.push((offset, data));
-    }
-    Some(entries)
-}
-
-/// Events of a page and the stream id to read on from (`None`: the replay is complete).
-type PageEntries = (Vec<(u64, Bytes)>, Option<String>);
-
-/// The PAGE script's answer: `Some(None)` when history lost the rest.
-fn parse_page(values: Vec<redis::Value>) -> Option<Option<PageEntries>> {
-    let mut it = values.into_iter();
-    match value_str(&it.next()?)?.as_str() {
-        "lost" => Some(None),
-        "ok" => {
-            let next = value_str(&it.next()?)?;
-            let entries = parse_entries(&mut it)?;
-            Some(Some((entries, (!next.is_empty()).then_some(next))))
-        }
-        _ => None,
-    }
-}
-
-fn parse_read(values: Vec<redis::Value>) -> Option<(StreamPos, Read)> {
-    let mut it = values.into_iter();
-    let epoch = value_str(&it.next()?)?;
-    let top: u64 = value_str(&it.next()?)?.parse().ok()?;
-    let status = value_str(&it.next()?)?;
-    let next = value_str(&it.next()?)?;
-    let pos = StreamPos {
-        epoch: Epoch::from_wire(&epoch),
-        offset: top,
-    };
-    let read = match status.as_str() {
-        "fresh" => Read::Fresh,
-        "lost" => Read::Lost,
-        "ok" => Read::Replay(parse_entries(&mut it)?, (!next.is_empty()).then_some(next)),
-        _ => return None,
-    };
-    Some((pos, read))
 }
 
 #[async_trait]
@@ -661,28 +470,5 @@ impl Engine for RedisEngine {
     async fn maintain(&self) {
         // A cheap round trip keeps readiness honest while the node is idle.
         let _ = self.inner.commands.command::<()>(&redis::cmd("PING")).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pos(epoch: &str, offset: u64) -> StreamPos {
-        StreamPos {
-            epoch: Epoch::from_wire(epoch),
-            offset,
-        }
-    }
-
-    #[test]
-    fn arrivals_are_classified() {
-        let e = Epoch::from_wire("e");
-        assert_eq!(classify(None, &e, 9), Arrival::Next);
-        assert_eq!(classify(Some(&pos("e", 4)), &e, 5), Arrival::Next);
-        assert_eq!(classify(Some(&pos("e", 4)), &e, 4), Arrival::Duplicate);
-        assert_eq!(classify(Some(&pos("e", 4)), &e, 2), Arrival::Duplicate);
-        assert_eq!(classify(Some(&pos("e", 4)), &e, 7), Arrival::Gap);
-        assert_eq!(classify(Some(&pos("f", 4)), &e, 1), Arrival::NewEpoch);
     }
 }
