@@ -117,8 +117,11 @@ struct Prepared {
     next: Option<ReplayCursor>,
 }
 
+/// The state of a room subscription.
 #[derive(Debug)]
-enum SubState {
+enum SubscriptionState {
+    /// Registered: live events are buffered until the subscriber is prepared (replay and
+    /// starting position) and activated.
     Pending {
         buffered: Vec<Arc<Publication>>,
         prepared: Option<Prepared>,
@@ -134,10 +137,12 @@ enum SubState {
         fetching: bool,
         buffered: Vec<Arc<Publication>>,
     },
+    /// Following live events; `last` is the newest offset sent.
     Live {
         epoch: Epoch,
         last: u64,
     },
+    /// Nothing more is sent.
     Closed,
 }
 
@@ -151,7 +156,7 @@ pub struct Subscriber {
     contact: bool,
     lane: Lane,
     datagrams: Option<Arc<dyn DatagramSink>>,
-    state: Mutex<SubState>,
+    state: Mutex<SubscriptionState>,
 }
 
 impl Subscriber {
@@ -172,7 +177,7 @@ impl Subscriber {
             contact,
             lane,
             datagrams,
-            state: Mutex::new(SubState::Pending {
+            state: Mutex::new(SubscriptionState::Pending {
                 buffered: Vec::new(),
                 prepared: None,
             }),
@@ -202,16 +207,16 @@ impl Subscriber {
     pub fn deliver(&self, p: &Arc<Publication>) {
         let mut state = self.state.lock().expect("subscriber lock");
         match &mut *state {
-            SubState::Pending { buffered, .. } | SubState::Replaying { buffered, .. } => {
+            SubscriptionState::Pending { buffered, .. } | SubscriptionState::Replaying { buffered, .. } => {
                 if buffered.len() >= MAX_PENDING {
                     // Cannot keep up even before going live: treat as a slow consumer.
                     self.lane.outbox().trip();
-                    *state = SubState::Closed;
+                    *state = SubscriptionState::Closed;
                     return;
                 }
                 buffered.push(p.clone());
             }
-            SubState::Live { epoch, last } => match follow(epoch, *last, p) {
+            SubscriptionState::Live { epoch, last } => match follow(epoch, *last, p) {
                 Follow::Old => {}
                 Follow::Next => {
                     *epoch = p.pos.epoch.clone();
@@ -229,7 +234,7 @@ impl Subscriber {
                     self.send(p);
                 }
             },
-            SubState::Closed => {}
+            SubscriptionState::Closed => {}
         }
     }
 
@@ -237,7 +242,7 @@ impl Subscriber {
     /// the subscription starts from.
     pub fn prepare(&self, replay: Vec<Arc<Publication>>, pos: StreamPos, next: Option<ReplayCursor>) {
         let mut state = self.state.lock().expect("subscriber lock");
-        if let SubState::Pending { prepared, .. } = &mut *state {
+        if let SubscriptionState::Pending { prepared, .. } = &mut *state {
             *prepared = Some(Prepared { replay, pos, next });
         }
     }
@@ -247,14 +252,14 @@ impl Subscriber {
     /// live ones.
     pub fn activate(&self) -> Pumped {
         let mut state = self.state.lock().expect("subscriber lock");
-        let SubState::Pending { buffered, prepared } = &mut *state else {
+        let SubscriptionState::Pending { buffered, prepared } = &mut *state else {
             return Pumped::Done;
         };
         let Some(Prepared { replay, pos, next }) = prepared.take() else {
             return Pumped::Done;
         };
         let last = replay.first().map_or(pos.offset, |p| p.pos.offset - 1);
-        *state = SubState::Replaying {
+        *state = SubscriptionState::Replaying {
             epoch: pos.epoch,
             last,
             until: pos.offset,
@@ -275,7 +280,7 @@ impl Subscriber {
     /// Hands over the next page of the replay (asked for by [`Pumped::NeedPage`]).
     pub fn add_page(&self, page: ReplayPage) -> Pumped {
         let mut state = self.state.lock().expect("subscriber lock");
-        let SubState::Replaying {
+        let SubscriptionState::Replaying {
             held, next, fetching, ..
         } = &mut *state
         else {
@@ -295,8 +300,8 @@ impl Subscriber {
         }
     }
 
-    fn pump_locked(&self, state: &mut SubState) -> Pumped {
-        let SubState::Replaying {
+    fn pump_locked(&self, state: &mut SubscriptionState) -> Pumped {
+        let SubscriptionState::Replaying {
             epoch,
             last,
             until,
@@ -336,8 +341,8 @@ impl Subscriber {
     }
 
     /// The rest of a replay cannot be had: say so, continue from `top`.
-    fn lose_replay(&self, state: &mut SubState, top: &StreamPos) {
-        if !matches!(state, SubState::Replaying { .. }) {
+    fn lose_replay(&self, state: &mut SubscriptionState, top: &StreamPos) {
+        if !matches!(state, SubscriptionState::Replaying { .. }) {
             return;
         }
         self.send_reset(top);
@@ -345,9 +350,9 @@ impl Subscriber {
     }
 
     /// Flushes buffered live events newer than (`epoch`, `last`) and goes live.
-    fn go_live(&self, state: &mut SubState, mut epoch: Epoch, mut last: u64) {
+    fn go_live(&self, state: &mut SubscriptionState, mut epoch: Epoch, mut last: u64) {
         let buffered = match state {
-            SubState::Replaying { buffered, .. } | SubState::Pending { buffered, .. } => {
+            SubscriptionState::Replaying { buffered, .. } | SubscriptionState::Pending { buffered, .. } => {
                 std::mem::take(buffered)
             }
             _ => Vec::new(),
@@ -365,26 +370,26 @@ impl Subscriber {
             last = p.pos.offset;
             self.send(&p);
         }
-        *state = SubState::Live { epoch, last };
+        *state = SubscriptionState::Live { epoch, last };
     }
 
     /// The position this subscriber has reached (or will have reached once its replay is
     /// sent).
     pub fn position(&self) -> Option<StreamPos> {
         match &*self.state.lock().expect("subscriber lock") {
-            SubState::Live { epoch, last } => Some(StreamPos {
+            SubscriptionState::Live { epoch, last } => Some(StreamPos {
                 epoch: epoch.clone(),
                 offset: *last,
             }),
-            SubState::Replaying { epoch, until, .. } => Some(StreamPos {
+            SubscriptionState::Replaying { epoch, until, .. } => Some(StreamPos {
                 epoch: epoch.clone(),
                 offset: *until,
             }),
-            SubState::Pending {
+            SubscriptionState::Pending {
                 prepared: Some(Prepared { pos, .. }),
                 ..
             } => Some(pos.clone()),
-            SubState::Pending { .. } | SubState::Closed => None,
+            SubscriptionState::Pending { .. } | SubscriptionState::Closed => None,
         }
     }
 
@@ -392,7 +397,7 @@ impl Subscriber {
     pub fn reset(&self, pos: &StreamPos) {
         let mut state = self.state.lock().expect("subscriber lock");
         match &mut *state {
-            SubState::Live { epoch, last } => {
+            SubscriptionState::Live { epoch, last } => {
                 if *epoch == pos.epoch && *last >= pos.offset {
                     return;
                 }
@@ -400,7 +405,7 @@ impl Subscriber {
                 *epoch = pos.epoch.clone();
                 *last = pos.offset;
             }
-            SubState::Pending {
+            SubscriptionState::Pending {
                 prepared: Some(prepared),
                 ..
             } => {
@@ -409,8 +414,8 @@ impl Subscriber {
                 prepared.next = None;
                 prepared.pos = pos.clone();
             }
-            SubState::Replaying { .. } => self.lose_replay(&mut state, pos),
-            SubState::Pending { .. } | SubState::Closed => {}
+            SubscriptionState::Replaying { .. } => self.lose_replay(&mut state, pos),
+            SubscriptionState::Pending { .. } | SubscriptionState::Closed => {}
         }
     }
 
@@ -421,7 +426,7 @@ impl Subscriber {
         }
         if !matches!(
             *self.state.lock().expect("subscriber lock"),
-            SubState::Live { .. }
+            SubscriptionState::Live { .. }
         ) {
             return;
         }
@@ -435,7 +440,7 @@ impl Subscriber {
 
     /// Stops all further delivery.
     pub fn close(&self) {
-        *self.state.lock().expect("subscriber lock") = SubState::Closed;
+        *self.state.lock().expect("subscriber lock") = SubscriptionState::Closed;
     }
 }
 
