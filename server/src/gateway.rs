@@ -18,7 +18,7 @@ use crate::engine::{Engine, HistoryLimits, MemoryEngine, RedisConfig, RedisEngin
 use crate::http::HttpLimits;
 use crate::hub::Hub;
 use crate::node::{ConnectionLimits, Node};
-use crate::presence::{MemoryPresence, PresenceService, PresenceStore, TrackerConfig};
+use crate::presence::{MemoryPresence, PresenceService, PresenceStore, RedisPresence, TrackerConfig};
 use crate::session::SessionConfig;
 use crate::transport::webtransport;
 
@@ -156,7 +156,7 @@ impl Gateway {
                 let chatwoot = config
                     .chatwoot_presence_keys
                     .then(|| config.chatwoot_namespace.clone());
-                let presence = Arc::new(engine.presence_store(presence_ttl, chatwoot));
+                let presence = Arc::new(RedisPresence::new(engine.commands(), presence_ttl, chatwoot));
                 (Arc::new(engine), presence)
             }
             None => (

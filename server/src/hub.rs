@@ -117,8 +117,11 @@ struct Prepared {
     next: Option<ReplayCursor>,
 }
 
+/// The state of a room subscription.
 #[derive(Debug)]
-enum SubState {
+enum SubscriptionState {
+    /// Registered: live events are buffered until the subscriber is prepared (replay and
+    /// starting position) and activated.
     Pending {
         buffered: Vec<Arc<Publication>>,
         prepared: Option<Prepared>,
@@ -134,10 +137,9 @@ enum SubState {
         fetching: bool,
         buffered: Vec<Arc<Publication>>,
     },
-    Live {
-        epoch: Epoch,
-        last: u64,
-    },
+    /// Following live events; `last` is the newest offset sent.
+    Live { epoch: Epoch, last: u64 },
+    /// Nothing more is sent.
     Closed,
 }
 
@@ -151,7 +153,7 @@ pub struct Subscriber {
     contact: bool,
     lane: Lane,
     datagrams: Option<Arc<dyn DatagramSink>>,
-    state: Mutex<SubState>,
+    state: Mutex<SubscriptionState>,
 }
 
 impl Subscriber {
@@ -172,7 +174,7 @@ impl Subscriber {
             contact,
             lane,
             datagrams,
-            state: Mutex::new(SubState::Pending {
+            state: Mutex::new(SubscriptionState::Pending {
                 buffered: Vec::new(),
                 prepared: None,
             }),
@@ -202,16 +204,16 @@ impl Subscriber {
     pub fn deliver(&self, p: &Arc<Publication>) {
         let mut state = self.state.lock().expect("subscriber lock");
         match &mut *state {
-            SubState::Pending { buffered, .. } | SubState::Replaying { buffered, .. } => {
+            SubscriptionState::Pending { buffered, .. } | SubscriptionState::Replaying { buffered, .. } => {
                 if buffered.len() >= MAX_PENDING {
                     // Cannot keep up even before going live: treat as a slow consumer.
                     self.lane.outbox().trip();
-                    *state = SubState::Closed;
+                    *state = SubscriptionState::Closed;
                     return;
                 }
                 buffered.push(p.clone());
             }
-            SubState::Live { epoch, last } => match follow(epoch, *last, p) {
+            SubscriptionState::Live { epoch, last } => match follow(epoch, *last, p) {
                 Follow::Old => {}
                 Follow::Next => {
                     *epoch = p.pos.epoch.clone();
@@ -229,7 +231,7 @@ impl Subscriber {
                     self.send(p);
                 }
             },
-            SubState::Closed => {}
+            SubscriptionState::Closed => {}
         }
     }
 
@@ -237,7 +239,7 @@ impl Subscriber {
     /// the subscription starts from.
     pub fn prepare(&self, replay: Vec<Arc<Publication>>, pos: StreamPos, next: Option<ReplayCursor>) {
         let mut state = self.state.lock().expect("subscriber lock");
-        if let SubState::Pending { prepared, .. } = &mut *state {
+        if let SubscriptionState::Pending { prepared, .. } = &mut *state {
             *prepared = Some(Prepared { replay, pos, next });
         }
     }
@@ -247,14 +249,14 @@ impl Subscriber {
     /// live ones.
     pub fn activate(&self) -> Pumped {
         let mut state = self.state.lock().expect("subscriber lock");
-        let SubState::Pending { buffered, prepared } = &mut *state else {
+        let SubscriptionState::Pending { buffered, prepared } = &mut *state else {
             return Pumped::Done;
         };
         let Some(Prepared { replay, pos, next }) = prepared.take() else {
             return Pumped::Done;
         };
         let last = replay.first().map_or(pos.offset, |p| p.pos.offset - 1);
-        *state = SubState::Replaying {
+        *state = SubscriptionState::Replaying {
             epoch: pos.epoch,
             last,
             until: pos.offset,
@@ -275,7 +277,7 @@ impl Subscriber {
     /// Hands over the next page of the replay (asked for by [`Pumped::NeedPage`]).
     pub fn add_page(&self, page: ReplayPage) -> Pumped {
         let mut state = self.state.lock().expect("subscriber lock");
-        let SubState::Replaying {
+        let SubscriptionState::Replaying {
             held, next, fetching, ..
         } = &mut *state
         else {
@@ -295,8 +297,8 @@ impl Subscriber {
         }
     }
 
-    fn pump_locked(&self, state: &mut SubState) -> Pumped {
-        let SubState::Replaying {
+    fn pump_locked(&self, state: &mut SubscriptionState) -> Pumped {
+        let SubscriptionState::Replaying {
             epoch,
             last,
             until,
@@ -336,8 +338,8 @@ impl Subscriber {
     }
 
     /// The rest of a replay cannot be had: say so, continue from `top`.
-    fn lose_replay(&self, state: &mut SubState, top: &StreamPos) {
-        if !matches!(state, SubState::Replaying { .. }) {
+    fn lose_replay(&self, state: &mut SubscriptionState, top: &StreamPos) {
+        if !matches!(state, SubscriptionState::Replaying { .. }) {
             return;
         }
         self.send_reset(top);
@@ -345,9 +347,9 @@ impl Subscriber {
     }
 
     /// Flushes buffered live events newer than (`epoch`, `last`) and goes live.
-    fn go_live(&self, state: &mut SubState, mut epoch: Epoch, mut last: u64) {
+    fn go_live(&self, state: &mut SubscriptionState, mut epoch: Epoch, mut last: u64) {
         let buffered = match state {
-            SubState::Replaying { buffered, .. } | SubState::Pending { buffered, .. } => {
+            SubscriptionState::Replaying { buffered, .. } | SubscriptionState::Pending { buffered, .. } => {
                 std::mem::take(buffered)
             }
             _ => Vec::new(),
@@ -365,26 +367,26 @@ impl Subscriber {
             last = p.pos.offset;
             self.send(&p);
         }
-        *state = SubState::Live { epoch, last };
+        *state = SubscriptionState::Live { epoch, last };
     }
 
     /// The position this subscriber has reached (or will have reached once its replay is
     /// sent).
     pub fn position(&self) -> Option<StreamPos> {
         match &*self.state.lock().expect("subscriber lock") {
-            SubState::Live { epoch, last } => Some(StreamPos {
+            SubscriptionState::Live { epoch, last } => Some(StreamPos {
                 epoch: epoch.clone(),
                 offset: *last,
             }),
-            SubState::Replaying { epoch, until, .. } => Some(StreamPos {
+            SubscriptionState::Replaying { epoch, until, .. } => Some(StreamPos {
                 epoch: epoch.clone(),
                 offset: *until,
             }),
-            SubState::Pending {
+            SubscriptionState::Pending {
                 prepared: Some(Prepared { pos, .. }),
                 ..
             } => Some(pos.clone()),
-            SubState::Pending { .. } | SubState::Closed => None,
+            SubscriptionState::Pending { .. } | SubscriptionState::Closed => None,
         }
     }
 
@@ -392,7 +394,7 @@ impl Subscriber {
     pub fn reset(&self, pos: &StreamPos) {
         let mut state = self.state.lock().expect("subscriber lock");
         match &mut *state {
-            SubState::Live { epoch, last } => {
+            SubscriptionState::Live { epoch, last } => {
                 if *epoch == pos.epoch && *last >= pos.offset {
                     return;
                 }
@@ -400,7 +402,7 @@ impl Subscriber {
                 *epoch = pos.epoch.clone();
                 *last = pos.offset;
             }
-            SubState::Pending {
+            SubscriptionState::Pending {
                 prepared: Some(prepared),
                 ..
             } => {
@@ -409,8 +411,8 @@ impl Subscriber {
                 prepared.next = None;
                 prepared.pos = pos.clone();
             }
-            SubState::Replaying { .. } => self.lose_replay(&mut state, pos),
-            SubState::Pending { .. } | SubState::Closed => {}
+            SubscriptionState::Replaying { .. } => self.lose_replay(&mut state, pos),
+            SubscriptionState::Pending { .. } | SubscriptionState::Closed => {}
         }
     }
 
@@ -421,7 +423,7 @@ impl Subscriber {
         }
         if !matches!(
             *self.state.lock().expect("subscriber lock"),
-            SubState::Live { .. }
+            SubscriptionState::Live { .. }
         ) {
             return;
         }
@@ -435,7 +437,7 @@ impl Subscriber {
 
     /// Stops all further delivery.
     pub fn close(&self) {
-        *self.state.lock().expect("subscriber lock") = SubState::Closed;
+        *self.state.lock().expect("subscriber lock") = SubscriptionState::Closed;
     }
 }
 
@@ -591,8 +593,12 @@ impl Hub {
 
 #[cfg(test)]
 mod tests {
-    //! Subscribers driven by hand: replay pacing against the connection's queue, live
-    //! events held during a replay, rooms before their first event.
+    //! Subscribers driven by hand through a real outbox and lane, their frames read back:
+    //! the `follow` rule, each subscription state, replay pacing and paging against the
+    //! connection's queue, live events arriving during a replay, duplicates, events older
+    //! than the replay, resets, rooms before their first event.
+    use std::sync::Mutex;
+
     use super::*;
     use crate::outbox::{LaneReceiver, Outbox};
     use rtgate_protocol::pb;
@@ -754,5 +760,388 @@ mod tests {
         late.activate();
         late.deliver(&publication("new", 3, 10));
         assert_eq!(drain(&mut rx), vec![None, Some(3)]);
+    }
+
+    fn pos(epoch: &str, offset: u64) -> StreamPos {
+        StreamPos {
+            epoch: Epoch::from_wire(epoch),
+            offset,
+        }
+    }
+
+    /// A small event.
+    fn p(epoch: &str, offset: u64) -> Arc<Publication> {
+        publication(epoch, offset, 10)
+    }
+
+    /// A frame read back from a lane.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Seen {
+        Event(String, u64),
+        Reset(String, u64),
+        Other,
+    }
+
+    fn ev(epoch: &str, offset: u64) -> Seen {
+        Seen::Event(epoch.into(), offset)
+    }
+
+    fn reset(epoch: &str, offset: u64) -> Seen {
+        Seen::Reset(epoch.into(), offset)
+    }
+
+    /// The frames queued, each written at once.
+    fn frames(rx: &mut LaneReceiver) -> Vec<Seen> {
+        let mut out = Vec::new();
+        while let Some(frame) = rx.try_recv() {
+            rx.written(frame.len());
+            let decoded = <pb::ServerFrame as prost::Message>::decode(&frame[..]).unwrap();
+            out.push(match decoded.kind {
+                Some(pb::server_frame::Kind::Event(e)) => Seen::Event(e.epoch, e.offset),
+                Some(pb::server_frame::Kind::Reset(r)) => {
+                    assert_eq!(r.room, room().to_string());
+                    let at = r.position.unwrap();
+                    Seen::Reset(at.epoch, at.offset)
+                }
+                _ => Seen::Other,
+            });
+        }
+        out
+    }
+
+    /// Prepares `sub` with no replay at (`epoch`, `offset`) and activates it.
+    fn go_live(sub: &Subscriber, epoch: &str, offset: u64) {
+        sub.prepare(Vec::new(), pos(epoch, offset), None);
+        assert_eq!(sub.activate(), Pumped::Done);
+    }
+
+    /// Pumps until the replay is done (no pages), collecting the frames.
+    fn pump_out(sub: &Subscriber, rx: &mut LaneReceiver, mut got: Vec<Seen>) -> Vec<Seen> {
+        for _ in 0..100 {
+            let state = sub.pump();
+            got.extend(frames(rx));
+            if state == Pumped::Done {
+                return got;
+            }
+        }
+        panic!("the replay never ended");
+    }
+
+    #[test]
+    fn the_follow_rule() {
+        let e = Epoch::from_wire("e");
+        // Same epoch: newer is next, the same or older was delivered already.
+        assert_eq!(follow(&e, 4, &p("e", 5)), Follow::Next);
+        assert_eq!(follow(&e, 4, &p("e", 9)), Follow::Next, "gaps are the engine's");
+        assert_eq!(follow(&e, 4, &p("e", 4)), Follow::Old);
+        assert_eq!(follow(&e, 4, &p("e", 1)), Follow::Old);
+        // Another epoch, whatever its offset: a reset.
+        assert_eq!(follow(&e, 4, &p("f", 1)), Follow::Reset);
+        assert_eq!(follow(&e, 4, &p("f", 5)), Follow::Reset);
+        // Before anything: the room's first event follows on; a later one means some were
+        // missed.
+        let before = Epoch::from_wire("");
+        assert_eq!(follow(&before, 0, &p("f", 1)), Follow::Next);
+        assert_eq!(follow(&before, 0, &p("f", 2)), Follow::Reset);
+        assert_eq!(follow(&before, 3, &p("f", 1)), Follow::Reset);
+    }
+
+    #[test]
+    fn a_pending_subscriber_sends_nothing_until_prepared_and_activated() {
+        let (sub, mut rx) = subscriber(1 << 20);
+        sub.deliver(&p("e", 11));
+        // Not prepared yet: activating does nothing, and the subscriber stays pending.
+        assert_eq!(sub.activate(), Pumped::Done);
+        assert_eq!(sub.position(), None);
+        sub.prepare(Vec::new(), pos("e", 10), None);
+        sub.deliver(&p("e", 12));
+        assert_eq!(frames(&mut rx), vec![]);
+        assert_eq!(sub.position(), Some(pos("e", 10)));
+        assert_eq!(sub.activate(), Pumped::Done);
+        assert_eq!(frames(&mut rx), vec![ev("e", 11), ev("e", 12)]);
+        // Activating again sends nothing twice.
+        assert_eq!(sub.activate(), Pumped::Done);
+        assert_eq!(frames(&mut rx), vec![]);
+        assert_eq!(sub.position(), Some(pos("e", 12)));
+    }
+
+    #[test]
+    fn buffered_live_events_older_than_the_replay_or_repeated_are_dropped() {
+        let (sub, mut rx) = subscriber(1 << 20);
+        // Registered, then the history read: events published in between arrive both ways.
+        for offset in [3, 5, 6, 7, 7, 8] {
+            sub.deliver(&p("e", offset));
+        }
+        let replay = (4..=6).map(|o| p("e", o)).collect();
+        sub.prepare(replay, pos("e", 6), None);
+        assert_eq!(sub.activate(), Pumped::Done);
+        assert_eq!(
+            frames(&mut rx),
+            vec![ev("e", 4), ev("e", 5), ev("e", 6), ev("e", 7), ev("e", 8)]
+        );
+    }
+
+    #[test]
+    fn without_a_replay_buffered_events_after_the_position_go_out_on_activation() {
+        let (sub, mut rx) = subscriber(1 << 20);
+        for offset in [9, 10, 11, 12] {
+            sub.deliver(&p("e", offset));
+        }
+        go_live(&sub, "e", 10);
+        assert_eq!(frames(&mut rx), vec![ev("e", 11), ev("e", 12)]);
+    }
+
+    #[test]
+    fn live_duplicates_and_older_events_are_dropped() {
+        let (sub, mut rx) = subscriber(1 << 20);
+        go_live(&sub, "e", 5);
+        for offset in [6, 6, 5, 7, 9, 8] {
+            sub.deliver(&p("e", offset));
+        }
+        assert_eq!(frames(&mut rx), vec![ev("e", 6), ev("e", 7), ev("e", 9)]);
+        assert_eq!(sub.position(), Some(pos("e", 9)));
+    }
+
+    #[test]
+    fn a_live_event_of_another_epoch_comes_after_a_reset() {
+        let (sub, mut rx) = subscriber(1 << 20);
+        go_live(&sub, "e", 5);
+        sub.deliver(&p("f", 1));
+        sub.deliver(&p("f", 2));
+        // An epoch seen before is another epoch all the same.
+        sub.deliver(&p("e", 6));
+        assert_eq!(
+            frames(&mut rx),
+            vec![reset("f", 0), ev("f", 1), ev("f", 2), reset("e", 5), ev("e", 6)]
+        );
+    }
+
+    #[test]
+    fn live_events_during_a_replay_wait_for_it_and_keep_their_order() {
+        // Events of about 1 KB against a 4 KB budget: the replay goes out two at a time.
+        let (sub, mut rx) = subscriber(4_000);
+        let replay = (1..=6).map(|o| publication("e", o, 1000)).collect();
+        sub.prepare(replay, pos("e", 6), None);
+        assert_eq!(sub.activate(), Pumped::Waiting);
+        let got = frames(&mut rx);
+        assert!(got.len() < 6, "held back: {got:?}");
+        assert_eq!(sub.position(), Some(pos("e", 6)), "where the replay ends");
+        // Live meanwhile: one the replay holds, a newer one, then a new epoch.
+        for live in [p("e", 2), p("e", 7), p("f", 1)] {
+            sub.deliver(&live);
+        }
+        let got = pump_out(&sub, &mut rx, got);
+        let mut expected: Vec<_> = (1..=7).map(|o| ev("e", o)).collect();
+        expected.extend([reset("f", 0), ev("f", 1)]);
+        assert_eq!(got, expected);
+        assert_eq!(sub.position(), Some(pos("f", 1)));
+    }
+
+    #[test]
+    fn a_page_is_asked_for_once_and_only_when_the_queue_has_room() {
+        // Two events of about 1 KB fill a 4 KB budget to its replay mark.
+        let (sub, mut rx) = subscriber(4_000);
+        let cursor = ReplayCursor {
+            epoch: Epoch::from_wire("e"),
+            next: 3,
+            until: 4,
+            after_id: None,
+        };
+        let first = vec![publication("e", 1, 1000), publication("e", 2, 1000)];
+        sub.prepare(first, pos("e", 4), Some(cursor.clone()));
+        assert_eq!(sub.activate(), Pumped::Waiting, "no room for the next page yet");
+        assert_eq!(frames(&mut rx), vec![ev("e", 1), ev("e", 2)]);
+        assert_eq!(sub.pump(), Pumped::NeedPage(cursor.clone()));
+        // Asked for: pumping again does not ask twice.
+        sub.deliver(&p("e", 5));
+        assert_eq!(sub.pump(), Pumped::Waiting);
+        assert_eq!(sub.pump(), Pumped::Waiting);
+        assert_eq!(frames(&mut rx), vec![]);
+        // The page repeats an event already sent and carries one of another epoch: both
+        // are dropped.
+        let page = ReplayPage::Events(vec![p("e", 2), p("e", 3), p("x", 3), p("e", 4)], None);
+        assert_eq!(sub.add_page(page), Pumped::Done);
+        assert_eq!(frames(&mut rx), vec![ev("e", 3), ev("e", 4), ev("e", 5)]);
+        // Live: further pages are ignored.
+        assert_eq!(
+            sub.add_page(ReplayPage::Events(vec![p("e", 6)], None)),
+            Pumped::Done
+        );
+        assert_eq!(frames(&mut rx), vec![]);
+    }
+
+    #[test]
+    fn a_reset_during_a_replay_drops_the_rest_and_continues_from_the_top() {
+        let (sub, mut rx) = subscriber(4_000);
+        let replay = (1..=6).map(|o| publication("e", o, 1000)).collect();
+        sub.prepare(replay, pos("e", 6), None);
+        assert_eq!(sub.activate(), Pumped::Waiting);
+        let mut got = frames(&mut rx);
+        let sent = got.len() as u64;
+        for live in [p("e", 9), p("e", 10), p("e", 11)] {
+            sub.deliver(&live);
+        }
+        sub.reset(&pos("e", 10));
+        got.extend(frames(&mut rx));
+        let mut expected: Vec<_> = (1..=sent).map(|o| ev("e", o)).collect();
+        expected.extend([reset("e", 10), ev("e", 11)]);
+        assert_eq!(got, expected);
+        assert_eq!(sub.pump(), Pumped::Done);
+        assert_eq!(frames(&mut rx), vec![]);
+    }
+
+    #[test]
+    fn a_reset_before_activation_drops_the_replay_without_a_reset_frame() {
+        let (sub, mut rx) = subscriber(1 << 20);
+        sub.deliver(&p("e", 8));
+        sub.prepare((1..=3).map(|o| p("e", o)).collect(), pos("e", 3), None);
+        sub.deliver(&p("e", 10));
+        // The client is told recovered = false instead.
+        sub.reset(&pos("e", 9));
+        assert_eq!(sub.position(), Some(pos("e", 9)));
+        assert_eq!(sub.activate(), Pumped::Done);
+        assert_eq!(frames(&mut rx), vec![ev("e", 10)]);
+    }
+
+    #[test]
+    fn resets_while_live_move_the_position_and_stale_ones_are_ignored() {
+        let (sub, mut rx) = subscriber(1 << 20);
+        go_live(&sub, "e", 5);
+        sub.reset(&pos("e", 3));
+        sub.reset(&pos("e", 5));
+        assert_eq!(frames(&mut rx), vec![], "already past them");
+        sub.reset(&pos("e", 8));
+        sub.deliver(&p("e", 8));
+        sub.deliver(&p("e", 9));
+        sub.reset(&pos("f", 2));
+        sub.deliver(&p("f", 3));
+        assert_eq!(
+            frames(&mut rx),
+            vec![reset("e", 8), ev("e", 9), reset("f", 2), ev("f", 3)]
+        );
+    }
+
+    #[test]
+    fn a_closed_subscriber_sends_nothing_more() {
+        let (sub, mut rx) = subscriber(4_000);
+        sub.prepare(
+            (1..=6).map(|o| publication("e", o, 1000)).collect(),
+            pos("e", 6),
+            None,
+        );
+        assert_eq!(sub.activate(), Pumped::Waiting);
+        let sent = frames(&mut rx).len();
+        assert!(sent < 6);
+        sub.close();
+        assert_eq!(sub.pump(), Pumped::Done);
+        sub.deliver(&p("e", 7));
+        sub.reset(&pos("e", 9));
+        sub.deliver_ephemeral(&Bytes::from_static(b"typing"), false);
+        assert_eq!(
+            sub.add_page(ReplayPage::Events(vec![p("e", 8)], None)),
+            Pumped::Done
+        );
+        assert_eq!(sub.activate(), Pumped::Done);
+        assert_eq!(frames(&mut rx), vec![]);
+        assert_eq!(sub.position(), None);
+    }
+
+    #[test]
+    fn too_many_live_events_before_going_live_make_a_slow_consumer() {
+        let (sub, mut rx) = subscriber(1 << 20);
+        sub.prepare(Vec::new(), pos("e", 0), None);
+        let one = p("e", 1);
+        for _ in 0..MAX_PENDING {
+            sub.deliver(&one);
+        }
+        assert!(!sub.lane.outbox().is_overflowed());
+        sub.deliver(&one);
+        assert!(sub.lane.outbox().is_overflowed());
+        assert_eq!(sub.position(), None, "closed");
+        assert_eq!(sub.activate(), Pumped::Done);
+        assert_eq!(frames(&mut rx), vec![]);
+    }
+
+    #[derive(Debug)]
+    struct Datagrams {
+        accept: bool,
+        sent: Mutex<Vec<Bytes>>,
+    }
+
+    impl DatagramSink for Datagrams {
+        fn send_datagram(&self, frame: Bytes) -> bool {
+            if self.accept {
+                self.sent.lock().unwrap().push(frame);
+            }
+            self.accept
+        }
+    }
+
+    #[test]
+    fn ephemeral_frames_reach_live_subscribers_only_and_private_ones_skip_contacts() {
+        let typing = Bytes::from_static(b"typing");
+        let subscriber_of = |contact: bool, datagrams: Option<Arc<dyn DatagramSink>>| {
+            let outbox = Outbox::new(1 << 20);
+            let (lane, rx) = Lane::new(&outbox);
+            let sub = Subscriber::new(
+                ConnectionId(2),
+                room(),
+                RoomName::user(8),
+                contact,
+                lane,
+                datagrams,
+            );
+            (sub, rx)
+        };
+        let (agent, mut rx) = subscriber_of(false, None);
+        agent.deliver_ephemeral(&typing, false);
+        assert!(rx.try_recv().is_none(), "not live yet");
+        go_live(&agent, "e", 0);
+        agent.deliver_ephemeral(&typing, true);
+        assert_eq!(rx.try_recv(), Some(typing.clone()));
+        let (contact, mut rx) = subscriber_of(true, None);
+        go_live(&contact, "e", 0);
+        contact.deliver_ephemeral(&typing, true);
+        assert!(rx.try_recv().is_none(), "private");
+        contact.deliver_ephemeral(&typing, false);
+        assert_eq!(rx.try_recv(), Some(typing.clone()));
+        // Datagrams first, the lane when a datagram cannot be sent.
+        for accept in [true, false] {
+            let sink = Arc::new(Datagrams {
+                accept,
+                sent: Mutex::new(Vec::new()),
+            });
+            let (sub, mut rx) = subscriber_of(false, Some(sink.clone()));
+            go_live(&sub, "e", 0);
+            sub.deliver_ephemeral(&typing, false);
+            assert_eq!(sink.sent.lock().unwrap().len(), usize::from(accept));
+            assert_eq!(rx.try_recv().is_some(), !accept);
+        }
+    }
+
+    #[test]
+    fn the_hub_replaces_a_connection_s_subscriber_and_knows_the_oldest_position() {
+        let hub = Hub::new();
+        let (first, mut first_rx) = subscriber(1 << 20);
+        assert!(hub.add(first.clone()), "the room's first subscriber");
+        go_live(&first, "e", 5);
+        // The same connection subscribes again: the old subscriber is closed.
+        let (again, mut again_rx) = subscriber(1 << 20);
+        assert!(!hub.add(again.clone()));
+        go_live(&again, "e", 3);
+        let outbox = Outbox::new(1 << 20);
+        let (lane, mut other_rx) = Lane::new(&outbox);
+        let other = Subscriber::new(ConnectionId(2), room(), RoomName::user(8), false, lane, None);
+        hub.add(other.clone());
+        go_live(&other, "e", 4);
+        assert_eq!(hub.subscribers(&room()), 2);
+        assert_eq!(hub.oldest_position(&room()), Some(pos("e", 3)));
+        assert_eq!(hub.broadcast(&p("e", 5)), 2);
+        assert_eq!(frames(&mut first_rx), vec![]);
+        assert_eq!(frames(&mut again_rx), vec![ev("e", 5)]);
+        assert_eq!(frames(&mut other_rx), vec![ev("e", 5)]);
+        assert!(!hub.remove(&room(), ConnectionId(1)));
+        assert!(hub.remove(&room(), ConnectionId(2)), "the last one");
+        assert_eq!(hub.rooms(), 0);
     }
 }

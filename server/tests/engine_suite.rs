@@ -253,7 +253,7 @@ async fn an_idempotency_key_publishes_once_per_room() {
 mod presence {
     //! The presence stores, memory and Redis, held to the same behaviour.
     use super::*;
-    use rtgate_server::presence::{MemoryPresence, PresenceStore, Who};
+    use rtgate_server::presence::{MemoryPresence, PresenceStore, RedisPresence, Who};
 
     const TTL_MS: u64 = 1_000;
 
@@ -263,7 +263,7 @@ mod presence {
             ..RedisConfig::new(common::redis::SHARED_REDIS)
         };
         let engine = RedisEngine::new(Arc::new(Hub::new()), config).expect("redis engine");
-        let redis: Arc<dyn PresenceStore> = Arc::new(engine.presence_store(TTL_MS, None));
+        let redis: Arc<dyn PresenceStore> = Arc::new(RedisPresence::new(engine.commands(), TTL_MS, None));
         vec![
             ("memory", Arc::new(MemoryPresence::new(TTL_MS))),
             ("redis", redis),

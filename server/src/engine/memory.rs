@@ -3,35 +3,18 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use rtgate_protocol::RoomName;
 
 use super::{
-    Engine, EngineError, Published, Recovery, RoomInfo, SubscribeOutcome, encode_publication, plan_recovery,
+    Engine, EngineError, HistoryLimits, Published, Recovery, RoomInfo, SubscribeOutcome, encode_publication,
+    plan_recovery,
 };
 use crate::hub::{Hub, Publication, ReplayCursor, ReplayPage, Subscriber};
 use crate::ids::{ConnectionId, Epoch, StreamPos};
-
-/// How much history each room keeps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HistoryLimits {
-    /// Most events kept per room.
-    pub max_events: usize,
-    /// Oldest event kept.
-    pub max_age: Duration,
-}
-
-impl Default for HistoryLimits {
-    fn default() -> Self {
-        HistoryLimits {
-            max_events: 1_000,
-            max_age: Duration::from_secs(300),
-        }
-    }
-}
 
 /// One room's numbered history, trimmed by count and age. Sans-IO: time is an argument.
 #[derive(Debug)]
@@ -332,6 +315,8 @@ impl Engine for MemoryEngine {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use rtgate_protocol::pb;
 

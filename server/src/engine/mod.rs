@@ -8,10 +8,11 @@ pub mod bus;
 mod memory;
 pub mod redis;
 
-pub use memory::{HistoryLimits, MemoryEngine};
-pub use redis::{RedisConfig, RedisEngine, ShardedPubSub};
+pub use memory::MemoryEngine;
+pub use redis::{RedisCommands, RedisConfig, RedisEngine, ShardedPubSub};
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -43,6 +44,24 @@ pub struct SubscribeOutcome {
     pub replayed: u32,
 }
 
+/// How much history each room keeps, in either engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryLimits {
+    /// Most events kept per room.
+    pub max_events: usize,
+    /// Oldest event kept.
+    pub max_age: Duration,
+}
+
+impl Default for HistoryLimits {
+    fn default() -> Self {
+        HistoryLimits {
+            max_events: 1_000,
+            max_age: Duration::from_secs(300),
+        }
+    }
+}
+
 /// Most events in one replay page read from a shared store.
 pub const REPLAY_PAGE_EVENTS: usize = 100;
 
@@ -50,7 +69,7 @@ pub const REPLAY_PAGE_EVENTS: usize = 100;
 pub const REPLAY_PAGE_BYTES: usize = 256 * 1024;
 
 /// How long the gateway waits for one engine call before calling the engine unavailable.
-pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs an engine call with [`CALL_TIMEOUT`]; a timeout counts as `Unavailable`.
 pub async fn with_timeout<T>(

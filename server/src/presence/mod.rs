@@ -2,13 +2,16 @@
 //! and the `presence.update` events announced to account rooms.
 //!
 //! [`PresenceService`] runs the sans-IO [`Tracker`] on a task of its own against a
-//! [`PresenceStore`] (memory or Redis) and publishes changes through the engine.
+//! [`PresenceStore`] ([`MemoryPresence`] or [`RedisPresence`]) and publishes changes
+//! through the engine.
 
+mod redis;
 mod store;
 mod tracker;
 
+pub use redis::RedisPresence;
 pub use store::{MemoryPresence, PresenceStore, effective, presence_of};
-pub use tracker::{Effect, Tracker, TrackerConfig, Who};
+pub use tracker::{Action, Tracker, TrackerConfig, Who};
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -168,27 +171,27 @@ async fn run(
 ) {
     let mut tracker = Tracker::new(config, Instant::now(), unix_ms());
     loop {
-        while let Some(effect) = tracker.poll_effect() {
+        while let Some(action) = tracker.poll_action() {
             let now_ms = unix_ms();
-            let result = match effect {
-                Effect::MarkOnline(who) => store.mark_online(who, &node, now_ms).await.map(|became| {
+            let result = match action {
+                Action::MarkOnline(who) => store.mark_online(who, &node, now_ms).await.map(|became| {
                     if became {
                         tracker.became(who, true, Instant::now());
                     }
                 }),
-                Effect::MarkOffline(who) => store.mark_offline(who, &node, now_ms).await.map(|became| {
+                Action::MarkOffline(who) => store.mark_offline(who, &node, now_ms).await.map(|became| {
                     if became {
                         tracker.became(who, false, Instant::now());
                     }
                 }),
-                Effect::TouchSeen(who, at) => store.touch_seen(who, at).await,
-                Effect::Refresh(held) => store.refresh(&node, &held, now_ms).await,
-                Effect::Reap(accounts) => store.reap(&accounts, now_ms).await.map(|gone| {
+                Action::TouchSeen(who, at) => store.touch_seen(who, at).await,
+                Action::Refresh(held) => store.refresh(&node, &held, now_ms).await,
+                Action::Reap(accounts) => store.reap(&accounts, now_ms).await.map(|gone| {
                     for who in gone {
                         tracker.became(who, false, Instant::now());
                     }
                 }),
-                Effect::Publish { account, changes } => {
+                Action::Publish { account, changes } => {
                     let who: Vec<Who> = changes.iter().map(|(w, _)| *w).collect();
                     announce(&*store, &*engine, account, &who).await
                 }

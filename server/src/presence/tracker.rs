@@ -1,7 +1,7 @@
 //! The node's presence bookkeeping, sans-IO: counts the local connections of each user and
 //! contact, holds a short grace period before declaring someone offline (a quick reconnect
 //! does not flap), throttles last-seen writes, schedules heartbeats, and debounces the
-//! changes announced to account rooms. Time is an input; effects come out.
+//! changes announced to account rooms. Time is an input; actions come out.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -65,7 +65,7 @@ impl Default for TrackerConfig {
 
 /// What the tracker asks of its driver.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Effect {
+pub enum Action {
     /// Record this node as a holder of `Who`; tell the tracker if they became online.
     MarkOnline(Who),
     /// This node no longer holds `Who`; tell the tracker if they became offline.
@@ -97,7 +97,7 @@ pub struct Tracker {
     seen_at: HashMap<Who, Instant>,
     pending: BTreeMap<u64, (Instant, BTreeMap<Who, bool>)>,
     next_heartbeat: Instant,
-    effects: VecDeque<Effect>,
+    actions: VecDeque<Action>,
 }
 
 impl Tracker {
@@ -112,7 +112,7 @@ impl Tracker {
             seen_at: HashMap::new(),
             pending: BTreeMap::new(),
             next_heartbeat: now + config.heartbeat,
-            effects: VecDeque::new(),
+            actions: VecDeque::new(),
         }
     }
 
@@ -130,10 +130,10 @@ impl Tracker {
         let n = self.local.entry(who).or_insert(0);
         *n += 1;
         if *n == 1 && self.offline_at.remove(&who).is_none() {
-            self.effects.push_back(Effect::MarkOnline(who));
+            self.actions.push_back(Action::MarkOnline(who));
         }
         self.seen_at.insert(who, now);
-        self.effects.push_back(Effect::TouchSeen(who, self.unix_ms(now)));
+        self.actions.push_back(Action::TouchSeen(who, self.unix_ms(now)));
     }
 
     /// A connection of `who` closed.
@@ -141,7 +141,7 @@ impl Tracker {
         let at = self.unix_ms(now);
         let Some(n) = self.local.get_mut(&who) else { return };
         *n -= 1;
-        self.effects.push_back(Effect::TouchSeen(who, at));
+        self.actions.push_back(Action::TouchSeen(who, at));
         if *n == 0 {
             self.local.remove(&who);
             self.seen_at.remove(&who);
@@ -157,7 +157,7 @@ impl Tracker {
             .is_none_or(|at| now.saturating_duration_since(*at) >= self.config.seen_throttle);
         if due && self.local.contains_key(&who) {
             self.seen_at.insert(who, now);
-            self.effects.push_back(Effect::TouchSeen(who, self.unix_ms(now)));
+            self.actions.push_back(Action::TouchSeen(who, self.unix_ms(now)));
         }
     }
 
@@ -193,7 +193,7 @@ impl Tracker {
             .collect();
         for who in due {
             self.offline_at.remove(&who);
-            self.effects.push_back(Effect::MarkOffline(who));
+            self.actions.push_back(Action::MarkOffline(who));
         }
         if now >= self.next_heartbeat {
             self.next_heartbeat = now + self.config.heartbeat;
@@ -202,11 +202,11 @@ impl Tracker {
             let mut accounts: Vec<u64> = held.iter().map(|w| w.account).collect();
             accounts.dedup();
             if !held.is_empty() {
-                self.effects.push_back(Effect::Refresh(held));
+                self.actions.push_back(Action::Refresh(held));
             }
             // Every node reaps, holding connections or not: entries of a node that died
             // expire whoever else is (or is not) online in its accounts.
-            self.effects.push_back(Effect::Reap(accounts));
+            self.actions.push_back(Action::Reap(accounts));
         }
         let ready: Vec<u64> = self
             .pending
@@ -216,16 +216,16 @@ impl Tracker {
             .collect();
         for account in ready {
             let (_, changes) = self.pending.remove(&account).expect("listed");
-            self.effects.push_back(Effect::Publish {
+            self.actions.push_back(Action::Publish {
                 account,
                 changes: changes.into_iter().collect(),
             });
         }
     }
 
-    /// The next effect.
-    pub fn poll_effect(&mut self) -> Option<Effect> {
-        self.effects.pop_front()
+    /// The next action.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
     }
 }
 
@@ -252,8 +252,8 @@ mod tests {
         )
     }
 
-    fn effects(t: &mut Tracker) -> Vec<Effect> {
-        std::iter::from_fn(|| t.poll_effect()).collect()
+    fn actions(t: &mut Tracker) -> Vec<Action> {
+        std::iter::from_fn(|| t.poll_action()).collect()
     }
 
     #[test]
@@ -262,26 +262,26 @@ mod tests {
         let mut t = tracker(t0);
         t.connected(AGENT, t0);
         t.connected(AGENT, t0);
-        let e = effects(&mut t);
+        let e = actions(&mut t);
         assert_eq!(
-            e.iter().filter(|e| **e == Effect::MarkOnline(AGENT)).count(),
+            e.iter().filter(|e| **e == Action::MarkOnline(AGENT)).count(),
             1,
             "{e:?}"
         );
         t.disconnected(AGENT, t0 + Duration::from_secs(1));
         t.disconnected(AGENT, t0 + Duration::from_secs(2));
         assert_eq!(
-            effects(&mut t),
+            actions(&mut t),
             vec![
-                Effect::TouchSeen(AGENT, 1_001_000),
-                Effect::TouchSeen(AGENT, 1_002_000)
+                Action::TouchSeen(AGENT, 1_001_000),
+                Action::TouchSeen(AGENT, 1_002_000)
             ]
         );
         assert_eq!(t.poll_timeout(), t0 + Duration::from_secs(7));
         t.handle_timeout(t0 + Duration::from_millis(6_999));
-        assert!(effects(&mut t).is_empty());
+        assert!(actions(&mut t).is_empty());
         t.handle_timeout(t0 + Duration::from_secs(7));
-        assert_eq!(effects(&mut t), vec![Effect::MarkOffline(AGENT)]);
+        assert_eq!(actions(&mut t), vec![Action::MarkOffline(AGENT)]);
     }
 
     #[test]
@@ -289,14 +289,14 @@ mod tests {
         let t0 = Instant::now();
         let mut t = tracker(t0);
         t.connected(AGENT, t0);
-        effects(&mut t);
+        actions(&mut t);
         t.disconnected(AGENT, t0 + Duration::from_secs(1));
         t.connected(AGENT, t0 + Duration::from_secs(3));
         t.handle_timeout(t0 + Duration::from_secs(9));
-        let e = effects(&mut t);
+        let e = actions(&mut t);
         assert!(
             !e.iter()
-                .any(|e| matches!(e, Effect::MarkOnline(_) | Effect::MarkOffline(_))),
+                .any(|e| matches!(e, Action::MarkOnline(_) | Action::MarkOffline(_))),
             "{e:?}"
         );
     }
@@ -313,11 +313,11 @@ mod tests {
         t.connected(AGENT, t0);
         t.connected(contact, t0);
         t.disconnected(contact, t0 + Duration::from_secs(8));
-        effects(&mut t);
+        actions(&mut t);
         t.handle_timeout(t0 + Duration::from_secs(10));
         assert_eq!(
-            effects(&mut t),
-            vec![Effect::Refresh(vec![AGENT, contact]), Effect::Reap(vec![1, 2])]
+            actions(&mut t),
+            vec![Action::Refresh(vec![AGENT, contact]), Action::Reap(vec![1, 2])]
         );
     }
 
@@ -326,7 +326,7 @@ mod tests {
         let t0 = Instant::now();
         let mut t = tracker(t0);
         t.handle_timeout(t0 + Duration::from_secs(10));
-        assert_eq!(effects(&mut t), vec![Effect::Reap(vec![])]);
+        assert_eq!(actions(&mut t), vec![Action::Reap(vec![])]);
     }
 
     #[test]
@@ -339,11 +339,11 @@ mod tests {
         t.became(AGENT, false, t0 + Duration::from_millis(300));
         assert_eq!(t.poll_timeout(), t0 + Duration::from_millis(500));
         t.handle_timeout(t0 + Duration::from_millis(499));
-        assert!(effects(&mut t).is_empty());
+        assert!(actions(&mut t).is_empty());
         t.handle_timeout(t0 + Duration::from_millis(500));
         assert_eq!(
-            effects(&mut t),
-            vec![Effect::Publish {
+            actions(&mut t),
+            vec![Action::Publish {
                 account: 1,
                 changes: vec![(AGENT, false), (other, true)]
             }]
@@ -355,13 +355,13 @@ mod tests {
         let t0 = Instant::now();
         let mut t = tracker(t0);
         t.connected(AGENT, t0);
-        effects(&mut t);
+        actions(&mut t);
         t.activity(AGENT, t0 + Duration::from_secs(30));
-        assert!(effects(&mut t).is_empty());
+        assert!(actions(&mut t).is_empty());
         t.activity(AGENT, t0 + Duration::from_secs(60));
-        assert_eq!(effects(&mut t), vec![Effect::TouchSeen(AGENT, 1_060_000)]);
+        assert_eq!(actions(&mut t), vec![Action::TouchSeen(AGENT, 1_060_000)]);
         t.activity(AGENT, t0 + Duration::from_secs(61));
-        assert!(effects(&mut t).is_empty());
+        assert!(actions(&mut t).is_empty());
     }
 
     #[test]

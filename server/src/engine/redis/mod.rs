@@ -12,23 +12,31 @@
 //! - **Outage**: every call has a timeout; while Redis is unreachable publishes fail fast
 //!   (`Unavailable`, HTTP 503), the node reports not ready, and everything resumes by
 //!   itself when Redis returns.
+//!
+//! This module holds the configuration and the [`Engine`] implementation; `commands` is
+//! the command connection, `pubsub` the pub/sub connection, `follower` what the node does
+//! with the messages it receives (ordering, gap repair), `scripts` the Lua scripts,
+//! `replies` the parsing of their answers and `keys` the key layout.
 
+mod commands;
+mod follower;
 mod keys;
-mod presence;
 mod pubsub;
+mod replies;
 mod scripts;
 
+use commands::unavailable;
+pub use commands::{RedisCommands, RedisStats};
 pub use keys::Keys;
-pub use presence::RedisPresence;
+use replies::{Read, parse_page, parse_read};
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use rtgate_protocol::RoomName;
 use tokio::sync::{mpsc, oneshot};
 
@@ -80,45 +88,16 @@ impl RedisConfig {
     }
 }
 
-/// What the read script found.
-#[derive(Debug)]
-enum Read {
-    Fresh,
-    /// Events after the position, and the stream id to read on from when they are only
-    /// a first page.
-    Replay(Vec<(u64, Bytes)>, Option<String>),
-    Lost,
-}
-
-/// A repair reads the whole gap at once: it is bounded by the history's size.
-const REPAIR_PAGE: (usize, usize) = (usize::MAX, usize::MAX);
-
-/// Counters of the engine's health.
-#[derive(Debug, Default)]
-pub struct RedisStats {
-    /// Redis calls that failed or timed out.
-    pub errors: AtomicU64,
-    /// Times the pub/sub connection was re-established.
-    pub reconnects: AtomicU64,
-    /// Gaps filled from history.
-    pub gaps_repaired: AtomicU64,
-    /// Rooms reset because history could not fill a gap.
-    pub resets: AtomicU64,
-}
-
 pub(crate) struct Inner {
     hub: Arc<Hub>,
     config: RedisConfig,
     keys: Keys,
-    client: redis::Client,
+    commands: Arc<RedisCommands>,
     pubsub_client: redis::Client,
-    commands: tokio::sync::Mutex<Option<ConnectionManager>>,
     publish_script: redis::Script,
     read_script: redis::Script,
     page_script: redis::Script,
-    sharded: AtomicBool,
     pubsub_up: AtomicBool,
-    commands_ok: AtomicBool,
     /// Last position delivered by this node, per room with local subscribers.
     tracks: Mutex<HashMap<RoomName, Option<StreamPos>>>,
     stats: Arc<RedisStats>,
@@ -141,10 +120,6 @@ impl std::fmt::Debug for RedisEngine {
     }
 }
 
-fn unavailable(err: impl std::fmt::Display) -> EngineError {
-    EngineError::Unavailable(err.to_string())
-}
-
 impl RedisEngine {
     /// An engine on `config`, delivering to `hub`. Connects in the background: a node
     /// starts (not ready) even while Redis is unreachable.
@@ -159,21 +134,19 @@ impl RedisEngine {
         let pubsub_client = redis::Client::open(info.set_redis_settings(resp3))
             .map_err(|e| EngineError::Internal(e.to_string()))?;
         let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let stats = Arc::new(RedisStats::default());
         let inner = Arc::new(Inner {
             hub,
             keys: Keys::new(&config.prefix),
-            sharded: AtomicBool::new(config.sharded == ShardedPubSub::On),
+            commands: Arc::new(RedisCommands::new(client, &config, stats.clone())),
             config,
-            client,
             pubsub_client,
-            commands: tokio::sync::Mutex::new(None),
             publish_script: redis::Script::new(scripts::PUBLISH),
             read_script: redis::Script::new(scripts::READ),
             page_script: redis::Script::new(scripts::PAGE),
             pubsub_up: AtomicBool::new(false),
-            commands_ok: AtomicBool::new(false),
             tracks: Mutex::new(HashMap::new()),
-            stats: Arc::new(RedisStats::default()),
+            stats,
             control: control_tx,
         });
         let (tx, rx) = mpsc::unbounded_channel();
@@ -185,11 +158,10 @@ impl RedisEngine {
         })
     }
 
-    /// Presence kept in the same Redis; entries expire `ttl_ms` after their last refresh.
-    /// With `chatwoot` (a key namespace such as `alfred`), Chatwoot's own presence keys
-    /// are maintained too.
-    pub fn presence_store(&self, ttl_ms: u64, chatwoot: Option<String>) -> RedisPresence {
-        RedisPresence::new(self.inner.clone(), ttl_ms, chatwoot)
+    /// The engine's command connection, for stores that keep their data in the same
+    /// Redis (presence).
+    pub fn commands(&self) -> Arc<RedisCommands> {
+        self.inner.commands.clone()
     }
 
     /// Health counters.
@@ -210,93 +182,8 @@ impl RedisEngine {
 }
 
 impl Inner {
-    /// The command connection, established on first use.
-    async fn conn(&self) -> Result<ConnectionManager, EngineError> {
-        let mut guard = self.commands.lock().await;
-        if let Some(c) = guard.as_ref() {
-            return Ok(c.clone());
-        }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.config.timeout))
-            .set_response_timeout(Some(self.config.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let mut conn = tokio::time::timeout(
-            self.config.timeout * 2,
-            ConnectionManager::new_with_config(self.client.clone(), config),
-        )
-        .await
-        .map_err(|_| unavailable("connecting to redis timed out"))?
-        .map_err(unavailable)?;
-        if self.config.sharded == ShardedPubSub::Auto {
-            let info: String = redis::cmd("INFO")
-                .arg("server")
-                .query_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
-            let major = info
-                .lines()
-                .find_map(|l| l.strip_prefix("redis_version:"))
-                .and_then(|v| v.split('.').next())
-                .and_then(|v| v.trim().parse::<u32>().ok())
-                .unwrap_or(0);
-            self.sharded.store(major >= 7, Ordering::Relaxed);
-        }
-        *guard = Some(conn.clone());
-        Ok(conn)
-    }
-
-    fn note<T>(&self, result: &Result<T, EngineError>) {
-        match result {
-            Ok(_) => self.commands_ok.store(true, Ordering::Relaxed),
-            Err(_) => {
-                self.commands_ok.store(false, Ordering::Relaxed);
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-
-    async fn call<T: redis::FromRedisValue>(
-        &self,
-        invocation: redis::ScriptInvocation<'_>,
-    ) -> Result<T, EngineError> {
-        let result = async {
-            let mut conn = self.conn().await?;
-            match tokio::time::timeout(self.config.timeout, invocation.invoke_async::<T>(&mut conn)).await {
-                Err(_) => Err(unavailable("redis call timed out")),
-                Ok(Err(e))
-                    if e.is_io_error()
-                        || e.is_timeout()
-                        || e.is_connection_dropped()
-                        || e.is_connection_refusal() =>
-                {
-                    Err(unavailable(e))
-                }
-                Ok(Err(e)) => Err(EngineError::Internal(e.to_string())),
-                Ok(Ok(v)) => Ok(v),
-            }
-        }
-        .await;
-        self.note(&result);
-        result
-    }
-
-    /// Runs one command within the call timeout; failures count against readiness.
-    async fn command<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, EngineError> {
-        let result = async {
-            let mut conn = self.conn().await?;
-            tokio::time::timeout(self.config.timeout, cmd.query_async::<T>(&mut conn))
-                .await
-                .map_err(|_| unavailable("redis call timed out"))?
-                .map_err(unavailable)
-        }
-        .await;
-        self.note(&result);
-        result
-    }
-
     fn sharded(&self) -> bool {
-        self.sharded.load(Ordering::Relaxed)
+        self.commands.sharded()
     }
 
     async fn read(
@@ -315,7 +202,7 @@ impl Inner {
             .arg(since.map_or(0, |s| s.offset))
             .arg(max_events.min(i64::MAX as usize))
             .arg(max_bytes.min(i64::MAX as usize));
-        let values: Vec<redis::Value> = self.call(inv).await?;
+        let values: Vec<redis::Value> = self.commands.call(inv).await?;
         parse_read(values).ok_or_else(|| EngineError::Internal("unexpected read script reply".into()))
     }
 
@@ -329,192 +216,6 @@ impl Inner {
             event,
         )
     }
-
-    /// Fills the gap after the last position this node delivered in `room`, or resets the
-    /// room's subscribers when history cannot. False when Redis could not be asked (the
-    /// caller retries).
-    async fn repair(&self, room: &RoomName) -> bool {
-        let tracked = match self.tracks.lock().expect("tracks lock").get(room) {
-            Some(tracked) => tracked.clone(),
-            None => return true,
-        };
-        // Nothing handed to the hub yet: start from the oldest position a local subscriber
-        // has (subscribers drop what they already have).
-        let Some(last) = tracked.or_else(|| self.hub.oldest_position(room)) else {
-            return true;
-        };
-        match self.read(room, Some(&last), REPAIR_PAGE).await {
-            Ok((top, Read::Replay(entries, _))) => {
-                if !entries.is_empty() {
-                    self.stats.gaps_repaired.fetch_add(1, Ordering::Relaxed);
-                }
-                for (offset, event) in entries {
-                    self.deliver(room, self.publication(room, &top.epoch, offset, &event));
-                }
-            }
-            Ok((top, _)) => {
-                tracing::warn!(%room, from = %last, to = %top, "history cannot fill the gap: resetting the room");
-                self.stats.resets.fetch_add(1, Ordering::Relaxed);
-                self.hub.reset(room, &top);
-                if let Some(t) = self.tracks.lock().expect("tracks lock").get_mut(room) {
-                    *t = Some(top);
-                }
-            }
-            Err(err) => {
-                tracing::debug!(%room, %err, "gap repair failed; retrying");
-                return false;
-            }
-        }
-        true
-    }
-
-    /// Hands a publication to the hub and advances the room's position.
-    fn deliver(&self, room: &RoomName, p: Arc<Publication>) {
-        let mut tracks = self.tracks.lock().expect("tracks lock");
-        let Some(last) = tracks.get_mut(room) else {
-            return;
-        };
-        if let Some(l) = last
-            && l.epoch == p.pos.epoch
-            && l.offset >= p.pos.offset
-        {
-            return;
-        }
-        *last = Some(p.pos.clone());
-        self.hub.broadcast(&p);
-    }
-
-    /// A message from a room channel or the control channel.
-    async fn on_message(&self, channel: &[u8], payload: &[u8]) {
-        if channel == self.keys.control().as_bytes() {
-            match bus::decode_control(payload) {
-                Some(message) => {
-                    let _ = self.control.send(message);
-                }
-                None => tracing::warn!("undecodable message on the control channel"),
-            }
-            return;
-        }
-        let Some(room) = self.keys.room_of_channel(channel) else {
-            return;
-        };
-        match bus::decode(payload) {
-            Some(bus::BusMessage::Publication { epoch, offset, event }) => {
-                let epoch = Epoch::from_wire(epoch);
-                let arrival = {
-                    let tracks = self.tracks.lock().expect("tracks lock");
-                    match tracks.get(&room) {
-                        None => return,
-                        Some(last) => classify(last.as_ref(), &epoch, offset),
-                    }
-                };
-                match arrival {
-                    Arrival::Duplicate => {}
-                    Arrival::Next | Arrival::NewEpoch => {
-                        self.deliver(&room, self.publication(&room, &epoch, offset, event))
-                    }
-                    Arrival::Gap => {
-                        // If history cannot be read now, deliver anyway: the pub/sub task
-                        // retries the repair, and subscribers drop what they already have.
-                        self.repair(&room).await;
-                        self.deliver(&room, self.publication(&room, &epoch, offset, event));
-                    }
-                }
-            }
-            Some(bus::BusMessage::Ephemeral {
-                private,
-                exclude,
-                frame,
-            }) => {
-                self.hub
-                    .broadcast_ephemeral(&room, &Bytes::copy_from_slice(frame), Some(exclude), private);
-            }
-            None => tracing::warn!(%room, "undecodable message on a room channel"),
-        }
-    }
-}
-
-/// How a publication relates to the last position a node delivered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Arrival {
-    /// Already delivered.
-    Duplicate,
-    /// The next one (or the first this node sees).
-    Next,
-    /// Some were missed: fill from history first.
-    Gap,
-    /// Another epoch: history was reset.
-    NewEpoch,
-}
-
-/// Classifies an arriving publication against the last delivered position.
-pub(crate) fn classify(last: Option<&StreamPos>, epoch: &Epoch, offset: u64) -> Arrival {
-    match last {
-        None => Arrival::Next,
-        Some(l) if l.epoch != *epoch => Arrival::NewEpoch,
-        Some(l) if offset <= l.offset => Arrival::Duplicate,
-        Some(l) if offset == l.offset + 1 => Arrival::Next,
-        Some(_) => Arrival::Gap,
-    }
-}
-
-fn value_str(v: &redis::Value) -> Option<String> {
-    match v {
-        redis::Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        redis::Value::SimpleString(s) => Some(s.clone()),
-        redis::Value::Int(i) => Some(i.to_string()),
-        _ => None,
-    }
-}
-
-/// Reads `offset, event` pairs until the end of a script's answer.
-fn parse_entries(it: &mut impl Iterator<Item = redis::Value>) -> Option<Vec<(u64, Bytes)>> {
-    let mut entries = Vec::new();
-    while let Some(offset) = it.next() {
-        let offset: u64 = value_str(&offset)?.parse().ok()?;
-        let data = match it.next()? {
-            redis::Value::BulkString(b) => Bytes::from(b),
-            _ => return None,
-        };
-        entries.push((offset, data));
-    }
-    Some(entries)
-}
-
-/// Events of a page and the stream id to read on from (`None`: the replay is complete).
-type PageEntries = (Vec<(u64, Bytes)>, Option<String>);
-
-/// The PAGE script's answer: `Some(None)` when history lost the rest.
-fn parse_page(values: Vec<redis::Value>) -> Option<Option<PageEntries>> {
-    let mut it = values.into_iter();
-    match value_str(&it.next()?)?.as_str() {
-        "lost" => Some(None),
-        "ok" => {
-            let next = value_str(&it.next()?)?;
-            let entries = parse_entries(&mut it)?;
-            Some(Some((entries, (!next.is_empty()).then_some(next))))
-        }
-        _ => None,
-    }
-}
-
-fn parse_read(values: Vec<redis::Value>) -> Option<(StreamPos, Read)> {
-    let mut it = values.into_iter();
-    let epoch = value_str(&it.next()?)?;
-    let top: u64 = value_str(&it.next()?)?.parse().ok()?;
-    let status = value_str(&it.next()?)?;
-    let next = value_str(&it.next()?)?;
-    let pos = StreamPos {
-        epoch: Epoch::from_wire(&epoch),
-        offset: top,
-    };
-    let read = match status.as_str() {
-        "fresh" => Read::Fresh,
-        "lost" => Read::Lost,
-        "ok" => Read::Replay(parse_entries(&mut it)?, (!next.is_empty()).then_some(next)),
-        _ => return None,
-    };
-    Some((pos, read))
 }
 
 #[async_trait]
@@ -538,7 +239,7 @@ impl Engine for RedisEngine {
             .arg(Epoch::random().as_str())
             .arg(if inner.sharded() { "1" } else { "0" })
             .arg(key.unwrap_or(""));
-        let (epoch, offset, duplicate): (String, u64, u8) = inner.call(inv).await?;
+        let (epoch, offset, duplicate): (String, u64, u8) = inner.commands.call(inv).await?;
         Ok(Published {
             pos: StreamPos {
                 epoch: Epoch::from_wire(&epoch),
@@ -621,7 +322,7 @@ impl Engine for RedisEngine {
             .arg(cursor.until)
             .arg(super::REPLAY_PAGE_EVENTS)
             .arg(max_bytes);
-        let values: Vec<redis::Value> = inner.call(inv).await?;
+        let values: Vec<redis::Value> = inner.commands.call(inv).await?;
         match parse_page(values) {
             Some(Some((entries, next_id))) => {
                 let last = entries.last().map_or(cursor.next - 1, |(o, _)| *o);
@@ -660,6 +361,7 @@ impl Engine for RedisEngine {
         let message = bus::encode_ephemeral(private, exclude.unwrap_or(""), &frame);
         let cmd = if inner.sharded() { "SPUBLISH" } else { "PUBLISH" };
         inner
+            .commands
             .command::<()>(redis::cmd(cmd).arg(inner.keys.channel(room)).arg(message))
             .await
     }
@@ -667,6 +369,7 @@ impl Engine for RedisEngine {
     async fn room_info(&self, room: &RoomName) -> Result<RoomInfo, EngineError> {
         let inner = &self.inner;
         let (epoch, offset): (Option<String>, Option<u64>) = inner
+            .commands
             .command(redis::cmd("HMGET").arg(inner.keys.meta(room)).arg("e").arg("o"))
             .await?;
         Ok(RoomInfo {
@@ -685,6 +388,7 @@ impl Engine for RedisEngine {
     async fn broadcast_control(&self, message: &bus::ControlMessage) -> Result<u32, EngineError> {
         let inner = &self.inner;
         let receivers: u32 = inner
+            .commands
             .command(
                 redis::cmd("PUBLISH")
                     .arg(inner.keys.control())
@@ -709,6 +413,7 @@ impl Engine for RedisEngine {
         let inner = &self.inner;
         let member = format!("{}:{id}", if contact { 'c' } else { 'u' });
         inner
+            .commands
             .command::<()>(
                 redis::cmd("HSET")
                     .arg(inner.keys.revocations())
@@ -721,6 +426,7 @@ impl Engine for RedisEngine {
     async fn load_revocations(&self, now: u64) -> Result<Vec<(bool, u64, u64, u64)>, EngineError> {
         let inner = &self.inner;
         let stored: HashMap<String, String> = inner
+            .commands
             .command(redis::cmd("HGETALL").arg(inner.keys.revocations()))
             .await?;
         let mut live = Vec::new();
@@ -743,6 +449,7 @@ impl Engine for RedisEngine {
         if !gone.is_empty() {
             // Forgetting what is past its time can wait for the next load if this fails.
             let _ = inner
+                .commands
                 .command::<()>(redis::cmd("HDEL").arg(inner.keys.revocations()).arg(gone))
                 .await;
         }
@@ -757,34 +464,11 @@ impl Engine for RedisEngine {
     }
 
     fn is_ready(&self) -> bool {
-        self.inner.pubsub_up.load(Ordering::Relaxed) && self.inner.commands_ok.load(Ordering::Relaxed)
+        self.inner.pubsub_up.load(Ordering::Relaxed) && self.inner.commands.is_ok()
     }
 
     async fn maintain(&self) {
         // A cheap round trip keeps readiness honest while the node is idle.
-        let _ = self.inner.command::<()>(&redis::cmd("PING")).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pos(epoch: &str, offset: u64) -> StreamPos {
-        StreamPos {
-            epoch: Epoch::from_wire(epoch),
-            offset,
-        }
-    }
-
-    #[test]
-    fn arrivals_are_classified() {
-        let e = Epoch::from_wire("e");
-        assert_eq!(classify(None, &e, 9), Arrival::Next);
-        assert_eq!(classify(Some(&pos("e", 4)), &e, 5), Arrival::Next);
-        assert_eq!(classify(Some(&pos("e", 4)), &e, 4), Arrival::Duplicate);
-        assert_eq!(classify(Some(&pos("e", 4)), &e, 2), Arrival::Duplicate);
-        assert_eq!(classify(Some(&pos("e", 4)), &e, 7), Arrival::Gap);
-        assert_eq!(classify(Some(&pos("f", 4)), &e, 1), Arrival::NewEpoch);
+        let _ = self.inner.commands.command::<()>(&redis::cmd("PING")).await;
     }
 }

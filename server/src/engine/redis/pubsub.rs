@@ -12,7 +12,8 @@ use redis::{AsyncConnectionConfig, PushInfo, PushKind};
 use rtgate_protocol::RoomName;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Inner, unavailable};
+use super::Inner;
+use super::commands::unavailable;
 use crate::engine::EngineError;
 
 /// Requests to the pub/sub task.
@@ -32,7 +33,7 @@ async fn connect(
         .set_response_timeout(Some(inner.config.timeout))
         .set_push_sender(tx);
     // The command connection decides whether the server supports sharded pub/sub.
-    inner.conn().await?;
+    inner.commands.conn().await?;
     let conn = tokio::time::timeout(
         inner.config.timeout * 2,
         inner

@@ -12,15 +12,16 @@
 //! Optionally the keys Chatwoot reads are maintained too: `<ns>:ONLINE_PRESENCE::<acct>::USERS`
 //! and `::CONTACTS` (ZSET, member id, score unix seconds) and `<ns>:ONLINE_STATUS::<acct>`
 //! (HASH, user id → online/busy/offline).
+//!
+//! The store shares the Redis engine's command connection ([`RedisCommands`]).
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use rtgate_protocol::pb;
 
-use super::Inner;
-use crate::engine::EngineError;
-use crate::presence::{PresenceStore, Who, effective, presence_of};
+use super::{PresenceStore, Who, effective, presence_of};
+use crate::engine::{EngineError, RedisCommands};
 
 const ONLINE: &str = r#"
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
@@ -60,7 +61,7 @@ return 1
 
 /// Presence kept in Redis.
 pub struct RedisPresence {
-    inner: Arc<Inner>,
+    commands: Arc<RedisCommands>,
     ttl_ms: u64,
     chatwoot: Option<String>,
     online: redis::Script,
@@ -86,9 +87,13 @@ fn availability_name(a: i32) -> &'static str {
 }
 
 impl RedisPresence {
-    pub(super) fn new(inner: Arc<Inner>, ttl_ms: u64, chatwoot: Option<String>) -> Self {
+    /// Presence kept in the Redis of `commands` (the engine's, see
+    /// [`RedisEngine::commands`](crate::engine::RedisEngine::commands)); entries expire
+    /// `ttl_ms` after their last refresh. With `chatwoot` (a key namespace such as
+    /// `alfred`), Chatwoot's own presence keys are maintained too.
+    pub fn new(commands: Arc<RedisCommands>, ttl_ms: u64, chatwoot: Option<String>) -> Self {
         RedisPresence {
-            inner,
+            commands,
             ttl_ms,
             chatwoot,
             online: redis::Script::new(ONLINE),
@@ -99,7 +104,7 @@ impl RedisPresence {
     }
 
     fn base(&self, account: u64) -> String {
-        format!("{}:p:{{a:{account}}}", self.inner.config.prefix)
+        format!("{}:p:{{a:{account}}}", self.commands.prefix())
     }
 
     fn holders(&self, who: &Who) -> String {
@@ -109,7 +114,7 @@ impl RedisPresence {
     /// ZSET account → when a node last refreshed entries of it (ms): accounts whose
     /// refresh stopped (their nodes died) are found here and reaped by any node.
     fn accounts(&self) -> String {
-        format!("{}:p:accounts", self.inner.config.prefix)
+        format!("{}:p:accounts", self.commands.prefix())
     }
 
     fn online_set(&self, account: u64) -> String {
@@ -137,20 +142,11 @@ impl RedisPresence {
             .arg(now_ms)
             .arg(self.ttl_ms)
             .arg(who.member());
-        self.inner.call(inv).await
+        self.commands.call(inv).await
     }
 
     async fn pipe<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, EngineError> {
-        let result = async {
-            let mut conn = self.inner.conn().await?;
-            tokio::time::timeout(self.inner.config.timeout, pipe.query_async::<T>(&mut conn))
-                .await
-                .map_err(|_| EngineError::Unavailable("redis call timed out".into()))?
-                .map_err(|e| EngineError::Unavailable(e.to_string()))
-        }
-        .await;
-        self.inner.note(&result);
-        result
+        self.commands.pipe(pipe).await
     }
 }
 
@@ -215,7 +211,7 @@ impl PresenceStore for RedisPresence {
                 .arg(format!("{}:h:", self.base(*account)))
                 .arg(now_ms)
                 .arg(self.ttl_ms);
-            let members: Vec<String> = self.inner.call(inv).await?;
+            let members: Vec<String> = self.commands.call(inv).await?;
             gone.extend(members.iter().filter_map(|m| Who::from_member(*account, m)));
         }
         if !stale.is_empty() {
@@ -254,7 +250,7 @@ impl PresenceStore for RedisPresence {
         inv.key(format!("{}:av", self.base(account)))
             .arg(user)
             .arg(availability as i32);
-        let changed: i64 = self.inner.call(inv).await?;
+        let changed: i64 = self.commands.call(inv).await?;
         if let Some(ns) = &self.chatwoot {
             let mut p = redis::pipe();
             p.hset(
