@@ -289,7 +289,11 @@ async fn events_published_while_a_reconnecting_client_joins_are_delivered_once_i
         h.publish("conversation:5", &format!("live-{n}")).await;
     }
     let mut got = h.room_events(a);
-    assert!(got.len() > 1 && got.len() < 20, "mid-replay: {} events so far", got.len());
+    assert!(
+        got.len() > 1 && got.len() < 20,
+        "mid-replay: {} events so far",
+        got.len()
+    );
     h.set_reading(a, true);
     h.settle().await;
     assert!(h.client(a).is_ready());

@@ -193,9 +193,21 @@ impl Inner {
                         self.deliver(&room, encode_publication(&room, pos, event))
                     }
                     Arrival::Gap { after } => {
-                        // If history cannot be read now, deliver anyway: the pub/sub task
-                        // retries the repair, and subscribers drop what they already have.
-                        self.fill(&room, &after).await;
+                        if !self.fill(&room, &after).await {
+                            // History cannot be read now, so the gap cannot be filled: the
+                            // room's subscribers are told plainly (a reset to just before
+                            // this event) rather than left with a silent hole.
+                            let before = StreamPos {
+                                epoch: pos.epoch.clone(),
+                                offset: pos.offset.saturating_sub(1),
+                            };
+                            tracing::warn!(%room, from = %after, to = %before, "gap not repairable now: resetting the room");
+                            self.stats.resets.fetch_add(1, Ordering::Relaxed);
+                            self.hub.reset(&room, &before);
+                            if let Some(t) = self.tracks.lock().expect("tracks lock").get_mut(&room) {
+                                *t = Some(before);
+                            }
+                        }
                         self.deliver(&room, encode_publication(&room, pos, event));
                     }
                 }
