@@ -117,6 +117,49 @@ impl Principal {
     pub fn is_contact(&self) -> bool {
         self.role == Role::Contact
     }
+
+    /// Who this is, in short.
+    pub fn principal_id(&self) -> PrincipalId {
+        PrincipalId {
+            account: self.account_id,
+            contact: self.is_contact(),
+            id: self.id,
+        }
+    }
+}
+
+/// Who a principal is, in short: a user (agent or admin) or a contact, in an account. The
+/// key presence, connection limits and kicks go by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PrincipalId {
+    /// The account.
+    pub account: u64,
+    /// A contact (else a user).
+    pub contact: bool,
+    /// The user or contact id.
+    pub id: u64,
+}
+
+impl PrincipalId {
+    /// `u:7` or `c:3`: the member name used in stores.
+    pub fn member(&self) -> String {
+        format!("{}:{}", if self.contact { "c" } else { "u" }, self.id)
+    }
+
+    /// Parses a member name of `account`.
+    pub fn from_member(account: u64, member: &str) -> Option<PrincipalId> {
+        let (kind, id) = member.split_once(':')?;
+        let contact = match kind {
+            "u" => false,
+            "c" => true,
+            _ => return None,
+        };
+        Some(PrincipalId {
+            account,
+            contact,
+            id: id.parse().ok()?,
+        })
+    }
 }
 
 /// Why a token was refused. The label goes to logs and metrics; clients only see a code.

@@ -253,7 +253,8 @@ async fn an_idempotency_key_publishes_once_per_room() {
 mod presence {
     //! The presence stores, memory and Redis, held to the same behaviour.
     use super::*;
-    use rtgate_server::presence::{MemoryPresence, PresenceStore, RedisPresence, Who};
+    use rtgate_server::auth::PrincipalId;
+    use rtgate_server::presence::{MemoryPresence, PresenceStore, RedisPresence};
 
     const TTL_MS: u64 = 1_000;
 
@@ -270,7 +271,7 @@ mod presence {
         ]
     }
 
-    const AGENT: Who = Who {
+    const AGENT: PrincipalId = PrincipalId {
         account: 1,
         contact: false,
         id: 7,

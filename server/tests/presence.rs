@@ -230,7 +230,10 @@ async fn typing_reaches_the_others_not_the_sender_nor_contacts_when_private_and_
         next_typing(&mut sender_events).await,
         ("conversation.typing_on".into(), false, 8)
     );
-    while let Ok(e) = sender_events.try_recv().or_else(|_| other_device_events.try_recv()) {
+    while let Ok(e) = sender_events
+        .try_recv()
+        .or_else(|_| other_device_events.try_recv())
+    {
         if let ClientEvent::Ephemeral { event, .. } = &e
             && let Some(pb::event::Payload::Typing(t)) = &event.payload
         {

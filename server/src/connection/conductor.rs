@@ -16,12 +16,12 @@ use rtgate_protocol::pb::{self, server_frame::Kind as S};
 use rtgate_protocol::{DisconnectCode, FrameError, RoomName};
 
 use super::Transport;
+use crate::auth::PrincipalId;
 use crate::engine::with_timeout;
 use crate::hub::{Pumped, ReplayCursor, Subscriber};
 use crate::ids::ConnectionId;
 use crate::node::Node;
 use crate::outbox::Outbox;
-use crate::presence::{self, Who};
 use crate::session::{Action, Session};
 
 /// Why a connection ended.
@@ -48,7 +48,7 @@ pub struct Conductor {
     /// Rooms whose replay is going out at the client's pace.
     replays: Vec<RoomName>,
     /// Set once admitted: the presence of this connection's principal.
-    identified: Option<Who>,
+    identified: Option<PrincipalId>,
     /// The client is gone: nothing more is sent to it.
     peer_gone: bool,
 }
@@ -226,8 +226,8 @@ impl Conductor {
                 match node.admit(self.conn, &p) {
                     Ok(()) => {
                         self.session.admitted(Ok(()));
-                        node.presence.connected(presence::who(&p));
-                        self.identified = Some(presence::who(&p));
+                        node.presence.connected(p.principal_id());
+                        self.identified = Some(p.principal_id());
                     }
                     Err(refusal) => self.session.admitted(Err(refusal.to_string())),
                 }

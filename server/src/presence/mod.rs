@@ -11,7 +11,7 @@ mod tracker;
 
 pub use redis::RedisPresence;
 pub use store::{MemoryPresence, PresenceStore, effective, presence_of};
-pub use tracker::{Action, Tracker, TrackerConfig, Who};
+pub use tracker::{Action, Tracker, TrackerConfig};
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -19,7 +19,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use rtgate_protocol::{RoomName, pb};
 use tokio::sync::mpsc;
 
-use crate::auth::Principal;
+use crate::auth::PrincipalId;
 use crate::engine::{Engine, EngineError};
 
 /// Name of the events announcing presence and availability changes.
@@ -36,19 +36,10 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Who a principal is, for presence.
-pub fn who(p: &Principal) -> Who {
-    Who {
-        account: p.account_id,
-        contact: p.is_contact(),
-        id: p.id,
-    }
-}
-
 enum Input {
-    Connected(Who),
-    Disconnected(Who),
-    Activity(Who),
+    Connected(PrincipalId),
+    Disconnected(PrincipalId),
+    Activity(PrincipalId),
 }
 
 /// The node's presence service.
@@ -82,17 +73,17 @@ impl PresenceService {
     }
 
     /// A connection of `who` was authenticated.
-    pub fn connected(&self, who: Who) {
+    pub fn connected(&self, who: PrincipalId) {
         let _ = self.input.send(Input::Connected(who));
     }
 
     /// A connection of `who` closed.
-    pub fn disconnected(&self, who: Who) {
+    pub fn disconnected(&self, who: PrincipalId) {
         let _ = self.input.send(Input::Disconnected(who));
     }
 
     /// `who` sent something.
-    pub fn activity(&self, who: Who) {
+    pub fn activity(&self, who: PrincipalId) {
         let _ = self.input.send(Input::Activity(who));
     }
 
@@ -110,7 +101,7 @@ impl PresenceService {
         availability: pb::Availability,
     ) -> Result<pb::Presence, EngineError> {
         let changed = self.store.set_availability(account, user, availability).await?;
-        let who = Who {
+        let who = PrincipalId {
             account,
             contact: false,
             id: user,
@@ -129,7 +120,7 @@ async fn announce(
     store: &dyn PresenceStore,
     engine: &dyn Engine,
     account: u64,
-    who: &[Who],
+    who: &[PrincipalId],
 ) -> Result<(), EngineError> {
     for chunk in who.chunks(PRESENCE_EVENT_MAX_ENTRIES) {
         let entries = store.entries(account, chunk, unix_ms()).await?;
@@ -192,7 +183,7 @@ async fn run(
                     }
                 }),
                 Action::Publish { account, changes } => {
-                    let who: Vec<Who> = changes.iter().map(|(w, _)| *w).collect();
+                    let who: Vec<PrincipalId> = changes.iter().map(|(w, _)| *w).collect();
                     announce(&*store, &*engine, account, &who).await
                 }
             };

@@ -20,7 +20,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use rtgate_protocol::pb;
 
-use super::{PresenceStore, Who, effective, presence_of};
+use super::{PresenceStore, effective, presence_of};
+use crate::auth::PrincipalId;
 use crate::engine::{EngineError, RedisCommands};
 
 const ONLINE: &str = r#"
@@ -107,7 +108,7 @@ impl RedisPresence {
         format!("{}:p:{{a:{account}}}", self.commands.prefix())
     }
 
-    fn holders(&self, who: &Who) -> String {
+    fn holders(&self, who: &PrincipalId) -> String {
         format!("{}:h:{}", self.base(who.account), who.member())
     }
 
@@ -121,7 +122,7 @@ impl RedisPresence {
         format!("{}:on", self.base(account))
     }
 
-    fn chatwoot_presence(&self, who: &Who) -> Option<String> {
+    fn chatwoot_presence(&self, who: &PrincipalId) -> Option<String> {
         let ns = self.chatwoot.as_ref()?;
         let kind = if who.contact { "CONTACTS" } else { "USERS" };
         Some(format!("{ns}:ONLINE_PRESENCE::{}::{kind}", who.account))
@@ -131,7 +132,7 @@ impl RedisPresence {
     async fn holder_script(
         &self,
         script: &redis::Script,
-        who: Who,
+        who: PrincipalId,
         node: &str,
         now_ms: u64,
     ) -> Result<i64, EngineError> {
@@ -152,7 +153,7 @@ impl RedisPresence {
 
 #[async_trait]
 impl PresenceStore for RedisPresence {
-    async fn mark_online(&self, who: Who, node: &str, now_ms: u64) -> Result<bool, EngineError> {
+    async fn mark_online(&self, who: PrincipalId, node: &str, now_ms: u64) -> Result<bool, EngineError> {
         let added = self.holder_script(&self.online, who, node, now_ms).await?;
         let mut p = redis::pipe();
         p.zadd(self.accounts(), who.account, now_ms).ignore();
@@ -163,12 +164,12 @@ impl PresenceStore for RedisPresence {
         Ok(added == 1)
     }
 
-    async fn mark_offline(&self, who: Who, node: &str, now_ms: u64) -> Result<bool, EngineError> {
+    async fn mark_offline(&self, who: PrincipalId, node: &str, now_ms: u64) -> Result<bool, EngineError> {
         let removed = self.holder_script(&self.offline, who, node, now_ms).await?;
         Ok(removed == 1)
     }
 
-    async fn refresh(&self, node: &str, held: &[Who], now_ms: u64) -> Result<(), EngineError> {
+    async fn refresh(&self, node: &str, held: &[PrincipalId], now_ms: u64) -> Result<(), EngineError> {
         for chunk in held.chunks(500) {
             let mut p = redis::pipe();
             let mut accounts: Vec<u64> = chunk.iter().map(|w| w.account).collect();
@@ -190,7 +191,7 @@ impl PresenceStore for RedisPresence {
         Ok(())
     }
 
-    async fn reap(&self, accounts: &[u64], now_ms: u64) -> Result<Vec<Who>, EngineError> {
+    async fn reap(&self, accounts: &[u64], now_ms: u64) -> Result<Vec<PrincipalId>, EngineError> {
         // Accounts nobody refreshed within the TTL: their nodes are gone.
         let mut p = redis::pipe();
         p.cmd("ZRANGEBYSCORE")
@@ -212,7 +213,11 @@ impl PresenceStore for RedisPresence {
                 .arg(now_ms)
                 .arg(self.ttl_ms);
             let members: Vec<String> = self.commands.call(inv).await?;
-            gone.extend(members.iter().filter_map(|m| Who::from_member(*account, m)));
+            gone.extend(
+                members
+                    .iter()
+                    .filter_map(|m| PrincipalId::from_member(*account, m)),
+            );
         }
         if !stale.is_empty() {
             // Forget the stale accounts left with nobody online (a live node re-adds an
@@ -233,7 +238,7 @@ impl PresenceStore for RedisPresence {
         Ok(gone)
     }
 
-    async fn touch_seen(&self, who: Who, at_ms: u64) -> Result<(), EngineError> {
+    async fn touch_seen(&self, who: PrincipalId, at_ms: u64) -> Result<(), EngineError> {
         let mut p = redis::pipe();
         p.hset(format!("{}:seen", self.base(who.account)), who.member(), at_ms)
             .ignore();
@@ -267,9 +272,9 @@ impl PresenceStore for RedisPresence {
     async fn entries(
         &self,
         account: u64,
-        who: &[Who],
+        who: &[PrincipalId],
         _now_ms: u64,
-    ) -> Result<Vec<(Who, pb::PresenceEntry)>, EngineError> {
+    ) -> Result<Vec<(PrincipalId, pb::PresenceEntry)>, EngineError> {
         if who.is_empty() {
             return Ok(Vec::new());
         }
@@ -322,10 +327,10 @@ impl PresenceStore for RedisPresence {
         let mut p = redis::pipe();
         p.smembers(self.online_set(account)).hkeys(format!("{base}:seen"));
         let (online, seen): (Vec<String>, Vec<String>) = self.pipe(&p).await?;
-        let mut everyone: Vec<Who> = online
+        let mut everyone: Vec<PrincipalId> = online
             .iter()
             .chain(seen.iter())
-            .filter_map(|m| Who::from_member(account, m))
+            .filter_map(|m| PrincipalId::from_member(account, m))
             .collect();
         everyone.sort_unstable();
         everyone.dedup();

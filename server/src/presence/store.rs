@@ -9,22 +9,22 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use rtgate_protocol::pb;
 
-use super::tracker::Who;
+use crate::auth::PrincipalId;
 use crate::engine::EngineError;
 
 /// Presence storage.
 #[async_trait]
 pub trait PresenceStore: Send + Sync + 'static {
     /// `node` holds `who`; true when `who` was not online before.
-    async fn mark_online(&self, who: Who, node: &str, now_ms: u64) -> Result<bool, EngineError>;
+    async fn mark_online(&self, who: PrincipalId, node: &str, now_ms: u64) -> Result<bool, EngineError>;
     /// `node` no longer holds `who`; true when nobody holds `who` any more.
-    async fn mark_offline(&self, who: Who, node: &str, now_ms: u64) -> Result<bool, EngineError>;
+    async fn mark_offline(&self, who: PrincipalId, node: &str, now_ms: u64) -> Result<bool, EngineError>;
     /// `node` still holds these.
-    async fn refresh(&self, node: &str, held: &[Who], now_ms: u64) -> Result<(), EngineError>;
+    async fn refresh(&self, node: &str, held: &[PrincipalId], now_ms: u64) -> Result<(), EngineError>;
     /// Drops entries not refreshed in time (dead nodes); returns who went offline.
-    async fn reap(&self, accounts: &[u64], now_ms: u64) -> Result<Vec<Who>, EngineError>;
+    async fn reap(&self, accounts: &[u64], now_ms: u64) -> Result<Vec<PrincipalId>, EngineError>;
     /// Records last seen.
-    async fn touch_seen(&self, who: Who, at_ms: u64) -> Result<(), EngineError>;
+    async fn touch_seen(&self, who: PrincipalId, at_ms: u64) -> Result<(), EngineError>;
     /// Sets an agent's availability; true when it changed.
     async fn set_availability(
         &self,
@@ -36,15 +36,15 @@ pub trait PresenceStore: Send + Sync + 'static {
     async fn entries(
         &self,
         account: u64,
-        who: &[Who],
+        who: &[PrincipalId],
         now_ms: u64,
-    ) -> Result<Vec<(Who, pb::PresenceEntry)>, EngineError>;
+    ) -> Result<Vec<(PrincipalId, pb::PresenceEntry)>, EngineError>;
     /// Everyone of the account who is online or has a last seen.
     async fn snapshot(&self, account: u64, now_ms: u64) -> Result<pb::Presence, EngineError>;
 }
 
 /// Splits entries into a `Presence` message.
-pub fn presence_of(entries: Vec<(Who, pb::PresenceEntry)>) -> pb::Presence {
+pub fn presence_of(entries: Vec<(PrincipalId, pb::PresenceEntry)>) -> pb::Presence {
     let mut p = pb::Presence::default();
     for (who, entry) in entries {
         if who.contact {
@@ -68,10 +68,10 @@ pub fn effective(stored: Option<i32>, online: bool, contact: bool) -> i32 {
 
 #[derive(Debug, Default)]
 struct State {
-    holders: HashMap<Who, HashMap<String, u64>>,
-    online: HashSet<Who>,
+    holders: HashMap<PrincipalId, HashMap<String, u64>>,
+    online: HashSet<PrincipalId>,
     availability: HashMap<(u64, u64), i32>,
-    seen: HashMap<Who, u64>,
+    seen: HashMap<PrincipalId, u64>,
 }
 
 /// Presence in process memory (single node).
@@ -92,7 +92,7 @@ impl MemoryPresence {
 }
 
 impl State {
-    fn prune(&mut self, who: &Who, now_ms: u64, ttl_ms: u64) -> bool {
+    fn prune(&mut self, who: &PrincipalId, now_ms: u64, ttl_ms: u64) -> bool {
         let empty = match self.holders.get_mut(who) {
             Some(nodes) => {
                 nodes.retain(|_, at| *at + ttl_ms > now_ms);
@@ -106,7 +106,7 @@ impl State {
         empty
     }
 
-    fn entry(&self, who: &Who) -> pb::PresenceEntry {
+    fn entry(&self, who: &PrincipalId) -> pb::PresenceEntry {
         let online = self.online.contains(who);
         pb::PresenceEntry {
             id: who.id,
@@ -123,13 +123,13 @@ impl State {
 
 #[async_trait]
 impl PresenceStore for MemoryPresence {
-    async fn mark_online(&self, who: Who, node: &str, now_ms: u64) -> Result<bool, EngineError> {
+    async fn mark_online(&self, who: PrincipalId, node: &str, now_ms: u64) -> Result<bool, EngineError> {
         let mut s = self.state.lock().expect("presence lock");
         s.holders.entry(who).or_default().insert(node.to_string(), now_ms);
         Ok(s.online.insert(who))
     }
 
-    async fn mark_offline(&self, who: Who, node: &str, now_ms: u64) -> Result<bool, EngineError> {
+    async fn mark_offline(&self, who: PrincipalId, node: &str, now_ms: u64) -> Result<bool, EngineError> {
         let mut s = self.state.lock().expect("presence lock");
         if let Some(nodes) = s.holders.get_mut(&who) {
             nodes.remove(node);
@@ -137,7 +137,7 @@ impl PresenceStore for MemoryPresence {
         Ok(s.prune(&who, now_ms, self.ttl_ms) && s.online.remove(&who))
     }
 
-    async fn refresh(&self, node: &str, held: &[Who], now_ms: u64) -> Result<(), EngineError> {
+    async fn refresh(&self, node: &str, held: &[PrincipalId], now_ms: u64) -> Result<(), EngineError> {
         let mut s = self.state.lock().expect("presence lock");
         for who in held {
             s.holders
@@ -149,9 +149,9 @@ impl PresenceStore for MemoryPresence {
         Ok(())
     }
 
-    async fn reap(&self, accounts: &[u64], now_ms: u64) -> Result<Vec<Who>, EngineError> {
+    async fn reap(&self, accounts: &[u64], now_ms: u64) -> Result<Vec<PrincipalId>, EngineError> {
         let mut s = self.state.lock().expect("presence lock");
-        let candidates: Vec<Who> = s
+        let candidates: Vec<PrincipalId> = s
             .online
             .iter()
             .filter(|w| accounts.contains(&w.account))
@@ -167,7 +167,7 @@ impl PresenceStore for MemoryPresence {
         Ok(gone)
     }
 
-    async fn touch_seen(&self, who: Who, at_ms: u64) -> Result<(), EngineError> {
+    async fn touch_seen(&self, who: PrincipalId, at_ms: u64) -> Result<(), EngineError> {
         self.state.lock().expect("presence lock").seen.insert(who, at_ms);
         Ok(())
     }
@@ -185,15 +185,15 @@ impl PresenceStore for MemoryPresence {
     async fn entries(
         &self,
         _account: u64,
-        who: &[Who],
+        who: &[PrincipalId],
         _now_ms: u64,
-    ) -> Result<Vec<(Who, pb::PresenceEntry)>, EngineError> {
+    ) -> Result<Vec<(PrincipalId, pb::PresenceEntry)>, EngineError> {
         let s = self.state.lock().expect("presence lock");
         Ok(who.iter().map(|w| (*w, s.entry(w))).collect())
     }
 
     async fn snapshot(&self, account: u64, now_ms: u64) -> Result<pb::Presence, EngineError> {
-        let mut everyone: Vec<Who> = {
+        let mut everyone: Vec<PrincipalId> = {
             let s = self.state.lock().expect("presence lock");
             s.online
                 .iter()

@@ -6,38 +6,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-/// Someone whose presence is tracked: a user (agent) or a contact, in an account.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Who {
-    /// The account.
-    pub account: u64,
-    /// A contact (else a user).
-    pub contact: bool,
-    /// The user or contact id.
-    pub id: u64,
-}
-
-impl Who {
-    /// `u:7` or `c:3`: the member name used in stores.
-    pub fn member(&self) -> String {
-        format!("{}:{}", if self.contact { "c" } else { "u" }, self.id)
-    }
-
-    /// Parses a member name of `account`.
-    pub fn from_member(account: u64, member: &str) -> Option<Who> {
-        let (kind, id) = member.split_once(':')?;
-        let contact = match kind {
-            "u" => false,
-            "c" => true,
-            _ => return None,
-        };
-        Some(Who {
-            account,
-            contact,
-            id: id.parse().ok()?,
-        })
-    }
-}
+use crate::auth::PrincipalId;
 
 /// Timings of presence.
 #[derive(Debug, Clone, Copy)]
@@ -66,14 +35,14 @@ impl Default for TrackerConfig {
 /// What the tracker asks of its driver.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Record this node as a holder of `Who`; tell the tracker if they became online.
-    MarkOnline(Who),
-    /// This node no longer holds `Who`; tell the tracker if they became offline.
-    MarkOffline(Who),
+    /// Record this node as a holder of the principal; tell the tracker if they became online.
+    MarkOnline(PrincipalId),
+    /// This node no longer holds the principal; tell the tracker if they became offline.
+    MarkOffline(PrincipalId),
     /// Record last seen at unix ms.
-    TouchSeen(Who, u64),
+    TouchSeen(PrincipalId, u64),
     /// Heartbeat: refresh this node's entries.
-    Refresh(Vec<Who>),
+    Refresh(Vec<PrincipalId>),
     /// Expire the entries of dead nodes in these accounts, and in every account no node
     /// has refreshed lately; report who went offline.
     Reap(Vec<u64>),
@@ -82,7 +51,7 @@ pub enum Action {
         /// The account.
         account: u64,
         /// Who changed, and to what.
-        changes: Vec<(Who, bool)>,
+        changes: Vec<(PrincipalId, bool)>,
     },
 }
 
@@ -92,10 +61,10 @@ pub struct Tracker {
     config: TrackerConfig,
     started: Instant,
     unix_ms_at_start: u64,
-    local: HashMap<Who, usize>,
-    offline_at: HashMap<Who, Instant>,
-    seen_at: HashMap<Who, Instant>,
-    pending: BTreeMap<u64, (Instant, BTreeMap<Who, bool>)>,
+    local: HashMap<PrincipalId, usize>,
+    offline_at: HashMap<PrincipalId, Instant>,
+    seen_at: HashMap<PrincipalId, Instant>,
+    pending: BTreeMap<u64, (Instant, BTreeMap<PrincipalId, bool>)>,
     next_heartbeat: Instant,
     actions: VecDeque<Action>,
 }
@@ -121,12 +90,12 @@ impl Tracker {
     }
 
     /// Local connections of `who`.
-    pub fn local_connections(&self, who: &Who) -> usize {
+    pub fn local_connections(&self, who: &PrincipalId) -> usize {
         self.local.get(who).copied().unwrap_or(0)
     }
 
     /// A connection of `who` opened.
-    pub fn connected(&mut self, who: Who, now: Instant) {
+    pub fn connected(&mut self, who: PrincipalId, now: Instant) {
         let n = self.local.entry(who).or_insert(0);
         *n += 1;
         if *n == 1 && self.offline_at.remove(&who).is_none() {
@@ -137,7 +106,7 @@ impl Tracker {
     }
 
     /// A connection of `who` closed.
-    pub fn disconnected(&mut self, who: Who, now: Instant) {
+    pub fn disconnected(&mut self, who: PrincipalId, now: Instant) {
         let at = self.unix_ms(now);
         let Some(n) = self.local.get_mut(&who) else { return };
         *n -= 1;
@@ -150,7 +119,7 @@ impl Tracker {
     }
 
     /// `who` did something (sent a frame): last seen, throttled.
-    pub fn activity(&mut self, who: Who, now: Instant) {
+    pub fn activity(&mut self, who: PrincipalId, now: Instant) {
         let due = self
             .seen_at
             .get(&who)
@@ -162,7 +131,7 @@ impl Tracker {
     }
 
     /// The store says `who` became online (or offline) in the whole gateway.
-    pub fn became(&mut self, who: Who, online: bool, now: Instant) {
+    pub fn became(&mut self, who: PrincipalId, online: bool, now: Instant) {
         let due = now + self.config.debounce;
         self.pending
             .entry(who.account)
@@ -185,7 +154,7 @@ impl Tracker {
 
     /// Fires what is due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let due: Vec<Who> = self
+        let due: Vec<PrincipalId> = self
             .offline_at
             .iter()
             .filter(|(_, at)| now >= **at)
@@ -197,7 +166,8 @@ impl Tracker {
         }
         if now >= self.next_heartbeat {
             self.next_heartbeat = now + self.config.heartbeat;
-            let mut held: Vec<Who> = self.local.keys().chain(self.offline_at.keys()).copied().collect();
+            let mut held: Vec<PrincipalId> =
+                self.local.keys().chain(self.offline_at.keys()).copied().collect();
             held.sort_unstable();
             let mut accounts: Vec<u64> = held.iter().map(|w| w.account).collect();
             accounts.dedup();
@@ -233,7 +203,7 @@ impl Tracker {
 mod tests {
     use super::*;
 
-    const AGENT: Who = Who {
+    const AGENT: PrincipalId = PrincipalId {
         account: 1,
         contact: false,
         id: 7,
@@ -305,7 +275,7 @@ mod tests {
     fn heartbeats_refresh_local_and_grace_entries_and_reap_their_accounts() {
         let t0 = Instant::now();
         let mut t = tracker(t0);
-        let contact = Who {
+        let contact = PrincipalId {
             account: 2,
             contact: true,
             id: 3,
@@ -333,7 +303,7 @@ mod tests {
     fn changes_are_debounced_per_account_and_coalesced() {
         let t0 = Instant::now();
         let mut t = tracker(t0);
-        let other = Who { id: 8, ..AGENT };
+        let other = PrincipalId { id: 8, ..AGENT };
         t.became(AGENT, true, t0);
         t.became(other, true, t0 + Duration::from_millis(200));
         t.became(AGENT, false, t0 + Duration::from_millis(300));
@@ -366,12 +336,12 @@ mod tests {
 
     #[test]
     fn members_round_trip() {
-        let c = Who {
+        let c = PrincipalId {
             account: 4,
             contact: true,
             id: 9,
         };
-        assert_eq!(Who::from_member(4, &c.member()), Some(c));
-        assert_eq!(Who::from_member(4, "x:1"), None);
+        assert_eq!(PrincipalId::from_member(4, &c.member()), Some(c));
+        assert_eq!(PrincipalId::from_member(4, "x:1"), None);
     }
 }
