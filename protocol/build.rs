@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/rtgate/v1/events.proto",
         "proto/rtgate/v1/frames.proto",
         "proto/rtgate/v1/api.proto",
+        "proto/rtgate/v1/domain.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

@@ -22,6 +22,7 @@ pub mod config;
 pub mod connection;
 pub mod dev;
 pub mod engine;
+pub mod events;
 pub mod gateway;
 pub mod http;
 pub mod hub;
