@@ -19,7 +19,7 @@ pub enum ClientEvent {
     /// A room is live. `recovered` is meaningful when `resumed` is true.
     Subscribed {
         /// The room.
-        room: String,
+        room: RoomName,
         /// Whether this subscription resumed from a known position.
         resumed: bool,
         /// Whether every missed event is being replayed.
@@ -31,20 +31,20 @@ pub enum ClientEvent {
     /// The application should refetch the room's state from the backend.
     RecoveryFailed {
         /// The room.
-        room: String,
+        room: RoomName,
     },
     /// The server refused a subscription, or ended one on its own (its grant was withdrawn
     /// by a token refresh); the room is forgotten.
     SubscribeFailed {
         /// The room.
-        room: String,
+        room: RoomName,
         /// Why.
         error: pb::Error,
     },
     /// An event of a room, in offset order, never twice.
     Event {
         /// The room.
-        room: String,
+        room: RoomName,
         /// Its offset.
         offset: u64,
         /// The event.
@@ -53,7 +53,7 @@ pub enum ClientEvent {
     /// An ephemeral event (typing).
     Ephemeral {
         /// The room.
-        room: String,
+        room: RoomName,
         /// The event.
         event: pb::Event,
     },
@@ -75,8 +75,9 @@ pub enum ClientEvent {
     },
 }
 
+/// Where the client stands with one room.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum RoomStatus {
+enum SubscriptionState {
     /// Wanted; sent on the next (re)connect.
     Wanted,
     /// Subscribe sent with this request id.
@@ -86,7 +87,7 @@ enum RoomStatus {
 
 #[derive(Debug, Clone)]
 struct Room {
-    status: RoomStatus,
+    state: SubscriptionState,
     position: Option<pb::StreamPosition>,
     token: String,
     /// Joined automatically by the server (own and account rooms).
@@ -107,7 +108,7 @@ enum State {
 pub struct ClientSession {
     state: State,
     next_id: u32,
-    rooms: BTreeMap<String, Room>,
+    rooms: BTreeMap<RoomName, Room>,
     /// Request ids of unsubscribe/publish/typing/refresh awaiting a reply.
     requests: HashMap<u32, ()>,
     transmit: VecDeque<pb::ClientFrame>,
@@ -133,6 +134,11 @@ pub enum RequestError {
     /// The room name is invalid.
     #[error("invalid room name")]
     InvalidRoom,
+}
+
+/// Validates a room argument.
+fn room_name(room: &str) -> Result<RoomName, RequestError> {
+    RoomName::parse(room).map_err(|_| RequestError::InvalidRoom)
 }
 
 impl ClientSession {
@@ -171,12 +177,12 @@ impl ClientSession {
 
     /// The last position seen in a room.
     pub fn position(&self, room: &str) -> Option<&pb::StreamPosition> {
-        self.rooms.get(room)?.position.as_ref()
+        self.rooms.get(&RoomName::parse(room).ok()?)?.position.as_ref()
     }
 
     /// Rooms the session keeps (live or to be joined).
-    pub fn rooms(&self) -> impl Iterator<Item = &str> {
-        self.rooms.keys().map(String::as_str)
+    pub fn rooms(&self) -> impl Iterator<Item = &RoomName> {
+        self.rooms.keys()
     }
 
     /// The transport is open: say Hello with `token`, resuming the automatic rooms.
@@ -190,7 +196,7 @@ impl ClientSession {
             .filter(|(_, r)| r.auto)
             .filter_map(|(name, r)| {
                 Some(pb::RoomPosition {
-                    room: name.clone(),
+                    room: name.to_string(),
                     position: Some(r.position.clone()?),
                 })
             })
@@ -206,19 +212,19 @@ impl ClientSession {
         );
     }
 
-    fn send_subscribe(&mut self, name: &str) {
+    fn send_subscribe(&mut self, name: &RoomName) {
         let id = self.id();
         let Some(room) = self.rooms.get_mut(name) else {
             return;
         };
-        room.status = RoomStatus::Joining(id);
+        room.state = SubscriptionState::Joining(id);
         room.resuming = room.position.is_some();
         let since = room.position.clone();
         let token = room.token.clone();
         self.send(
             id,
             C::Subscribe(pb::Subscribe {
-                room: name.into(),
+                room: name.to_string(),
                 since,
                 token,
             }),
@@ -227,23 +233,26 @@ impl ClientSession {
 
     /// Whether a room is joined and live.
     pub fn is_live(&self, room: &str) -> bool {
-        self.rooms.get(room).is_some_and(|r| r.status == RoomStatus::Live)
+        RoomName::parse(room)
+            .ok()
+            .and_then(|room| self.rooms.get(&room))
+            .is_some_and(|r| r.state == SubscriptionState::Live)
     }
 
     /// Joins `room` (now if ready, else on connect), with an optional subscription token.
     /// Joining a room that is already live changes nothing.
     pub fn subscribe(&mut self, room: &str, token: Option<&str>) -> Result<(), RequestError> {
-        RoomName::parse(room).map_err(|_| RequestError::InvalidRoom)?;
-        let entry = self.rooms.entry(room.to_string()).or_insert(Room {
-            status: RoomStatus::Wanted,
+        let room = room_name(room)?;
+        let entry = self.rooms.entry(room.clone()).or_insert(Room {
+            state: SubscriptionState::Wanted,
             position: None,
             token: String::new(),
             auto: false,
             resuming: false,
         });
         entry.token = token.unwrap_or_default().to_string();
-        if self.state == State::Ready && entry.status == RoomStatus::Wanted {
-            self.send_subscribe(room);
+        if self.state == State::Ready && entry.state == SubscriptionState::Wanted {
+            self.send_subscribe(&room);
         }
         Ok(())
     }
@@ -255,11 +264,11 @@ impl ClientSession {
         token: Option<&str>,
         since: pb::StreamPosition,
     ) -> Result<(), RequestError> {
-        RoomName::parse(room).map_err(|_| RequestError::InvalidRoom)?;
+        let room = room_name(room)?;
         self.rooms.insert(
-            room.to_string(),
+            room.clone(),
             Room {
-                status: RoomStatus::Wanted,
+                state: SubscriptionState::Wanted,
                 position: Some(since),
                 token: token.unwrap_or_default().to_string(),
                 auto: false,
@@ -267,7 +276,7 @@ impl ClientSession {
             },
         );
         if self.state == State::Ready {
-            self.send_subscribe(room);
+            self.send_subscribe(&room);
         }
         Ok(())
     }
@@ -282,37 +291,42 @@ impl ClientSession {
         Ok(id)
     }
 
-    /// Leaves a room.
+    /// Leaves a room. Returns the request id when an Unsubscribe was sent.
     pub fn unsubscribe(&mut self, room: &str) -> Result<Option<u32>, RequestError> {
-        let Some(entry) = self.rooms.remove(room) else {
+        let room = room_name(room)?;
+        let Some(entry) = self.rooms.remove(&room) else {
             return Ok(None);
         };
-        if self.state != State::Ready || entry.status == RoomStatus::Wanted {
+        if self.state != State::Ready || entry.state == SubscriptionState::Wanted {
             return Ok(None);
         }
-        self.request(C::Unsubscribe(pb::Unsubscribe { room: room.into() }))
-            .map(Some)
+        self.request(C::Unsubscribe(pb::Unsubscribe {
+            room: room.to_string(),
+        }))
+        .map(Some)
     }
 
     /// Publishes a client event to a joined room.
     pub fn publish(&mut self, room: &str, event: pb::Event) -> Result<u32, RequestError> {
+        let room = room_name(room)?;
         self.request(C::Publish(pb::Publish {
-            room: room.into(),
+            room: room.to_string(),
             event: Some(event),
         }))
     }
 
     /// Typing on/off in a conversation room. Returns the frame to send (callers may send
     /// it as a datagram); it is not queued.
-    pub fn typing_frame(&self, room: &str, on: bool, private: bool) -> pb::ClientFrame {
-        pb::ClientFrame {
+    pub fn typing_frame(&self, room: &str, on: bool, private: bool) -> Result<pb::ClientFrame, RequestError> {
+        let room = room_name(room)?;
+        Ok(pb::ClientFrame {
             id: 0,
             kind: Some(C::Typing(pb::Typing {
-                room: room.into(),
+                room: room.to_string(),
                 on,
                 private,
             })),
-        }
+        })
     }
 
     /// Sets the agent's availability.
@@ -396,15 +410,18 @@ impl ClientSession {
             });
         }
         for room in self.rooms.values_mut() {
-            room.status = RoomStatus::Wanted;
+            room.state = SubscriptionState::Wanted;
         }
     }
 
     fn subscribed(&mut self, result: &pb::SubscribeResult) {
-        let Some(room) = self.rooms.get_mut(&result.room) else {
+        let Ok(name) = RoomName::parse(&result.room) else {
             return;
         };
-        room.status = RoomStatus::Live;
+        let Some(room) = self.rooms.get_mut(&name) else {
+            return;
+        };
+        room.state = SubscriptionState::Live;
         let resumed = room.resuming;
         if !result.recovered {
             let top = pb::StreamPosition {
@@ -422,15 +439,13 @@ impl ClientSession {
             });
         }
         self.events.push_back(ClientEvent::Subscribed {
-            room: result.room.clone(),
+            room: name.clone(),
             resumed,
             recovered: result.recovered,
             replayed: result.replayed,
         });
         if resumed && !result.recovered {
-            self.events.push_back(ClientEvent::RecoveryFailed {
-                room: result.room.clone(),
-            });
+            self.events.push_back(ClientEvent::RecoveryFailed { room: name });
         }
     }
 
@@ -443,27 +458,28 @@ impl ClientSession {
                 self.state = State::Ready;
                 self.heartbeat = Duration::from_millis(u64::from(welcome.heartbeat_interval_ms.max(1000)));
                 for r in &welcome.rooms {
-                    self.rooms.entry(r.room.clone()).or_insert(Room {
-                        status: RoomStatus::Live,
+                    let Ok(name) = RoomName::parse(&r.room) else {
+                        continue;
+                    };
+                    let room = self.rooms.entry(name).or_insert(Room {
+                        state: SubscriptionState::Live,
                         position: None,
                         token: String::new(),
                         auto: true,
                         resuming: false,
                     });
-                    if let Some(room) = self.rooms.get_mut(&r.room) {
-                        room.auto = true;
-                        room.resuming = room.position.is_some();
-                    }
+                    room.auto = true;
+                    room.resuming = room.position.is_some();
                     self.subscribed(r);
                 }
                 self.events.push_back(ClientEvent::Connected(welcome));
                 for ev in std::mem::take(&mut self.early) {
                     self.handle_event(ev);
                 }
-                let wanted: Vec<String> = self
+                let wanted: Vec<RoomName> = self
                     .rooms
                     .iter()
-                    .filter(|(_, r)| r.status == RoomStatus::Wanted && !r.auto)
+                    .filter(|(_, r)| r.state == SubscriptionState::Wanted && !r.auto)
                     .map(|(n, _)| n.clone())
                     .collect();
                 for name in wanted {
@@ -473,25 +489,30 @@ impl ClientSession {
             Some(S::Reply(reply)) => self.handle_reply(reply),
             Some(S::Event(ev)) => self.handle_event(ev),
             Some(S::Ephemeral(ep)) => {
-                if let Some(event) = ep.event {
-                    self.events
-                        .push_back(ClientEvent::Ephemeral { room: ep.room, event });
+                if let Some(event) = ep.event
+                    && let Ok(room) = RoomName::parse(&ep.room)
+                {
+                    self.events.push_back(ClientEvent::Ephemeral { room, event });
                 }
             }
             Some(S::Reset(reset)) => {
-                if let Some(room) = self.rooms.get_mut(&reset.room) {
+                if let Ok(name) = RoomName::parse(&reset.room)
+                    && let Some(room) = self.rooms.get_mut(&name)
+                {
                     room.position = reset.position;
-                    self.events
-                        .push_back(ClientEvent::RecoveryFailed { room: reset.room });
+                    self.events.push_back(ClientEvent::RecoveryFailed { room: name });
                 }
             }
-            Some(S::Unsubscribed(u)) if self.rooms.remove(&u.room).is_some() => {
-                self.events.push_back(ClientEvent::SubscribeFailed {
-                    room: u.room,
-                    error: u.error.unwrap_or_default(),
-                });
+            Some(S::Unsubscribed(u)) => {
+                if let Ok(name) = RoomName::parse(&u.room)
+                    && self.rooms.remove(&name).is_some()
+                {
+                    self.events.push_back(ClientEvent::SubscribeFailed {
+                        room: name,
+                        error: u.error.unwrap_or_default(),
+                    });
+                }
             }
-            Some(S::Unsubscribed(_)) => {}
             Some(S::Pong(_)) => {}
             Some(S::Disconnect(d)) => {
                 self.transport_closed();
@@ -508,7 +529,10 @@ impl ClientSession {
     }
 
     fn handle_event(&mut self, ev: pb::RoomEvent) {
-        let Some(room) = self.rooms.get_mut(&ev.room) else {
+        let Ok(name) = RoomName::parse(&ev.room) else {
+            return;
+        };
+        let Some(room) = self.rooms.get_mut(&name) else {
             // On WebTransport an automatic room's events may overtake the Welcome.
             if self.state == State::AwaitingWelcome && self.early.len() < MAX_EARLY_EVENTS {
                 self.early.push(ev);
@@ -523,12 +547,12 @@ impl ClientSession {
             return;
         }
         room.position = Some(pb::StreamPosition {
-            epoch: ev.epoch.clone(),
+            epoch: ev.epoch,
             offset: ev.offset,
         });
         if let Some(event) = ev.event {
             self.events.push_back(ClientEvent::Event {
-                room: ev.room,
+                room: name,
                 offset: ev.offset,
                 event,
             });
@@ -537,8 +561,11 @@ impl ClientSession {
 
     fn handle_reply(&mut self, reply: pb::Reply) {
         if let Some(result) = &reply.subscribed {
-            if matches!(self.rooms.get(&result.room).map(|r| &r.status), Some(RoomStatus::Joining(id)) if *id == reply.id)
-            {
+            let joining = RoomName::parse(&result.room)
+                .ok()
+                .and_then(|name| self.rooms.get(&name))
+                .is_some_and(|r| r.state == SubscriptionState::Joining(reply.id));
+            if joining {
                 self.subscribed(result);
             }
             return;
@@ -546,13 +573,13 @@ impl ClientSession {
         let joining = self
             .rooms
             .iter()
-            .find(|(_, r)| r.status == RoomStatus::Joining(reply.id))
+            .find(|(_, r)| r.state == SubscriptionState::Joining(reply.id))
             .map(|(n, _)| n.clone());
         if let Some(room) = joining {
             let error = reply.error.unwrap_or_default();
             if error.code == rtgate_protocol::ErrorCode::AlreadySubscribed.code() {
                 if let Some(r) = self.rooms.get_mut(&room) {
-                    r.status = RoomStatus::Live;
+                    r.state = SubscriptionState::Live;
                 }
                 return;
             }
@@ -631,6 +658,10 @@ mod tests {
                 ..Default::default()
             })),
         }
+    }
+
+    fn room(name: &str) -> RoomName {
+        RoomName::parse(name).unwrap()
     }
 
     fn drain(s: &mut ClientSession) -> Vec<ClientEvent> {
@@ -730,7 +761,7 @@ mod tests {
         s.handle_frame(sub_reply(subs[0].id, "public:1:a", "F", 40, false), t0);
         let events = drain(&mut s);
         assert!(events.contains(&ClientEvent::RecoveryFailed {
-            room: "public:1:a".into()
+            room: room("public:1:a")
         }));
         assert_eq!(
             s.position("public:1:a").unwrap(),
@@ -820,5 +851,34 @@ mod tests {
         );
         assert!(needs_new_token(Some(DisconnectCode::TokenExpired.code())));
         assert!(!needs_new_token(Some(DisconnectCode::Shutdown.code())));
+    }
+
+    #[test]
+    fn room_arguments_are_validated_once_at_the_edge() {
+        let t0 = Instant::now();
+        let mut s = ClientSession::new("t", "0", t0);
+        s.connect("tok", t0);
+        s.handle_frame(welcome(&[]), t0);
+        sent(&mut s, t0);
+        drain(&mut s);
+        let bad = "nope";
+        assert_eq!(s.subscribe(bad, None), Err(RequestError::InvalidRoom));
+        assert_eq!(
+            s.subscribe_from(bad, None, pb::StreamPosition::default()),
+            Err(RequestError::InvalidRoom)
+        );
+        assert_eq!(s.unsubscribe(bad), Err(RequestError::InvalidRoom));
+        assert_eq!(
+            s.publish(bad, pb::Event::default()),
+            Err(RequestError::InvalidRoom)
+        );
+        assert_eq!(s.typing_frame(bad, true, false), Err(RequestError::InvalidRoom));
+        assert!(!s.is_live(bad) && s.position(bad).is_none());
+        assert!(sent(&mut s, t0).is_empty());
+        s.subscribe("conversation:42", None).unwrap();
+        assert_eq!(s.rooms().collect::<Vec<_>>(), [&room("conversation:42")]);
+        // Frames naming a room that is not a room are ignored.
+        s.handle_frame(event("nope", "E", 1), t0);
+        assert!(drain(&mut s).is_empty());
     }
 }

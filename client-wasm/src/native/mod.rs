@@ -453,8 +453,8 @@ impl Driver {
             Command::Typing { room, on, private } => {
                 if let Some(link) = link
                     && self.session.is_ready()
+                    && let Ok(frame) = self.session.typing_frame(&room, on, private)
                 {
-                    let frame = self.session.typing_frame(&room, on, private);
                     let _ = link.send_unreliable(&frame).await;
                 }
             }
@@ -492,12 +492,12 @@ impl Driver {
                     replayed,
                     ..
                 } => {
-                    for w in self.sub_waiters.remove(room).unwrap_or_default() {
+                    for w in self.sub_waiters.remove(room.as_str()).unwrap_or_default() {
                         let _ = w.send(Ok((*recovered, *replayed)));
                     }
                 }
                 ClientEvent::SubscribeFailed { room, error } => {
-                    for w in self.sub_waiters.remove(room).unwrap_or_default() {
+                    for w in self.sub_waiters.remove(room.as_str()).unwrap_or_default() {
                         let _ = w.send(Err(ClientError::Server(error.clone())));
                     }
                 }

@@ -392,7 +392,7 @@ impl Driver {
                 }
                 for (room, token) in ready.room_tokens {
                     if let Ok(token) = token
-                        && self.session.rooms().any(|r| r == room)
+                        && self.session.rooms().any(|r| r.as_str() == room)
                     {
                         let _ = self.session.subscribe(&room, Some(&token));
                     }
@@ -521,8 +521,8 @@ impl Driver {
             Command::Typing { room, on, private } => {
                 if self.session.is_ready()
                     && let Some((_, link)) = &self.link
+                    && let Ok(frame) = self.session.typing_frame(&room, on, private)
                 {
-                    let frame = self.session.typing_frame(&room, on, private);
                     let _ = link.send_unreliable(&frame);
                 }
             }
@@ -570,19 +570,19 @@ impl Driver {
                 recovered,
                 replayed,
             } => {
-                for done in self.sub_waiters.remove(&room).unwrap_or_default() {
-                    let _ = done.send(Ok(subscribed_js(&room, resumed, recovered, replayed)));
+                for done in self.sub_waiters.remove(room.as_str()).unwrap_or_default() {
+                    let _ = done.send(Ok(subscribed_js(room.as_str(), resumed, recovered, replayed)));
                 }
             }
             ClientEvent::RecoveryFailed { room } => {
                 if let Some(callback) = &self.options.on_room_reset {
-                    call(callback, &room.into());
+                    call(callback, &room.as_str().into());
                 }
             }
             ClientEvent::SubscribeFailed { room, error: e } => {
-                self.handlers.remove(&room);
-                self.room_tokens.remove(&room);
-                for done in self.sub_waiters.remove(&room).unwrap_or_default() {
+                self.handlers.remove(room.as_str());
+                self.room_tokens.remove(room.as_str());
+                for done in self.sub_waiters.remove(room.as_str()).unwrap_or_default() {
                     let _ = done.send(Err(error(e.code, &e.message)));
                 }
             }
@@ -594,7 +594,7 @@ impl Driver {
                     ("ephemeral", false.into()),
                     ("event", to_js(&event)),
                 ]);
-                self.deliver(&room, &value, presence);
+                self.deliver(room.as_str(), &value, presence);
             }
             ClientEvent::Ephemeral { room, event } => {
                 let value = object(&[
@@ -602,7 +602,7 @@ impl Driver {
                     ("ephemeral", true.into()),
                     ("event", to_js(&event)),
                 ]);
-                self.deliver(&room, &value, false);
+                self.deliver(room.as_str(), &value, false);
             }
             ClientEvent::Reply { id, result } => {
                 if self.refresh_request == Some(id) {
