@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use web_time::Instant;
 
@@ -21,9 +21,12 @@ use crate::connector::{Connector, ConnectorAction, ConnectorConfig, ConnectorSta
 use crate::session::{ClientEvent, ClientSession, RequestError};
 use transport::Link;
 
-/// Supplies a token at connect (and whenever the client needs a fresh one).
-pub type TokenProvider =
-    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>> + Send + Sync>;
+/// A token being fetched.
+type TokenFuture = Pin<Box<dyn Future<Output = Result<String, String>> + Send>>;
+
+/// Supplies a token at connect, and on the live connection shortly before the current
+/// token expires (the client then refreshes it without reconnecting).
+pub type TokenProvider = Arc<dyn Fn() -> TokenFuture + Send + Sync>;
 
 /// A provider that always returns the same token.
 pub fn fixed_token(token: impl Into<String>) -> TokenProvider {
@@ -52,6 +55,9 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// Token source.
     pub token: TokenProvider,
+    /// How long before the token expires a fresh one is fetched (at most half of its
+    /// remaining life).
+    pub refresh_margin: Duration,
     /// Reconnect delays.
     pub backoff: BackoffConfig,
     /// Whether to reconnect after a disconnect.
@@ -71,6 +77,7 @@ impl ClientConfig {
             prefer: TransportPreference::Auto,
             connect_timeout: Duration::from_secs(3),
             token,
+            refresh_margin: ClientSession::DEFAULT_REFRESH_MARGIN,
             backoff: BackoffConfig::default(),
             reconnect: true,
             name: "rtgate-client".into(),
@@ -298,6 +305,8 @@ struct Driver {
     sub_waiters: HashMap<String, Vec<SubWaiter>>,
     reply_waiters: HashMap<u32, ReplyWaiter>,
     closed: bool,
+    /// The session asked for a fresh token.
+    token_needed: bool,
 }
 
 enum LinkEnd {
@@ -307,6 +316,13 @@ enum LinkEnd {
     Stop,
 }
 
+/// The wall-clock time, in milliseconds since the Unix epoch.
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 impl Driver {
     fn new(
         config: ClientConfig,
@@ -314,7 +330,8 @@ impl Driver {
         events: mpsc::UnboundedSender<ClientEvent>,
         state: watch::Sender<ConnectionState>,
     ) -> Self {
-        let session = ClientSession::new(&config.name, env!("CARGO_PKG_VERSION"), Instant::now());
+        let mut session = ClientSession::new(&config.name, env!("CARGO_PKG_VERSION"), Instant::now());
+        session.set_refresh_margin(config.refresh_margin);
         let connector_config = ConnectorConfig {
             prefer: config.prefer,
             connect_timeout: config.connect_timeout,
@@ -332,6 +349,7 @@ impl Driver {
             sub_waiters: HashMap::new(),
             reply_waiters: HashMap::new(),
             closed: false,
+            token_needed: false,
         }
     }
 
@@ -477,11 +495,15 @@ impl Driver {
     }
 
     /// Routes session events to waiters and the application; returns how the link ended
-    /// if it did.
+    /// if it did. A request for a fresh token is answered by the driver, not passed on.
     fn dispatch(&mut self, kind: TransportKind) -> Option<LinkEnd> {
         let mut end = None;
         while let Some(event) = self.session.poll_event() {
             match &event {
+                ClientEvent::TokenNeeded => {
+                    self.token_needed = true;
+                    continue;
+                }
                 ClientEvent::Connected(_) => {
                     self.connector.welcomed();
                     let _ = self.state.send(ConnectionState::Connected(kind));
@@ -533,7 +555,10 @@ impl Driver {
                 return LinkEnd::Reconnect(None);
             }
         };
-        self.session.connect(&token, Instant::now());
+        self.session.connect(&token, Instant::now(), unix_ms());
+        self.token_needed = false;
+        // A fresh token being fetched for this connection.
+        let mut fetching: Option<TokenFuture> = None;
         let end = loop {
             while let Some(frame) = self.session.poll_transmit(Instant::now()) {
                 if link.send(&frame).await.is_err() {
@@ -542,6 +567,9 @@ impl Driver {
             }
             if let Some(end) = self.dispatch(kind) {
                 break end;
+            }
+            if std::mem::take(&mut self.token_needed) {
+                fetching = Some((self.config.token)());
             }
             let deadline = self.session.poll_timeout().map(tokio::time::Instant::from_std);
             tokio::select! {
@@ -565,6 +593,18 @@ impl Driver {
                     }
                     if self.closed {
                         break LinkEnd::Stop;
+                    }
+                }
+                token = async { fetching.as_mut().expect("guarded").await }, if fetching.is_some() => {
+                    fetching = None;
+                    match token {
+                        Ok(token) => {
+                            let _ = self.session.refresh(&token);
+                        }
+                        Err(err) => {
+                            tracing::warn!(%err, "token provider failed");
+                            self.session.token_unavailable(Instant::now());
+                        }
                     }
                 }
                 _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
