@@ -5,7 +5,7 @@ mod transport;
 
 pub use transport::{SharedEndpoint, TransportKind, webtransport_endpoint};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -304,7 +304,8 @@ struct Driver {
     connector: Connector,
     sub_waiters: HashMap<String, Vec<SubWaiter>>,
     reply_waiters: HashMap<u32, ReplyWaiter>,
-    closed: bool,
+    /// Connector actions taken while a link was served, carried out once it is closed.
+    deferred: VecDeque<ConnectorAction>,
     /// The session asked for a fresh token.
     token_needed: bool,
 }
@@ -314,6 +315,8 @@ enum LinkEnd {
     Reconnect(Option<Duration>),
     /// Do not reconnect.
     Stop,
+    /// The connector closed the link: it knows already.
+    Closed,
 }
 
 /// The wall-clock time, in milliseconds since the Unix epoch.
@@ -348,7 +351,7 @@ impl Driver {
             connector,
             sub_waiters: HashMap::new(),
             reply_waiters: HashMap::new(),
-            closed: false,
+            deferred: VecDeque::new(),
             token_needed: false,
         }
     }
@@ -369,34 +372,11 @@ impl Driver {
 
     async fn run(mut self) {
         loop {
-            if self.closed {
-                self.connector.stop();
-            }
-            while let Some(action) = self.connector.poll_action() {
-                let ConnectorAction::Open { transport, timeout } = action else {
-                    continue;
-                };
-                let _ = self
-                    .state
-                    .send(ConnectionState::Connecting(self.connector.attempt()));
-                match self.open(transport, timeout).await {
-                    Ok((link, inbound)) => {
-                        self.connector.opened(transport);
-                        match self.serve(link, inbound).await {
-                            LinkEnd::Reconnect(advice) if self.config.reconnect && !self.closed => self
-                                .connector
-                                .closed(Some(advice.unwrap_or(Duration::ZERO)), Instant::now()),
-                            _ => self.connector.stop(),
-                        }
-                    }
-                    Err(err) => {
-                        tracing::debug!(%err, ?transport, "connect failed");
-                        if self.config.reconnect || transport == TransportKind::WebTransport {
-                            self.connector.open_failed(transport, Instant::now());
-                        } else {
-                            self.connector.stop();
-                        }
-                    }
+            while let Some(action) = self.deferred.pop_front().or_else(|| self.connector.poll_action()) {
+                match action {
+                    ConnectorAction::Open { transport, timeout } => self.attempt(transport, timeout).await,
+                    // `serve` closes its link before it returns: none is open here.
+                    ConnectorAction::Close => {}
                 }
             }
             if self.connector.state() == ConnectorState::Stopped {
@@ -414,7 +394,7 @@ impl Driver {
                 }
                 cmd = self.commands.recv() => match cmd {
                     Some(cmd) => self.command(cmd, None).await,
-                    None => self.closed = true,
+                    None => self.connector.stop(),
                 },
             }
         }
@@ -424,6 +404,49 @@ impl Driver {
                 let _ = w.send(Err(ClientError::Closed));
             }
         }
+    }
+
+    /// Opens `transport` and serves the link until it ends.
+    async fn attempt(&mut self, transport: TransportKind, timeout: Duration) {
+        let _ = self
+            .state
+            .send(ConnectionState::Connecting(self.connector.attempt()));
+        match self.open(transport, timeout).await {
+            Ok((link, inbound)) => {
+                self.connector.opened(transport);
+                match self.serve(link, inbound).await {
+                    LinkEnd::Reconnect(advice) if self.config.reconnect => self
+                        .connector
+                        .closed(Some(advice.unwrap_or(Duration::ZERO)), Instant::now()),
+                    LinkEnd::Reconnect(_) | LinkEnd::Stop => self.connector.stop(),
+                    LinkEnd::Closed => {}
+                }
+            }
+            Err(err) => {
+                tracing::debug!(%err, ?transport, "connect failed");
+                if self.config.reconnect || transport == TransportKind::WebTransport {
+                    self.connector.open_failed(transport, Instant::now());
+                } else {
+                    self.connector.stop();
+                }
+            }
+        }
+    }
+
+    /// Takes the connector's actions while a link is served; `Some` when the link must end.
+    fn connector_actions(&mut self) -> Option<LinkEnd> {
+        let mut end = None;
+        while let Some(action) = self.connector.poll_action() {
+            match action {
+                ConnectorAction::Close => end = Some(LinkEnd::Closed),
+                // Another transport replaces this link: close it, then open that one.
+                ConnectorAction::Open { .. } => {
+                    self.deferred.push_back(action);
+                    end = Some(LinkEnd::Closed);
+                }
+            }
+        }
+        end
     }
 
     async fn command(&mut self, cmd: Command, link: Option<&mut Link>) {
@@ -490,7 +513,7 @@ impl Driver {
                     }
                 }
             }
-            Command::Close => self.closed = true,
+            Command::Close => self.connector.stop(),
         }
     }
 
@@ -571,6 +594,9 @@ impl Driver {
             if std::mem::take(&mut self.token_needed) {
                 fetching = Some((self.config.token)());
             }
+            if let Some(end) = self.connector_actions() {
+                break end;
+            }
             let deadline = self.session.poll_timeout().map(tokio::time::Instant::from_std);
             tokio::select! {
                 frame = inbound.recv() => match frame {
@@ -586,15 +612,10 @@ impl Driver {
                         break LinkEnd::Reconnect(None);
                     }
                 },
-                cmd = self.commands.recv() => {
-                    match cmd {
-                        Some(cmd) => self.command(cmd, Some(&mut link)).await,
-                        None => self.closed = true,
-                    }
-                    if self.closed {
-                        break LinkEnd::Stop;
-                    }
-                }
+                cmd = self.commands.recv() => match cmd {
+                    Some(cmd) => self.command(cmd, Some(&mut link)).await,
+                    None => self.connector.stop(),
+                },
                 token = async { fetching.as_mut().expect("guarded").await }, if fetching.is_some() => {
                     fetching = None;
                     match token {
@@ -612,6 +633,15 @@ impl Driver {
                 }
             }
         };
+        // Requests in flight on this link fail now (nothing new when the session already
+        // saw the end): with `Closed` when the client is closing.
+        if self.connector.state() == ConnectorState::Stopped {
+            for (_, w) in self.reply_waiters.drain() {
+                let _ = w.send(Err(ClientError::Closed));
+            }
+        }
+        self.session.transport_closed();
+        self.dispatch(kind);
         link.close().await;
         end
     }
