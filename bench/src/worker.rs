@@ -14,6 +14,7 @@ use rtgate_client::{
     Client, ClientConfig, ClientEvent, SharedEndpoint, TransportPreference, fixed_token,
     webtransport_endpoint,
 };
+use rtgate_protocol::{RoomKind, RoomName};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::Semaphore;
@@ -222,7 +223,7 @@ async fn pump(
     shared: Arc<Shared>,
     mut events: tokio::sync::mpsc::UnboundedReceiver<ClientEvent>,
 ) {
-    let mut last_offset: HashMap<String, u64> = HashMap::new();
+    let mut last_offset: HashMap<RoomName, u64> = HashMap::new();
     let mut down = false;
     while let Some(event) = events.recv().await {
         match event {
@@ -254,7 +255,7 @@ async fn pump(
                 recovered,
                 ..
             } => {
-                if !room.starts_with("public:") {
+                if !matches!(room.kind(), RoomKind::Public(_)) {
                     continue;
                 }
                 if resumed && recovered {

@@ -1,7 +1,7 @@
 //! rtgate client.
 //!
 //! - [`ClientSession`]: the sans-IO session (Hello, rooms with their positions, recovery,
-//!   heartbeats), shared by every platform.
+//!   heartbeats, token refresh), shared by every platform.
 //! - [`Connector`]: when and over which transport to (re)connect, sans-IO, with
 //!   [`Backoff`] (full jitter, honouring server advice) and online/offline signals.
 //! - [`Client`] (native): a tokio client over WebTransport or WebSocket that reconnects

@@ -76,7 +76,7 @@ async fn publish_accepts_protobuf_and_json_and_validates() {
     assert_eq!(out.positions[0].position.as_ref().unwrap().offset, 1);
     loop {
         if let rtgate_client::ClientEvent::Event { room, event, .. } = next(&mut events).await {
-            assert_eq!(room, "inbox:3");
+            assert_eq!(room.as_str(), "inbox:3");
             assert!(!event.id.is_empty(), "the gateway assigns an id");
             assert!(event.occurred_at_ms > 0);
             match event.payload {

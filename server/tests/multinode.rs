@@ -168,7 +168,7 @@ async fn a_redis_restart_that_loses_history_is_reported_never_silent() {
     // The account room has had its first event (the user's presence) before Redis goes.
     loop {
         if let ClientEvent::Event { room, .. } = next(&mut events).await
-            && room == "account:1"
+            && room.as_str() == "account:1"
         {
             break;
         }
@@ -194,7 +194,7 @@ async fn a_redis_restart_that_loses_history_is_reported_never_silent() {
         }
     }
     assert_eq!(
-        reset.into_iter().collect::<Vec<_>>(),
+        reset.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
         ["account:1", "public:1:wipe"]
     );
     a.publish(&["public:1:wipe"], "client.n", "after").await;

@@ -5,11 +5,11 @@ mod transport;
 
 pub use transport::{SharedEndpoint, TransportKind, webtransport_endpoint};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use web_time::Instant;
 
@@ -21,9 +21,12 @@ use crate::connector::{Connector, ConnectorAction, ConnectorConfig, ConnectorSta
 use crate::session::{ClientEvent, ClientSession, RequestError};
 use transport::Link;
 
-/// Supplies a token at connect (and whenever the client needs a fresh one).
-pub type TokenProvider =
-    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>> + Send + Sync>;
+/// A token being fetched.
+type TokenFuture = Pin<Box<dyn Future<Output = Result<String, String>> + Send>>;
+
+/// Supplies a token at connect, and on the live connection shortly before the current
+/// token expires (the client then refreshes it without reconnecting).
+pub type TokenProvider = Arc<dyn Fn() -> TokenFuture + Send + Sync>;
 
 /// A provider that always returns the same token.
 pub fn fixed_token(token: impl Into<String>) -> TokenProvider {
@@ -52,6 +55,9 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// Token source.
     pub token: TokenProvider,
+    /// How long before the token expires a fresh one is fetched (at most half of its
+    /// remaining life).
+    pub refresh_margin: Duration,
     /// Reconnect delays.
     pub backoff: BackoffConfig,
     /// Whether to reconnect after a disconnect.
@@ -71,6 +77,7 @@ impl ClientConfig {
             prefer: TransportPreference::Auto,
             connect_timeout: Duration::from_secs(3),
             token,
+            refresh_margin: ClientSession::DEFAULT_REFRESH_MARGIN,
             backoff: BackoffConfig::default(),
             reconnect: true,
             name: "rtgate-client".into(),
@@ -297,7 +304,10 @@ struct Driver {
     connector: Connector,
     sub_waiters: HashMap<String, Vec<SubWaiter>>,
     reply_waiters: HashMap<u32, ReplyWaiter>,
-    closed: bool,
+    /// Connector actions taken while a link was served, carried out once it is closed.
+    deferred: VecDeque<ConnectorAction>,
+    /// The session asked for a fresh token.
+    token_needed: bool,
 }
 
 enum LinkEnd {
@@ -305,6 +315,15 @@ enum LinkEnd {
     Reconnect(Option<Duration>),
     /// Do not reconnect.
     Stop,
+    /// The connector closed the link: it knows already.
+    Closed,
+}
+
+/// The wall-clock time, in milliseconds since the Unix epoch.
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl Driver {
@@ -314,7 +333,8 @@ impl Driver {
         events: mpsc::UnboundedSender<ClientEvent>,
         state: watch::Sender<ConnectionState>,
     ) -> Self {
-        let session = ClientSession::new(&config.name, env!("CARGO_PKG_VERSION"), Instant::now());
+        let mut session = ClientSession::new(&config.name, env!("CARGO_PKG_VERSION"), Instant::now());
+        session.set_refresh_margin(config.refresh_margin);
         let connector_config = ConnectorConfig {
             prefer: config.prefer,
             connect_timeout: config.connect_timeout,
@@ -331,7 +351,8 @@ impl Driver {
             connector,
             sub_waiters: HashMap::new(),
             reply_waiters: HashMap::new(),
-            closed: false,
+            deferred: VecDeque::new(),
+            token_needed: false,
         }
     }
 
@@ -351,34 +372,11 @@ impl Driver {
 
     async fn run(mut self) {
         loop {
-            if self.closed {
-                self.connector.stop();
-            }
-            while let Some(action) = self.connector.poll_action() {
-                let ConnectorAction::Open { transport, timeout } = action else {
-                    continue;
-                };
-                let _ = self
-                    .state
-                    .send(ConnectionState::Connecting(self.connector.attempt()));
-                match self.open(transport, timeout).await {
-                    Ok((link, inbound)) => {
-                        self.connector.opened(transport);
-                        match self.serve(link, inbound).await {
-                            LinkEnd::Reconnect(advice) if self.config.reconnect && !self.closed => self
-                                .connector
-                                .closed(Some(advice.unwrap_or(Duration::ZERO)), Instant::now()),
-                            _ => self.connector.stop(),
-                        }
-                    }
-                    Err(err) => {
-                        tracing::debug!(%err, ?transport, "connect failed");
-                        if self.config.reconnect || transport == TransportKind::WebTransport {
-                            self.connector.open_failed(transport, Instant::now());
-                        } else {
-                            self.connector.stop();
-                        }
-                    }
+            while let Some(action) = self.deferred.pop_front().or_else(|| self.connector.poll_action()) {
+                match action {
+                    ConnectorAction::Open { transport, timeout } => self.attempt(transport, timeout).await,
+                    // `serve` closes its link before it returns: none is open here.
+                    ConnectorAction::Close => {}
                 }
             }
             if self.connector.state() == ConnectorState::Stopped {
@@ -396,7 +394,7 @@ impl Driver {
                 }
                 cmd = self.commands.recv() => match cmd {
                     Some(cmd) => self.command(cmd, None).await,
-                    None => self.closed = true,
+                    None => self.connector.stop(),
                 },
             }
         }
@@ -406,6 +404,49 @@ impl Driver {
                 let _ = w.send(Err(ClientError::Closed));
             }
         }
+    }
+
+    /// Opens `transport` and serves the link until it ends.
+    async fn attempt(&mut self, transport: TransportKind, timeout: Duration) {
+        let _ = self
+            .state
+            .send(ConnectionState::Connecting(self.connector.attempt()));
+        match self.open(transport, timeout).await {
+            Ok((link, inbound)) => {
+                self.connector.opened(transport);
+                match self.serve(link, inbound).await {
+                    LinkEnd::Reconnect(advice) if self.config.reconnect => self
+                        .connector
+                        .closed(Some(advice.unwrap_or(Duration::ZERO)), Instant::now()),
+                    LinkEnd::Reconnect(_) | LinkEnd::Stop => self.connector.stop(),
+                    LinkEnd::Closed => {}
+                }
+            }
+            Err(err) => {
+                tracing::debug!(%err, ?transport, "connect failed");
+                if self.config.reconnect || transport == TransportKind::WebTransport {
+                    self.connector.open_failed(transport, Instant::now());
+                } else {
+                    self.connector.stop();
+                }
+            }
+        }
+    }
+
+    /// Takes the connector's actions while a link is served; `Some` when the link must end.
+    fn connector_actions(&mut self) -> Option<LinkEnd> {
+        let mut end = None;
+        while let Some(action) = self.connector.poll_action() {
+            match action {
+                ConnectorAction::Close => end = Some(LinkEnd::Closed),
+                // Another transport replaces this link: close it, then open that one.
+                ConnectorAction::Open { .. } => {
+                    self.deferred.push_back(action);
+                    end = Some(LinkEnd::Closed);
+                }
+            }
+        }
+        end
     }
 
     async fn command(&mut self, cmd: Command, link: Option<&mut Link>) {
@@ -453,8 +494,8 @@ impl Driver {
             Command::Typing { room, on, private } => {
                 if let Some(link) = link
                     && self.session.is_ready()
+                    && let Ok(frame) = self.session.typing_frame(&room, on, private)
                 {
-                    let frame = self.session.typing_frame(&room, on, private);
                     let _ = link.send_unreliable(&frame).await;
                 }
             }
@@ -472,16 +513,20 @@ impl Driver {
                     }
                 }
             }
-            Command::Close => self.closed = true,
+            Command::Close => self.connector.stop(),
         }
     }
 
     /// Routes session events to waiters and the application; returns how the link ended
-    /// if it did.
+    /// if it did. A request for a fresh token is answered by the driver, not passed on.
     fn dispatch(&mut self, kind: TransportKind) -> Option<LinkEnd> {
         let mut end = None;
         while let Some(event) = self.session.poll_event() {
             match &event {
+                ClientEvent::TokenNeeded => {
+                    self.token_needed = true;
+                    continue;
+                }
                 ClientEvent::Connected(_) => {
                     self.connector.welcomed();
                     let _ = self.state.send(ConnectionState::Connected(kind));
@@ -492,12 +537,12 @@ impl Driver {
                     replayed,
                     ..
                 } => {
-                    for w in self.sub_waiters.remove(room).unwrap_or_default() {
+                    for w in self.sub_waiters.remove(room.as_str()).unwrap_or_default() {
                         let _ = w.send(Ok((*recovered, *replayed)));
                     }
                 }
                 ClientEvent::SubscribeFailed { room, error } => {
-                    for w in self.sub_waiters.remove(room).unwrap_or_default() {
+                    for w in self.sub_waiters.remove(room.as_str()).unwrap_or_default() {
                         let _ = w.send(Err(ClientError::Server(error.clone())));
                     }
                 }
@@ -533,7 +578,10 @@ impl Driver {
                 return LinkEnd::Reconnect(None);
             }
         };
-        self.session.connect(&token, Instant::now());
+        self.session.connect(&token, Instant::now(), unix_ms());
+        self.token_needed = false;
+        // A fresh token being fetched for this connection.
+        let mut fetching: Option<TokenFuture> = None;
         let end = loop {
             while let Some(frame) = self.session.poll_transmit(Instant::now()) {
                 if link.send(&frame).await.is_err() {
@@ -541,6 +589,12 @@ impl Driver {
                 }
             }
             if let Some(end) = self.dispatch(kind) {
+                break end;
+            }
+            if std::mem::take(&mut self.token_needed) {
+                fetching = Some((self.config.token)());
+            }
+            if let Some(end) = self.connector_actions() {
                 break end;
             }
             let deadline = self.session.poll_timeout().map(tokio::time::Instant::from_std);
@@ -558,13 +612,20 @@ impl Driver {
                         break LinkEnd::Reconnect(None);
                     }
                 },
-                cmd = self.commands.recv() => {
-                    match cmd {
-                        Some(cmd) => self.command(cmd, Some(&mut link)).await,
-                        None => self.closed = true,
-                    }
-                    if self.closed {
-                        break LinkEnd::Stop;
+                cmd = self.commands.recv() => match cmd {
+                    Some(cmd) => self.command(cmd, Some(&mut link)).await,
+                    None => self.connector.stop(),
+                },
+                token = async { fetching.as_mut().expect("guarded").await }, if fetching.is_some() => {
+                    fetching = None;
+                    match token {
+                        Ok(token) => {
+                            let _ = self.session.refresh(&token);
+                        }
+                        Err(err) => {
+                            tracing::warn!(%err, "token provider failed");
+                            self.session.token_unavailable(Instant::now());
+                        }
                     }
                 }
                 _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
@@ -572,6 +633,15 @@ impl Driver {
                 }
             }
         };
+        // Requests in flight on this link fail now (nothing new when the session already
+        // saw the end): with `Closed` when the client is closing.
+        if self.connector.state() == ConnectorState::Stopped {
+            for (_, w) in self.reply_waiters.drain() {
+                let _ = w.send(Err(ClientError::Closed));
+            }
+        }
+        self.session.transport_closed();
+        self.dispatch(kind);
         link.close().await;
         end
     }

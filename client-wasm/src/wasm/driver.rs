@@ -116,9 +116,6 @@ enum Answer {
     Presence,
 }
 
-/// How long to wait before asking again after a failed refresh.
-const REFRESH_RETRY: Duration = Duration::from_secs(5);
-
 pub(crate) struct Driver {
     options: Rc<Options>,
     inputs: mpsc::UnboundedReceiver<Input>,
@@ -133,13 +130,12 @@ pub(crate) struct Driver {
     room_tokens: HashMap<String, Function>,
     sub_waiters: HashMap<String, Vec<Settle>>,
     reply_waiters: HashMap<u32, (Answer, Settle)>,
-    refresh_at: Option<Instant>,
-    refresh_request: Option<u32>,
     last_end: (Option<u32>, String),
     reported: Option<StateInfo>,
     _network: Option<NetworkWatch>,
 }
 
+/// The wall-clock time, in milliseconds since the Unix epoch.
 fn unix_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -173,8 +169,10 @@ impl Driver {
         if network.as_ref().is_some_and(|n| !n.is_online()) {
             connector.offline();
         }
+        let mut session = ClientSession::new(&options.client_name, env!("CARGO_PKG_VERSION"), now);
+        session.set_refresh_margin(options.refresh_margin);
         let driver = Driver {
-            session: ClientSession::new(&options.client_name, env!("CARGO_PKG_VERSION"), now),
+            session,
             options: Rc::new(options),
             inputs,
             tx: tx.clone(),
@@ -185,8 +183,6 @@ impl Driver {
             room_tokens: HashMap::new(),
             sub_waiters: HashMap::new(),
             reply_waiters: HashMap::new(),
-            refresh_at: None,
-            refresh_request: None,
             last_end: (None, String::new()),
             reported: None,
             _network: network,
@@ -198,14 +194,10 @@ impl Driver {
     pub(crate) async fn run(mut self) {
         self.pump();
         while self.connector.state() != ConnectorState::Stopped {
-            let deadline = [
-                self.session.poll_timeout(),
-                self.connector.poll_timeout(),
-                self.refresh_at,
-            ]
-            .into_iter()
-            .flatten()
-            .min();
+            let deadline = [self.session.poll_timeout(), self.connector.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
             let next = self.inputs.next();
             let input = match deadline {
                 Some(at) => {
@@ -239,10 +231,6 @@ impl Driver {
     fn timeout(&mut self, now: Instant) {
         self.session.handle_timeout(now);
         self.connector.handle_timeout(now);
-        if self.refresh_at.is_some_and(|at| now >= at) {
-            self.refresh_at = None;
-            self.fetch_refresh_token();
-        }
     }
 
     /// Applies every consequence of the last input: connector actions, frames to send,
@@ -392,13 +380,13 @@ impl Driver {
                 }
                 for (room, token) in ready.room_tokens {
                     if let Ok(token) = token
-                        && self.session.rooms().any(|r| r == room)
+                        && self.session.rooms().any(|r| r.as_str() == room)
                     {
                         let _ = self.session.subscribe(&room, Some(&token));
                     }
                 }
                 self.link = Some((id, ready.link));
-                self.session.connect(&ready.token, now);
+                self.session.connect(&ready.token, now, unix_ms());
             }
             Input::Link { id, event } => {
                 if self.link.as_ref().is_none_or(|(current, _)| *current != id) {
@@ -413,9 +401,11 @@ impl Driver {
                 if self.link.as_ref().is_none_or(|(current, _)| *current != id) {
                     return;
                 }
-                match result.map(|token| self.session.refresh(&token)) {
-                    Ok(Ok(request)) => self.refresh_request = Some(request),
-                    _ => self.refresh_at = Some(now + REFRESH_RETRY),
+                match result {
+                    Ok(token) => {
+                        let _ = self.session.refresh(&token);
+                    }
+                    Err(_) => self.session.token_unavailable(now),
                 }
             }
             Input::Online(true) => self.connector.online(now),
@@ -440,12 +430,11 @@ impl Driver {
 
     fn ended(&mut self, code: Option<u32>, reason: String, advice: Option<Duration>) {
         self.link = None;
-        self.refresh_at = None;
-        self.refresh_request = None;
         self.last_end = (code, reason);
         self.connector.closed(advice, Instant::now());
     }
 
+    /// Asks the application's token function for a fresh token for the current connection.
     fn fetch_refresh_token(&self) {
         let Some((id, _)) = &self.link else { return };
         let (id, tx, provider) = (*id, self.tx.clone(), self.options.token.clone());
@@ -453,17 +442,6 @@ impl Driver {
             let result = provide(&provider).await;
             let _ = tx.unbounded_send(Input::Token { id, result });
         });
-    }
-
-    /// Plans the next refresh ahead of `expires_at_ms` (0: the token never expires).
-    fn plan_refresh(&mut self, expires_at_ms: i64) {
-        self.refresh_at = None;
-        if expires_at_ms <= 0 {
-            return;
-        }
-        let left = Duration::from_millis(expires_at_ms.saturating_sub(unix_ms()).max(0) as u64);
-        let lead = self.options.refresh_margin.min(left / 2);
-        self.refresh_at = Some(Instant::now() + (left - lead));
     }
 
     fn command(&mut self, command: Command) {
@@ -521,8 +499,8 @@ impl Driver {
             Command::Typing { room, on, private } => {
                 if self.session.is_ready()
                     && let Some((_, link)) = &self.link
+                    && let Ok(frame) = self.session.typing_frame(&room, on, private)
                 {
-                    let frame = self.session.typing_frame(&room, on, private);
                     let _ = link.send_unreliable(&frame);
                 }
             }
@@ -559,10 +537,9 @@ impl Driver {
 
     fn dispatch(&mut self, event: ClientEvent) {
         match event {
-            ClientEvent::Connected(welcome) => {
+            ClientEvent::Connected(_) => {
                 self.connector.welcomed();
                 self.last_end = (None, String::new());
-                self.plan_refresh(welcome.token_expires_at_ms);
             }
             ClientEvent::Subscribed {
                 room,
@@ -570,19 +547,19 @@ impl Driver {
                 recovered,
                 replayed,
             } => {
-                for done in self.sub_waiters.remove(&room).unwrap_or_default() {
-                    let _ = done.send(Ok(subscribed_js(&room, resumed, recovered, replayed)));
+                for done in self.sub_waiters.remove(room.as_str()).unwrap_or_default() {
+                    let _ = done.send(Ok(subscribed_js(room.as_str(), resumed, recovered, replayed)));
                 }
             }
             ClientEvent::RecoveryFailed { room } => {
                 if let Some(callback) = &self.options.on_room_reset {
-                    call(callback, &room.into());
+                    call(callback, &room.as_str().into());
                 }
             }
             ClientEvent::SubscribeFailed { room, error: e } => {
-                self.handlers.remove(&room);
-                self.room_tokens.remove(&room);
-                for done in self.sub_waiters.remove(&room).unwrap_or_default() {
+                self.handlers.remove(room.as_str());
+                self.room_tokens.remove(room.as_str());
+                for done in self.sub_waiters.remove(room.as_str()).unwrap_or_default() {
                     let _ = done.send(Err(error(e.code, &e.message)));
                 }
             }
@@ -594,7 +571,7 @@ impl Driver {
                     ("ephemeral", false.into()),
                     ("event", to_js(&event)),
                 ]);
-                self.deliver(&room, &value, presence);
+                self.deliver(room.as_str(), &value, presence);
             }
             ClientEvent::Ephemeral { room, event } => {
                 let value = object(&[
@@ -602,16 +579,11 @@ impl Driver {
                     ("ephemeral", true.into()),
                     ("event", to_js(&event)),
                 ]);
-                self.deliver(&room, &value, false);
+                self.deliver(room.as_str(), &value, false);
             }
+            ClientEvent::TokenNeeded => self.fetch_refresh_token(),
             ClientEvent::Reply { id, result } => {
-                if self.refresh_request == Some(id) {
-                    self.refresh_request = None;
-                    match result {
-                        Ok(reply) => self.plan_refresh(reply.refreshed.map_or(0, |r| r.token_expires_at_ms)),
-                        Err(_) => self.refresh_at = Some(Instant::now() + REFRESH_RETRY),
-                    }
-                } else if let Some((answer, done)) = self.reply_waiters.remove(&id) {
+                if let Some((answer, done)) = self.reply_waiters.remove(&id) {
                     let _ = done.send(match (result, answer) {
                         (Err(e), _) => Err(error(e.code, &e.message)),
                         (Ok(reply), Answer::Published) => Ok(to_js(&reply.published)),

@@ -210,7 +210,7 @@ pub async fn next_room_event(events: &mut mpsc::UnboundedReceiver<ClientEvent>) 
         if let ClientEvent::Event { room, offset, event } = next(events).await
             && event.name != "presence.update"
         {
-            return (room, offset, event.json);
+            return (room.to_string(), offset, event.json);
         }
     }
 }
