@@ -349,6 +349,32 @@ async fn an_expired_token_closes_the_connection_after_the_grace_unless_refreshed
 }
 
 #[tokio::test]
+async fn the_client_refreshes_its_token_by_itself_before_it_expires() {
+    let mut h = Harness::new();
+    let token = h.token("agent", 1, 7, Duration::from_secs(120));
+    let a = h.peer(&token).await;
+    h.events(a);
+    // The provider hands out a longer token from now on.
+    let fresh = h.token("agent", 1, 7, Duration::from_secs(3600));
+    h.set_token(a, &fresh);
+    // Asked for a margin (60 s) before expiry, and refreshed on the live connection.
+    h.advance(Duration::from_secs(59)).await;
+    assert!(!h.events(a).contains(&ClientEvent::TokenNeeded));
+    h.advance(Duration::from_secs(2)).await;
+    let events = h.events(a);
+    assert!(events.contains(&ClientEvent::TokenNeeded), "{events:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Reply { result: Ok(r), .. } if r.refreshed.is_some()))
+    );
+    // Long past the first token's deadline, the same connection lives on.
+    h.advance(Duration::from_secs(600)).await;
+    assert!(h.is_linked(a) && h.closes(a).is_empty(), "{:?}", h.closes(a));
+    assert_eq!(h.opened(a).len(), 1, "never reconnected");
+}
+
+#[tokio::test]
 async fn a_refresh_with_narrower_claims_ends_the_rooms_it_no_longer_grants() {
     let mut h = Harness::new();
     let token = h.token_with("agent", 1, 7, HOUR, json!({ "inboxes": [3, 4] }));
@@ -426,7 +452,7 @@ async fn a_typing_indicator_left_on_is_turned_off_by_the_gateway() {
     h.client(b).subscribe("conversation:5", Some(&sub)).unwrap();
     h.settle().await;
     h.events(b);
-    let on = h.client(a).typing_frame("conversation:5", true, false);
+    let on = h.client(a).typing_frame("conversation:5", true, false).unwrap();
     h.send(a, on).await;
     let typing = |events: Vec<ClientEvent>| -> Vec<String> {
         events

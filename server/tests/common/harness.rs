@@ -295,7 +295,8 @@ impl Harness {
         &self.peers[p].connector
     }
 
-    /// The token a peer presents on its next connect.
+    /// The token a peer presents on its next connect and whenever its session asks for a
+    /// fresh one (its token provider).
     pub fn set_token(&mut self, p: PeerId, token: &str) {
         self.peers[p].token = token.to_string();
     }
@@ -552,7 +553,7 @@ impl Harness {
                     });
                     peer.opened.push(transport);
                     peer.connector.opened(transport);
-                    peer.client.connect(&peer.token, now);
+                    peer.client.connect(&peer.token, now, unix_ms as i64);
                 }
                 ConnectorAction::Close => {
                     if let Some(mut link) = peer.link.take()
@@ -623,6 +624,10 @@ impl Harness {
             progress = true;
             match &event {
                 ClientEvent::Connected(_) => peer.connector.welcomed(),
+                // The peer's token provider answers at once with its current token.
+                ClientEvent::TokenNeeded => {
+                    let _ = peer.client.refresh(&peer.token);
+                }
                 ClientEvent::Disconnected { reconnect, .. } => {
                     // Told by the gateway, or the client found the link dead: either way
                     // the link is closed from the client's side.
