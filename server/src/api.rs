@@ -43,6 +43,8 @@ pub struct HttpState {
     pub wt_port: u16,
     /// Largest encoded event accepted.
     pub max_event_size: usize,
+    /// Where domain events are queued for the bus.
+    pub events: Arc<dyn crate::events::queue::EventQueue>,
 }
 
 /// What the router serves besides the API, WebSocket and health.
@@ -63,6 +65,7 @@ pub fn router(state: HttpState, options: RouterOptions) -> Router {
     // unknown paths and methods included, is an ApiError.
     let api = Router::new()
         .route("/publish", post(publish))
+        .route("/events", post(publish_events))
         .route("/rooms/{room}", get(room_info))
         .route("/disconnect", post(disconnect))
         .route("/presence/{account}", get(presence))
@@ -505,6 +508,72 @@ async fn publish(
         metrics::histogram!("rtgate_publish_seconds").record(started.elapsed().as_secs_f64());
         pb::PublishResponse { positions }
     }))
+}
+
+/// Most events in one `POST /api/v1/events`.
+const MAX_EVENTS_PER_BATCH: usize = 500;
+
+async fn publish_events(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    ApiBody(body): ApiBody,
+) -> Result<Response, ApiError> {
+    use crate::events::{ingest, queue::Appended};
+    use pb::event_outcome::Status;
+    let (req, format): (pb::PublishEventsRequest, _) = decode_body(&headers, &body)?;
+    if req.events.is_empty() || req.events.len() > MAX_EVENTS_PER_BATCH {
+        return Err(ApiError::bad_request(
+            format,
+            format!("between 1 and {MAX_EVENTS_PER_BATCH} events"),
+        ));
+    }
+    let mut outcomes: Vec<pb::EventOutcome> = Vec::with_capacity(req.events.len());
+    let mut accepted = Vec::with_capacity(req.events.len());
+    for event in req.events {
+        let outcome = match ingest::check(&event, state.max_event_size) {
+            Ok(()) => Status::Accepted,
+            Err(reason) => {
+                metrics::counter!("rtgate_events_ingested_total", "source" => "http", "outcome" => "rejected")
+                    .increment(1);
+                outcomes.push(pb::EventOutcome {
+                    id: event.id.clone(),
+                    status: Status::Rejected as i32,
+                    reason,
+                });
+                continue;
+            }
+        };
+        outcomes.push(pb::EventOutcome {
+            id: event.id.clone(),
+            status: outcome as i32,
+            reason: String::new(),
+        });
+        accepted.push((outcomes.len() - 1, event));
+    }
+    if !accepted.is_empty() {
+        let events: Vec<pb::DomainEvent> = accepted.iter().map(|(_, e)| e.clone()).collect();
+        let appended = state
+            .events
+            .append(&events)
+            .await
+            .map_err(|e| ApiError::engine(format, &e))?;
+        for ((i, _), appended) in accepted.iter().zip(appended) {
+            let label = match appended {
+                Appended::Accepted => "accepted",
+                Appended::Duplicate => {
+                    outcomes[*i].status = Status::Duplicate as i32;
+                    "duplicate"
+                }
+            };
+            metrics::counter!("rtgate_events_ingested_total", "source" => "http", "outcome" => label)
+                .increment(1);
+        }
+    }
+    Ok(respond(
+        format,
+        StatusCode::OK,
+        &pb::PublishEventsResponse { outcomes },
+    ))
 }
 
 async fn room_info(

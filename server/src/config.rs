@@ -237,6 +237,28 @@ pub struct Config {
     #[arg(long, env = "RTGATE_REDIS_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub redis_timeout: Duration,
 
+    /// The Redis Stream domain events are queued in (the backend may `XADD` to it);
+    /// default `{<redis-prefix>:events}`.
+    #[arg(long, env = "RTGATE_EVENTS_STREAM")]
+    pub events_stream: Option<String>,
+
+    /// How long a domain event's id is remembered: a retry within it is a duplicate.
+    #[arg(long, env = "RTGATE_EVENTS_DEDUP_WINDOW", default_value = "24h", value_parser = parse_duration)]
+    pub events_dedup_window: Duration,
+
+    /// Attempts at a domain event before it is dead-lettered.
+    #[arg(long, env = "RTGATE_EVENTS_MAX_ATTEMPTS", default_value_t = 5)]
+    pub events_max_attempts: u32,
+
+    /// How long the node reading the event stream holds it without renewing: a node that
+    /// dies is replaced by another after this.
+    #[arg(long, env = "RTGATE_EVENTS_LEASE", default_value = "10s", value_parser = parse_duration)]
+    pub events_lease: Duration,
+
+    /// About how many entries the event stream keeps.
+    #[arg(long, env = "RTGATE_EVENTS_STREAM_MAXLEN", default_value_t = 1_000_000)]
+    pub events_stream_maxlen: usize,
+
     /// How long a room's epoch and last offset are kept after its last event.
     #[arg(long, env = "RTGATE_REDIS_META_TTL", default_value = "24h", value_parser = parse_duration)]
     pub redis_meta_ttl: Duration,

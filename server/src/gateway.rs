@@ -15,6 +15,9 @@ use crate::config::Config;
 use crate::config::QuicRetry;
 use crate::dev::DevCredentials;
 use crate::engine::{Engine, HistoryLimits, MemoryEngine, RedisConfig, RedisEngine};
+use crate::events::bus::{Bus, BusConfig};
+use crate::events::queue::{EventQueue, MemoryQueue, RedisQueue, RedisQueueConfig};
+use crate::events::routing::Routing;
 use crate::http::HttpLimits;
 use crate::hub::Hub;
 use crate::node::{ConnectionLimits, Node};
@@ -132,46 +135,70 @@ async fn run_control(
     }
 }
 
+/// Event ids the embedded queue remembers (for its deduplication window), at most.
+const MEMORY_DEDUP_IDS: usize = 1_000_000;
+
 impl Gateway {
     /// Starts a gateway: on Redis when `--redis` is given, else on the embedded engine.
-    pub async fn start(config: Config) -> Result<Gateway, StartError> {
+    pub async fn start(mut config: Config) -> Result<Gateway, StartError> {
+        // Named before anything uses the name (the event stream's consumer is this node).
+        config
+            .node_id
+            .get_or_insert_with(|| format!("n{:08x}", rand::random::<u32>()));
         let hub = Arc::new(Hub::new());
         let history = HistoryLimits {
             max_events: config.history_size,
             max_age: config.history_ttl,
         };
         let presence_ttl = config.presence_ttl.as_millis() as u64;
-        let (engine, presence): (Arc<dyn Engine>, Arc<dyn PresenceStore>) = match &config.redis {
-            Some(url) => {
-                let redis = RedisConfig {
-                    prefix: config.redis_prefix.clone(),
-                    history,
-                    meta_ttl: config.redis_meta_ttl,
-                    sharded: config.redis_sharded_pubsub,
-                    timeout: config.redis_timeout,
-                    ..RedisConfig::new(url)
-                };
-                let engine =
-                    RedisEngine::new(hub, redis).map_err(|e| StartError::Config(format!("redis: {e}")))?;
-                let chatwoot = config
-                    .chatwoot_presence_keys
-                    .then(|| config.chatwoot_namespace.clone());
-                let presence = Arc::new(RedisPresence::new(engine.commands(), presence_ttl, chatwoot));
-                (Arc::new(engine), presence)
-            }
-            None => (
-                Arc::new(MemoryEngine::new(hub, history)),
-                Arc::new(MemoryPresence::new(presence_ttl)),
-            ),
-        };
-        Gateway::start_with_engine(config, engine, presence).await
+        let (engine, presence, events): (Arc<dyn Engine>, Arc<dyn PresenceStore>, Arc<dyn EventQueue>) =
+            match &config.redis {
+                Some(url) => {
+                    let redis = RedisConfig {
+                        prefix: config.redis_prefix.clone(),
+                        history,
+                        meta_ttl: config.redis_meta_ttl,
+                        sharded: config.redis_sharded_pubsub,
+                        timeout: config.redis_timeout,
+                        ..RedisConfig::new(url)
+                    };
+                    let engine = RedisEngine::new(hub, redis)
+                        .map_err(|e| StartError::Config(format!("redis: {e}")))?;
+                    let chatwoot = config
+                        .chatwoot_presence_keys
+                        .then(|| config.chatwoot_namespace.clone());
+                    let presence = Arc::new(RedisPresence::new(engine.commands(), presence_ttl, chatwoot));
+                    let events = Arc::new(RedisQueue::new(
+                        engine.commands(),
+                        RedisQueueConfig {
+                            stream: config
+                                .events_stream
+                                .clone()
+                                .unwrap_or_else(|| format!("{{{}:events}}", config.redis_prefix)),
+                            consumer: config.node_id.clone().unwrap_or_default(),
+                            dedup_window: config.events_dedup_window,
+                            max_len: config.events_stream_maxlen,
+                            lease: config.events_lease,
+                            max_event_size: config.max_event_size,
+                        },
+                    ));
+                    (Arc::new(engine), presence, events)
+                }
+                None => (
+                    Arc::new(MemoryEngine::new(hub, history)),
+                    Arc::new(MemoryPresence::new(presence_ttl)),
+                    Arc::new(MemoryQueue::new(config.events_dedup_window, MEMORY_DEDUP_IDS)),
+                ),
+            };
+        Gateway::start_with_engine(config, engine, presence, events).await
     }
 
-    /// Starts a gateway on the given engine and presence store.
+    /// Starts a gateway on the given engine, presence store and event queue.
     pub async fn start_with_engine(
         config: Config,
         engine: Arc<dyn Engine>,
         presence: Arc<dyn PresenceStore>,
+        events: Arc<dyn EventQueue>,
     ) -> Result<Gateway, StartError> {
         let dev_mode = config.dev_mode();
         let need_dev =
@@ -354,6 +381,7 @@ impl Gateway {
             dev_cert_sha256: identity.generated.then(|| identity.sha256_hex.clone()),
             wt_port: wt_addr.port(),
             max_event_size: config.max_event_size,
+            events: events.clone(),
         };
         let app = router(
             state.clone(),
@@ -406,6 +434,16 @@ impl Gateway {
                 node.shutdown_signal(),
             )));
         }
+        let bus = Bus::new(
+            events,
+            engine.clone(),
+            vec![Box::new(Routing::default())],
+            BusConfig {
+                max_attempts: config.events_max_attempts.max(1),
+                ..BusConfig::default()
+            },
+        );
+        listeners.push(tokio::spawn(bus.run(node.shutdown_signal())));
         if let Some(control) = engine.take_control() {
             listeners.push(tokio::spawn(run_control(node.clone(), control)));
         }

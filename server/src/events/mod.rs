@@ -1,6 +1,83 @@
 //! The event system: domain events the backend publishes once, and rtgate's listeners
-//! that decide what follows from each (`routing`: which rooms get it). Listeners are
-//! sans-IO: an event and the state they keep in, actions out; executors perform them.
+//! that decide what follows from each.
+//!
+//! - [`ingest`]: what makes an event acceptable (a known name, the facts its listeners
+//!   need, JSON payloads, a size bound).
+//! - [`queue`]: the durable queue events wait in until every listener is done with them:
+//!   in memory on a single node, a Redis Stream with a consumer group on several.
+//! - [`bus`]: runs the listeners on each event (in order per conversation, in parallel
+//!   across conversations), retries a failed listener alone, dead-letters what keeps
+//!   failing, and has [`Action`]s carried out by the executor.
+//! - Listeners are sans-IO: an event and the state they keep in, actions out.
+//!   [`routing`] is Chatwoot's ActionCableListener.
 
+pub mod bus;
 pub mod catalogue;
+pub mod ingest;
+pub mod queue;
 pub mod routing;
+
+use rtgate_protocol::{RoomName, pb};
+
+/// What a listener asks the bus's executor to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Publish `event` into each room (numbered, kept in history), with the domain event's
+    /// id as idempotency key: an event handled twice is not published twice.
+    Publish {
+        /// The rooms.
+        rooms: Vec<RoomName>,
+        /// The room event.
+        event: pb::Event,
+    },
+    /// Deliver `event` to the rooms' subscribers now, unnumbered (typing), except the
+    /// connections whose own room is `exclude`; `private` skips contact connections.
+    Ephemeral {
+        /// The rooms.
+        rooms: Vec<RoomName>,
+        /// The event.
+        event: pb::Event,
+        /// The typer's own room.
+        exclude: Option<RoomName>,
+        /// Hidden from contacts.
+        private: bool,
+    },
+}
+
+/// Why a listener did nothing with an event (counted by the bus).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    /// Not an event this listener handles.
+    NotRouted,
+    /// An update older than the last one handled for its conversation.
+    Stale,
+}
+
+impl Skip {
+    /// The label used in metrics and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            Skip::NotRouted => "not_routed",
+            Skip::Stale => "stale",
+        }
+    }
+}
+
+/// A listener: decides, from an event and the state it keeps, what must happen.
+pub trait Listener: Send {
+    /// Its name, for metrics and logs.
+    fn name(&self) -> &'static str;
+    /// Whether it handles events of this name.
+    fn handles(&self, event_name: &str) -> bool;
+    /// What follows from `event`.
+    fn decide(&mut self, event: &pb::DomainEvent) -> Result<Vec<Action>, Skip>;
+}
+
+/// The key events are ordered by: events of one conversation are handled in the order
+/// they came, by each listener; other keys in parallel.
+pub fn ordering_key(event: &pb::DomainEvent) -> (u64, u64) {
+    (
+        event.account_id,
+        event.conversation.as_ref().map_or(0, |c| c.display_id),
+    )
+}

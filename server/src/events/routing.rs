@@ -20,49 +20,7 @@ use std::collections::{HashMap, VecDeque};
 
 use rtgate_protocol::{RoomName, pb};
 
-/// What the routing listener asks its executor to do.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Action {
-    /// Publish `event` into each room (numbered, kept in history), with the domain event's
-    /// id as idempotency key: a retried event is not published twice.
-    Publish {
-        /// The rooms.
-        rooms: Vec<RoomName>,
-        /// The room event.
-        event: pb::Event,
-    },
-    /// Deliver `event` to the rooms' subscribers now, unnumbered (typing), except the
-    /// connections whose own room is `exclude`; `private` skips contact connections.
-    Ephemeral {
-        /// The rooms.
-        rooms: Vec<RoomName>,
-        /// The event.
-        event: pb::Event,
-        /// The typer's own room.
-        exclude: Option<RoomName>,
-        /// Hidden from contacts.
-        private: bool,
-    },
-}
-
-/// Why an event was routed nowhere (counted and logged by the bus).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Skip {
-    /// Not an event the routing listener handles (other listeners may).
-    NotRouted,
-    /// An update older than the last one routed for its conversation.
-    Stale,
-}
-
-impl Skip {
-    /// The label used in metrics and logs.
-    pub fn label(self) -> &'static str {
-        match self {
-            Skip::NotRouted => "not_routed",
-            Skip::Stale => "stale",
-        }
-    }
-}
+use super::{Action, Skip};
 
 /// Who receives an event, by name (Chatwoot's routing table, section 2 of the reference).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,6 +167,20 @@ fn payload_with_account(payload: &str, account_id: u64) -> String {
         }
         // Not an object: validated at ingest, so this is not reached; pass it through.
         Err(_) => payload.to_string(),
+    }
+}
+
+impl super::Listener for Routing {
+    fn name(&self) -> &'static str {
+        "routing"
+    }
+
+    fn handles(&self, event_name: &str) -> bool {
+        Routing::handles(event_name)
+    }
+
+    fn decide(&mut self, event: &pb::DomainEvent) -> Result<Vec<Action>, Skip> {
+        self.route(event)
     }
 }
 

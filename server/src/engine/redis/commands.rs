@@ -170,6 +170,21 @@ impl RedisCommands {
         result
     }
 
+    /// A connection of its own, for commands that block (a stream read waiting for
+    /// entries would hold up every command queued behind it on the shared connection).
+    pub async fn blocking_connection(&self) -> Result<redis::aio::MultiplexedConnection, EngineError> {
+        let config = redis::AsyncConnectionConfig::new().set_connection_timeout(Some(self.timeout));
+        let result = tokio::time::timeout(
+            self.timeout * 2,
+            self.client.get_multiplexed_async_connection_with_config(&config),
+        )
+        .await
+        .map_err(|_| unavailable("connecting to redis timed out"))
+        .and_then(|r| r.map_err(unavailable));
+        self.note(&result);
+        result
+    }
+
     /// Whether the server takes sharded pub/sub (known once connected, with `Auto`).
     pub(super) fn sharded(&self) -> bool {
         self.sharded.load(Ordering::Relaxed)

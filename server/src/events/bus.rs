@@ -1,0 +1,336 @@
+//! The bus: reads entries from the queue and runs every listener that handles each one.
+//!
+//! - Events of one conversation are handled in the order they were queued, by every
+//!   listener; events of other conversations in parallel. An entry that failed holds the
+//!   later entries of its conversation back until it is done or given up.
+//! - Listeners are isolated: one that fails is retried alone, with backoff, and never
+//!   holds the others up; after `max_attempts` the entry is dead-lettered with the error.
+//! - Listeners only decide; [`execute`] carries their actions out (engine publishes).
+//! - An entry is acknowledged once every listener is done with it; a node that dies before
+//!   leaves it pending for the next reader, which runs the listeners again (their actions
+//!   are idempotent: publishes carry the event's id as idempotency key).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::future::join_all;
+use prost::Message;
+use rtgate_protocol::pb::{self, server_frame::Kind as S};
+
+use super::queue::{Entry, EventQueue, Poison};
+use super::{Action, Listener, ordering_key};
+use crate::engine::{Engine, EngineError, with_timeout};
+
+/// Settings of the bus.
+#[derive(Debug, Clone)]
+pub struct BusConfig {
+    /// Entries read at once.
+    pub batch: usize,
+    /// Attempts before an entry is dead-lettered.
+    pub max_attempts: u32,
+    /// First retry delay; doubled on every further attempt, at most `max_retry_delay`.
+    pub retry_delay: Duration,
+    /// Longest retry delay.
+    pub max_retry_delay: Duration,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig {
+            batch: 256,
+            max_attempts: 5,
+            retry_delay: Duration::from_millis(200),
+            max_retry_delay: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Carries out one listener action against the engine.
+pub async fn execute(engine: &dyn Engine, event_id: &str, action: &Action) -> Result<(), EngineError> {
+    match action {
+        Action::Publish { rooms, event } => {
+            let encoded = event.encode_to_vec();
+            for room in rooms {
+                with_timeout(engine.publish(room, &encoded, Some(event_id))).await?;
+            }
+            metrics::counter!("rtgate_events_published_total", "source" => "bus")
+                .increment(rooms.len() as u64);
+        }
+        Action::Ephemeral {
+            rooms,
+            event,
+            exclude,
+            private,
+        } => {
+            for room in rooms {
+                let frame = Bytes::from(
+                    pb::ServerFrame {
+                        kind: Some(S::Ephemeral(pb::Ephemeral {
+                            room: room.to_string(),
+                            event: Some(event.clone()),
+                        })),
+                    }
+                    .encode_to_vec(),
+                );
+                with_timeout(engine.publish_ephemeral(
+                    room,
+                    frame,
+                    exclude.as_ref().map(|r| r.as_str()),
+                    *private,
+                ))
+                .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An entry being handled: which listeners still have to finish with it.
+#[derive(Debug)]
+struct Work {
+    entry: Entry,
+    /// Indexes of the listeners not done with it.
+    left: Vec<usize>,
+    /// Failed attempts so far (counting earlier readers' deliveries).
+    attempts: u32,
+    /// Not before.
+    due: Instant,
+    last_error: String,
+}
+
+/// The bus of one node.
+pub struct Bus {
+    queue: Arc<dyn EventQueue>,
+    engine: Arc<dyn Engine>,
+    listeners: Vec<Mutex<Box<dyn Listener>>>,
+    names: Vec<&'static str>,
+    config: BusConfig,
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bus").field("listeners", &self.names).finish()
+    }
+}
+
+/// What handling one entry came to.
+enum Handled {
+    /// Every listener is done.
+    Done,
+    /// These listeners failed; the error of the last.
+    Failed(Vec<usize>, String),
+}
+
+impl Bus {
+    /// A bus running `listeners` on the entries of `queue`.
+    pub fn new(
+        queue: Arc<dyn EventQueue>,
+        engine: Arc<dyn Engine>,
+        listeners: Vec<Box<dyn Listener>>,
+        config: BusConfig,
+    ) -> Arc<Self> {
+        let names = listeners.iter().map(|l| l.name()).collect();
+        Arc::new(Bus {
+            queue,
+            engine,
+            listeners: listeners.into_iter().map(Mutex::new).collect(),
+            names,
+            config,
+        })
+    }
+
+    /// Runs the listeners `left` on an event; returns those that failed.
+    async fn handle(&self, event: &pb::DomainEvent, left: &[usize]) -> Handled {
+        let mut failed = Vec::new();
+        let mut error = String::new();
+        for &i in left {
+            let name = self.names[i];
+            let started = Instant::now();
+            let decided = {
+                let mut listener = self.listeners[i].lock().expect("listener lock");
+                if !listener.handles(&event.name) {
+                    continue;
+                }
+                listener.decide(event)
+            };
+            let actions = match decided {
+                Ok(actions) => actions,
+                Err(skip) => {
+                    metrics::counter!("rtgate_listener_events_total", "listener" => name, "outcome" => skip.label())
+                        .increment(1);
+                    continue;
+                }
+            };
+            let mut result = Ok(());
+            for action in &actions {
+                result = execute(&*self.engine, &event.id, action).await;
+                if result.is_err() {
+                    break;
+                }
+            }
+            metrics::histogram!("rtgate_listener_seconds", "listener" => name)
+                .record(started.elapsed().as_secs_f64());
+            match result {
+                Ok(()) => {
+                    metrics::counter!("rtgate_listener_events_total", "listener" => name, "outcome" => "handled")
+                        .increment(1);
+                    if event.occurred_at_ms > 0 {
+                        let now_ms = crate::connection::unix_ms() as i64;
+                        let lag = (now_ms - event.occurred_at_ms).max(0) as f64 / 1000.0;
+                        metrics::histogram!("rtgate_event_lag_seconds").record(lag);
+                    }
+                }
+                Err(err) => {
+                    metrics::counter!("rtgate_listener_events_total", "listener" => name, "outcome" => "failed")
+                        .increment(1);
+                    tracing::debug!(listener = name, event = %event.id, %err, "listener failed");
+                    error = format!("{name}: {err}");
+                    failed.push(i);
+                }
+            }
+        }
+        if failed.is_empty() {
+            Handled::Done
+        } else {
+            Handled::Failed(failed, error)
+        }
+    }
+
+    fn retry_delay(&self, attempts: u32) -> Duration {
+        let factor = 1u32 << attempts.saturating_sub(1).min(16);
+        (self.config.retry_delay * factor).min(self.config.max_retry_delay)
+    }
+
+    /// Handles one conversation's entries in order; returns the entries to retry (the
+    /// first that failed and every later one of the same conversation).
+    async fn run_key(&self, mut works: VecDeque<Work>) -> VecDeque<Work> {
+        while let Some(mut work) = works.pop_front() {
+            if work.due > Instant::now() {
+                works.push_front(work);
+                return works;
+            }
+            let event = match &work.entry.event {
+                Ok(event) => event.clone(),
+                Err(Poison::Duplicate) => {
+                    metrics::counter!("rtgate_events_ingested_total", "source" => "stream", "outcome" => "duplicate")
+                        .increment(1);
+                    self.ack(&work.entry).await;
+                    continue;
+                }
+                Err(Poison::Refused(reason)) => {
+                    let reason = reason.clone();
+                    self.dead_letter(&work.entry, &reason).await;
+                    continue;
+                }
+            };
+            match self.handle(&event, &work.left).await {
+                Handled::Done => self.ack(&work.entry).await,
+                Handled::Failed(left, error) => {
+                    work.attempts += 1;
+                    if work.attempts >= self.config.max_attempts {
+                        let reason = format!("failed {} times; last: {error}", work.attempts);
+                        self.dead_letter(&work.entry, &reason).await;
+                        continue;
+                    }
+                    metrics::counter!("rtgate_events_retried_total").increment(1);
+                    work.left = left;
+                    work.due = Instant::now() + self.retry_delay(work.attempts);
+                    work.last_error = error;
+                    works.push_front(work);
+                    return works;
+                }
+            }
+        }
+        works
+    }
+
+    async fn ack(&self, entry: &Entry) {
+        if let Err(err) = self.queue.ack(&entry.id).await {
+            // Left pending: handled again later, harmlessly.
+            tracing::warn!(entry = %entry.id, %err, "cannot acknowledge an event");
+        }
+    }
+
+    async fn dead_letter(&self, entry: &Entry, reason: &str) {
+        metrics::counter!("rtgate_events_dead_lettered_total").increment(1);
+        tracing::warn!(entry = %entry.id, reason, "event dead-lettered");
+        if let Err(err) = self.queue.dead_letter(entry, reason).await {
+            tracing::warn!(entry = %entry.id, %err, "cannot dead-letter an event");
+        }
+    }
+
+    /// Runs until `stop` says so.
+    pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        // Entries waiting behind a failure, per conversation, in order.
+        let mut held: HashMap<(u64, u64), VecDeque<Work>> = HashMap::new();
+        let all: Vec<usize> = (0..self.listeners.len()).collect();
+        let mut read_errors = 0u32;
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let next_due = held.values().filter_map(|w| w.front()).map(|w| w.due).min();
+            let wait = match next_due {
+                Some(due) => due
+                    .saturating_duration_since(Instant::now())
+                    .min(Duration::from_secs(1)),
+                None => Duration::from_secs(1),
+            };
+            let entries = tokio::select! {
+                read = self.queue.read(self.config.batch, wait) => match read {
+                    Ok(entries) => {
+                        read_errors = 0;
+                        entries
+                    }
+                    Err(err) => {
+                        read_errors += 1;
+                        tracing::warn!(%err, "cannot read the event queue");
+                        let pause = Duration::from_millis(100 * u64::from(read_errors.min(20)));
+                        tokio::select! {
+                            _ = tokio::time::sleep(pause) => {}
+                            _ = stop.changed() => {}
+                        }
+                        Vec::new()
+                    }
+                },
+                _ = stop.changed() => continue,
+            };
+            let mut keys: Vec<(u64, u64)> = Vec::new();
+            let mut groups: HashMap<(u64, u64), VecDeque<Work>> = HashMap::new();
+            for (key, works) in held.drain() {
+                keys.push(key);
+                groups.insert(key, works);
+            }
+            for entry in entries {
+                let key = entry.event.as_ref().map_or((0, 0), ordering_key);
+                let attempts = entry.attempts;
+                let work = Work {
+                    entry,
+                    left: all.clone(),
+                    attempts,
+                    due: Instant::now(),
+                    last_error: String::new(),
+                };
+                let group = groups.entry(key).or_insert_with(|| {
+                    keys.push(key);
+                    VecDeque::new()
+                });
+                group.push_back(work);
+            }
+            let runs = keys
+                .into_iter()
+                .filter_map(|k| groups.remove(&k).map(|w| (k, w)))
+                .map(|(k, works)| {
+                    let bus = self.clone();
+                    async move { (k, bus.run_key(works).await) }
+                });
+            for (key, rest) in join_all(runs).await {
+                if !rest.is_empty() {
+                    held.insert(key, rest);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! Domain events end to end: a backend publishes each event once, over HTTP or by writing
+//! to the Redis Stream, and the routing listener brings it to exactly the right clients,
+//! over both transports.
+
+mod common;
+
+use std::time::Duration;
+
+use common::redis::{SHARED_REDIS, unique_prefix};
+use common::*;
+use rtgate_client::{ClientEvent, TransportPreference};
+use serde_json::{Value, json};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+/// A domain event in the JSON mapping, as a Rails backend writes it.
+fn message_created(id: &str, private: bool, content: &str) -> Value {
+    json!({
+        "id": id,
+        "name": "message.created",
+        "accountId": "1",
+        "occurredAtMs": (now_unix() * 1000).to_string(),
+        "conversation": { "displayId": "42", "inboxId": "3", "contactInboxIds": ["501"] },
+        "message": { "id": "900", "messageType": "MESSAGE_TYPE_OUTGOING", "private": private },
+        "payload": json!({ "id": 900, "content": content, "private": private }).to_string(),
+    })
+}
+
+async fn post_events(t: &TestGateway, events: Vec<Value>) -> Vec<(String, String)> {
+    let resp = t
+        .http
+        .post(t.api("/api/v1/events"))
+        .bearer_auth(API_KEY)
+        .json(&json!({ "events": events }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    body["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (
+                o["status"].as_str().unwrap_or("").to_string(),
+                o["reason"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The next room event's (room, name, content), presence left out.
+async fn next_message(events: &mut UnboundedReceiver<ClientEvent>) -> (String, String, String) {
+    loop {
+        if let ClientEvent::Event { room, event, .. } = next(events).await
+            && event.name != "presence.update"
+        {
+            let data: Value = serde_json::from_str(&event.json).unwrap();
+            assert_eq!(data["account_id"], 1, "account_id is always in the payload");
+            return (
+                room.to_string(),
+                event.name,
+                data["content"].as_str().unwrap_or("").to_string(),
+            );
+        }
+    }
+}
+
+async fn nothing_more(events: &mut UnboundedReceiver<ClientEvent>) {
+    let quiet = tokio::time::timeout(Duration::from_millis(300), async {
+        loop {
+            if let Some(ClientEvent::Event { event, .. }) = events.recv().await
+                && event.name != "presence.update"
+            {
+                return event;
+            }
+        }
+    })
+    .await;
+    assert!(quiet.is_err(), "unexpected {quiet:?}");
+}
+
+#[tokio::test]
+async fn events_posted_once_reach_the_inbox_agents_and_the_contact_but_notes_only_the_agents() {
+    let t = TestGateway::start().await;
+    for (n, prefer) in TRANSPORTS.into_iter().enumerate() {
+        let (agent, mut agent_events) = t.client(prefer, &token("agent", 7, 1, &[3])).await;
+        let (outsider, mut outsider_events) = t.client(prefer, &token("agent", 8, 1, &[4])).await;
+        let (contact, mut contact_events) = t.client(prefer, &token("contact", 501, 1, &[])).await;
+        agent.subscribe("inbox:3", None).await.unwrap();
+        outsider.subscribe("inbox:4", None).await.unwrap();
+        let outcomes = post_events(
+            &t,
+            vec![
+                message_created(&format!("m-{n}"), false, "hello"),
+                message_created(&format!("m-{n}"), false, "hello again"),
+                message_created(&format!("note-{n}"), true, "internal"),
+                json!({ "id": format!("x-{n}"), "name": "message.create", "accountId": "1" }),
+                json!({ "id": format!("y-{n}"), "name": "message.created", "accountId": "1" }),
+            ],
+        )
+        .await;
+        assert_eq!(outcomes[0].0, "STATUS_ACCEPTED");
+        assert_eq!(outcomes[1].0, "STATUS_DUPLICATE", "the same id again");
+        assert_eq!(outcomes[2].0, "STATUS_ACCEPTED");
+        assert_eq!(outcomes[3].0, "STATUS_REJECTED");
+        assert!(outcomes[3].1.contains("unknown event name"), "{outcomes:?}");
+        assert_eq!(outcomes[4].0, "STATUS_REJECTED");
+        assert!(outcomes[4].1.contains("needs"), "{outcomes:?}");
+
+        assert_eq!(
+            next_message(&mut agent_events).await,
+            ("inbox:3".into(), "message.created".into(), "hello".into())
+        );
+        assert_eq!(next_message(&mut agent_events).await.2, "internal");
+        assert_eq!(
+            next_message(&mut contact_events).await,
+            ("contact:501".into(), "message.created".into(), "hello".into())
+        );
+        nothing_more(&mut contact_events).await;
+        nothing_more(&mut outsider_events).await;
+        nothing_more(&mut agent_events).await;
+        for c in [agent, outsider, contact] {
+            c.close();
+        }
+    }
+}
+
+#[tokio::test]
+async fn conversation_updates_older_than_the_last_routed_are_dropped() {
+    let t = TestGateway::start().await;
+    let (agent, mut events) = t
+        .client(TransportPreference::WebSocket, &token("agent", 7, 1, &[3]))
+        .await;
+    agent.subscribe("inbox:3", None).await.unwrap();
+    let update = |id: &str, at: f64, content: &str| {
+        json!({
+            "id": id, "name": "conversation.updated", "accountId": "1",
+            "conversation": { "displayId": "42", "inboxId": "3", "updatedAt": at },
+            "payload": json!({ "content": content }).to_string(),
+        })
+    };
+    let outcomes = post_events(
+        &t,
+        vec![
+            update("u1", 100.5, "new"),
+            update("u0", 100.25, "old"),
+            update("u2", 101.0, "newer"),
+        ],
+    )
+    .await;
+    assert!(outcomes.iter().all(|o| o.0 == "STATUS_ACCEPTED"), "{outcomes:?}");
+    assert_eq!(next_message(&mut events).await.2, "new");
+    assert_eq!(next_message(&mut events).await.2, "newer");
+    nothing_more(&mut events).await;
+    agent.close();
+}
+
+async fn redis_gateway(prefix: &str) -> TestGateway {
+    TestGateway::start_with(redis_config(SHARED_REDIS, prefix))
+        .await
+        .ready()
+        .await
+}
+
+async fn xadd(stream: &str, field: &str, value: &[u8]) {
+    let client = ::redis::Client::open(SHARED_REDIS).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: String = ::redis::cmd("XADD")
+        .arg(stream)
+        .arg("*")
+        .arg(field)
+        .arg(value)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn events_written_to_the_redis_stream_are_routed_and_a_poisonous_one_is_dead_lettered() {
+    let prefix = unique_prefix("events-stream");
+    let t = redis_gateway(&prefix).await;
+    let stream = format!("{{{prefix}:events}}");
+    let (agent, mut events) = t
+        .client(TransportPreference::WebTransport, &token("agent", 7, 1, &[3]))
+        .await;
+    agent.subscribe("inbox:3", None).await.unwrap();
+
+    // What a Rails after-commit hook would write: the JSON mapping in field `json`.
+    let first = serde_json::to_vec(&message_created("s-1", false, "from the stream")).unwrap();
+    xadd(&stream, "json", &first).await;
+    assert_eq!(next_message(&mut events).await.2, "from the stream");
+
+    // Garbage, then a good event: the garbage is dead-lettered, the stream keeps flowing.
+    xadd(&stream, "json", b"{not json").await;
+    xadd(
+        &stream,
+        "json",
+        &serde_json::to_vec(&message_created("s-2", false, "still flowing")).unwrap(),
+    )
+    .await;
+    // A retry of the first (same id) is dropped.
+    xadd(&stream, "json", &first).await;
+    xadd(
+        &stream,
+        "json",
+        &serde_json::to_vec(&message_created("s-3", false, "last")).unwrap(),
+    )
+    .await;
+    assert_eq!(next_message(&mut events).await.2, "still flowing");
+    assert_eq!(next_message(&mut events).await.2, "last");
+    nothing_more(&mut events).await;
+
+    let client = ::redis::Client::open(SHARED_REDIS).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let dead: ::redis::Value = ::redis::cmd("XRANGE")
+        .arg(format!("{stream}:dead"))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let text = format!("{dead:?}");
+    assert!(text.contains("undecodable json"), "{text}");
+    let ::redis::Value::Array(entries) = dead else {
+        panic!("{text}")
+    };
+    assert_eq!(entries.len(), 1);
+    // Everything was acknowledged: nothing pending in the group.
+    let pending: ::redis::Value = ::redis::cmd("XPENDING")
+        .arg(&stream)
+        .arg("rtgate")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let ::redis::Value::Array(summary) = pending else {
+        panic!("{pending:?}")
+    };
+    assert_eq!(summary[0], ::redis::Value::Int(0), "{summary:?}");
+
+    // HTTP ingest goes through the same stream and the same deduplication.
+    let outcomes = post_events(
+        &t,
+        vec![
+            message_created("s-3", false, "dup"),
+            message_created("h-1", false, "http"),
+        ],
+    )
+    .await;
+    assert_eq!(outcomes[0].0, "STATUS_DUPLICATE");
+    assert_eq!(outcomes[1].0, "STATUS_ACCEPTED");
+    assert_eq!(next_message(&mut events).await.2, "http");
+    agent.close();
+}
