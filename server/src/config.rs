@@ -243,7 +243,7 @@ pub struct Config {
     pub events_stream: Option<String>,
 
     /// How long a domain event's id is remembered: a retry within it is a duplicate.
-    #[arg(long, env = "RTGATE_EVENTS_DEDUP_WINDOW", default_value = "24h", value_parser = parse_duration)]
+    #[arg(long, env = "RTGATE_EVENTS_DEDUP_WINDOW", default_value = "10m", value_parser = parse_duration)]
     pub events_dedup_window: Duration,
 
     /// Attempts at a domain event before it is dead-lettered.
