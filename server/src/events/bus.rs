@@ -334,3 +334,231 @@ impl Bus {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The bus on the in-memory queue and engine, with listeners and an engine that fail
+    //! on demand.
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use rtgate_protocol::RoomName;
+
+    use super::*;
+    use crate::engine::{HistoryLimits, MemoryEngine, Published, RoomInfo, SubscribeOutcome};
+    use crate::events::Skip;
+    use crate::events::queue::MemoryQueue;
+    use crate::hub::{Hub, ReplayCursor, ReplayPage, Subscriber};
+    use crate::ids::{ConnectionId, StreamPos};
+    use std::sync::Mutex;
+
+    /// The embedded engine, failing publishes to `room` the next `failures` times.
+    struct Flaky {
+        inner: MemoryEngine,
+        room: RoomName,
+        failures: AtomicUsize,
+        /// Successful publishes: (room, event json), in order.
+        log: Mutex<Vec<(String, String)>>,
+    }
+
+    #[async_trait]
+    impl Engine for Flaky {
+        async fn publish(
+            &self,
+            room: &RoomName,
+            event: &[u8],
+            key: Option<&str>,
+        ) -> Result<Published, EngineError> {
+            if room == &self.room
+                && self
+                    .failures
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .is_ok()
+            {
+                return Err(EngineError::Unavailable("flaky".into()));
+            }
+            let json = pb::Event::decode(event).unwrap().json;
+            self.log.lock().unwrap().push((room.to_string(), json));
+            self.inner.publish(room, event, key).await
+        }
+        async fn subscribe(
+            &self,
+            sub: Arc<Subscriber>,
+            since: Option<StreamPos>,
+        ) -> Result<SubscribeOutcome, EngineError> {
+            self.inner.subscribe(sub, since).await
+        }
+        async fn replay_page(
+            &self,
+            room: &RoomName,
+            cursor: &ReplayCursor,
+            max: usize,
+        ) -> Result<ReplayPage, EngineError> {
+            self.inner.replay_page(room, cursor, max).await
+        }
+        async fn unsubscribe(&self, room: &RoomName, conn: ConnectionId) {
+            self.inner.unsubscribe(room, conn).await
+        }
+        async fn publish_ephemeral(
+            &self,
+            room: &RoomName,
+            frame: Bytes,
+            exclude: Option<&str>,
+            private: bool,
+        ) -> Result<(), EngineError> {
+            self.inner.publish_ephemeral(room, frame, exclude, private).await
+        }
+        async fn room_info(&self, room: &RoomName) -> Result<RoomInfo, EngineError> {
+            self.inner.room_info(room).await
+        }
+        fn hub(&self) -> &Arc<Hub> {
+            self.inner.hub()
+        }
+    }
+
+    /// Publishes every event into `room`, counting its decisions.
+    struct Into {
+        name: &'static str,
+        room: RoomName,
+        decided: Arc<AtomicUsize>,
+    }
+
+    impl Listener for Into {
+        fn name(&self) -> &'static str {
+            self.name
+        }
+        fn handles(&self, event_name: &str) -> bool {
+            event_name != "account.created"
+        }
+        fn decide(&mut self, event: &pb::DomainEvent) -> Result<Vec<Action>, Skip> {
+            self.decided.fetch_add(1, Ordering::Relaxed);
+            Ok(vec![Action::Publish {
+                rooms: vec![self.room.clone()],
+                event: pb::Event {
+                    id: event.id.clone(),
+                    name: event.name.clone(),
+                    json: event.payload.clone(),
+                    ..Default::default()
+                },
+            }])
+        }
+    }
+
+    fn event(id: &str, conversation: u64) -> pb::DomainEvent {
+        pb::DomainEvent {
+            id: id.into(),
+            name: "conversation.updated".into(),
+            account_id: 1,
+            conversation: Some(pb::ConversationFacts {
+                display_id: conversation,
+                inbox_id: 3,
+                ..Default::default()
+            }),
+            payload: format!("\"{id}\""),
+            ..Default::default()
+        }
+    }
+
+    struct Setup {
+        queue: Arc<MemoryQueue>,
+        engine: Arc<Flaky>,
+        decided: [Arc<AtomicUsize>; 2],
+        stop: tokio::sync::watch::Sender<bool>,
+    }
+
+    fn start(fail_room: &str, failures: usize, max_attempts: u32) -> Setup {
+        let queue = Arc::new(MemoryQueue::new(Duration::from_secs(60), 1000));
+        let engine = Arc::new(Flaky {
+            inner: MemoryEngine::new(Arc::new(Hub::new()), HistoryLimits::default()),
+            room: RoomName::parse(fail_room).unwrap(),
+            failures: AtomicUsize::new(failures),
+            log: Mutex::new(Vec::new()),
+        });
+        let decided = [Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))];
+        let listeners: Vec<Box<dyn Listener>> = vec![
+            Box::new(Into {
+                name: "first",
+                room: RoomName::parse("public:1:first").unwrap(),
+                decided: decided[0].clone(),
+            }),
+            Box::new(Into {
+                name: "second",
+                room: RoomName::parse("public:1:second").unwrap(),
+                decided: decided[1].clone(),
+            }),
+        ];
+        let config = BusConfig {
+            max_attempts,
+            retry_delay: Duration::from_millis(1),
+            max_retry_delay: Duration::from_millis(5),
+            ..BusConfig::default()
+        };
+        let bus = Bus::new(queue.clone(), engine.clone(), listeners, config);
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(bus.run(rx));
+        Setup {
+            queue,
+            engine,
+            decided,
+            stop,
+        }
+    }
+
+    /// The payloads published into `room`, in order (waits for `n` of them).
+    async fn published(engine: &Flaky, room: &str, n: usize) -> Vec<String> {
+        let get = || -> Vec<String> {
+            let log = engine.log.lock().unwrap();
+            log.iter()
+                .filter(|(r, _)| r == room)
+                .map(|(_, j)| j.clone())
+                .collect()
+        };
+        for _ in 0..500 {
+            if get().len() >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        get()
+    }
+
+    #[tokio::test]
+    async fn a_failing_listener_is_retried_alone_and_holds_back_only_its_conversation() {
+        let s = start("public:1:second", 2, 5);
+        s.queue
+            .append(&[event("a1", 1), event("a2", 1), event("b1", 2)])
+            .await
+            .unwrap();
+        let second = published(&s.engine, "public:1:second", 3).await;
+        // a1 failed twice in `second`; a2 (same conversation) waited for it; b1 did not.
+        assert_eq!(second, ["\"b1\"", "\"a1\"", "\"a2\""]);
+        assert_eq!(published(&s.engine, "public:1:first", 3).await.len(), 3);
+        assert_eq!(
+            s.decided[0].load(Ordering::Relaxed),
+            3,
+            "the first listener ran once per event"
+        );
+        assert_eq!(
+            s.decided[1].load(Ordering::Relaxed),
+            5,
+            "the second: three, plus two retries"
+        );
+        s.stop.send_replace(true);
+    }
+
+    #[tokio::test]
+    async fn an_event_that_keeps_failing_is_dead_lettered_and_the_rest_flows() {
+        let s = start("public:1:second", 3, 3);
+        s.queue.append(&[event("a1", 1), event("a2", 1)]).await.unwrap();
+        let second = published(&s.engine, "public:1:second", 1).await;
+        assert_eq!(second, ["\"a2\""]);
+        let dead = s.queue.dead_letters(10).await.unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].event_id, "a1");
+        assert!(
+            dead[0].reason.contains("failed 3 times") && dead[0].reason.contains("second"),
+            "{dead:?}"
+        );
+        s.stop.send_replace(true);
+    }
+}
