@@ -216,3 +216,124 @@ async fn a_disconnect_reaches_every_node_and_revoked_tokens_stay_out() {
     }
     assert!(refused);
 }
+
+#[tokio::test]
+async fn a_node_killed_mid_batch_leaves_its_events_to_another_none_lost_none_twice() {
+    let prefix = common::redis::unique_prefix("events-kill");
+    let stream = format!("{{{prefix}:events}}");
+    let flags = [
+        "--redis",
+        common::redis::SHARED_REDIS,
+        "--redis-prefix",
+        prefix.as_str(),
+        "--node-id",
+        "doomed",
+        "--events-lease",
+        "1s",
+    ];
+    let mut doomed = GatewayProcess::start(&flags, "").await;
+    let client = ::redis::Client::open(common::redis::SHARED_REDIS).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let lease = format!("{stream}:lease");
+    let mut holds = false;
+    for _ in 0..200 {
+        let holder: Option<String> = ::redis::cmd("GET")
+            .arg(&lease)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if holder.as_deref() == Some("doomed") {
+            holds = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(holds, "the first node reads the stream");
+    let mut config = redis_config(common::redis::SHARED_REDIS, &prefix);
+    config.events_lease = Duration::from_secs(1);
+    let survivor = TestGateway::start_with(config).await.ready().await;
+    let (agent, mut events) = survivor
+        .client(
+            rtgate_client::TransportPreference::WebSocket,
+            &token("agent", 7, 1, &[3]),
+        )
+        .await;
+    agent.subscribe("inbox:3", None).await.unwrap();
+
+    // Events of one conversation, in chunks, until the first node is caught holding some
+    // it has read and not finished: then it is killed, and the rest keep coming.
+    const TOTAL: usize = 3000;
+    let event = |n: usize| {
+        json!({
+            "id": format!("k-{n}"), "name": "message.created", "accountId": "1",
+            "conversation": { "displayId": "42", "inboxId": "3" },
+            "message": { "id": n.to_string() },
+            "payload": json!({ "n": n }).to_string(),
+        })
+        .to_string()
+    };
+    let mut killed_with_pending = 0;
+    for chunk in (0..TOTAL).collect::<Vec<_>>().chunks(100) {
+        let mut pipe = ::redis::pipe();
+        for n in chunk {
+            pipe.cmd("XADD")
+                .arg(&stream)
+                .arg("*")
+                .arg("json")
+                .arg(event(*n))
+                .ignore();
+        }
+        let () = pipe.query_async(&mut conn).await.unwrap();
+        if killed_with_pending == 0 {
+            let pending: ::redis::Value = ::redis::cmd("XPENDING")
+                .arg(&stream)
+                .arg("rtgate")
+                .arg("-")
+                .arg("+")
+                .arg(1000)
+                .arg("doomed")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            if let ::redis::Value::Array(entries) = pending
+                && !entries.is_empty()
+            {
+                doomed.child.kill().unwrap();
+                let _ = doomed.child.wait();
+                killed_with_pending = entries.len();
+            }
+        }
+    }
+    assert!(killed_with_pending > 0, "the node was killed mid-batch");
+
+    // Every event reaches the client once, in order, through the survivor.
+    let mut got = Vec::with_capacity(TOTAL);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while got.len() < TOTAL {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {TOTAL} arrived",
+            got.len()
+        );
+        if let Ok(Some(rtgate_client::ClientEvent::Event { offset, event, .. })) =
+            tokio::time::timeout(Duration::from_secs(1), events.recv()).await
+            && event.name == "message.created"
+        {
+            let data: serde_json::Value = serde_json::from_str(&event.json).unwrap();
+            got.push((offset, data["n"].as_u64().unwrap() as usize));
+        }
+    }
+    let offsets: Vec<u64> = got.iter().map(|g| g.0).collect();
+    assert_eq!(
+        offsets,
+        (1..=TOTAL as u64).collect::<Vec<_>>(),
+        "none lost, none twice"
+    );
+    let order: Vec<usize> = got.iter().map(|g| g.1).collect();
+    assert_eq!(
+        order,
+        (0..TOTAL).collect::<Vec<_>>(),
+        "in the order they were written"
+    );
+    agent.close();
+}
