@@ -168,6 +168,24 @@ impl Gateway {
                         .chatwoot_presence_keys
                         .then(|| config.chatwoot_namespace.clone());
                     let presence = Arc::new(RedisPresence::new(engine.commands(), presence_ttl, chatwoot));
+                    let stream = config
+                        .events_stream
+                        .clone()
+                        .unwrap_or_else(|| format!("{{{}:events}}", config.redis_prefix));
+                    // Its companions (ids, lease, dead letters) must share its hash slot.
+                    let tagged = stream
+                        .find('{')
+                        .is_some_and(|open| stream[open + 1..].find('}').is_some_and(|close| close > 0));
+                    if !tagged {
+                        return Err(StartError::Config(format!(
+                            "--events-stream {stream:?} needs a hash tag, e.g. {{{stream}}}"
+                        )));
+                    }
+                    if config.events_stream_maxlen < 1000 {
+                        return Err(StartError::Config(
+                            "--events-stream-maxlen must be at least 1000".into(),
+                        ));
+                    }
                     let events = Arc::new(RedisQueue::new(
                         engine.commands(),
                         RedisQueueConfig {

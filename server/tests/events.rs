@@ -252,3 +252,66 @@ async fn events_written_to_the_redis_stream_are_routed_and_a_poisonous_one_is_de
     assert_eq!(next_message(&mut events).await.2, "http");
     agent.close();
 }
+
+#[tokio::test]
+async fn a_node_restarted_under_the_same_name_handles_what_it_had_read_and_not_finished() {
+    use rtgate_server::engine::{Engine, RedisConfig, RedisEngine};
+    use rtgate_server::events::queue::{EventQueue, RedisQueue, RedisQueueConfig};
+    let prefix = unique_prefix("events-restart");
+    let engine = RedisEngine::new(
+        std::sync::Arc::new(rtgate_server::hub::Hub::new()),
+        RedisConfig {
+            prefix: prefix.clone(),
+            ..RedisConfig::new(SHARED_REDIS)
+        },
+    )
+    .unwrap();
+    for _ in 0..200 {
+        engine.maintain().await;
+        if engine.is_ready() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let queue = |engine: &RedisEngine| {
+        RedisQueue::new(
+            engine.commands(),
+            RedisQueueConfig {
+                stream: format!("{{{prefix}:events}}"),
+                consumer: "same-name".into(),
+                dedup_window: Duration::from_secs(60),
+                max_len: 10_000,
+                lease: Duration::from_secs(10),
+                max_event_size: 128 * 1024,
+            },
+        )
+    };
+    let event = |id: &str| rtgate_protocol::pb::DomainEvent {
+        id: id.into(),
+        name: "contact.created".into(),
+        account_id: 1,
+        ..Default::default()
+    };
+    let first = queue(&engine);
+    first.append(&[event("r-1"), event("r-2")]).await.unwrap();
+    let read = first.read(10, Duration::from_millis(100)).await.unwrap();
+    assert_eq!(read.len(), 2);
+    first.ack(&read[0].id).await.unwrap();
+    // The process dies here; the same node comes back within its lease.
+    drop(first);
+    let again = queue(&engine);
+    let read = again.read(10, Duration::from_millis(100)).await.unwrap();
+    let ids: Vec<_> = read
+        .iter()
+        .map(|e| e.event.as_ref().unwrap().id.as_str())
+        .collect();
+    assert_eq!(ids, ["r-2"], "the entry read and not acknowledged comes back");
+    again.ack(&read[0].id).await.unwrap();
+    assert!(
+        again
+            .read(10, Duration::from_millis(100))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

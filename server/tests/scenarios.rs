@@ -546,4 +546,27 @@ async fn reconnects_back_off_exponentially_and_honour_the_gateways_advice() {
     assert_eq!(h.closes(a).last(), Some(&DisconnectCode::Shutdown));
     h.advance(Duration::from_millis(499)).await;
     assert_eq!(h.attempts(a).len(), before, "not before the advice");
+    // Within the advice plus half its jitter ceiling: the next attempt comes.
+    h.advance(Duration::from_millis(500)).await;
+    assert!(h.attempts(a).len() > before, "attempts after the advice");
+}
+
+#[tokio::test]
+async fn a_kicked_client_is_told_why_and_does_not_come_back() {
+    let mut h = Harness::new();
+    let token = h.token("agent", 1, 7, HOUR);
+    let a = h.peer(&token).await;
+    let other = h.token("agent", 2, 7, HOUR);
+    let b = h.peer(&other).await;
+    h.events(a);
+    assert_eq!(h.kick(false, 1, "suspended").await, 1);
+    assert_eq!(h.closes(a), [DisconnectCode::Kicked]);
+    let events = h.events(a);
+    assert!(
+        events.iter().any(|e| matches!(e, ClientEvent::Disconnected { code: Some(c), reconnect: None, .. } if *c == DisconnectCode::Kicked.code())),
+        "{events:?}"
+    );
+    h.advance(Duration::from_secs(60)).await;
+    assert_eq!(h.opened(a).len(), 1, "no reconnect after a kick");
+    assert!(h.is_linked(b) && h.closes(b).is_empty(), "the other user stays");
 }

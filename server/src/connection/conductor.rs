@@ -171,9 +171,10 @@ impl Conductor {
     }
 
     /// Carries out every action the session has asked for, feeding results back (which
-    /// may ask for more), until it has nothing left to ask. Returns how the connection
-    /// ends once the session has closed; then call [`finish`](Self::finish).
-    pub async fn settle(&mut self, now: Instant) -> Option<Ending> {
+    /// may ask for more), until it has nothing left to ask. `clock` tells the time when a
+    /// result comes back (after an engine call). Returns how the connection ends once the
+    /// session has closed; then call [`finish`](Self::finish).
+    pub async fn settle(&mut self, clock: &(dyn Fn() -> Instant + Sync)) -> Option<Ending> {
         while let Some(action) = self.session.poll_action() {
             match action {
                 Action::Send(frame) => {
@@ -182,7 +183,7 @@ impl Conductor {
                 Action::Close(code, reason) => return Some(Ending { code, reason }),
                 // Engine and presence calls run boxed: the driver's own state stays small
                 // while the connection is idle.
-                other => Box::pin(self.execute(other, now)).await,
+                other => Box::pin(self.execute(other, clock)).await,
             }
         }
         None
@@ -217,7 +218,7 @@ impl Conductor {
         }
     }
 
-    async fn execute(&mut self, action: Action, now: Instant) {
+    async fn execute(&mut self, action: Action, clock: &(dyn Fn() -> Instant + Sync)) {
         let node = self.node.clone();
         let engine = &node.engine;
         match action {
@@ -248,7 +249,7 @@ impl Conductor {
                 );
                 self.subs.insert(room.clone(), sub.clone());
                 let result = with_timeout(engine.subscribe(sub, since)).await;
-                self.session.join_done(&room, result, now);
+                self.session.join_done(&room, result, clock());
             }
             Action::Activate(room) => {
                 let Some(sub) = self.subs.get(&room) else { return };

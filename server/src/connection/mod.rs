@@ -88,7 +88,7 @@ pub async fn drive(
     let outbox = c.outbox().clone();
     let mut control_open = true;
     let ending = loop {
-        if let Some(ending) = c.settle(Instant::now()).await {
+        if let Some(ending) = c.settle(&Instant::now).await {
             break ending;
         }
         let deadline = c.poll_timeout().map(tokio::time::Instant::from_std);

@@ -3,8 +3,11 @@
 //! - Events of one conversation are handled in the order they were queued, by every
 //!   listener; events of other conversations in parallel. An entry that failed holds the
 //!   later entries of its conversation back until it is done or given up.
-//! - Listeners are isolated: one that fails is retried alone, with backoff, and never
-//!   holds the others up; after `max_attempts` the entry is dead-lettered with the error.
+//! - Listeners are isolated: one that fails is retried alone, with backoff, and the others
+//!   are not run again. Until it succeeds, the later entries of that conversation wait
+//!   (for every listener: order is per conversation, not per listener). A failure of the
+//!   engine's availability (Redis unreachable) is retried for as long as it lasts; any
+//!   other failure counts, and after `max_attempts` the entry is dead-lettered with it.
 //! - Listeners only decide; [`execute`] carries their actions out (engine publishes).
 //! - An entry is acknowledged once every listener is done with it; a node that dies before
 //!   leaves it pending for the next reader, which runs the listeners again (their actions
@@ -95,6 +98,8 @@ struct Work {
     left: Vec<usize>,
     /// Failed attempts so far (counting earlier readers' deliveries).
     attempts: u32,
+    /// Retries so far, transient failures included (for the backoff).
+    retries: u32,
     /// Not before.
     due: Instant,
     last_error: String,
@@ -119,9 +124,17 @@ impl std::fmt::Debug for Bus {
 enum Handled {
     /// Every listener is done.
     Done,
-    /// These listeners failed; the error of the last.
-    Failed(Vec<usize>, String),
+    /// These listeners failed; the error of the last; whether every failure was only the
+    /// engine being unavailable (retried without counting).
+    Failed(Vec<usize>, String, bool),
 }
+
+/// Most entries held back behind failures at once: beyond, the bus reads nothing new
+/// until some are done (they stay in the queue meanwhile).
+const MAX_HELD: usize = 10_000;
+
+/// How long a stopping bus goes on handling what it has read or what is queued.
+const DRAIN: Duration = Duration::from_secs(5);
 
 impl Bus {
     /// A bus running `listeners` on the entries of `queue`.
@@ -145,6 +158,7 @@ impl Bus {
     async fn handle(&self, event: &pb::DomainEvent, left: &[usize]) -> Handled {
         let mut failed = Vec::new();
         let mut error = String::new();
+        let mut transient = true;
         for &i in left {
             let name = self.names[i];
             let started = Instant::now();
@@ -186,6 +200,7 @@ impl Bus {
                     metrics::counter!("rtgate_listener_events_total", "listener" => name, "outcome" => "failed")
                         .increment(1);
                     tracing::debug!(listener = name, event = %event.id, %err, "listener failed");
+                    transient &= matches!(err, EngineError::Unavailable(_));
                     error = format!("{name}: {err}");
                     failed.push(i);
                 }
@@ -194,7 +209,7 @@ impl Bus {
         if failed.is_empty() {
             Handled::Done
         } else {
-            Handled::Failed(failed, error)
+            Handled::Failed(failed, error, transient)
         }
     }
 
@@ -207,7 +222,7 @@ impl Bus {
     /// first that failed and every later one of the same conversation).
     async fn run_key(&self, mut works: VecDeque<Work>) -> VecDeque<Work> {
         while let Some(mut work) = works.pop_front() {
-            if work.due > Instant::now() {
+            if work.due > Instant::now() || !self.queue.holds() {
                 works.push_front(work);
                 return works;
             }
@@ -227,8 +242,11 @@ impl Bus {
             };
             match self.handle(&event, &work.left).await {
                 Handled::Done => self.ack(&work.entry).await,
-                Handled::Failed(left, error) => {
-                    work.attempts += 1;
+                Handled::Failed(left, error, transient) => {
+                    work.retries += 1;
+                    if !transient {
+                        work.attempts += 1;
+                    }
                     if work.attempts >= self.config.max_attempts {
                         let reason = format!("failed {} times; last: {error}", work.attempts);
                         self.dead_letter(&work.entry, &reason).await;
@@ -236,7 +254,7 @@ impl Bus {
                     }
                     metrics::counter!("rtgate_events_retried_total").increment(1);
                     work.left = left;
-                    work.due = Instant::now() + self.retry_delay(work.attempts);
+                    work.due = Instant::now() + self.retry_delay(work.retries);
                     work.last_error = error;
                     works.push_front(work);
                     return works;
@@ -261,75 +279,112 @@ impl Bus {
         }
     }
 
-    /// Runs until `stop` says so.
+    /// Runs until `stop` says so; then goes on for a little while with what is queued
+    /// (bounded by [`DRAIN`]) and gives the queue up.
     pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
         // Entries waiting behind a failure, per conversation, in order.
         let mut held: HashMap<(u64, u64), VecDeque<Work>> = HashMap::new();
-        let all: Vec<usize> = (0..self.listeners.len()).collect();
         let mut read_errors = 0u32;
+        let mut stopping: Option<Instant> = None;
         loop {
-            if *stop.borrow() {
-                return;
+            if stopping.is_none() && (*stop.borrow() || stop.has_changed().is_err()) {
+                stopping = Some(Instant::now());
+            }
+            if let Some(since) = stopping
+                && since.elapsed() >= DRAIN
+            {
+                break;
             }
             let next_due = held.values().filter_map(|w| w.front()).map(|w| w.due).min();
-            let wait = match next_due {
+            let mut wait = match next_due {
                 Some(due) => due
                     .saturating_duration_since(Instant::now())
                     .min(Duration::from_secs(1)),
                 None => Duration::from_secs(1),
             };
-            let entries = tokio::select! {
-                read = self.queue.read(self.config.batch, wait) => match read {
-                    Ok(entries) => {
+            if stopping.is_some() {
+                wait = Duration::ZERO;
+            }
+            let held_count: usize = held.values().map(VecDeque::len).sum();
+            let entries = if held_count >= MAX_HELD {
+                tokio::time::sleep(wait.max(Duration::from_millis(10))).await;
+                Vec::new()
+            } else {
+                let read = tokio::select! {
+                    read = self.queue.read(self.config.batch, wait) => Some(read),
+                    _ = stop.changed(), if stopping.is_none() => None,
+                };
+                match read {
+                    None => continue,
+                    Some(Ok(entries)) => {
                         read_errors = 0;
                         entries
                     }
-                    Err(err) => {
+                    Some(Err(err)) => {
                         read_errors += 1;
                         tracing::warn!(%err, "cannot read the event queue");
                         let pause = Duration::from_millis(100 * u64::from(read_errors.min(20)));
-                        tokio::select! {
-                            _ = tokio::time::sleep(pause) => {}
-                            _ = stop.changed() => {}
-                        }
+                        tokio::time::sleep(pause).await;
                         Vec::new()
                     }
-                },
-                _ = stop.changed() => continue,
+                }
             };
-            let mut keys: Vec<(u64, u64)> = Vec::new();
-            let mut groups: HashMap<(u64, u64), VecDeque<Work>> = HashMap::new();
-            for (key, works) in held.drain() {
-                keys.push(key);
-                groups.insert(key, works);
+            if stopping.is_some() && entries.is_empty() && held.is_empty() {
+                break;
             }
-            for entry in entries {
-                let key = entry.event.as_ref().map_or((0, 0), ordering_key);
-                let attempts = entry.attempts;
-                let work = Work {
-                    entry,
-                    left: all.clone(),
-                    attempts,
-                    due: Instant::now(),
-                    last_error: String::new(),
-                };
-                let group = groups.entry(key).or_insert_with(|| {
+            self.clone().round(&mut held, entries).await;
+            if !self.queue.holds() {
+                // Another node reads now; what was held back is pending for it.
+                held.clear();
+            }
+        }
+        self.queue.release().await;
+    }
+
+    /// Hands newly read entries and the held ones to their conversations, and runs them.
+    async fn round(self: Arc<Self>, held: &mut HashMap<(u64, u64), VecDeque<Work>>, entries: Vec<Entry>) {
+        let all: Vec<usize> = (0..self.listeners.len()).collect();
+        let mut keys: Vec<(u64, u64)> = Vec::new();
+        let mut groups: HashMap<(u64, u64), VecDeque<Work>> = HashMap::new();
+        let mut known: std::collections::HashSet<String> = std::collections::HashSet::new();
+        for (key, works) in held.drain() {
+            known.extend(works.iter().map(|w| w.entry.id.clone()));
+            keys.push(key);
+            groups.insert(key, works);
+        }
+        for entry in entries {
+            // An entry read again (this consumer's pending list) while already held.
+            if !known.insert(entry.id.clone()) {
+                continue;
+            }
+            let key = entry.event.as_ref().map_or((0, 0), ordering_key);
+            let attempts = entry.attempts;
+            let work = Work {
+                entry,
+                left: all.clone(),
+                attempts,
+                retries: 0,
+                due: Instant::now(),
+                last_error: String::new(),
+            };
+            groups
+                .entry(key)
+                .or_insert_with(|| {
                     keys.push(key);
                     VecDeque::new()
-                });
-                group.push_back(work);
-            }
-            let runs = keys
-                .into_iter()
-                .filter_map(|k| groups.remove(&k).map(|w| (k, w)))
-                .map(|(k, works)| {
-                    let bus = self.clone();
-                    async move { (k, bus.run_key(works).await) }
-                });
-            for (key, rest) in join_all(runs).await {
-                if !rest.is_empty() {
-                    held.insert(key, rest);
-                }
+                })
+                .push_back(work);
+        }
+        let runs = keys
+            .into_iter()
+            .filter_map(|k| groups.remove(&k).map(|w| (k, w)))
+            .map(|(k, works)| {
+                let bus = self.clone();
+                async move { (k, bus.run_key(works).await) }
+            });
+        for (key, rest) in join_all(runs).await {
+            if !rest.is_empty() {
+                held.insert(key, rest);
             }
         }
     }
@@ -352,11 +407,14 @@ mod tests {
     use crate::ids::{ConnectionId, StreamPos};
     use std::sync::Mutex;
 
-    /// The embedded engine, failing publishes to `room` the next `failures` times.
+    /// The embedded engine, failing publishes of event `a1` to `room` the next `failures`
+    /// times.
     struct Flaky {
         inner: MemoryEngine,
         room: RoomName,
         failures: AtomicUsize,
+        /// Fail as an unavailable engine (else as an internal error).
+        unavailable: bool,
         /// Successful publishes: (room, event json), in order.
         log: Mutex<Vec<(String, String)>>,
     }
@@ -369,15 +427,20 @@ mod tests {
             event: &[u8],
             key: Option<&str>,
         ) -> Result<Published, EngineError> {
+            let json = pb::Event::decode(event).unwrap().json;
             if room == &self.room
+                && json == "\"a1\""
                 && self
                     .failures
                     .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
                     .is_ok()
             {
-                return Err(EngineError::Unavailable("flaky".into()));
+                return Err(if self.unavailable {
+                    EngineError::Unavailable("flaky".into())
+                } else {
+                    EngineError::Internal("broken".into())
+                });
             }
-            let json = pb::Event::decode(event).unwrap().json;
             self.log.lock().unwrap().push((room.to_string(), json));
             self.inner.publish(room, event, key).await
         }
@@ -466,12 +529,13 @@ mod tests {
         stop: tokio::sync::watch::Sender<bool>,
     }
 
-    fn start(fail_room: &str, failures: usize, max_attempts: u32) -> Setup {
+    fn start(fail_room: &str, failures: usize, max_attempts: u32, unavailable: bool) -> Setup {
         let queue = Arc::new(MemoryQueue::new(Duration::from_secs(60), 1000));
         let engine = Arc::new(Flaky {
             inner: MemoryEngine::new(Arc::new(Hub::new()), HistoryLimits::default()),
             room: RoomName::parse(fail_room).unwrap(),
             failures: AtomicUsize::new(failures),
+            unavailable,
             log: Mutex::new(Vec::new()),
         });
         let decided = [Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))];
@@ -524,7 +588,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failing_listener_is_retried_alone_and_holds_back_only_its_conversation() {
-        let s = start("public:1:second", 2, 5);
+        let s = start("public:1:second", 2, 5, false);
         s.queue
             .append(&[event("a1", 1), event("a2", 1), event("b1", 2)])
             .await
@@ -548,7 +612,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_event_that_keeps_failing_is_dead_lettered_and_the_rest_flows() {
-        let s = start("public:1:second", 3, 3);
+        let s = start("public:1:second", 3, 3, false);
         s.queue.append(&[event("a1", 1), event("a2", 1)]).await.unwrap();
         let second = published(&s.engine, "public:1:second", 1).await;
         assert_eq!(second, ["\"a2\""]);

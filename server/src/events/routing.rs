@@ -154,16 +154,22 @@ pub fn missing_facts(event: &pb::DomainEvent) -> Option<&'static str> {
     }
 }
 
-/// The payload with `account_id` in it: passed through as it is when it already has one.
+/// The payload with `account_id` in it: passed through as it is when it already has one,
+/// else with the field spliced in as text at its start (the rest byte for byte).
 fn payload_with_account(payload: &str, account_id: u64) -> String {
     if payload.trim().is_empty() {
         return format!("{{\"account_id\":{account_id}}}");
     }
     match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(payload) {
         Ok(map) if map.contains_key("account_id") => payload.to_string(),
-        Ok(mut map) => {
-            map.insert("account_id".into(), account_id.into());
-            serde_json::Value::Object(map).to_string()
+        Ok(map) => {
+            let open = payload.len() - payload.trim_start().len();
+            let separator = if map.is_empty() { "" } else { "," };
+            format!(
+                "{}{{\"account_id\":{account_id}{separator}{}",
+                &payload[..open],
+                &payload[open + 1..]
+            )
         }
         // Not an object: validated at ingest, so this is not reached; pass it through.
         Err(_) => payload.to_string(),

@@ -23,7 +23,7 @@ use rtgate_server::auth::{Authenticator, TokenKey};
 use rtgate_server::connection::{Closer, Conductor, RoomLanes, Transport};
 use rtgate_server::engine::{Engine, HistoryLimits, MemoryEngine};
 use rtgate_server::hub::Hub;
-use rtgate_server::node::{ConnectionLimits, Node};
+use rtgate_server::node::{ConnControl, ConnectionLimits, Node};
 use rtgate_server::outbox::{Lane, LaneReceiver, Outbox};
 use rtgate_server::presence::{MemoryPresence, PresenceService, TrackerConfig};
 use rtgate_server::session::SessionConfig;
@@ -92,6 +92,8 @@ pub type PeerId = usize;
 struct Link {
     conductor: Option<Conductor>,
     rx: LaneReceiver,
+    /// The node's requests to this connection (kicks), as the driver receives them.
+    control: Option<tokio::sync::oneshot::Receiver<ConnControl>>,
 }
 
 /// An attempt to open a transport that the network swallows: it fails at `gives_up`.
@@ -400,7 +402,7 @@ impl Harness {
         if let Some(mut link) = self.peers[p].link.take() {
             if let Some(mut c) = link.conductor.take() {
                 c.peer_closed();
-                if let Some(ending) = c.settle(now).await {
+                if let Some(ending) = c.settle(&|| now).await {
                     self.peers[p].closes.push(ending.code);
                     c.finish(ending).await;
                 }
@@ -415,6 +417,14 @@ impl Harness {
             peer.connector.closed(Some(Duration::ZERO), now);
         }
         self.settle().await;
+    }
+
+    /// The backend disconnects a user (`POST /api/v1/disconnect`): the node asks each of
+    /// their connections to close.
+    pub async fn kick(&mut self, contact: bool, id: u64, reason: &str) -> usize {
+        let n = self.node.kick(contact, id, reason);
+        self.settle().await;
+        n
     }
 
     /// The gateway begins shutting down: every connection is told and closed.
@@ -534,9 +544,11 @@ impl Harness {
                         ClientTransport::WebTransport => TransportKind::WebTransport,
                         ClientTransport::WebSocket => TransportKind::WebSocket,
                     };
-                    let (conn, _control) = node
-                        .register(kind, IpAddr::V4(Ipv4Addr::LOCALHOST))
-                        .expect("registered");
+                    let Ok((conn, control)) = node.register(kind, IpAddr::V4(Ipv4Addr::LOCALHOST)) else {
+                        // Refused at once (the gateway is shutting down): the open fails.
+                        peer.connector.open_failed(transport, now);
+                        continue;
+                    };
                     let outbox = Outbox::new(send_queue);
                     let (lane, rx) = Lane::new(&outbox);
                     let t = Transport {
@@ -550,6 +562,7 @@ impl Harness {
                     peer.link = Some(Link {
                         conductor: Some(conductor),
                         rx,
+                        control: Some(control),
                     });
                     peer.opened.push(transport);
                     peer.connector.opened(transport);
@@ -560,7 +573,7 @@ impl Harness {
                         && let Some(mut c) = link.conductor.take()
                     {
                         c.peer_closed();
-                        if let Some(ending) = c.settle(now).await {
+                        if let Some(ending) = c.settle(&|| now).await {
                             c.finish(ending).await;
                         }
                     }
@@ -572,19 +585,38 @@ impl Harness {
             return progress;
         };
         if let Some(c) = link.conductor.as_mut() {
-            while let Some(frame) = peer.client.poll_transmit(now) {
+            // As the driver does: one input, then settle, and so on.
+            let mut ending;
+            if let Some(control) = link.control.as_mut()
+                && let Ok(ConnControl::Kick(reason)) = control.try_recv()
+            {
+                link.control = None;
+                progress = true;
+                c.kicked(&reason);
+            }
+            loop {
+                ending = c.settle(&|| now).await;
+                if ending.is_some() {
+                    break;
+                }
+                let Some(frame) = peer.client.poll_transmit(now) else {
+                    break;
+                };
                 progress = true;
                 c.frame(&frame.encode_to_vec(), now);
             }
-            if c.outbox().is_overflowed() {
-                c.overflowed();
+            if ending.is_none() {
+                if c.outbox().is_overflowed() {
+                    c.overflowed();
+                }
+                if c.is_replaying() && c.outbox().has_replay_room() {
+                    let before = c.outbox().queued();
+                    c.pump_replays().await;
+                    progress |= c.outbox().queued() != before || !c.is_replaying();
+                }
+                ending = c.settle(&|| now).await;
             }
-            if c.is_replaying() && c.outbox().has_replay_room() {
-                let before = c.outbox().queued();
-                c.pump_replays().await;
-                progress |= c.outbox().queued() != before || !c.is_replaying();
-            }
-            if let Some(ending) = c.settle(now).await {
+            if let Some(ending) = ending {
                 progress = true;
                 peer.closes.push(ending.code);
                 let c = link.conductor.take().expect("present");
@@ -635,7 +667,7 @@ impl Harness {
                         && let Some(mut c) = link.conductor.take()
                     {
                         c.peer_closed();
-                        if let Some(ending) = c.settle(now).await {
+                        if let Some(ending) = c.settle(&|| now).await {
                             peer.closes.push(ending.code);
                             c.finish(ending).await;
                         }

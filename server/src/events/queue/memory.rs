@@ -14,6 +14,10 @@ use crate::engine::EngineError;
 /// Most dead letters kept.
 const MAX_DEAD_LETTERS: usize = 1000;
 
+/// Most events waiting to be read: beyond, appends are refused (503) until the bus
+/// catches up.
+pub const MAX_WAITING: usize = 100_000;
+
 #[derive(Debug, Default)]
 struct State {
     next: u64,
@@ -55,6 +59,9 @@ impl EventQueue for MemoryQueue {
         {
             let (_, id) = s.seen_order.pop_front().expect("front");
             s.seen.remove(&id);
+        }
+        if s.ready.len() + events.len() > MAX_WAITING {
+            return Err(EngineError::Unavailable("the event queue is full".into()));
         }
         let mut out = Vec::with_capacity(events.len());
         for event in events {

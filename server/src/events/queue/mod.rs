@@ -79,4 +79,13 @@ pub trait EventQueue: Send + Sync {
 
     /// The most recent dead letters, oldest first.
     async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>, EngineError>;
+
+    /// Whether this node still reads the queue (holds its lease). When it stops, the
+    /// entries it holds are left to the next reader.
+    fn holds(&self) -> bool {
+        true
+    }
+
+    /// This node stops reading (shutdown): the next reader may take over at once.
+    async fn release(&self) {}
 }

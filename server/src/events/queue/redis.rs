@@ -15,6 +15,7 @@
 //! crash is handled after it.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -48,13 +49,12 @@ pub struct RedisQueueConfig {
 pub const GROUP: &str = "rtgate";
 
 const APPEND: &str = r#"
--- KEYS[1] stream, KEYS[2] the event id's key; ARGV[1] window s, ARGV[2] maxlen, ARGV[3] event
-if redis.call('SET', KEYS[2], '', 'NX', 'EX', ARGV[1]) then
-  local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'pb', ARGV[3])
-  redis.call('SET', KEYS[2], id, 'XX', 'KEEPTTL')
-  return id
-end
-return false
+-- KEYS[1] stream, KEYS[2] the event id's key; ARGV[1] window s, ARGV[2] maxlen, ARGV[3] event.
+-- The id is remembered only once the entry is in: a failed XADD leaves nothing behind.
+if redis.call('EXISTS', KEYS[2]) == 1 then return false end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'pb', ARGV[3])
+redis.call('SET', KEYS[2], id, 'EX', ARGV[1])
+return id
 "#;
 
 const FIRST_SEEN: &str = r#"
@@ -78,6 +78,12 @@ end
 return 0
 "#;
 
+const RELEASE: &str = r#"
+-- KEYS[1] lease; ARGV[1] node: deleted only when it is this node's.
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
 /// A Redis Stream queue.
 pub struct RedisQueue {
     commands: Arc<RedisCommands>,
@@ -85,8 +91,16 @@ pub struct RedisQueue {
     append: redis::Script,
     first_seen: redis::Script,
     renew: redis::Script,
+    release: redis::Script,
     reader: Mutex<Option<redis::aio::MultiplexedConnection>>,
-    group_ready: std::sync::atomic::AtomicBool,
+    group_ready: AtomicBool,
+    /// Entries handed to this consumer may be pending unseen (at start, after a failed
+    /// read, acknowledgement or dead letter): read this consumer's pending list next.
+    reclaim: AtomicBool,
+    /// Where the takeover's claim of other consumers' entries goes on (paged).
+    claim_cursor: std::sync::Mutex<Option<String>>,
+    /// Whether this node held the lease at its last renewal, and when that was.
+    lease_state: std::sync::Mutex<(bool, Option<std::time::Instant>)>,
 }
 
 impl std::fmt::Debug for RedisQueue {
@@ -140,8 +154,12 @@ impl RedisQueue {
             append: redis::Script::new(APPEND),
             first_seen: redis::Script::new(FIRST_SEEN),
             renew: redis::Script::new(RENEW),
+            release: redis::Script::new(RELEASE),
             reader: Mutex::new(None),
-            group_ready: std::sync::atomic::AtomicBool::new(false),
+            group_ready: AtomicBool::new(false),
+            reclaim: AtomicBool::new(true),
+            claim_cursor: std::sync::Mutex::new(None),
+            lease_state: std::sync::Mutex::new((false, None)),
         }
     }
 
@@ -154,7 +172,7 @@ impl RedisQueue {
     }
 
     async fn ensure_group(&self) -> Result<(), EngineError> {
-        if self.group_ready.load(std::sync::atomic::Ordering::Relaxed) {
+        if self.group_ready.load(Ordering::Relaxed) {
             return Ok(());
         }
         // From the start of the stream: events the backend wrote before any node ran count.
@@ -174,7 +192,7 @@ impl RedisQueue {
             Err(EngineError::Unavailable(e)) if e.contains("BUSYGROUP") => {}
             Err(e) => return Err(e),
         }
-        self.group_ready.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.group_ready.store(true, Ordering::Relaxed);
         Ok(())
     }
 
@@ -189,42 +207,159 @@ impl RedisQueue {
             self.commands.call(inv)
         }
         .await?;
+        *self.lease_state.lock().expect("lease lock") = (held > 0, Some(std::time::Instant::now()));
+        if held == 2 {
+            *self.claim_cursor.lock().expect("claim lock") = Some("0-0".into());
+        }
         Ok((held > 0, held == 2))
     }
 
-    /// Every entry pending in the group, whoever it was handed to, now this node's.
-    async fn claim_all(&self) -> Result<Vec<Entry>, EngineError> {
+    /// Renews the lease when a third of it has passed since the last renewal (called
+    /// between entries, so that a long batch does not outlive it).
+    async fn keep_lease(&self) {
+        let due = {
+            let (held, at) = *self.lease_state.lock().expect("lease lock");
+            held && at.is_none_or(|t| t.elapsed() >= self.config.lease / 3)
+        };
+        if due && self.lease().await.is_err() {
+            // Cannot tell: stop handling until the next renewal says.
+            self.lease_state.lock().expect("lease lock").0 = false;
+        }
+    }
+
+    /// The next page of the takeover's claim: entries pending in the group, whoever they
+    /// were handed to, now this node's. `None` once the claim is complete.
+    async fn claim_page(&self, max: usize) -> Result<Option<Vec<Entry>>, EngineError> {
+        let Some(cursor) = self.claim_cursor.lock().expect("claim lock").clone() else {
+            return Ok(None);
+        };
+        let reply: Value = self
+            .commands
+            .command(
+                redis::cmd("XAUTOCLAIM")
+                    .arg(&self.config.stream)
+                    .arg(GROUP)
+                    .arg(&self.config.consumer)
+                    .arg(0)
+                    .arg(&cursor)
+                    .arg("COUNT")
+                    .arg(max.max(1)),
+            )
+            .await?;
+        let Value::Array(parts) = reply else {
+            *self.claim_cursor.lock().expect("claim lock") = None;
+            return Ok(None);
+        };
+        let next = parts.first().and_then(text).unwrap_or_else(|| "0-0".into());
+        // Redis 7 also names the pending entries the stream no longer holds (trimmed).
+        if let Some(Value::Array(gone)) = parts.get(2)
+            && !gone.is_empty()
+        {
+            metrics::counter!("rtgate_events_trimmed_unhandled_total").increment(gone.len() as u64);
+            tracing::error!(
+                entries = gone.len(),
+                "pending events were trimmed from the stream before being handled"
+            );
+        }
         let mut out = Vec::new();
-        let mut cursor = "0-0".to_string();
-        loop {
-            let reply: Value = self
-                .commands
-                .command(
-                    redis::cmd("XAUTOCLAIM")
-                        .arg(&self.config.stream)
-                        .arg(GROUP)
-                        .arg(&self.config.consumer)
-                        .arg(0)
-                        .arg(&cursor)
-                        .arg("COUNT")
-                        .arg(100),
-                )
-                .await?;
-            let Value::Array(parts) = reply else { break };
-            let next = parts.first().and_then(text).unwrap_or_else(|| "0-0".into());
-            if let Some(Value::Array(entries)) = parts.get(1) {
-                for e in entries {
-                    if let Some(entry) = self.entry(e, 1).await? {
-                        out.push(entry);
+        if let Some(Value::Array(entries)) = parts.get(1) {
+            for e in entries {
+                if let Some(entry) = self.entry(e, 1).await? {
+                    out.push(entry);
+                }
+            }
+        }
+        *self.claim_cursor.lock().expect("claim lock") = (next != "0-0").then_some(next);
+        Ok(Some(out))
+    }
+
+    /// One XREADGROUP: `>` for new entries (blocking up to `block_ms`), `0` for this
+    /// consumer's own pending ones.
+    async fn read_group(
+        &self,
+        max: usize,
+        from: &str,
+        block_ms: Option<u64>,
+    ) -> Result<Vec<Entry>, EngineError> {
+        let mut reader = self.reader.lock().await;
+        if reader.is_none() {
+            *reader = Some(self.commands.blocking_connection().await?);
+        }
+        let conn = reader.as_mut().expect("set");
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(GROUP)
+            .arg(&self.config.consumer)
+            .arg("COUNT")
+            .arg(max);
+        if let Some(ms) = block_ms {
+            cmd.arg("BLOCK").arg(ms);
+        }
+        cmd.arg("STREAMS").arg(&self.config.stream).arg(from);
+        let reply: Result<Value, _> = tokio::time::timeout(
+            Duration::from_millis(block_ms.unwrap_or(0)) + Duration::from_secs(2),
+            cmd.query_async(conn),
+        )
+        .await
+        .map_err(|_| EngineError::Unavailable("stream read timed out".into()))
+        .and_then(|r| r.map_err(|e| EngineError::Unavailable(e.to_string())));
+        let reply = match reply {
+            Ok(v) => v,
+            Err(e) => {
+                *reader = None;
+                if e.to_string().contains("NOGROUP") {
+                    // The stream or its group is gone (a flushed or restarted Redis).
+                    self.group_ready.store(false, Ordering::Relaxed);
+                }
+                return Err(e);
+            }
+        };
+        drop(reader);
+        let attempts = u32::from(from != ">");
+        let mut out = Vec::new();
+        // [[stream, [entry, …]]] or nil on timeout.
+        if let Value::Array(streams) = reply {
+            for s in streams {
+                let Value::Array(parts) = s else { continue };
+                if let Some(Value::Array(entries)) = parts.get(1) {
+                    for e in entries {
+                        if let Some(entry) = self.entry(e, attempts).await? {
+                            out.push(entry);
+                        }
                     }
                 }
             }
-            if next == "0-0" {
-                break;
-            }
-            cursor = next;
         }
         Ok(out)
+    }
+
+    async fn read_inner(&self, max: usize, wait: Duration) -> Result<Vec<Entry>, EngineError> {
+        self.ensure_group().await?;
+        let (held, taken) = self.lease().await?;
+        if !held {
+            tokio::time::sleep(wait).await;
+            return Ok(Vec::new());
+        }
+        if taken {
+            tracing::info!("took the event stream over: claiming what was left pending");
+        }
+        if let Some(claimed) = self.claim_page(max).await?
+            && !claimed.is_empty()
+        {
+            return Ok(claimed);
+        }
+        if self.reclaim.swap(false, Ordering::Relaxed) {
+            let own = self.read_group(max, "0", None).await?;
+            if own.len() >= max {
+                self.reclaim.store(true, Ordering::Relaxed);
+            }
+            if !own.is_empty() {
+                return Ok(own);
+            }
+        }
+        // Never block past the lease: another node would take the stream over meanwhile.
+        let block = wait.min(self.config.lease / 3).as_millis().max(1) as u64;
+        self.read_group(max, ">", Some(block)).await
     }
 
     /// Turns a stream entry into an [`Entry`]: decoded, checked, deduplicated.
@@ -290,78 +425,40 @@ impl EventQueue for RedisQueue {
     }
 
     async fn read(&self, max: usize, wait: Duration) -> Result<Vec<Entry>, EngineError> {
-        self.ensure_group().await?;
-        let (held, taken) = self.lease().await?;
-        if !held {
-            tokio::time::sleep(wait).await;
-            return Ok(Vec::new());
+        let result = self.read_inner(max, wait).await;
+        if result.is_err() {
+            // Whatever Redis handed out before the failure is pending under this consumer.
+            self.reclaim.store(true, Ordering::Relaxed);
         }
-        if taken {
-            let claimed = self.claim_all().await?;
-            if !claimed.is_empty() {
-                tracing::info!(
-                    entries = claimed.len(),
-                    "took the event stream over: claimed what was pending"
-                );
-                return Ok(claimed);
-            }
+        result
+    }
+
+    fn holds(&self) -> bool {
+        self.lease_state.lock().expect("lease lock").0
+    }
+
+    async fn release(&self) {
+        let mut inv = self.release.prepare_invoke();
+        inv.key(format!("{}:lease", self.config.stream))
+            .arg(&self.config.consumer);
+        let released: Result<i64, _> = self.commands.call(inv).await;
+        if let Err(err) = released {
+            tracing::debug!(%err, "cannot release the event stream's lease");
         }
-        let mut reader = self.reader.lock().await;
-        if reader.is_none() {
-            *reader = Some(self.commands.blocking_connection().await?);
-        }
-        let conn = reader.as_mut().expect("set");
-        // Never block past the lease: another node would take the stream over meanwhile.
-        let block = wait.min(self.config.lease / 3).as_millis().max(1) as u64;
-        let reply: Result<Value, _> = tokio::time::timeout(
-            Duration::from_millis(block) + Duration::from_secs(2),
-            redis::cmd("XREADGROUP")
-                .arg("GROUP")
-                .arg(GROUP)
-                .arg(&self.config.consumer)
-                .arg("COUNT")
-                .arg(max)
-                .arg("BLOCK")
-                .arg(block)
-                .arg("STREAMS")
-                .arg(&self.config.stream)
-                .arg(">")
-                .query_async(conn),
-        )
-        .await
-        .map_err(|_| EngineError::Unavailable("stream read timed out".into()))
-        .and_then(|r| r.map_err(|e| EngineError::Unavailable(e.to_string())));
-        let reply = match reply {
-            Ok(v) => v,
-            Err(e) => {
-                *reader = None;
-                return Err(e);
-            }
-        };
-        drop(reader);
-        let mut out = Vec::new();
-        // [[stream, [entry, …]]] or nil on timeout.
-        if let Value::Array(streams) = reply {
-            for s in streams {
-                let Value::Array(parts) = s else { continue };
-                if let Some(Value::Array(entries)) = parts.get(1) {
-                    for e in entries {
-                        if let Some(entry) = self.entry(e, 0).await? {
-                            out.push(entry);
-                        }
-                    }
-                }
-            }
-        }
-        Ok(out)
+        self.lease_state.lock().expect("lease lock").0 = false;
     }
 
     async fn ack(&self, entry: &str) -> Result<(), EngineError> {
-        let _: i64 = self
+        let acked: Result<i64, _> = self
             .commands
             .command(redis::cmd("XACK").arg(&self.config.stream).arg(GROUP).arg(entry))
-            .await?;
-        Ok(())
+            .await;
+        if acked.is_err() {
+            // Still pending: it is read again (and handled again, harmlessly).
+            self.reclaim.store(true, Ordering::Relaxed);
+        }
+        self.keep_lease().await;
+        acked.map(|_| ())
     }
 
     async fn dead_letter(&self, entry: &Entry, reason: &str) -> Result<(), EngineError> {
