@@ -48,6 +48,10 @@ enum Cmd {
     Sweep(Opts),
     /// Restarts the gateway under 10k connected clients; measures recovery.
     ReconnectStorm(Opts),
+    /// Domain events through the Redis Stream: Chatwoot-shaped `message.created` events,
+    /// each for an inbox room of agents and its contact (defaults: 10,000 connections,
+    /// rooms of 10 = 9 agents + 1 contact, 1,000 events/s, 30 s). Needs --redis.
+    Ingest(Opts),
     /// Attacks a gateway with default limits from another loopback address, under a
     /// legitimate load (default: 200 WebSocket connections, rooms of 10, 200 events/s).
     Attack(AttackOpts),
@@ -248,6 +252,8 @@ fn random_hex(bytes: usize) -> String {
 
 /// The gateways of a run: started here or given.
 struct Env {
+    /// The started gateways' Redis prefix (their event stream is `{<prefix>:events}`).
+    redis_prefix: Option<String>,
     nodes: Vec<Node>,
     gateways: Vec<Gateway>,
     pids: Vec<u32>,
@@ -290,6 +296,7 @@ impl Env {
             let nodes = gateways.iter().map(|g| g.node.clone()).collect();
             let pids = gateways.iter().map(Gateway::pid).collect();
             Ok(Env {
+                redis_prefix: o.redis.as_ref().map(|_| spec.redis_prefix.clone()),
                 nodes,
                 gateways,
                 pids,
@@ -315,6 +322,7 @@ impl Env {
                 nodes.push(node);
             }
             Ok(Env {
+                redis_prefix: None,
                 nodes,
                 gateways: Vec::new(),
                 pids: o.server_pid.clone(),
@@ -376,6 +384,9 @@ struct Run<'a> {
     p: Preset,
     label: String,
     room_prefix: String,
+    /// Domain events through this stream instead of publishes through the API, to inbox
+    /// rooms with a contact each.
+    stream: Option<publisher::Stream>,
 }
 
 impl Run<'_> {
@@ -407,6 +418,7 @@ impl Run<'_> {
             connect_concurrency: self.o.connect_concurrency,
             connect_timeout_ms: self.o.connect_timeout_ms,
             reconnect,
+            inbox_rooms: self.stream.is_some(),
         }
     }
 
@@ -481,7 +493,10 @@ impl Run<'_> {
             duration: Duration::from_secs(secs),
             max_in_flight: 128,
         };
-        let published = publisher::publish(http, &load, Arc::new(AtomicBool::new(false))).await;
+        let published = match &self.stream {
+            Some(stream) => publisher::publish_stream(&load, stream, Arc::new(AtomicBool::new(false))).await,
+            None => publisher::publish(http, &load, Arc::new(AtomicBool::new(false))).await,
+        };
         let usage = env.usage(&before);
         let bench_cpu: f64 = bench_before
             .iter()
@@ -580,12 +595,21 @@ fn write_outputs<T: Serialize>(
 
 async fn load_scenario(o: &Opts, scenario: &str, p: Preset) -> Result<(), String> {
     validate(o, &p)?;
+    let ingest = scenario == "ingest";
+    if ingest && (o.redis.is_none() || o.rtgate_bin.is_none()) {
+        return Err("ingest needs --rtgate-bin and --redis (the event stream)".into());
+    }
     let env = Env::new(o, true).await?;
+    let stream = ingest.then(|| publisher::Stream {
+        redis: o.redis.clone().expect("checked"),
+        key: format!("{{{}:events}}", env.redis_prefix.clone().unwrap_or_default()),
+    });
     let run = Run {
         o,
         label: o.label.clone().unwrap_or_else(|| scenario.into()),
         room_prefix: format!("b{}", std::process::id()),
         p,
+        stream,
     };
     let result = async {
         let mut w = run.connect(&env, true).await?;
@@ -616,6 +640,7 @@ async fn idle_memory(o: &Opts, p: Preset) -> Result<(), String> {
         label: "idle-memory".into(),
         room_prefix: format!("b{}", std::process::id()),
         p,
+        stream: None,
     };
     let result = async {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -666,6 +691,7 @@ async fn sweep(o: &Opts, p: Preset) -> Result<(), String> {
         label: "sweep".into(),
         room_prefix: format!("b{}", std::process::id()),
         p,
+        stream: None,
     };
     let mut steps: Vec<LoadResult> = Vec::new();
     let result = async {
@@ -729,6 +755,7 @@ async fn storm(o: &Opts, p: Preset) -> Result<(), String> {
         label: "reconnect-storm".into(),
         room_prefix: format!("b{}", std::process::id()),
         p,
+        stream: None,
     };
     let result = async {
         let mut w = run.connect(&env, true).await?;
@@ -1028,6 +1055,7 @@ async fn attack_scenario(a: &AttackOpts) -> Result<(), String> {
         label: format!("attack {}", a.kind.name()),
         room_prefix: format!("b{}", std::process::id()),
         p,
+        stream: None,
     };
     let result = async {
         let node = env.nodes.first().cloned().ok_or("no gateway")?;
@@ -1190,6 +1218,7 @@ async fn main() -> std::process::ExitCode {
         Cmd::Worker => worker::run().await,
         Cmd::Run(o) => load_scenario(o, "run", preset(o, 1000, 10, 100.0, 10)).await,
         Cmd::Seed(o) => load_scenario(o, "seed", preset(o, 10_000, 10, 1000.0, 60)).await,
+        Cmd::Ingest(o) => load_scenario(o, "ingest", preset(o, 10_000, 10, 1000.0, 30)).await,
         Cmd::IdleMemory(o) => idle_memory(o, preset(o, 10_000, 0, 0.0, 5)).await,
         Cmd::Sweep(o) => sweep(o, preset(o, 10_000, 10, 0.0, 10)).await,
         Cmd::ReconnectStorm(o) => {

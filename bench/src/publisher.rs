@@ -158,3 +158,116 @@ pub async fn publish(http: &reqwest::Client, load: &Load, stop: Arc<AtomicBool>)
         latency,
     }
 }
+
+/// Where domain events go: the gateways' Redis Stream.
+#[derive(Debug, Clone)]
+pub struct Stream {
+    /// Redis URL (loopback).
+    pub redis: String,
+    /// The stream's key.
+    pub key: String,
+}
+
+/// Writes Chatwoot-shaped domain events (`message.created`, each for one inbox room and
+/// its contact) to the stream at `load.rate` events/s, as a backend's after-commit hook
+/// would; `per_room` counts events per inbox room. `latency` is the XADD round trip of
+/// each pipelined batch.
+pub async fn publish_stream(load: &Load, stream: &Stream, stop: Arc<AtomicBool>) -> Published {
+    let mut per_room = vec![0u64; load.rooms as usize];
+    let mut errors = 0u64;
+    let mut error_samples = Vec::new();
+    let mut latency = new_histogram();
+    let client = match redis::Client::open(stream.redis.as_str()) {
+        Ok(c) => c,
+        Err(e) => {
+            return Published {
+                per_room,
+                errors: 1,
+                error_samples: vec![e.to_string()],
+                elapsed: Duration::ZERO,
+                latency,
+            };
+        }
+    };
+    let mut conn = match client.get_multiplexed_async_connection().await {
+        Ok(c) => c,
+        Err(e) => {
+            return Published {
+                per_room,
+                errors: 1,
+                error_samples: vec![e.to_string()],
+                elapsed: Duration::ZERO,
+                latency,
+            };
+        }
+    };
+    let total = (load.rate * load.duration.as_secs_f64()).round() as u64;
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut sent = 0u64;
+    let mut cursor = 0u64;
+    let run = std::process::id();
+    while sent < total && !stop.load(Ordering::Relaxed) {
+        tick.tick().await;
+        let due = ((started.elapsed().as_secs_f64() * load.rate) as u64).min(total);
+        if due <= sent {
+            continue;
+        }
+        let mut pipe = redis::pipe();
+        let mut rooms = Vec::with_capacity((due - sent) as usize);
+        let t0 = unix_us();
+        for n in sent..due {
+            let room = cursor % load.rooms.max(1);
+            cursor += 1;
+            let account = crate::worker::account_of(room * load.room_size, load.room_size);
+            // The room's contact is its last member (see `worker::is_contact`).
+            let contact = room * load.room_size + load.room_size;
+            let event = serde_json::json!({
+                "id": format!("b{run}-{n}"),
+                "name": "message.created",
+                "accountId": account.to_string(),
+                "occurredAtMs": (t0 / 1000).to_string(),
+                "conversation": {
+                    "displayId": (room + 1).to_string(),
+                    "inboxId": (room + 1).to_string(),
+                    "contactInboxIds": [contact.to_string()],
+                },
+                "message": { "id": n.to_string(), "messageType": "MESSAGE_TYPE_OUTGOING" },
+                "payload": format!(r#"{{"id":{n},"content":"bench","message_type":1,"sent_us":{t0}}}"#),
+            });
+            pipe.cmd("XADD")
+                .arg(&stream.key)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(1_000_000)
+                .arg("*")
+                .arg("json")
+                .arg(event.to_string())
+                .ignore();
+            rooms.push(room);
+        }
+        match pipe.query_async::<()>(&mut conn).await {
+            Ok(()) => {
+                let _ = latency.record(unix_us().saturating_sub(t0).max(1));
+                for room in rooms {
+                    per_room[room as usize] += 1;
+                }
+            }
+            Err(e) => {
+                errors += 1;
+                if error_samples.len() < 5 {
+                    error_samples.push(e.to_string());
+                }
+            }
+        }
+        sent = due;
+    }
+    Published {
+        per_room,
+        errors,
+        error_samples,
+        elapsed: started.elapsed(),
+        latency,
+    }
+}

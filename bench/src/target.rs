@@ -108,14 +108,19 @@ pub const AGENTS_PER_ACCOUNT: u64 = 100;
 
 /// An HS256 agent token for `sub` in `account`, valid for a day.
 pub fn mint_token(secret: &str, sub: &str, account: u64) -> String {
+    mint_token_as(secret, sub, account, "agent", vec![])
+}
+
+/// A connection token for `role` with these inboxes.
+pub fn mint_token_as(secret: &str, sub: &str, account: u64, role: &str, inboxes: Vec<u64>) -> String {
     let exp = crate::util::unix_us() / 1_000_000 + 86_400;
     jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
         &Claims {
             sub,
             account_id: account,
-            role: "agent",
-            inboxes: vec![],
+            role,
+            inboxes,
             exp,
         },
         &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),

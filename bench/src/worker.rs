@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::Semaphore;
 
-use crate::target::{Node, Transport, mint_token};
+use crate::target::{Node, Transport, mint_token, mint_token_as};
 use crate::util::unix_us;
 
 /// Highest latency recorded, µs (larger values are clamped).
@@ -72,6 +72,11 @@ pub struct Plan {
     pub connect_timeout_ms: u64,
     /// Whether clients reconnect.
     pub reconnect: bool,
+    /// Chatwoot-shaped rooms instead of public ones: room `n` is the inbox `inbox:<n+1>`,
+    /// whose members are agents with that inbox in their token, but its last member, a
+    /// contact (its own room `contact:<i+1>`), the inbox's contact side.
+    #[serde(default)]
+    pub inbox_rooms: bool,
 }
 
 impl Plan {
@@ -212,9 +217,19 @@ fn emit(report: &Report) {
     let _ = out.flush();
 }
 
-/// Parses the send time a publish carried in `json` (µs since the epoch).
+/// Parses the send time a publish carried in `json` (µs since the epoch): a bare number,
+/// or a JSON object's `sent_us` (domain events' payloads are objects).
 pub fn sent_us(json: &str) -> Option<u64> {
-    json.trim().parse().ok()
+    let json = json.trim();
+    if json.starts_with('{') {
+        return serde_json::from_str::<serde_json::Value>(json).ok()?["sent_us"].as_u64();
+    }
+    json.parse().ok()
+}
+
+/// Whether connection `i` is its inbox room's contact (the room's last member).
+pub fn is_contact(i: u64, room_size: u64) -> bool {
+    room_size > 1 && i % room_size == room_size - 1
 }
 
 async fn pump(
@@ -255,7 +270,7 @@ async fn pump(
                 recovered,
                 ..
             } => {
-                if !matches!(room.kind(), RoomKind::Public(_)) {
+                if !matches!(room.kind(), RoomKind::Public(_) | RoomKind::Inbox(_)) {
                     continue;
                 }
                 if resumed && recovered {
@@ -304,11 +319,21 @@ async fn open(i: u64, plan: &Plan, endpoints: &[Vec<SharedEndpoint>], shared: Ar
     let (node_index, transport, room) = plan.layout(i);
     let node = &plan.nodes[node_index];
     // `sub` must be a positive integer user id.
-    let token = mint_token(
-        &plan.jwt_secret,
-        &(i + 1).to_string(),
-        account_of(i, plan.room_size),
-    );
+    let account = account_of(i, plan.room_size);
+    let contact = plan.inbox_rooms && is_contact(i, plan.room_size);
+    let token = match (plan.inbox_rooms, room) {
+        (true, Some(_)) if contact => {
+            mint_token_as(&plan.jwt_secret, &(i + 1).to_string(), account, "contact", vec![])
+        }
+        (true, Some(room)) => mint_token_as(
+            &plan.jwt_secret,
+            &(i + 1).to_string(),
+            account,
+            "agent",
+            vec![room + 1],
+        ),
+        _ => mint_token(&plan.jwt_secret, &(i + 1).to_string(), account),
+    };
     let mut config = ClientConfig::new(node.wt_url.clone(), node.ws_url.clone(), fixed_token(token));
     config.prefer = match transport {
         Transport::Wt => TransportPreference::WebTransport,
@@ -334,8 +359,12 @@ async fn open(i: u64, plan: &Plan, endpoints: &[Vec<SharedEndpoint>], shared: Ar
             return Outcome::Failed("connect timed out".into());
         }
     }
-    if let Some(room) = room {
-        let name = room_name(&plan.room_prefix, room, plan.room_size);
+    if let Some(room) = room.filter(|_| !contact) {
+        let name = if plan.inbox_rooms {
+            format!("inbox:{}", room + 1)
+        } else {
+            room_name(&plan.room_prefix, room, plan.room_size)
+        };
         match tokio::time::timeout(timeout, client.subscribe(&name, None)).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
@@ -523,10 +552,21 @@ mod tests {
             connect_concurrency: 1,
             connect_timeout_ms: 1,
             reconnect: false,
+            inbox_rooms: false,
         };
         assert_eq!(plan.layout(0), (0, Transport::Ws, Some(0)));
         assert_eq!(plan.layout(1), (1, Transport::Ws, Some(0)));
         assert_eq!(plan.layout(2), (0, Transport::Wt, Some(0)));
         assert_eq!(plan.layout(5), (1, Transport::Ws, Some(1)));
+    }
+
+    #[test]
+    fn send_times_are_read_from_numbers_and_from_domain_event_payloads() {
+        assert_eq!(sent_us(" 123 "), Some(123));
+        assert_eq!(sent_us(r#"{"account_id":1,"id":5,"sent_us":456}"#), Some(456));
+        assert_eq!(sent_us(r#"{"id":5}"#), None);
+        // Rooms of 10: members 0–8 are agents, 9 the contact.
+        assert!(!is_contact(8, 10) && is_contact(9, 10) && is_contact(19, 10));
+        assert!(!is_contact(0, 1), "a room of one has no contact");
     }
 }

@@ -296,7 +296,7 @@ async fn a_node_restarted_under_the_same_name_handles_what_it_had_read_and_not_f
     first.append(&[event("r-1"), event("r-2")]).await.unwrap();
     let read = first.read(10, Duration::from_millis(100)).await.unwrap();
     assert_eq!(read.len(), 2);
-    first.ack(&read[0].id).await.unwrap();
+    first.ack(std::slice::from_ref(&read[0].id)).await.unwrap();
     // The process dies here; the same node comes back within its lease.
     drop(first);
     let again = queue(&engine);
@@ -306,7 +306,7 @@ async fn a_node_restarted_under_the_same_name_handles_what_it_had_read_and_not_f
         .map(|e| e.event.as_ref().unwrap().id.as_str())
         .collect();
     assert_eq!(ids, ["r-2"], "the entry read and not acknowledged comes back");
-    again.ack(&read[0].id).await.unwrap();
+    again.ack(std::slice::from_ref(&read[0].id)).await.unwrap();
     assert!(
         again
             .read(10, Duration::from_millis(100))

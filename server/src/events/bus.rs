@@ -55,8 +55,15 @@ pub async fn execute(engine: &dyn Engine, event_id: &str, action: &Action) -> Re
     match action {
         Action::Publish { rooms, event } => {
             let encoded = event.encode_to_vec();
-            for room in rooms {
-                with_timeout(engine.publish(room, &encoded, Some(event_id))).await?;
+            // Rooms are independent: published together, each in its own order.
+            let published = join_all(
+                rooms
+                    .iter()
+                    .map(|room| with_timeout(engine.publish(room, &encoded, Some(event_id)))),
+            )
+            .await;
+            for result in published {
+                result?;
             }
             metrics::counter!("rtgate_events_published_total", "source" => "bus")
                 .increment(rooms.len() as u64);
@@ -219,19 +226,20 @@ impl Bus {
     }
 
     /// Handles one conversation's entries in order; returns the entries to retry (the
-    /// first that failed and every later one of the same conversation).
-    async fn run_key(&self, mut works: VecDeque<Work>) -> VecDeque<Work> {
+    /// first that failed and every later one of the same conversation) and those done.
+    async fn run_key(&self, mut works: VecDeque<Work>) -> (VecDeque<Work>, Vec<String>) {
+        let mut done = Vec::new();
         while let Some(mut work) = works.pop_front() {
             if work.due > Instant::now() || !self.queue.holds() {
                 works.push_front(work);
-                return works;
+                return (works, done);
             }
             let event = match &work.entry.event {
                 Ok(event) => event.clone(),
                 Err(Poison::Duplicate) => {
                     metrics::counter!("rtgate_events_ingested_total", "source" => "stream", "outcome" => "duplicate")
                         .increment(1);
-                    self.ack(&work.entry).await;
+                    done.push(work.entry.id);
                     continue;
                 }
                 Err(Poison::Refused(reason)) => {
@@ -241,7 +249,7 @@ impl Bus {
                 }
             };
             match self.handle(&event, &work.left).await {
-                Handled::Done => self.ack(&work.entry).await,
+                Handled::Done => done.push(work.entry.id),
                 Handled::Failed(left, error, transient) => {
                     work.retries += 1;
                     if !transient {
@@ -257,17 +265,18 @@ impl Bus {
                     work.due = Instant::now() + self.retry_delay(work.retries);
                     work.last_error = error;
                     works.push_front(work);
-                    return works;
+                    return (works, done);
                 }
             }
         }
-        works
+        (works, done)
     }
 
-    async fn ack(&self, entry: &Entry) {
-        if let Err(err) = self.queue.ack(&entry.id).await {
-            // Left pending: handled again later, harmlessly.
-            tracing::warn!(entry = %entry.id, %err, "cannot acknowledge an event");
+    async fn ack(&self, entries: &[String]) {
+        if let Err(err) = self.queue.ack(entries).await {
+            // Still pending: the queue reads them again, and they are handled again,
+            // harmlessly (idempotent publishes).
+            tracing::warn!(entries = entries.len(), %err, "cannot acknowledge events");
         }
     }
 
@@ -382,11 +391,14 @@ impl Bus {
                 let bus = self.clone();
                 async move { (k, bus.run_key(works).await) }
             });
-        for (key, rest) in join_all(runs).await {
+        let mut done = Vec::new();
+        for (key, (rest, acked)) in join_all(runs).await {
+            done.extend(acked);
             if !rest.is_empty() {
                 held.insert(key, rest);
             }
         }
+        self.ack(&done).await;
     }
 }
 

@@ -102,7 +102,7 @@ impl EventQueue for MemoryQueue {
         }
     }
 
-    async fn ack(&self, _entry: &str) -> Result<(), EngineError> {
+    async fn ack(&self, _entries: &[String]) -> Result<(), EngineError> {
         Ok(())
     }
 

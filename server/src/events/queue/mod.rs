@@ -71,8 +71,8 @@ pub trait EventQueue: Send + Sync {
     /// conversation are handled in order; an empty answer is normal.
     async fn read(&self, max: usize, wait: Duration) -> Result<Vec<Entry>, EngineError>;
 
-    /// Every listener is done with the entry.
-    async fn ack(&self, entry: &str) -> Result<(), EngineError>;
+    /// Every listener is done with these entries.
+    async fn ack(&self, entries: &[String]) -> Result<(), EngineError>;
 
     /// Gives up on an entry: kept in the dead letters with `reason`, and acknowledged.
     async fn dead_letter(&self, entry: &Entry, reason: &str) -> Result<(), EngineError>;

@@ -58,14 +58,21 @@ return id
 "#;
 
 const FIRST_SEEN: &str = r#"
--- KEYS[1] the event id's key; ARGV[1] entry id, ARGV[2] window s. 1: handle it, 0: a duplicate.
-local v = redis.call('GET', KEYS[1])
-if not v then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-  return 1
+-- KEYS: the events' id keys; ARGV[1] window s, ARGV[1 + i] the entry id of KEYS[i].
+-- For each: 1, handle it (first seen, or seen in this very entry); 0, a duplicate.
+local out = {}
+for i, key in ipairs(KEYS) do
+  local v = redis.call('GET', key)
+  if not v then
+    redis.call('SET', key, ARGV[i + 1], 'EX', ARGV[1])
+    out[i] = 1
+  elseif v == ARGV[i + 1] then
+    out[i] = 1
+  else
+    out[i] = 0
+  end
 end
-if v == ARGV[1] then return 1 end
-return 0
+return out
 "#;
 
 const RENEW: &str = r#"
@@ -261,14 +268,10 @@ impl RedisQueue {
                 "pending events were trimmed from the stream before being handled"
             );
         }
-        let mut out = Vec::new();
-        if let Some(Value::Array(entries)) = parts.get(1) {
-            for e in entries {
-                if let Some(entry) = self.entry(e, 1).await? {
-                    out.push(entry);
-                }
-            }
-        }
+        let out = match parts.get(1) {
+            Some(Value::Array(entries)) => self.entries(entries, 1).await?,
+            _ => Vec::new(),
+        };
         *self.claim_cursor.lock().expect("claim lock") = (next != "0-0").then_some(next);
         Ok(Some(out))
     }
@@ -322,11 +325,7 @@ impl RedisQueue {
             for s in streams {
                 let Value::Array(parts) = s else { continue };
                 if let Some(Value::Array(entries)) = parts.get(1) {
-                    for e in entries {
-                        if let Some(entry) = self.entry(e, attempts).await? {
-                            out.push(entry);
-                        }
-                    }
+                    out.extend(self.entries(entries, attempts).await?);
                 }
             }
         }
@@ -362,40 +361,52 @@ impl RedisQueue {
         self.read_group(max, ">", Some(block)).await
     }
 
-    /// Turns a stream entry into an [`Entry`]: decoded, checked, deduplicated.
-    async fn entry(&self, v: &Value, attempts: u32) -> Result<Option<Entry>, EngineError> {
-        let Some((id, fields)) = parse_entry(v) else {
-            return Ok(None);
-        };
-        let decoded = match fields.iter().find(|(k, _)| k == "pb" || k == "json") {
-            Some((k, raw)) => {
-                let format = if k == "pb" {
-                    EntryFormat::Protobuf
-                } else {
-                    EntryFormat::Json
-                };
-                ingest::decode(format, raw)
-                    .and_then(|e| ingest::check(&e, self.config.max_event_size).map(|()| e))
-            }
-            None => Err("the entry has neither a pb nor a json field".into()),
-        };
-        let event = match decoded {
-            Ok(event) => {
-                let first: i64 = {
-                    let mut inv = self.first_seen.prepare_invoke();
-                    inv.key(self.id_key(&event.id)).arg(&id).arg(self.window_secs());
-                    self.commands.call(inv)
+    /// Turns stream entries into [`Entry`]s: decoded, checked, deduplicated (one script
+    /// call for the whole batch).
+    async fn entries(&self, values: &[Value], attempts: u32) -> Result<Vec<Entry>, EngineError> {
+        let mut out = Vec::with_capacity(values.len());
+        for v in values {
+            let Some((id, fields)) = parse_entry(v) else {
+                continue;
+            };
+            let decoded = match fields.iter().find(|(k, _)| k == "pb" || k == "json") {
+                Some((k, raw)) => {
+                    let format = if k == "pb" {
+                        EntryFormat::Protobuf
+                    } else {
+                        EntryFormat::Json
+                    };
+                    ingest::decode(format, raw)
+                        .and_then(|e| ingest::check(&e, self.config.max_event_size).map(|()| e))
                 }
-                .await?;
-                if first == 1 {
-                    Ok(event)
-                } else {
-                    Err(Poison::Duplicate)
-                }
+                None => Err("the entry has neither a pb nor a json field".into()),
+            };
+            out.push(Entry {
+                id,
+                event: decoded.map_err(Poison::Refused),
+                attempts,
+            });
+        }
+        let checked: Vec<usize> = (0..out.len()).filter(|i| out[*i].event.is_ok()).collect();
+        if checked.is_empty() {
+            return Ok(out);
+        }
+        let first: Vec<i64> = {
+            let mut inv = self.first_seen.prepare_invoke();
+            inv.arg(self.window_secs());
+            for &i in &checked {
+                let event_id = out[i].event.as_ref().map(|e| e.id.as_str()).unwrap_or_default();
+                inv.key(self.id_key(event_id)).arg(&out[i].id);
             }
-            Err(reason) => Err(Poison::Refused(reason)),
-        };
-        Ok(Some(Entry { id, event, attempts }))
+            self.commands.call(inv)
+        }
+        .await?;
+        for (&i, first) in checked.iter().zip(first) {
+            if first != 1 {
+                out[i].event = Err(Poison::Duplicate);
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -448,10 +459,18 @@ impl EventQueue for RedisQueue {
         self.lease_state.lock().expect("lease lock").0 = false;
     }
 
-    async fn ack(&self, entry: &str) -> Result<(), EngineError> {
+    async fn ack(&self, entries: &[String]) -> Result<(), EngineError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
         let acked: Result<i64, _> = self
             .commands
-            .command(redis::cmd("XACK").arg(&self.config.stream).arg(GROUP).arg(entry))
+            .command(
+                redis::cmd("XACK")
+                    .arg(&self.config.stream)
+                    .arg(GROUP)
+                    .arg(entries),
+            )
             .await;
         if acked.is_err() {
             // Still pending: it is read again (and handled again, harmlessly).
@@ -479,7 +498,7 @@ impl EventQueue for RedisQueue {
             add.arg("pb").arg(event.encode_to_vec());
         }
         let _: Value = self.commands.command(&add).await?;
-        self.ack(&entry.id).await
+        self.ack(std::slice::from_ref(&entry.id)).await
     }
 
     async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>, EngineError> {
