@@ -1,13 +1,12 @@
 //! The bus: reads entries from the queue and runs every listener that handles each one.
 //!
 //! - Events of one conversation are handled in the order they were queued, by every
-//!   listener; events of other conversations in parallel. An entry that failed holds the
-//!   later entries of its conversation back until it is done or given up.
-//! - Listeners are isolated: one that fails is retried alone, with backoff, and the others
-//!   are not run again. Until it succeeds, the later entries of that conversation wait
-//!   (for every listener: order is per conversation, not per listener). A failure of the
-//!   engine's availability (Redis unreachable) is retried for as long as it lasts; any
-//!   other failure counts, and after `max_attempts` the entry is dead-lettered with it.
+//!   listener; events of other conversations (and other listeners) in parallel.
+//! - Listeners are isolated: each has its own lane per conversation. One that fails is
+//!   retried alone, with backoff, and holds back only its own later work on that
+//!   conversation; the other listeners go on. A failure of the engine's availability
+//!   (Redis unreachable) is retried for as long as it lasts; any other failure counts, and
+//!   after `max_attempts` the entry is dead-lettered for that listener with the error.
 //! - Listeners only decide; [`execute`] carries their actions out (engine publishes).
 //! - An entry is acknowledged once every listener is done with it; a node that dies before
 //!   leaves it pending for the next reader, which runs the listeners again (their actions
@@ -97,20 +96,23 @@ pub async fn execute(engine: &dyn Engine, event_id: &str, action: &Action) -> Re
     Ok(())
 }
 
-/// An entry being handled: which listeners still have to finish with it.
+/// One listener's work on one entry.
 #[derive(Debug)]
 struct Work {
-    entry: Entry,
-    /// Indexes of the listeners not done with it.
-    left: Vec<usize>,
+    entry: Arc<Entry>,
+    /// The listener's index.
+    listener: usize,
     /// Failed attempts so far (counting earlier readers' deliveries).
     attempts: u32,
     /// Retries so far, transient failures included (for the backoff).
     retries: u32,
     /// Not before.
     due: Instant,
-    last_error: String,
 }
+
+/// Where a listener's work on a conversation waits its turn: one lane per listener and
+/// conversation, so that a failing listener holds back only its own later work.
+type LaneKey = (usize, (u64, u64));
 
 /// The bus of one node.
 pub struct Bus {
@@ -127,21 +129,25 @@ impl std::fmt::Debug for Bus {
     }
 }
 
-/// What handling one entry came to.
-enum Handled {
-    /// Every listener is done.
-    Done,
-    /// These listeners failed; the error of the last; whether every failure was only the
-    /// engine being unavailable (retried without counting).
-    Failed(Vec<usize>, String, bool),
-}
+/// Why a listener's work on an entry failed: the error, and whether it was only the
+/// engine being unavailable (retried without counting).
+struct Failure(String, bool);
 
-/// Most entries held back behind failures at once: beyond, the bus reads nothing new
-/// until some are done (they stay in the queue meanwhile).
+/// Most pieces of work held back behind failures at once: beyond, the bus reads nothing
+/// new until some are done (the entries stay in the queue meanwhile).
 const MAX_HELD: usize = 10_000;
 
 /// How long a stopping bus goes on handling what it has read or what is queued.
 const DRAIN: Duration = Duration::from_secs(5);
+
+/// What the bus is in the middle of.
+#[derive(Default)]
+struct InFlight {
+    /// Work waiting behind a failure, per lane, in order.
+    held: HashMap<LaneKey, VecDeque<Work>>,
+    /// Entries being handled: how many listeners are not done with each.
+    remaining: HashMap<String, usize>,
+}
 
 impl Bus {
     /// A bus running `listeners` on the entries of `queue`.
@@ -161,96 +167,71 @@ impl Bus {
         })
     }
 
-    /// Runs the listeners `left` on an event; returns those that failed.
-    async fn handle(&self, event: &pb::DomainEvent, left: &[usize]) -> Handled {
-        let mut failed = Vec::new();
-        let mut error = String::new();
-        let mut transient = true;
-        for &i in left {
-            let name = self.names[i];
-            let started = Instant::now();
-            let decided = {
-                let mut listener = self.listeners[i].lock().expect("listener lock");
-                if !listener.handles(&event.name) {
-                    continue;
-                }
-                listener.decide(event)
-            };
-            let actions = match decided {
-                Ok(actions) => actions,
-                Err(skip) => {
-                    metrics::counter!("rtgate_listener_events_total", "listener" => name, "outcome" => skip.label())
-                        .increment(1);
-                    continue;
-                }
-            };
-            let mut result = Ok(());
-            for action in &actions {
-                result = execute(&*self.engine, &event.id, action).await;
-                if result.is_err() {
-                    break;
-                }
+    /// Runs listener `i` on an event and carries its actions out.
+    async fn handle(&self, event: &pb::DomainEvent, i: usize) -> Result<(), Failure> {
+        let name = self.names[i];
+        let started = Instant::now();
+        let decided = self.listeners[i].lock().expect("listener lock").decide(event);
+        let actions = match decided {
+            Ok(actions) => actions,
+            Err(skip) => {
+                metrics::counter!("rtgate_listener_events_total", "listener" => name, "outcome" => skip.label())
+                    .increment(1);
+                return Ok(());
             }
-            metrics::histogram!("rtgate_listener_seconds", "listener" => name)
-                .record(started.elapsed().as_secs_f64());
-            match result {
-                Ok(()) => {
-                    metrics::counter!("rtgate_listener_events_total", "listener" => name, "outcome" => "handled")
-                        .increment(1);
-                    if event.occurred_at_ms > 0 {
-                        let now_ms = crate::connection::unix_ms() as i64;
-                        let lag = (now_ms - event.occurred_at_ms).max(0) as f64 / 1000.0;
-                        metrics::histogram!("rtgate_event_lag_seconds").record(lag);
-                    }
-                }
-                Err(err) => {
-                    metrics::counter!("rtgate_listener_events_total", "listener" => name, "outcome" => "failed")
-                        .increment(1);
-                    tracing::debug!(listener = name, event = %event.id, %err, "listener failed");
-                    transient &= matches!(err, EngineError::Unavailable(_));
-                    error = format!("{name}: {err}");
-                    failed.push(i);
-                }
+        };
+        let mut result = Ok(());
+        for action in &actions {
+            result = execute(&*self.engine, &event.id, action).await;
+            if result.is_err() {
+                break;
             }
         }
-        if failed.is_empty() {
-            Handled::Done
-        } else {
-            Handled::Failed(failed, error, transient)
+        metrics::histogram!("rtgate_listener_seconds", "listener" => name)
+            .record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(()) => {
+                metrics::counter!("rtgate_listener_events_total", "listener" => name, "outcome" => "handled")
+                    .increment(1);
+                if event.occurred_at_ms > 0 {
+                    let now_ms = crate::connection::unix_ms() as i64;
+                    let lag = (now_ms - event.occurred_at_ms).max(0) as f64 / 1000.0;
+                    metrics::histogram!("rtgate_event_lag_seconds").record(lag);
+                }
+                Ok(())
+            }
+            Err(err) => {
+                metrics::counter!("rtgate_listener_events_total", "listener" => name, "outcome" => "failed")
+                    .increment(1);
+                tracing::debug!(listener = name, event = %event.id, %err, "listener failed");
+                let transient = matches!(err, EngineError::Unavailable(_));
+                Err(Failure(format!("{name}: {err}"), transient))
+            }
         }
     }
 
-    fn retry_delay(&self, attempts: u32) -> Duration {
-        let factor = 1u32 << attempts.saturating_sub(1).min(16);
+    fn retry_delay(&self, retries: u32) -> Duration {
+        let factor = 1u32 << retries.saturating_sub(1).min(16);
         (self.config.retry_delay * factor).min(self.config.max_retry_delay)
     }
 
-    /// Handles one conversation's entries in order; returns the entries to retry (the
-    /// first that failed and every later one of the same conversation) and those done.
-    async fn run_key(&self, mut works: VecDeque<Work>) -> (VecDeque<Work>, Vec<String>) {
-        let mut done = Vec::new();
+    /// Runs one lane (a listener on a conversation) in order; returns the work to retry
+    /// (the first that failed and everything after it) and the entries this listener is
+    /// done with (handled or given up).
+    async fn run_lane(&self, mut works: VecDeque<Work>) -> (VecDeque<Work>, Vec<String>) {
+        let mut finished = Vec::new();
         while let Some(mut work) = works.pop_front() {
             if work.due > Instant::now() || !self.queue.holds() {
                 works.push_front(work);
-                return (works, done);
+                break;
             }
-            let event = match &work.entry.event {
-                Ok(event) => event.clone(),
-                Err(Poison::Duplicate) => {
-                    metrics::counter!("rtgate_events_ingested_total", "source" => "stream", "outcome" => "duplicate")
-                        .increment(1);
-                    done.push(work.entry.id);
-                    continue;
-                }
-                Err(Poison::Refused(reason)) => {
-                    let reason = reason.clone();
-                    self.dead_letter(&work.entry, &reason).await;
-                    continue;
-                }
+            let Ok(event) = &work.entry.event else {
+                finished.push(work.entry.id.clone());
+                continue;
             };
-            match self.handle(&event, &work.left).await {
-                Handled::Done => done.push(work.entry.id),
-                Handled::Failed(left, error, transient) => {
+            match self.handle(event, work.listener).await {
+                Ok(()) => finished.push(work.entry.id.clone()),
+                Err(Failure(error, transient)) => {
                     work.retries += 1;
                     if !transient {
                         work.attempts += 1;
@@ -258,18 +239,18 @@ impl Bus {
                     if work.attempts >= self.config.max_attempts {
                         let reason = format!("failed {} times; last: {error}", work.attempts);
                         self.dead_letter(&work.entry, &reason).await;
+                        finished.push(work.entry.id.clone());
                         continue;
                     }
-                    metrics::counter!("rtgate_events_retried_total").increment(1);
-                    work.left = left;
+                    metrics::counter!("rtgate_events_retried_total", "listener" => self.names[work.listener])
+                        .increment(1);
                     work.due = Instant::now() + self.retry_delay(work.retries);
-                    work.last_error = error;
                     works.push_front(work);
-                    return (works, done);
+                    break;
                 }
             }
         }
-        (works, done)
+        (works, finished)
     }
 
     async fn ack(&self, entries: &[String]) {
@@ -291,8 +272,7 @@ impl Bus {
     /// Runs until `stop` says so; then goes on for a little while with what is queued
     /// (bounded by [`DRAIN`]) and gives the queue up.
     pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
-        // Entries waiting behind a failure, per conversation, in order.
-        let mut held: HashMap<(u64, u64), VecDeque<Work>> = HashMap::new();
+        let mut flight = InFlight::default();
         let mut read_errors = 0u32;
         let mut stopping: Option<Instant> = None;
         loop {
@@ -304,7 +284,12 @@ impl Bus {
             {
                 break;
             }
-            let next_due = held.values().filter_map(|w| w.front()).map(|w| w.due).min();
+            let next_due = flight
+                .held
+                .values()
+                .filter_map(|w| w.front())
+                .map(|w| w.due)
+                .min();
             let mut wait = match next_due {
                 Some(due) => due
                     .saturating_duration_since(Instant::now())
@@ -314,7 +299,7 @@ impl Bus {
             if stopping.is_some() {
                 wait = Duration::ZERO;
             }
-            let held_count: usize = held.values().map(VecDeque::len).sum();
+            let held_count: usize = flight.held.values().map(VecDeque::len).sum();
             let entries = if held_count >= MAX_HELD {
                 tokio::time::sleep(wait.max(Duration::from_millis(10))).await;
                 Vec::new()
@@ -338,64 +323,100 @@ impl Bus {
                     }
                 }
             };
-            if stopping.is_some() && entries.is_empty() && held.is_empty() {
+            if stopping.is_some() && entries.is_empty() && flight.held.is_empty() {
                 break;
             }
-            self.clone().round(&mut held, entries).await;
+            self.clone().round(&mut flight, entries).await;
             if !self.queue.holds() {
-                // Another node reads now; what was held back is pending for it.
-                held.clear();
+                // Another node reads now; what was in flight is pending for it.
+                flight = InFlight::default();
             }
         }
         self.queue.release().await;
     }
 
-    /// Hands newly read entries and the held ones to their conversations, and runs them.
-    async fn round(self: Arc<Self>, held: &mut HashMap<(u64, u64), VecDeque<Work>>, entries: Vec<Entry>) {
-        let all: Vec<usize> = (0..self.listeners.len()).collect();
-        let mut keys: Vec<(u64, u64)> = Vec::new();
-        let mut groups: HashMap<(u64, u64), VecDeque<Work>> = HashMap::new();
-        let mut known: std::collections::HashSet<String> = std::collections::HashSet::new();
-        for (key, works) in held.drain() {
-            known.extend(works.iter().map(|w| w.entry.id.clone()));
-            keys.push(key);
-            groups.insert(key, works);
+    /// Spreads newly read entries over their lanes (behind the held work), runs every
+    /// lane, and acknowledges the entries every listener is done with.
+    async fn round(self: Arc<Self>, flight: &mut InFlight, entries: Vec<Entry>) {
+        let mut done: Vec<String> = Vec::new();
+        let mut lanes: Vec<LaneKey> = Vec::new();
+        let mut groups: HashMap<LaneKey, VecDeque<Work>> = HashMap::new();
+        for (lane, works) in flight.held.drain() {
+            lanes.push(lane);
+            groups.insert(lane, works);
         }
         for entry in entries {
-            // An entry read again (this consumer's pending list) while already held.
-            if !known.insert(entry.id.clone()) {
+            // An entry read again (this consumer's pending list) while still in flight.
+            if flight.remaining.contains_key(&entry.id) {
                 continue;
             }
-            let key = entry.event.as_ref().map_or((0, 0), ordering_key);
-            let attempts = entry.attempts;
-            let work = Work {
-                entry,
-                left: all.clone(),
-                attempts,
-                retries: 0,
-                due: Instant::now(),
-                last_error: String::new(),
+            let event = match &entry.event {
+                Ok(event) => event,
+                Err(Poison::Duplicate) => {
+                    metrics::counter!("rtgate_events_ingested_total", "source" => "stream", "outcome" => "duplicate")
+                        .increment(1);
+                    done.push(entry.id);
+                    continue;
+                }
+                Err(Poison::Refused(reason)) => {
+                    let reason = reason.clone();
+                    self.dead_letter(&entry, &reason).await;
+                    done.push(entry.id);
+                    continue;
+                }
             };
-            groups
-                .entry(key)
-                .or_insert_with(|| {
-                    keys.push(key);
-                    VecDeque::new()
+            let handling: Vec<usize> = (0..self.listeners.len())
+                .filter(|&i| {
+                    self.listeners[i]
+                        .lock()
+                        .expect("listener lock")
+                        .handles(&event.name)
                 })
-                .push_back(work);
+                .collect();
+            if handling.is_empty() {
+                done.push(entry.id);
+                continue;
+            }
+            let key = ordering_key(event);
+            let attempts = entry.attempts;
+            flight.remaining.insert(entry.id.clone(), handling.len());
+            let entry = Arc::new(entry);
+            for listener in handling {
+                let lane = (listener, key);
+                groups
+                    .entry(lane)
+                    .or_insert_with(|| {
+                        lanes.push(lane);
+                        VecDeque::new()
+                    })
+                    .push_back(Work {
+                        entry: entry.clone(),
+                        listener,
+                        attempts,
+                        retries: 0,
+                        due: Instant::now(),
+                    });
+            }
         }
-        let runs = keys
+        let runs = lanes
             .into_iter()
             .filter_map(|k| groups.remove(&k).map(|w| (k, w)))
             .map(|(k, works)| {
                 let bus = self.clone();
-                async move { (k, bus.run_key(works).await) }
+                async move { (k, bus.run_lane(works).await) }
             });
-        let mut done = Vec::new();
-        for (key, (rest, acked)) in join_all(runs).await {
-            done.extend(acked);
+        for (lane, (rest, finished)) in join_all(runs).await {
+            for id in finished {
+                if let Some(left) = flight.remaining.get_mut(&id) {
+                    *left -= 1;
+                    if *left == 0 {
+                        flight.remaining.remove(&id);
+                        done.push(id);
+                    }
+                }
+            }
             if !rest.is_empty() {
-                held.insert(key, rest);
+                flight.held.insert(lane, rest);
             }
         }
         self.ack(&done).await;
@@ -599,16 +620,25 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failing_listener_is_retried_alone_and_holds_back_only_its_conversation() {
+    async fn a_failing_listener_is_retried_alone_and_holds_back_only_its_own_work_on_the_conversation() {
         let s = start("public:1:second", 2, 5, false);
         s.queue
             .append(&[event("a1", 1), event("a2", 1), event("b1", 2)])
             .await
             .unwrap();
         let second = published(&s.engine, "public:1:second", 3).await;
-        // a1 failed twice in `second`; a2 (same conversation) waited for it; b1 did not.
+        // a1 failed twice in `second`; a2 (same conversation) waited for it there; b1 did not.
         assert_eq!(second, ["\"b1\"", "\"a1\"", "\"a2\""]);
-        assert_eq!(published(&s.engine, "public:1:first", 3).await.len(), 3);
+        let first = published(&s.engine, "public:1:first", 3).await;
+        assert_eq!(first.len(), 3);
+        // The first listener went on with the conversation meanwhile, in its order.
+        let log = s.engine.log.lock().unwrap().clone();
+        let at = |room: &str, json: &str| log.iter().position(|(r, j)| r == room && j == json).unwrap();
+        assert!(at("public:1:first", "\"a1\"") < at("public:1:first", "\"a2\""));
+        assert!(
+            at("public:1:first", "\"a2\"") < at("public:1:second", "\"a1\""),
+            "not held back by the other listener: {log:?}"
+        );
         assert_eq!(
             s.decided[0].load(Ordering::Relaxed),
             3,
@@ -635,6 +665,17 @@ mod tests {
             dead[0].reason.contains("failed 3 times") && dead[0].reason.contains("second"),
             "{dead:?}"
         );
+        s.stop.send_replace(true);
+    }
+
+    #[tokio::test]
+    async fn an_unavailable_engine_is_waited_out_however_long_it_lasts() {
+        // Ten outages in a row, with a budget of three attempts: nothing is given up.
+        let s = start("public:1:second", 10, 3, true);
+        s.queue.append(&[event("a1", 1), event("a2", 1)]).await.unwrap();
+        let second = published(&s.engine, "public:1:second", 2).await;
+        assert_eq!(second, ["\"a1\"", "\"a2\""]);
+        assert!(s.queue.dead_letters(10).await.unwrap().is_empty());
         s.stop.send_replace(true);
     }
 }

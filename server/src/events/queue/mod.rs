@@ -74,7 +74,9 @@ pub trait EventQueue: Send + Sync {
     /// Every listener is done with these entries.
     async fn ack(&self, entries: &[String]) -> Result<(), EngineError>;
 
-    /// Gives up on an entry: kept in the dead letters with `reason`, and acknowledged.
+    /// Gives up on an entry (for one listener, or for all when it cannot be read): kept
+    /// in the dead letters with `reason`. It is acknowledged as usual, once every listener
+    /// is done with it.
     async fn dead_letter(&self, entry: &Entry, reason: &str) -> Result<(), EngineError>;
 
     /// The most recent dead letters, oldest first.

@@ -498,7 +498,7 @@ impl EventQueue for RedisQueue {
             add.arg("pb").arg(event.encode_to_vec());
         }
         let _: Value = self.commands.command(&add).await?;
-        self.ack(std::slice::from_ref(&entry.id)).await
+        Ok(())
     }
 
     async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>, EngineError> {
