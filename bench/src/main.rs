@@ -621,6 +621,14 @@ async fn load_scenario(o: &Opts, scenario: &str, p: Preset) -> Result<(), String
     }
     .await;
     env.finish();
+    if let Some(stream) = &run.stream
+        && let Err(e) = publisher::remove_stream(stream).await
+    {
+        eprintln!(
+            "rtgate-bench: could not remove the event stream {}: {e}",
+            stream.key
+        );
+    }
     let r = result?;
     let name = output_name(o, scenario);
     write_outputs(

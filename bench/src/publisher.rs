@@ -271,3 +271,46 @@ pub async fn publish_stream(load: &Load, stream: &Stream, stop: Arc<AtomicBool>)
         latency,
     }
 }
+
+/// Removes the stream and its companion keys (ids, lease, dead letters): a run leaves
+/// nothing behind in the shared Redis.
+pub async fn remove_stream(stream: &Stream) -> Result<u64, String> {
+    let client = redis::Client::open(stream.redis.as_str()).map_err(|e| e.to_string())?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut cursor = 0u64;
+    let mut removed = 0u64;
+    let pattern = format!(
+        "{}*",
+        stream
+            .key
+            .replace('[', "\\[")
+            .replace('*', "\\*")
+            .replace('?', "\\?")
+    );
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !keys.is_empty() {
+            let n: u64 = redis::cmd("UNLINK")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            removed += n;
+        }
+        if next == 0 {
+            return Ok(removed);
+        }
+        cursor = next;
+    }
+}
