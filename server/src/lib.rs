@@ -20,6 +20,7 @@ pub mod authz;
 pub mod certs;
 pub mod config;
 pub mod connection;
+pub mod delivery;
 pub mod dev;
 pub mod engine;
 pub mod events;
