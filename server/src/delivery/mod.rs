@@ -6,10 +6,12 @@
 //!   exponential backoff with full jitter honouring `Retry-After`, bounded by attempts
 //!   and age; and the per-destination circuit breaker.
 //! - [`ssrf`]: which addresses a delivery may connect to.
+//! - [`sender`]: one attempt over HTTP, every connected address checked by the guard.
 //!
 //! Each is a plain function or state machine with time as an input; the executor that
 //! performs requests is a thin adapter over them.
 
 pub mod policy;
+pub mod sender;
 pub mod signing;
 pub mod ssrf;
