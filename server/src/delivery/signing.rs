@@ -15,13 +15,21 @@ pub const TIMESTAMP_HEADER: &str = "X-Chatwoot-Timestamp";
 /// Header carrying the signature.
 pub const SIGNATURE_HEADER: &str = "X-Chatwoot-Signature";
 
-/// `sha256=<hex>` of `"<timestamp>.<body>"` under `secret`.
-pub fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
+/// The MAC of `"<timestamp>.<body>"` under `secret`.
+fn mac(secret: &[u8], timestamp: u64, body: &[u8]) -> Hmac<Sha256> {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
     mac.update(timestamp.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    mac
+}
+
+/// `sha256=<hex>` of `"<timestamp>.<body>"` under `secret`.
+pub fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
+    format!(
+        "sha256={}",
+        hex::encode(mac(secret, timestamp, body).finalize().into_bytes())
+    )
 }
 
 /// Whether `header` is the signature of `body` at `timestamp` under `secret` (compared in
@@ -33,11 +41,7 @@ pub fn verify(secret: &[u8], timestamp: u64, body: &[u8], header: &str) -> bool 
     let Ok(given) = hex::decode(hex_sig) else {
         return false;
     };
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    mac.verify_slice(&given).is_ok()
+    mac(secret, timestamp, body).verify_slice(&given).is_ok()
 }
 
 /// The headers of one attempt: content type, the delivery id when the destination has

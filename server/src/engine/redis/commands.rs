@@ -144,23 +144,26 @@ impl RedisCommands {
 
     /// Runs one command within the call timeout; failures count against readiness.
     pub async fn command<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, EngineError> {
-        let result = async {
-            let mut conn = self.conn().await?;
-            tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut conn))
-                .await
-                .map_err(|_| unavailable("redis call timed out"))?
-                .map_err(unavailable)
-        }
-        .await;
-        self.note(&result);
-        result
+        self.query(|mut conn| async move { cmd.query_async::<T>(&mut conn).await })
+            .await
     }
 
     /// Runs one pipeline within the call timeout; failures count against readiness.
     pub async fn pipe<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, EngineError> {
+        self.query(|mut conn| async move { pipe.query_async::<T>(&mut conn).await })
+            .await
+    }
+
+    /// Runs `query` on the command connection within the call timeout; every failure
+    /// is the engine being unavailable, and counts against readiness.
+    async fn query<T, F, Fut>(&self, query: F) -> Result<T, EngineError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
         let result = async {
-            let mut conn = self.conn().await?;
-            tokio::time::timeout(self.timeout, pipe.query_async::<T>(&mut conn))
+            let conn = self.conn().await?;
+            tokio::time::timeout(self.timeout, query(conn))
                 .await
                 .map_err(|_| unavailable("redis call timed out"))?
                 .map_err(unavailable)
