@@ -177,19 +177,11 @@ pub async fn publish_stream(load: &Load, stream: &Stream, stop: Arc<AtomicBool>)
     let mut errors = 0u64;
     let mut error_samples = Vec::new();
     let mut latency = new_histogram();
-    let client = match redis::Client::open(stream.redis.as_str()) {
-        Ok(c) => c,
-        Err(e) => {
-            return Published {
-                per_room,
-                errors: 1,
-                error_samples: vec![e.to_string()],
-                elapsed: Duration::ZERO,
-                latency,
-            };
-        }
+    let connected = match redis::Client::open(stream.redis.as_str()) {
+        Ok(client) => client.get_multiplexed_async_connection().await,
+        Err(e) => Err(e),
     };
-    let mut conn = match client.get_multiplexed_async_connection().await {
+    let mut conn = match connected {
         Ok(c) => c,
         Err(e) => {
             return Published {

@@ -43,7 +43,6 @@ pub struct Conductor {
     conn: ConnectionId,
     session: Session,
     transport: Transport,
-    outbox: Arc<Outbox>,
     subs: HashMap<RoomName, Arc<Subscriber>>,
     /// Rooms whose replay is going out at the client's pace.
     replays: Vec<RoomName>,
@@ -80,13 +79,11 @@ impl Conductor {
             now,
             unix_ms,
         );
-        let outbox = transport.control.outbox().clone();
         let mut conductor = Conductor {
             node,
             conn,
             session,
             transport,
-            outbox,
             subs: HashMap::new(),
             replays: Vec::new(),
             identified: None,
@@ -105,7 +102,7 @@ impl Conductor {
 
     /// The connection's send budget.
     pub fn outbox(&self) -> &Arc<Outbox> {
-        &self.outbox
+        self.transport.control.outbox()
     }
 
     /// When [`timeout`](Self::timeout) must be called next.
@@ -198,7 +195,7 @@ impl Conductor {
             let Some(sub) = self.subs.get(&room) else { continue };
             let state = match sub.pump() {
                 Pumped::NeedPage(cursor) if failed.is_none() => {
-                    match fetch_page(&self.node, sub, &room, &cursor, &self.outbox).await {
+                    match fetch_page(&self.node, sub, &room, &cursor, self.transport.control.outbox()).await {
                         Ok(state) => state,
                         Err(reason) => {
                             failed = Some(reason);
@@ -258,7 +255,9 @@ impl Conductor {
                     Pumped::Waiting => self.replays.push(room),
                     Pumped::NeedPage(cursor) => {
                         self.replays.push(room.clone());
-                        if let Err(reason) = fetch_page(&node, sub, &room, &cursor, &self.outbox).await {
+                        if let Err(reason) =
+                            fetch_page(&node, sub, &room, &cursor, self.transport.control.outbox()).await
+                        {
                             self.session.close(DisconnectCode::ServerError, &reason);
                         }
                     }

@@ -400,14 +400,8 @@ impl Harness {
     pub async fn drop_link(&mut self, p: PeerId) {
         let now = self.now;
         if let Some(mut link) = self.peers[p].link.take() {
-            if let Some(mut c) = link.conductor.take() {
-                c.peer_closed();
-                if let Some(ending) = c.settle(&|| now).await {
-                    self.peers[p].closes.push(ending.code);
-                    c.finish(ending).await;
-                }
-            }
             let peer = &mut self.peers[p];
+            close_from_client(&mut link, now, &mut peer.closes).await;
             peer.client.transport_closed();
             peer.events.push_back(ClientEvent::Disconnected {
                 code: None,
@@ -569,13 +563,8 @@ impl Harness {
                     peer.client.connect(&peer.token, now, unix_ms as i64);
                 }
                 ConnectorAction::Close => {
-                    if let Some(mut link) = peer.link.take()
-                        && let Some(mut c) = link.conductor.take()
-                    {
-                        c.peer_closed();
-                        if let Some(ending) = c.settle(&|| now).await {
-                            c.finish(ending).await;
-                        }
+                    if let Some(mut link) = peer.link.take() {
+                        close_from_client(&mut link, now, &mut peer.closes).await;
                     }
                 }
             }
@@ -663,14 +652,8 @@ impl Harness {
                 ClientEvent::Disconnected { reconnect, .. } => {
                     // Told by the gateway, or the client found the link dead: either way
                     // the link is closed from the client's side.
-                    if let Some(mut link) = peer.link.take()
-                        && let Some(mut c) = link.conductor.take()
-                    {
-                        c.peer_closed();
-                        if let Some(ending) = c.settle(&|| now).await {
-                            peer.closes.push(ending.code);
-                            c.finish(ending).await;
-                        }
+                    if let Some(mut link) = peer.link.take() {
+                        close_from_client(&mut link, now, &mut peer.closes).await;
                     }
                     peer.connector.closed(*reconnect, now);
                 }
@@ -679,6 +662,18 @@ impl Harness {
             peer.events.push_back(event);
         }
         progress
+    }
+}
+
+/// The client closes its side of `link`: the gateway sees it go away and winds the
+/// connection down (its code recorded in `closes`).
+async fn close_from_client(link: &mut Link, now: Instant, closes: &mut Vec<DisconnectCode>) {
+    if let Some(mut c) = link.conductor.take() {
+        c.peer_closed();
+        if let Some(ending) = c.settle(&|| now).await {
+            closes.push(ending.code);
+            c.finish(ending).await;
+        }
     }
 }
 
