@@ -160,7 +160,8 @@ fn payload_with_account(payload: &str, account_id: u64) -> String {
     if payload.trim().is_empty() {
         return format!("{{\"account_id\":{account_id}}}");
     }
-    match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(payload) {
+    // Only the top-level keys are read; values are skipped, not built.
+    match serde_json::from_str::<std::collections::HashMap<String, serde::de::IgnoredAny>>(payload) {
         Ok(map) if map.contains_key("account_id") => payload.to_string(),
         Ok(map) => {
             let open = payload.len() - payload.trim_start().len();
@@ -212,7 +213,8 @@ impl Routing {
         let Some(recipients) = recipients(&event.name) else {
             return Err(Skip::NotRouted);
         };
-        let conversation = event.conversation.clone().unwrap_or_default();
+        let no_facts = pb::ConversationFacts::default();
+        let conversation = event.conversation.as_ref().unwrap_or(&no_facts);
         if ordered_by_updated_at(&event.name)
             && conversation.updated_at > 0.0
             && !self.last.advance(
@@ -223,13 +225,11 @@ impl Routing {
             return Err(Skip::Stale);
         }
         let inbox = RoomName::inbox(conversation.inbox_id);
-        let contacts = || {
-            conversation
-                .contact_inbox_ids
-                .iter()
-                .map(|id| RoomName::contact(*id))
-        };
-        let room_event = pb::Event {
+        let contacts = conversation
+            .contact_inbox_ids
+            .iter()
+            .map(|id| RoomName::contact(*id));
+        let mut room_event = pb::Event {
             id: event.id.clone(),
             name: event.name.clone(),
             account_id: event.account_id,
@@ -237,29 +237,24 @@ impl Routing {
             json: payload_with_account(&event.payload, event.account_id),
             ..Default::default()
         };
-        let publish = |rooms: Vec<RoomName>| {
-            Ok(vec![Action::Publish {
-                rooms,
-                event: room_event.clone(),
-            }])
-        };
-        match recipients {
+        let rooms: Vec<RoomName> = match recipients {
             Recipients::InboxAndContactMessage => {
-                let message = event.message.clone().unwrap_or_default();
-                let contact_safe =
-                    !message.private && message.message_type != pb::MessageType::Activity as i32;
+                let contact_safe = event
+                    .message
+                    .as_ref()
+                    .is_some_and(|m| !m.private && m.message_type != pb::MessageType::Activity as i32);
                 let mut rooms = vec![inbox];
                 if contact_safe {
-                    rooms.extend(contacts());
+                    rooms.extend(contacts);
                 }
-                publish(rooms)
+                rooms
             }
-            Recipients::InboxAndContact => publish(std::iter::once(inbox).chain(contacts()).collect()),
-            Recipients::Inbox => publish(vec![inbox]),
-            Recipients::User => publish(vec![RoomName::user(event.user_id)]),
-            Recipients::Account => publish(vec![RoomName::account(event.account_id)]),
-            Recipients::UserOrInbox if event.user_id != 0 => publish(vec![RoomName::user(event.user_id)]),
-            Recipients::UserOrInbox => publish(vec![inbox]),
+            Recipients::InboxAndContact => std::iter::once(inbox).chain(contacts).collect(),
+            Recipients::Inbox => vec![inbox],
+            Recipients::User => vec![RoomName::user(event.user_id)],
+            Recipients::Account => vec![RoomName::account(event.account_id)],
+            Recipients::UserOrInbox if event.user_id != 0 => vec![RoomName::user(event.user_id)],
+            Recipients::UserOrInbox => vec![inbox],
             Recipients::Typing => {
                 let typing = event.typing.clone().unwrap_or_default();
                 let typer = typing.typer.unwrap_or_default();
@@ -270,23 +265,26 @@ impl Routing {
                 };
                 let mut rooms = vec![inbox];
                 if !typing.private {
-                    rooms.extend(contacts().filter(|r| Some(r) != typer_room.as_ref()));
+                    rooms.extend(contacts.filter(|r| Some(r) != typer_room.as_ref()));
                 }
-                let mut event = room_event;
-                event.payload = Some(pb::event::Payload::Typing(pb::TypingIndicator {
+                room_event.payload = Some(pb::event::Payload::Typing(pb::TypingIndicator {
                     room: RoomName::conversation(conversation.display_id).to_string(),
-                    on: event.name == "conversation.typing_on",
+                    on: room_event.name == "conversation.typing_on",
                     private: typing.private,
                     sender: Some(typer),
                 }));
-                Ok(vec![Action::Ephemeral {
+                return Ok(vec![Action::Ephemeral {
                     rooms,
-                    event,
+                    event: room_event,
                     exclude: typer_room,
                     private: typing.private,
-                }])
+                }]);
             }
-        }
+        };
+        Ok(vec![Action::Publish {
+            rooms,
+            event: room_event,
+        }])
     }
 }
 

@@ -49,12 +49,20 @@ pub struct RedisQueueConfig {
 pub const GROUP: &str = "rtgate";
 
 const APPEND: &str = r#"
--- KEYS[1] stream, KEYS[2] the event id's key; ARGV[1] window s, ARGV[2] maxlen, ARGV[3] event.
--- The id is remembered only once the entry is in: a failed XADD leaves nothing behind.
-if redis.call('EXISTS', KEYS[2]) == 1 then return false end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'pb', ARGV[3])
-redis.call('SET', KEYS[2], id, 'EX', ARGV[1])
-return id
+-- KEYS[1] stream, KEYS[1 + i] the id key of event i; ARGV[1] window s, ARGV[2] maxlen,
+-- ARGV[2 + i] event i. For each: 1 appended, 0 a duplicate. An id is remembered only once
+-- its entry is in: a failed XADD leaves nothing behind for it.
+local out = {}
+for i = 2, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    out[i - 1] = 0
+  else
+    local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'pb', ARGV[i + 1])
+    redis.call('SET', KEYS[i], id, 'EX', ARGV[1])
+    out[i - 1] = 1
+  end
+end
+return out
 "#;
 
 const FIRST_SEEN: &str = r#"
@@ -414,25 +422,31 @@ impl RedisQueue {
 impl EventQueue for RedisQueue {
     async fn append(&self, events: &[pb::DomainEvent]) -> Result<Vec<Appended>, EngineError> {
         self.ensure_group().await?;
-        let mut out = Vec::with_capacity(events.len());
-        for event in events {
-            let added: Option<String> = {
-                let mut inv = self.append.prepare_invoke();
-                inv.key(&self.config.stream)
-                    .key(self.id_key(&event.id))
-                    .arg(self.window_secs())
-                    .arg(self.config.max_len)
-                    .arg(event.encode_to_vec());
-                self.commands.call(inv)
-            }
-            .await?;
-            out.push(if added.is_some() {
-                Appended::Accepted
-            } else {
-                Appended::Duplicate
-            });
+        if events.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(out)
+        // The whole batch in one script call.
+        let added: Vec<i64> = {
+            let mut inv = self.append.prepare_invoke();
+            inv.key(&self.config.stream)
+                .arg(self.window_secs())
+                .arg(self.config.max_len);
+            for event in events {
+                inv.key(self.id_key(&event.id)).arg(event.encode_to_vec());
+            }
+            self.commands.call(inv)
+        }
+        .await?;
+        Ok(added
+            .into_iter()
+            .map(|a| {
+                if a == 1 {
+                    Appended::Accepted
+                } else {
+                    Appended::Duplicate
+                }
+            })
+            .collect())
     }
 
     async fn read(&self, max: usize, wait: Duration) -> Result<Vec<Entry>, EngineError> {
