@@ -228,7 +228,7 @@ async fn dev_token(
     if !matches!(role.as_str(), "agent" | "admin" | "contact") {
         return (StatusCode::BAD_REQUEST, "role is agent, admin or contact").into_response();
     }
-    let exp = (unix_ms() / 1000) as u64 + q.ttl.unwrap_or(3600).clamp(1, 86_400);
+    let exp = crate::connection::unix_ms() / 1000 + q.ttl.unwrap_or(3600).clamp(1, 86_400);
     let inboxes = q
         .inboxes
         .as_deref()
@@ -434,12 +434,6 @@ fn answer_format(headers: &HeaderMap) -> Format {
     formats(headers).1
 }
 
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 async fn publish(
     State(state): State<HttpState>,
     headers: HeaderMap,
@@ -486,7 +480,7 @@ async fn publish(
         event.id = uuid::Uuid::new_v4().to_string();
     }
     if event.occurred_at_ms == 0 {
-        event.occurred_at_ms = unix_ms();
+        event.occurred_at_ms = crate::connection::unix_ms() as i64;
     }
     let started = std::time::Instant::now();
     // Encoded once for every room.
@@ -682,7 +676,7 @@ async fn disconnect(
         &req.reason
     };
     let node = &state.node;
-    let now = (unix_ms() / 1000) as u64;
+    let now = crate::connection::unix_ms() / 1000;
     let revoke_before = if req.revoke_tokens {
         // Tokens issued (`iat`) up to this second are refused, here and (through the
         // engine) on every node, for as long as any of them could still be valid.

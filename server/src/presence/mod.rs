@@ -14,12 +14,13 @@ pub use store::{MemoryPresence, PresenceStore, effective, presence_of};
 pub use tracker::{Action, Tracker, TrackerConfig};
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use rtgate_protocol::{RoomName, pb};
 use tokio::sync::mpsc;
 
 use crate::auth::PrincipalId;
+use crate::connection::unix_ms;
 use crate::engine::{Engine, EngineError};
 
 /// Name of the events announcing presence and availability changes.
@@ -29,12 +30,6 @@ pub const PRESENCE_EVENT: &str = "presence.update";
 /// than one large frame per connection (which would also leave every connection's
 /// socket buffer grown to its size).
 pub const PRESENCE_EVENT_MAX_ENTRIES: usize = 64;
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 enum Input {
     Connected(PrincipalId),

@@ -28,6 +28,7 @@ mod scripts;
 use commands::unavailable;
 pub use commands::{RedisCommands, RedisStats};
 pub use keys::Keys;
+pub(crate) use replies::value_str;
 use replies::{Read, parse_page, parse_read};
 
 use std::collections::HashMap;

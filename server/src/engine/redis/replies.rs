@@ -17,7 +17,8 @@ pub(super) enum Read {
     Lost,
 }
 
-fn value_str(v: &redis::Value) -> Option<String> {
+/// A reply value as text (bulk or simple strings, integers).
+pub(crate) fn value_str(v: &redis::Value) -> Option<String> {
     match v {
         redis::Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
         redis::Value::SimpleString(s) => Some(s.clone()),

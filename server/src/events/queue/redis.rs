@@ -25,6 +25,7 @@ use rtgate_protocol::pb;
 use tokio::sync::Mutex;
 
 use super::{Appended, DeadLetter, Entry, EventQueue, Poison};
+use crate::engine::redis::value_str;
 use crate::engine::{EngineError, RedisCommands};
 use crate::events::ingest::{self, EntryFormat};
 
@@ -126,14 +127,6 @@ impl std::fmt::Debug for RedisQueue {
     }
 }
 
-fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    }
-}
-
 fn bytes(v: &Value) -> Option<&[u8]> {
     match v {
         Value::BulkString(b) => Some(b),
@@ -148,11 +141,11 @@ type Fields<'a> = Vec<(String, &'a [u8])>;
 /// One stream entry: its id and its field/value pairs.
 fn parse_entry(v: &Value) -> Option<(String, Fields<'_>)> {
     let Value::Array(parts) = v else { return None };
-    let id = text(parts.first()?)?;
+    let id = value_str(parts.first()?)?;
     let fields = match parts.get(1)? {
         Value::Array(kv) => kv
             .chunks(2)
-            .filter_map(|c| Some((text(c.first()?)?, bytes(c.get(1)?)?)))
+            .filter_map(|c| Some((value_str(c.first()?)?, bytes(c.get(1)?)?)))
             .collect(),
         // An entry deleted while pending reads as nil.
         _ => Vec::new(),
@@ -265,7 +258,7 @@ impl RedisQueue {
             *self.claim_cursor.lock().expect("claim lock") = None;
             return Ok(None);
         };
-        let next = parts.first().and_then(text).unwrap_or_else(|| "0-0".into());
+        let next = parts.first().and_then(value_str).unwrap_or_else(|| "0-0".into());
         // Redis 7 also names the pending entries the stream no longer holds (trimmed).
         if let Some(Value::Array(gone)) = parts.get(2)
             && !gone.is_empty()
