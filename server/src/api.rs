@@ -515,13 +515,6 @@ async fn publish_events(
     use crate::events::{ingest, queue::Appended};
     use pb::event_outcome::Status;
     let (req, format): (pb::PublishEventsRequest, _) = decode_body(&headers, &body)?;
-    if state.node.is_shutting_down() {
-        // The bus is winding down: what is accepted now might not be handled here.
-        return Err(ApiError::engine(
-            format,
-            &EngineError::Unavailable("gateway shutting down".into()),
-        ));
-    }
     if req.events.is_empty() || req.events.len() > MAX_EVENTS_PER_BATCH {
         return Err(ApiError::bad_request(
             format,

@@ -315,3 +315,131 @@ async fn a_node_restarted_under_the_same_name_handles_what_it_had_read_and_not_f
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn an_event_stream_without_a_hash_tag_is_refused_at_start() {
+    let mut config = redis_config(SHARED_REDIS, &unique_prefix("events-tag"));
+    config.events_stream = Some("plain-events".into());
+    let certs = tempfile::tempdir().unwrap();
+    config.cert_dir = certs.path().to_path_buf();
+    let err = rtgate_server::Gateway::start(config)
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("hash tag"), "{err}");
+}
+
+fn queue_on(
+    engine: &rtgate_server::engine::RedisEngine,
+    prefix: &str,
+    consumer: &str,
+    lease: Duration,
+) -> rtgate_server::events::queue::RedisQueue {
+    rtgate_server::events::queue::RedisQueue::new(
+        engine.commands(),
+        rtgate_server::events::queue::RedisQueueConfig {
+            stream: format!("{{{prefix}:events}}"),
+            consumer: consumer.into(),
+            dedup_window: Duration::from_secs(60),
+            max_len: 10_000,
+            lease,
+            max_event_size: 128 * 1024,
+        },
+    )
+}
+
+async fn ready_engine(prefix: &str) -> rtgate_server::engine::RedisEngine {
+    use rtgate_server::engine::{Engine, RedisConfig, RedisEngine};
+    let engine = RedisEngine::new(
+        std::sync::Arc::new(rtgate_server::hub::Hub::new()),
+        RedisConfig {
+            prefix: prefix.into(),
+            ..RedisConfig::new(SHARED_REDIS)
+        },
+    )
+    .unwrap();
+    for _ in 0..200 {
+        engine.maintain().await;
+        if engine.is_ready() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    engine
+}
+
+fn contact_event(id: &str) -> rtgate_protocol::pb::DomainEvent {
+    rtgate_protocol::pb::DomainEvent {
+        id: id.into(),
+        name: "contact.created".into(),
+        account_id: 1,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_reader_that_lost_its_lease_lets_go_and_the_new_one_claims_its_entries() {
+    use rtgate_server::events::queue::EventQueue;
+    let prefix = unique_prefix("events-lease");
+    let engine = ready_engine(&prefix).await;
+    let lease = Duration::from_millis(300);
+    let a = queue_on(&engine, &prefix, "a", lease);
+    let b = queue_on(&engine, &prefix, "b", lease);
+    a.append(&[contact_event("l-1")]).await.unwrap();
+    let read = a.read(10, Duration::from_millis(50)).await.unwrap();
+    assert_eq!(read.len(), 1);
+    assert!(a.holds());
+    assert!(
+        b.read(10, Duration::from_millis(50)).await.unwrap().is_empty(),
+        "a holds the stream"
+    );
+    assert!(!b.holds());
+    // a stalls past its lease; b takes over and claims what a left unacknowledged.
+    tokio::time::sleep(lease + Duration::from_millis(100)).await;
+    let claimed = b.read(10, Duration::from_millis(50)).await.unwrap();
+    let ids: Vec<_> = claimed
+        .iter()
+        .map(|e| e.event.as_ref().unwrap().id.as_str())
+        .collect();
+    assert_eq!(ids, ["l-1"]);
+    assert!(b.holds());
+    // a finds out at its next renewal and stops handling.
+    tokio::time::sleep(lease / 3 + Duration::from_millis(20)).await;
+    a.ack(&[read[0].id.clone()]).await.unwrap();
+    assert!(!a.holds(), "a let go");
+}
+
+#[tokio::test]
+async fn a_stream_whose_group_vanished_is_read_again_once_recreated() {
+    use rtgate_server::events::queue::EventQueue;
+    let prefix = unique_prefix("events-nogroup");
+    let engine = ready_engine(&prefix).await;
+    let q = queue_on(&engine, &prefix, "n", Duration::from_secs(10));
+    q.append(&[contact_event("g-1")]).await.unwrap();
+    let first = q.read(10, Duration::from_millis(50)).await.unwrap();
+    q.ack(&[first[0].id.clone()]).await.unwrap();
+    // Redis loses the stream (a flush, a restart without persistence).
+    let client = ::redis::Client::open(SHARED_REDIS).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: i64 = ::redis::cmd("DEL")
+        .arg(format!("{{{prefix}:events}}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    q.append(&[contact_event("g-2")]).await.unwrap();
+    // The first read finds no group and says so; the next recreates it and reads.
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        if let Ok(entries) = q.read(10, Duration::from_millis(50)).await {
+            got.extend(entries);
+        }
+        if !got.is_empty() {
+            break;
+        }
+    }
+    let ids: Vec<_> = got
+        .iter()
+        .map(|e| e.event.as_ref().unwrap().id.as_str())
+        .collect();
+    assert_eq!(ids, ["g-2"]);
+}

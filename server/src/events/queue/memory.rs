@@ -125,3 +125,39 @@ impl EventQueue for MemoryQueue {
         Ok(s.dead.iter().skip(skip).cloned().collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: &str) -> pb::DomainEvent {
+        pb::DomainEvent {
+            id: id.into(),
+            name: "contact.created".into(),
+            account_id: 1,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_appends_until_read_and_ids_are_remembered() {
+        let q = MemoryQueue::new(Duration::from_secs(60), 2 * MAX_WAITING);
+        let batch: Vec<_> = (0..MAX_WAITING).map(|n| event(&n.to_string())).collect();
+        assert!(
+            q.append(&batch)
+                .await
+                .unwrap()
+                .iter()
+                .all(|a| *a == Appended::Accepted)
+        );
+        assert!(matches!(
+            q.append(&[event("one-more")]).await,
+            Err(EngineError::Unavailable(_))
+        ));
+        assert_eq!(q.read(10, Duration::ZERO).await.unwrap().len(), 10);
+        assert_eq!(
+            q.append(&[event("one-more"), event("0")]).await.unwrap(),
+            [Appended::Accepted, Appended::Duplicate]
+        );
+    }
+}
