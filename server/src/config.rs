@@ -259,6 +259,69 @@ pub struct Config {
     #[arg(long, env = "RTGATE_EVENTS_STREAM_MAXLEN", default_value_t = 1_000_000)]
     pub events_stream_maxlen: usize,
 
+    /// How long one delivery attempt (webhook, agent bot, hook) may take, connect and
+    /// answer together.
+    #[arg(long, env = "RTGATE_DELIVERY_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub delivery_timeout: Duration,
+
+    /// Attempts at a delivery, the first included, before it is given up.
+    #[arg(long, env = "RTGATE_DELIVERY_MAX_ATTEMPTS", default_value_t = 8)]
+    pub delivery_max_attempts: u32,
+
+    /// No delivery attempt starts later than this after the delivery was queued.
+    #[arg(long, env = "RTGATE_DELIVERY_MAX_AGE", default_value = "1h", value_parser = parse_duration)]
+    pub delivery_max_age: Duration,
+
+    /// Ceiling of the first retry's delay (full jitter), doubled on each further one.
+    #[arg(long, env = "RTGATE_DELIVERY_RETRY_BASE", default_value = "1s", value_parser = parse_duration)]
+    pub delivery_retry_base: Duration,
+
+    /// Longest delay between two attempts (a longer `Retry-After` is capped to it).
+    #[arg(long, env = "RTGATE_DELIVERY_MAX_RETRY_DELAY", default_value = "5m", value_parser = parse_duration)]
+    pub delivery_max_retry_delay: Duration,
+
+    /// Attempts in flight to one destination (URL origin) at once, per node.
+    #[arg(long, env = "RTGATE_DELIVERY_PER_DESTINATION", default_value_t = 16)]
+    pub delivery_per_destination: usize,
+
+    /// Deliveries one node holds at once (in flight or waiting for their destination).
+    #[arg(long, env = "RTGATE_DELIVERY_MAX_HELD", default_value_t = 4096)]
+    pub delivery_max_held: usize,
+
+    /// How long a node's claim on a delivery lasts: a node that dies mid-attempt leaves
+    /// it to another after this.
+    #[arg(long, env = "RTGATE_DELIVERY_LEASE", default_value = "60s", value_parser = parse_duration)]
+    pub delivery_lease: Duration,
+
+    /// How often each node looks for due deliveries (retries, and those of a dead node).
+    #[arg(long, env = "RTGATE_DELIVERY_POLL", default_value = "200ms", value_parser = parse_duration)]
+    pub delivery_poll: Duration,
+
+    /// Consecutive failures (timeouts, connection errors, 408, 429, 5xx) that open a
+    /// destination's breaker.
+    #[arg(long, env = "RTGATE_DELIVERY_BREAKER_FAILURES", default_value_t = 5)]
+    pub delivery_breaker_failures: u32,
+
+    /// How long an open breaker holds deliveries before one probe (doubling, up to 5 min).
+    #[arg(long, env = "RTGATE_DELIVERY_BREAKER_OPEN", default_value = "10s", value_parser = parse_duration)]
+    pub delivery_breaker_open: Duration,
+
+    /// Let deliveries reach loopback, private, link-local and unique-local addresses (a
+    /// private deployment whose endpoints are on its own network). Cloud metadata,
+    /// multicast and unspecified addresses stay refused.
+    #[arg(long, env = "RTGATE_DELIVERY_ALLOW_PRIVATE")]
+    pub delivery_allow_private: bool,
+
+    /// Where rtgate POSTs its notices to the backend (`delivery.failed`), signed like a
+    /// webhook with --backend-callback-secret; on Redis they are also on the stream
+    /// `{<redis-prefix>:backend}`.
+    #[arg(long, env = "RTGATE_BACKEND_CALLBACK_URL")]
+    pub backend_callback_url: Option<String>,
+
+    /// The secret the backend callback's notices are signed with.
+    #[arg(long, env = "RTGATE_BACKEND_CALLBACK_SECRET", default_value = "")]
+    pub backend_callback_secret: String,
+
     /// How long a room's epoch and last offset are kept after its last event.
     #[arg(long, env = "RTGATE_REDIS_META_TTL", default_value = "24h", value_parser = parse_duration)]
     pub redis_meta_ttl: Duration,

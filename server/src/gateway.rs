@@ -13,8 +13,18 @@ use crate::auth::{Authenticator, TokenKey};
 use crate::certs;
 use crate::config::Config;
 use crate::config::QuicRetry;
+use crate::delivery::executor::{Deliverer, DelivererConfig};
+use crate::delivery::listeners::{
+    AgentBotListener, HookListener, InstallationWebhookListener, WebhookListener,
+};
+use crate::delivery::policy::{BreakerConfig, RetryPolicy};
+use crate::delivery::queue::{DeliveryQueue, MemoryDeliveryQueue, RedisDeliveryQueue};
+use crate::delivery::sender::Sender;
+use crate::delivery::ssrf::Guard;
+use crate::delivery::store::{DestinationStore, Destinations, MemoryDestinations, RedisDestinations};
 use crate::dev::DevCredentials;
-use crate::engine::{Engine, HistoryLimits, MemoryEngine, RedisConfig, RedisEngine};
+use crate::engine::{Engine, HistoryLimits, MemoryEngine, RedisCommands, RedisConfig, RedisEngine};
+use crate::events::bus::DeliveryParts;
 use crate::events::bus::{Bus, BusConfig};
 use crate::events::queue::{EventQueue, MemoryQueue, RedisQueue, RedisQueueConfig};
 use crate::events::routing::Routing;
@@ -135,6 +145,22 @@ async fn run_control(
     }
 }
 
+/// Where a gateway keeps its state: the engine (rooms, history) and the stores beside it.
+pub struct Stores {
+    /// Rooms, history and fan-out.
+    pub engine: Arc<dyn Engine>,
+    /// Presence.
+    pub presence: Arc<dyn PresenceStore>,
+    /// Domain events waiting for the bus.
+    pub events: Arc<dyn EventQueue>,
+    /// The mirrored delivery destinations.
+    pub destinations: Arc<dyn DestinationStore>,
+    /// Deliveries waiting to be made.
+    pub deliveries: Arc<dyn DeliveryQueue>,
+    /// The stream rtgate's notices to the backend go to (Redis), with its connection.
+    pub backend_stream: Option<(Arc<RedisCommands>, String)>,
+}
+
 /// Event ids the embedded queue remembers (for its deduplication window), at most.
 const MEMORY_DEDUP_IDS: usize = 1_000_000;
 
@@ -151,73 +177,91 @@ impl Gateway {
             max_age: config.history_ttl,
         };
         let presence_ttl = config.presence_ttl.as_millis() as u64;
-        let (engine, presence, events): (Arc<dyn Engine>, Arc<dyn PresenceStore>, Arc<dyn EventQueue>) =
-            match &config.redis {
-                Some(url) => {
-                    let redis = RedisConfig {
-                        prefix: config.redis_prefix.clone(),
-                        history,
-                        meta_ttl: config.redis_meta_ttl,
-                        sharded: config.redis_sharded_pubsub,
-                        timeout: config.redis_timeout,
-                        ..RedisConfig::new(url)
-                    };
-                    let engine = RedisEngine::new(hub, redis)
-                        .map_err(|e| StartError::Config(format!("redis: {e}")))?;
-                    let chatwoot = config
-                        .chatwoot_presence_keys
-                        .then(|| config.chatwoot_namespace.clone());
-                    let presence = Arc::new(RedisPresence::new(engine.commands(), presence_ttl, chatwoot));
-                    let stream = config
-                        .events_stream
-                        .clone()
-                        .unwrap_or_else(|| format!("{{{}:events}}", config.redis_prefix));
-                    // Its companions (ids, lease, dead letters) must share its hash slot.
-                    let tagged = stream
-                        .find('{')
-                        .is_some_and(|open| stream[open + 1..].find('}').is_some_and(|close| close > 0));
-                    if !tagged {
-                        return Err(StartError::Config(format!(
-                            "--events-stream {stream:?} needs a hash tag, e.g. {{{stream}}}"
-                        )));
-                    }
-                    if config.events_stream_maxlen < 1000 {
-                        return Err(StartError::Config(
-                            "--events-stream-maxlen must be at least 1000".into(),
-                        ));
-                    }
-                    let events = Arc::new(RedisQueue::new(
-                        engine.commands(),
-                        RedisQueueConfig {
-                            stream: config
-                                .events_stream
-                                .clone()
-                                .unwrap_or_else(|| format!("{{{}:events}}", config.redis_prefix)),
-                            consumer: config.node_id.clone().unwrap_or_default(),
-                            dedup_window: config.events_dedup_window,
-                            max_len: config.events_stream_maxlen,
-                            lease: config.events_lease,
-                            max_event_size: config.max_event_size,
-                        },
-                    ));
-                    (Arc::new(engine), presence, events)
+        let window = config.events_dedup_window;
+        let stores = match &config.redis {
+            Some(url) => {
+                let redis = RedisConfig {
+                    prefix: config.redis_prefix.clone(),
+                    history,
+                    meta_ttl: config.redis_meta_ttl,
+                    sharded: config.redis_sharded_pubsub,
+                    timeout: config.redis_timeout,
+                    ..RedisConfig::new(url)
+                };
+                let engine =
+                    RedisEngine::new(hub, redis).map_err(|e| StartError::Config(format!("redis: {e}")))?;
+                let chatwoot = config
+                    .chatwoot_presence_keys
+                    .then(|| config.chatwoot_namespace.clone());
+                let presence = Arc::new(RedisPresence::new(engine.commands(), presence_ttl, chatwoot));
+                let stream = config
+                    .events_stream
+                    .clone()
+                    .unwrap_or_else(|| format!("{{{}:events}}", config.redis_prefix));
+                // Its companions (ids, lease, dead letters) must share its hash slot.
+                let tagged = stream
+                    .find('{')
+                    .is_some_and(|open| stream[open + 1..].find('}').is_some_and(|close| close > 0));
+                if !tagged {
+                    return Err(StartError::Config(format!(
+                        "--events-stream {stream:?} needs a hash tag, e.g. {{{stream}}}"
+                    )));
                 }
-                None => (
-                    Arc::new(MemoryEngine::new(hub, history)),
-                    Arc::new(MemoryPresence::new(presence_ttl)),
-                    Arc::new(MemoryQueue::new(config.events_dedup_window, MEMORY_DEDUP_IDS)),
-                ),
-            };
-        Gateway::start_with_engine(config, engine, presence, events).await
+                if config.events_stream_maxlen < 1000 {
+                    return Err(StartError::Config(
+                        "--events-stream-maxlen must be at least 1000".into(),
+                    ));
+                }
+                let events = Arc::new(RedisQueue::new(
+                    engine.commands(),
+                    RedisQueueConfig {
+                        stream: config
+                            .events_stream
+                            .clone()
+                            .unwrap_or_else(|| format!("{{{}:events}}", config.redis_prefix)),
+                        consumer: config.node_id.clone().unwrap_or_default(),
+                        dedup_window: config.events_dedup_window,
+                        max_len: config.events_stream_maxlen,
+                        lease: config.events_lease,
+                        max_event_size: config.max_event_size,
+                    },
+                ));
+                let commands = engine.commands();
+                Stores {
+                    destinations: Arc::new(RedisDestinations::new(commands.clone())),
+                    deliveries: Arc::new(RedisDeliveryQueue::new(
+                        commands.clone(),
+                        config.delivery_lease,
+                        window,
+                    )),
+                    backend_stream: Some((commands.clone(), format!("{{{}:backend}}", commands.prefix()))),
+                    engine: Arc::new(engine),
+                    presence,
+                    events,
+                }
+            }
+            None => Stores {
+                engine: Arc::new(MemoryEngine::new(hub, history)),
+                presence: Arc::new(MemoryPresence::new(presence_ttl)),
+                events: Arc::new(MemoryQueue::new(window, MEMORY_DEDUP_IDS)),
+                destinations: Arc::new(MemoryDestinations::default()),
+                deliveries: Arc::new(MemoryDeliveryQueue::new(config.delivery_lease, window)),
+                backend_stream: None,
+            },
+        };
+        Gateway::start_with_stores(config, stores).await
     }
 
-    /// Starts a gateway on the given engine, presence store and event queue.
-    pub async fn start_with_engine(
-        config: Config,
-        engine: Arc<dyn Engine>,
-        presence: Arc<dyn PresenceStore>,
-        events: Arc<dyn EventQueue>,
-    ) -> Result<Gateway, StartError> {
+    /// Starts a gateway on the given engine and stores.
+    pub async fn start_with_stores(config: Config, stores: Stores) -> Result<Gateway, StartError> {
+        let Stores {
+            engine,
+            presence,
+            events,
+            destinations,
+            deliveries,
+            backend_stream,
+        } = stores;
         let dev_mode = config.dev_mode();
         let need_dev =
             config.jwt_secret.is_none() && config.jwt_public_key.is_none() || config.api_key.is_none();
@@ -387,6 +431,45 @@ impl Gateway {
             })?),
             None => None,
         };
+        if let Some(url) = &config.backend_callback_url {
+            crate::delivery::directory::check_url(url)
+                .map_err(|e| StartError::Config(format!("--backend-callback-url: {e}")))?;
+        }
+        let destinations = Destinations::new(destinations);
+        if let Err(err) = destinations.sync().await {
+            tracing::warn!(%err, "cannot load the delivery destinations yet; retried before each round of events");
+        }
+        let deliverer = Deliverer::new(
+            deliveries,
+            Sender::new(
+                Guard {
+                    allow_private: config.delivery_allow_private,
+                },
+                config.delivery_timeout,
+            ),
+            DelivererConfig {
+                policy: RetryPolicy {
+                    max_attempts: config.delivery_max_attempts.max(1),
+                    max_age: config.delivery_max_age,
+                    base: config.delivery_retry_base,
+                    max_delay: config.delivery_max_retry_delay,
+                },
+                breaker: BreakerConfig {
+                    failures: config.delivery_breaker_failures.max(1),
+                    open_for: config.delivery_breaker_open,
+                    ..BreakerConfig::default()
+                },
+                timeout: config.delivery_timeout,
+                per_destination: config.delivery_per_destination.max(1),
+                max_held: config.delivery_max_held.max(1),
+                poll: config.delivery_poll,
+                callback: config
+                    .backend_callback_url
+                    .clone()
+                    .map(|url| (url, config.backend_callback_secret.clone())),
+            },
+            backend_stream,
+        );
         let state = HttpState {
             // Development tokens only when the gateway verifies with the secret it made up.
             dev: if dev_mode && config.jwt_secret.is_none() && config.jwt_public_key.is_none() {
@@ -400,6 +483,8 @@ impl Gateway {
             wt_port: wt_addr.port(),
             max_event_size: config.max_event_size,
             events: events.clone(),
+            destinations: destinations.clone(),
+            deliveries: deliverer.queue().clone(),
         };
         let app = router(
             state.clone(),
@@ -452,16 +537,28 @@ impl Gateway {
                 node.shutdown_signal(),
             )));
         }
+        let parts = DeliveryParts {
+            deliverer: deliverer.clone(),
+            destinations: destinations.clone(),
+        };
         let bus = Bus::new(
             events,
             engine.clone(),
-            vec![Box::new(Routing::default())],
+            vec![
+                Box::new(Routing::default()),
+                Box::new(WebhookListener::new(destinations.clone())),
+                Box::new(AgentBotListener::new(destinations.clone())),
+                Box::new(HookListener::new(destinations.clone())),
+                Box::new(InstallationWebhookListener::new(destinations.clone())),
+            ],
             BusConfig {
                 max_attempts: config.events_max_attempts.max(1),
                 ..BusConfig::default()
             },
+            Some(parts),
         );
         listeners.push(tokio::spawn(bus.run(node.shutdown_signal())));
+        listeners.push(tokio::spawn(deliverer.run(node.shutdown_signal())));
         if let Some(control) = engine.take_control() {
             listeners.push(tokio::spawn(run_control(node.clone(), control)));
         }

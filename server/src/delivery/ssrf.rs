@@ -11,8 +11,11 @@ pub enum Forbidden {
     Loopback,
     /// 10/8, 172.16/12, 192.168/16, 100.64/10 (carrier-grade NAT), fc00::/7.
     Private,
-    /// 169.254/16 (cloud metadata lives there), fe80::/10.
+    /// 169.254/16, fe80::/10.
     LinkLocal,
+    /// Cloud metadata services: 169.254.169.254, 100.100.100.200, fd00:ec2::254 —
+    /// refused even where private networks are allowed.
+    Metadata,
     /// 224/4, ff00::/8, 255.255.255.255.
     Multicast,
     /// 0.0.0.0/8, ::, and the other addresses that are not a real destination
@@ -27,6 +30,7 @@ impl Forbidden {
             Forbidden::Loopback => "loopback",
             Forbidden::Private => "private",
             Forbidden::LinkLocal => "link_local",
+            Forbidden::Metadata => "cloud_metadata",
             Forbidden::Multicast => "multicast",
             Forbidden::NotRoutable => "not_routable",
         }
@@ -35,7 +39,9 @@ impl Forbidden {
 
 fn v4(ip: Ipv4Addr) -> Option<Forbidden> {
     let [a, b, ..] = ip.octets();
-    if ip.is_loopback() {
+    if ip == Ipv4Addr::new(169, 254, 169, 254) || ip == Ipv4Addr::new(100, 100, 100, 200) {
+        Some(Forbidden::Metadata)
+    } else if ip.is_loopback() {
         Some(Forbidden::Loopback)
     } else if ip.is_private() || (a == 100 && (64..128).contains(&b)) {
         Some(Forbidden::Private)
@@ -60,7 +66,9 @@ fn v6(ip: Ipv6Addr) -> Option<Forbidden> {
         return v4(mapped);
     }
     let first = ip.segments()[0];
-    if ip.is_loopback() {
+    if ip == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) {
+        Some(Forbidden::Metadata)
+    } else if ip.is_loopback() {
         Some(Forbidden::Loopback)
     } else if ip.is_unspecified() {
         Some(Forbidden::NotRoutable)
@@ -95,7 +103,9 @@ pub fn forbidden(ip: IpAddr) -> Option<Forbidden> {
 }
 
 /// The guard of one gateway: by default every [`Forbidden`] class is refused; with
-/// `allow_private` (private deployments, tests on loopback) everything is allowed.
+/// `allow_private` (private deployments, tests on loopback) loopback, private and
+/// link-local addresses are allowed, and cloud metadata, multicast and unroutable
+/// addresses still refused.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Guard {
     /// Allow private, loopback and link-local destinations.
@@ -106,8 +116,11 @@ impl Guard {
     /// Whether a connection to `ip` may be made; the reason when not.
     pub fn check(&self, ip: IpAddr) -> Result<(), Forbidden> {
         match forbidden(ip) {
-            Some(why) if !self.allow_private => Err(why),
-            _ => Ok(()),
+            Some(Forbidden::Loopback | Forbidden::Private | Forbidden::LinkLocal) if self.allow_private => {
+                Ok(())
+            }
+            Some(why) => Err(why),
+            None => Ok(()),
         }
     }
 }
@@ -134,10 +147,14 @@ mod tests {
             ("100.64.0.1", Some(Forbidden::Private)),
             ("fd00::1", Some(Forbidden::Private)),
             ("fc12::1", Some(Forbidden::Private)),
-            ("169.254.169.254", Some(Forbidden::LinkLocal)),
+            ("169.254.169.254", Some(Forbidden::Metadata)),
+            ("100.100.100.200", Some(Forbidden::Metadata)),
+            ("fd00:ec2::254", Some(Forbidden::Metadata)),
+            ("169.254.1.1", Some(Forbidden::LinkLocal)),
             ("fe80::1", Some(Forbidden::LinkLocal)),
-            ("::ffff:169.254.169.254", Some(Forbidden::LinkLocal)),
-            ("64:ff9b::a9fe:a9fe", Some(Forbidden::LinkLocal)),
+            ("::ffff:169.254.169.254", Some(Forbidden::Metadata)),
+            ("64:ff9b::a9fe:a9fe", Some(Forbidden::Metadata)),
+            ("64:ff9b::a9fe:0101", Some(Forbidden::LinkLocal)),
             ("224.0.0.1", Some(Forbidden::Multicast)),
             ("255.255.255.255", Some(Forbidden::Multicast)),
             ("ff02::1", Some(Forbidden::Multicast)),
@@ -164,6 +181,12 @@ mod tests {
         let open = Guard { allow_private: true };
         assert_eq!(strict.check(ip("127.0.0.1")), Err(Forbidden::Loopback));
         assert_eq!(open.check(ip("127.0.0.1")), Ok(()));
+        assert_eq!(open.check(ip("10.0.0.7")), Ok(()));
+        assert_eq!(open.check(ip("fe80::1")), Ok(()));
         assert_eq!(strict.check(ip("93.184.216.34")), Ok(()));
+        // Never: cloud metadata, multicast, unroutable.
+        assert_eq!(open.check(ip("169.254.169.254")), Err(Forbidden::Metadata));
+        assert_eq!(open.check(ip("224.0.0.1")), Err(Forbidden::Multicast));
+        assert_eq!(open.check(ip("0.0.0.0")), Err(Forbidden::NotRoutable));
     }
 }

@@ -23,6 +23,8 @@ use rtgate_protocol::pb::{self, server_frame::Kind as S};
 
 use super::queue::{Entry, EventQueue, Poison};
 use super::{Action, Listener, ordering_key};
+use crate::delivery::executor::Deliverer;
+use crate::delivery::store::Destinations;
 use crate::engine::{Engine, EngineError, with_timeout};
 
 /// Settings of the bus.
@@ -49,9 +51,30 @@ impl Default for BusConfig {
     }
 }
 
-/// Carries out one listener action against the engine.
-pub async fn execute(engine: &dyn Engine, event_id: &str, action: &Action) -> Result<(), EngineError> {
+/// What the delivery listeners need besides the engine: the executor that makes their
+/// deliveries, and the destinations they read (brought up to date before each round).
+#[derive(Debug, Clone)]
+pub struct DeliveryParts {
+    /// Queues and makes deliveries.
+    pub deliverer: Arc<Deliverer>,
+    /// The mirrored destinations.
+    pub destinations: Arc<Destinations>,
+}
+
+/// Carries out one listener action against the engine (and the delivery queue).
+pub async fn execute(
+    engine: &dyn Engine,
+    delivery: Option<&DeliveryParts>,
+    event_id: &str,
+    action: &Action,
+) -> Result<(), EngineError> {
     match action {
+        Action::Deliver(deliveries) => {
+            let Some(parts) = delivery else {
+                return Err(EngineError::Internal("no delivery executor".into()));
+            };
+            parts.deliverer.submit(deliveries.clone()).await?;
+        }
         Action::Publish { rooms, event } => {
             let encoded = event.encode_to_vec();
             // Rooms are independent: published together, each in its own order.
@@ -121,6 +144,7 @@ pub struct Bus {
     listeners: Vec<Mutex<Box<dyn Listener>>>,
     names: Vec<&'static str>,
     config: BusConfig,
+    delivery: Option<DeliveryParts>,
 }
 
 impl std::fmt::Debug for Bus {
@@ -156,6 +180,7 @@ impl Bus {
         engine: Arc<dyn Engine>,
         listeners: Vec<Box<dyn Listener>>,
         config: BusConfig,
+        delivery: Option<DeliveryParts>,
     ) -> Arc<Self> {
         let names = listeners.iter().map(|l| l.name()).collect();
         Arc::new(Bus {
@@ -164,6 +189,7 @@ impl Bus {
             listeners: listeners.into_iter().map(Mutex::new).collect(),
             names,
             config,
+            delivery,
         })
     }
 
@@ -182,7 +208,7 @@ impl Bus {
         };
         let mut result = Ok(());
         for action in &actions {
-            result = execute(&*self.engine, &event.id, action).await;
+            result = execute(&*self.engine, self.delivery.as_ref(), &event.id, action).await;
             if result.is_err() {
                 break;
             }
@@ -338,6 +364,12 @@ impl Bus {
     /// Spreads newly read entries over their lanes (behind the held work), runs every
     /// lane, and acknowledges the entries every listener is done with.
     async fn round(self: Arc<Self>, flight: &mut InFlight, entries: Vec<Entry>) {
+        if let Some(parts) = &self.delivery
+            && !entries.is_empty()
+            && let Err(err) = parts.destinations.sync().await
+        {
+            tracing::warn!(%err, "cannot reload the destinations; deciding with the copy at hand");
+        }
         let mut done: Vec<String> = Vec::new();
         let mut lanes: Vec<LaneKey> = Vec::new();
         let mut groups: HashMap<LaneKey, VecDeque<Work>> = HashMap::new();
@@ -590,7 +622,7 @@ mod tests {
             max_retry_delay: Duration::from_millis(5),
             ..BusConfig::default()
         };
-        let bus = Bus::new(queue.clone(), engine.clone(), listeners, config);
+        let bus = Bus::new(queue.clone(), engine.clone(), listeners, config, None);
         let (stop, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(bus.run(rx));
         Setup {

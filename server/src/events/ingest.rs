@@ -31,10 +31,16 @@ pub fn check(event: &pb::DomainEvent, max_size: usize) -> Result<(), String> {
     for (field, json) in [
         ("payload", &event.payload),
         ("webhook_payload", &event.webhook_payload),
+        ("event_info", &event.event_info),
     ] {
         if !json.is_empty() && !is_json_object(json) {
             return Err(format!("{field} is not a JSON object"));
         }
+    }
+    if !event.changed_attributes.is_empty()
+        && serde_json::from_str::<serde::de::IgnoredAny>(&event.changed_attributes).is_err()
+    {
+        return Err("changed_attributes is not JSON".into());
     }
     if let Some(missing) = routing::missing_facts(event) {
         return Err(format!("{:?} needs {missing}", event.name));
@@ -100,6 +106,11 @@ mod tests {
             (
                 Box::new(|e| e.webhook_payload = "{".into()),
                 "webhook_payload is not",
+            ),
+            (Box::new(|e| e.event_info = "[]".into()), "event_info is not"),
+            (
+                Box::new(|e| e.changed_attributes = "[{".into()),
+                "changed_attributes is not JSON",
             ),
             (Box::new(|e| e.payload = "x".repeat(2000)), "allowed"),
             (

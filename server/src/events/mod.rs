@@ -42,6 +42,9 @@ pub enum Action {
         /// Hidden from contacts.
         private: bool,
     },
+    /// Queue these deliveries (outbound HTTP), each once: a delivery id already queued
+    /// within the deduplication window is not queued again.
+    Deliver(Vec<rtgate_protocol::pb::Delivery>),
 }
 
 /// Why a listener did nothing with an event (counted by the bus).
@@ -51,6 +54,15 @@ pub enum Skip {
     NotRouted,
     /// An update older than the last one handled for its conversation.
     Stale,
+    /// Nowhere to deliver it (no destination configured wants it).
+    NoDestination,
+    /// Not for delivery by the listener's rules (an activity message, a status that is
+    /// not the one named…).
+    Filtered,
+    /// An update that changed nothing.
+    NothingChanged,
+    /// The event lacks the webhook payload the delivery is made of.
+    NoPayload,
 }
 
 impl Skip {
@@ -59,6 +71,10 @@ impl Skip {
         match self {
             Skip::NotRouted => "not_routed",
             Skip::Stale => "stale",
+            Skip::NoDestination => "no_destination",
+            Skip::Filtered => "filtered",
+            Skip::NothingChanged => "nothing_changed",
+            Skip::NoPayload => "no_payload",
         }
     }
 }

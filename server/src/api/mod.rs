@@ -13,10 +13,12 @@ use axum::extract::{Extension, FromRequest, Path, Request, State, WebSocketUpgra
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use prost::Message;
 use rtgate_protocol::{ErrorCode, RoomName, pb};
 use sha2::{Digest, Sha256};
+
+mod delivery;
 
 use crate::engine::{EngineError, with_timeout};
 use crate::node::Node;
@@ -45,6 +47,10 @@ pub struct HttpState {
     pub max_event_size: usize,
     /// Where domain events are queued for the bus.
     pub events: Arc<dyn crate::events::queue::EventQueue>,
+    /// The delivery destinations.
+    pub destinations: Arc<crate::delivery::store::Destinations>,
+    /// The delivery queue (dead letters, replay).
+    pub deliveries: Arc<dyn crate::delivery::queue::DeliveryQueue>,
 }
 
 /// What the router serves besides the API, WebSocket and health.
@@ -70,6 +76,20 @@ pub fn router(state: HttpState, options: RouterOptions) -> Router {
         .route("/disconnect", post(disconnect))
         .route("/presence/{account}", get(presence))
         .route("/availability", post(availability))
+        .route(
+            "/destinations/installation",
+            put(delivery::put_installation)
+                .delete(delivery::delete_installation)
+                .get(delivery::get_installation),
+        )
+        .route("/destinations/{collection}", get(delivery::list))
+        .route(
+            "/destinations/{collection}/{id}",
+            put(delivery::put).delete(delivery::delete),
+        )
+        .route("/deliveries/dead", get(delivery::dead_letters))
+        .route("/deliveries/dead/{id}", axum::routing::delete(delivery::discard))
+        .route("/deliveries/dead/{id}/replay", post(delivery::replay))
         .fallback(api_not_found)
         .method_not_allowed_fallback(api_method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), require_api_key))

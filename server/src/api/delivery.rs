@@ -1,0 +1,360 @@
+//! The server API of outbound delivery: the destinations the backend mirrors into rtgate
+//! (`/api/v1/destinations/...`) and the dead letters (`/api/v1/deliveries/dead...`).
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use prost::Message;
+use rtgate_protocol::{ErrorCode, pb};
+
+use super::{ApiBody, ApiError, HttpState, answer_format, decode_body, respond};
+use crate::delivery::directory::{self, Collection, Listed};
+
+fn collection(format: super::Format, label: &str) -> Result<Collection, ApiError> {
+    match Collection::from_label(label) {
+        Some(Collection::Installation) | None => Err(ApiError::new(
+            format,
+            StatusCode::NOT_FOUND,
+            ErrorCode::BadRequest,
+            format!(
+                "no destination collection {label:?} (webhooks, inbox-webhooks, agent-bots, hooks; or /installation)"
+            ),
+        )),
+        Some(c) => Ok(c),
+    }
+}
+
+fn invalid(format: super::Format, reason: String) -> ApiError {
+    ApiError::new(
+        format,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorCode::BadRequest,
+        reason,
+    )
+}
+
+/// Decodes, checks and stores one record of `collection` with id `id` (the body's id, if
+/// set, must be the path's); answers the record as listed.
+async fn put_record(
+    state: &HttpState,
+    headers: &HeaderMap,
+    body: &[u8],
+    collection: Collection,
+    id: u64,
+) -> Result<Response, ApiError> {
+    fn same(format: super::Format, body_id: &mut u64, id: u64) -> Result<(), ApiError> {
+        if *body_id != 0 && *body_id != id {
+            return Err(invalid(
+                format,
+                format!("the body's id {body_id} is not the path's {id}"),
+            ));
+        }
+        *body_id = id;
+        Ok(())
+    }
+    let format = answer_format(headers);
+    let (encoded, listed) = match collection {
+        Collection::Webhook => {
+            let (mut w, format): (pb::Webhook, _) = decode_body(headers, body)?;
+            same(format, &mut w.id, id)?;
+            directory::check_webhook(&w).map_err(|e| invalid(format, e))?;
+            (w.encode_to_vec(), Listed::Webhook(w))
+        }
+        Collection::InboxWebhook => {
+            let (mut w, format): (pb::InboxWebhook, _) = decode_body(headers, body)?;
+            same(format, &mut w.inbox_id, id)?;
+            directory::check_inbox_webhook(&w).map_err(|e| invalid(format, e))?;
+            (w.encode_to_vec(), Listed::InboxWebhook(w))
+        }
+        Collection::AgentBot => {
+            let (mut b, format): (pb::AgentBot, _) = decode_body(headers, body)?;
+            same(format, &mut b.id, id)?;
+            directory::check_agent_bot(&b).map_err(|e| invalid(format, e))?;
+            (b.encode_to_vec(), Listed::AgentBot(b))
+        }
+        Collection::Hook => {
+            let (mut h, format): (pb::Hook, _) = decode_body(headers, body)?;
+            same(format, &mut h.id, id)?;
+            directory::check_hook(&h).map_err(|e| invalid(format, e))?;
+            (h.encode_to_vec(), Listed::Hook(h))
+        }
+        Collection::Installation => {
+            let (i, format): (pb::InstallationWebhook, _) = decode_body(headers, body)?;
+            directory::check_installation(&i).map_err(|e| invalid(format, e))?;
+            (i.encode_to_vec(), Listed::Installation(i))
+        }
+    };
+    state
+        .destinations
+        .put(collection, id, encoded)
+        .await
+        .map_err(|e| ApiError::engine(format, &e))?;
+    Ok(answer_listed(format, redact(listed)))
+}
+
+fn redact(listed: Listed) -> Listed {
+    match listed {
+        Listed::Webhook(w) => Listed::Webhook(pb::Webhook {
+            has_secret: !w.secret.is_empty(),
+            secret: String::new(),
+            ..w
+        }),
+        Listed::InboxWebhook(w) => Listed::InboxWebhook(pb::InboxWebhook {
+            has_secret: !w.secret.is_empty(),
+            secret: String::new(),
+            ..w
+        }),
+        Listed::AgentBot(b) => Listed::AgentBot(pb::AgentBot {
+            has_secret: !b.secret.is_empty(),
+            secret: String::new(),
+            ..b
+        }),
+        Listed::Hook(h) => Listed::Hook(pb::Hook {
+            has_secret: !h.secret.is_empty(),
+            secret: String::new(),
+            ..h
+        }),
+        other => other,
+    }
+}
+
+fn answer_listed(format: super::Format, listed: Listed) -> Response {
+    match &listed {
+        Listed::Webhook(w) => respond(format, StatusCode::OK, w),
+        Listed::InboxWebhook(w) => respond(format, StatusCode::OK, w),
+        Listed::AgentBot(b) => respond(format, StatusCode::OK, b),
+        Listed::Hook(h) => respond(format, StatusCode::OK, h),
+        Listed::Installation(i) => respond(format, StatusCode::OK, i),
+    }
+}
+
+async fn delete_record(
+    state: &HttpState,
+    headers: &HeaderMap,
+    collection: Collection,
+    id: u64,
+) -> Result<Response, ApiError> {
+    let format = answer_format(headers);
+    let existed = state
+        .destinations
+        .delete(collection, id)
+        .await
+        .map_err(|e| ApiError::engine(format, &e))?;
+    if !existed {
+        return Err(ApiError::new(
+            format,
+            StatusCode::NOT_FOUND,
+            ErrorCode::BadRequest,
+            format!("no {} {id}", collection.label()),
+        ));
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `PUT /api/v1/destinations/{collection}/{id}`: create or replace.
+pub(super) async fn put(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Path((label, id)): Path<(String, u64)>,
+    ApiBody(body): ApiBody,
+) -> Result<Response, ApiError> {
+    let c = collection(answer_format(&headers), &label)?;
+    if id == 0 {
+        return Err(invalid(answer_format(&headers), "the id must not be 0".into()));
+    }
+    put_record(&state, &headers, &body, c, id).await
+}
+
+/// `DELETE /api/v1/destinations/{collection}/{id}`.
+pub(super) async fn delete(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Path((label, id)): Path<(String, u64)>,
+) -> Result<Response, ApiError> {
+    let c = collection(answer_format(&headers), &label)?;
+    delete_record(&state, &headers, c, id).await
+}
+
+/// `GET /api/v1/destinations/{collection}[?account_id=N]`: secrets left out.
+pub(super) async fn list(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Path(label): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let format = answer_format(&headers);
+    let c = collection(format, &label)?;
+    let account = match query.get("account_id") {
+        None => None,
+        Some(v) => Some(
+            v.parse::<u64>()
+                .map_err(|_| ApiError::bad_request(format, "account_id is a number"))?,
+        ),
+    };
+    let listed = state
+        .destinations
+        .list(c)
+        .await
+        .map_err(|e| ApiError::engine(format, &e))?;
+    let of = |a: u64| account.is_none_or(|want| want == a);
+    Ok(match c {
+        Collection::Webhook => {
+            let webhooks = listed
+                .into_iter()
+                .filter_map(|l| match l {
+                    Listed::Webhook(w) if of(w.account_id) => Some(w),
+                    _ => None,
+                })
+                .collect();
+            respond(format, StatusCode::OK, &pb::WebhookList { webhooks })
+        }
+        Collection::InboxWebhook => {
+            let inbox_webhooks = listed
+                .into_iter()
+                .filter_map(|l| match l {
+                    Listed::InboxWebhook(w) if of(w.account_id) => Some(w),
+                    _ => None,
+                })
+                .collect();
+            respond(format, StatusCode::OK, &pb::InboxWebhookList { inbox_webhooks })
+        }
+        Collection::AgentBot => {
+            let agent_bots = listed
+                .into_iter()
+                .filter_map(|l| match l {
+                    Listed::AgentBot(b) if of(b.account_id) => Some(b),
+                    _ => None,
+                })
+                .collect();
+            respond(format, StatusCode::OK, &pb::AgentBotList { agent_bots })
+        }
+        Collection::Hook | Collection::Installation => {
+            let hooks = listed
+                .into_iter()
+                .filter_map(|l| match l {
+                    Listed::Hook(h) if of(h.account_id) => Some(h),
+                    _ => None,
+                })
+                .collect();
+            respond(format, StatusCode::OK, &pb::HookList { hooks })
+        }
+    })
+}
+
+/// `PUT /api/v1/destinations/installation`.
+pub(super) async fn put_installation(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    ApiBody(body): ApiBody,
+) -> Result<Response, ApiError> {
+    put_record(&state, &headers, &body, Collection::Installation, 0).await
+}
+
+/// `DELETE /api/v1/destinations/installation`.
+pub(super) async fn delete_installation(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    delete_record(&state, &headers, Collection::Installation, 0).await
+}
+
+/// `GET /api/v1/destinations/installation`.
+pub(super) async fn get_installation(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let format = answer_format(&headers);
+    let listed = state
+        .destinations
+        .list(Collection::Installation)
+        .await
+        .map_err(|e| ApiError::engine(format, &e))?;
+    match listed.into_iter().next() {
+        Some(l) => Ok(answer_listed(format, l)),
+        None => Err(ApiError::new(
+            format,
+            StatusCode::NOT_FOUND,
+            ErrorCode::BadRequest,
+            "no installation webhook",
+        )),
+    }
+}
+
+/// `GET /api/v1/deliveries/dead[?limit=N]`: newest first, at most 1000, secrets left out.
+pub(super) async fn dead_letters(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let format = answer_format(&headers);
+    let limit = match query.get("limit") {
+        None => 100,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| ApiError::bad_request(format, "limit is 1 to 1000"))?,
+    };
+    let mut deliveries = state
+        .deliveries
+        .dead_letters(limit)
+        .await
+        .map_err(|e| ApiError::engine(format, &e))?;
+    for d in &mut deliveries {
+        d.secret.clear();
+    }
+    Ok(respond(
+        format,
+        StatusCode::OK,
+        &pb::DeadDeliveryList { deliveries },
+    ))
+}
+
+/// `POST /api/v1/deliveries/dead/{id}/replay`: back in the queue, attempts reset.
+pub(super) async fn replay(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let format = answer_format(&headers);
+    let replayed = state
+        .deliveries
+        .replay(&id, crate::connection::unix_ms() as i64)
+        .await
+        .map_err(|e| ApiError::engine(format, &e))?;
+    if !replayed {
+        return Err(ApiError::new(
+            format,
+            StatusCode::NOT_FOUND,
+            ErrorCode::BadRequest,
+            format!("no dead delivery {id}"),
+        ));
+    }
+    metrics::counter!("rtgate_deliveries_replayed_total").increment(1);
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `DELETE /api/v1/deliveries/dead/{id}`.
+pub(super) async fn discard(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let format = answer_format(&headers);
+    let discarded = state
+        .deliveries
+        .discard(&id)
+        .await
+        .map_err(|e| ApiError::engine(format, &e))?;
+    if !discarded {
+        return Err(ApiError::new(
+            format,
+            StatusCode::NOT_FOUND,
+            ErrorCode::BadRequest,
+            format!("no dead delivery {id}"),
+        ));
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

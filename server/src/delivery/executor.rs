@@ -1,0 +1,487 @@
+//! The delivery engine's executor: takes deliveries from the queue and makes them, each
+//! attempt judged by [`RetryPolicy`], each destination (URL origin) behind its own
+//! concurrency limit and [`Breaker`], so that a dead or slow endpoint holds up only its
+//! own deliveries. A delivery given up is dead-lettered and announced to the backend
+//! (`delivery.failed`).
+//!
+//! New deliveries come claimed from [`Deliverer::submit`] and start at once; a poll loop
+//! claims what is due (retries, and deliveries whose node died) on every node.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rtgate_protocol::pb::{self, DestinationKind};
+
+use super::policy::{Breaker, BreakerConfig, BreakerState, Outcome, RetryPolicy, Verdict};
+use super::queue::{Claimed, DeliveryQueue};
+use super::sender::Sender;
+use super::signing;
+use crate::connection::unix_ms;
+use crate::engine::{EngineError, RedisCommands};
+
+/// Settings of the executor.
+#[derive(Debug, Clone)]
+pub struct DelivererConfig {
+    /// When to retry and when to give up.
+    pub policy: RetryPolicy,
+    /// Each destination's breaker.
+    pub breaker: BreakerConfig,
+    /// An attempt's timeout (connect and answer).
+    pub timeout: Duration,
+    /// Attempts in flight to one destination at once.
+    pub per_destination: usize,
+    /// Deliveries this node holds at once (in flight or waiting for their destination).
+    pub max_held: usize,
+    /// How often the queue is polled for due deliveries.
+    pub poll: Duration,
+    /// Where `delivery.failed` notices go besides the backend stream: a URL and the
+    /// secret they are signed with.
+    pub callback: Option<(String, String)>,
+}
+
+impl Default for DelivererConfig {
+    fn default() -> Self {
+        DelivererConfig {
+            policy: RetryPolicy::default(),
+            breaker: BreakerConfig::default(),
+            timeout: Duration::from_secs(5),
+            per_destination: 16,
+            max_held: 4096,
+            poll: Duration::from_millis(200),
+            callback: None,
+        }
+    }
+}
+
+/// Deliveries waiting for one destination, at most: beyond, they go back to the queue
+/// for a moment (the claim is not held while nothing can happen).
+const MAX_WAITING: usize = 1024;
+
+/// How long a stopping executor waits for its attempts.
+const DRAIN: Duration = Duration::from_secs(6);
+
+/// One destination: its breaker, attempts in flight and deliveries waiting their turn.
+#[derive(Debug)]
+struct Destination {
+    breaker: Breaker,
+    running: usize,
+    waiting: VecDeque<Claimed>,
+}
+
+/// What to do with a delivery now.
+enum Step {
+    Start(Claimed),
+    Defer(Claimed, Duration),
+    Wait,
+}
+
+/// The executor of one node.
+pub struct Deliverer {
+    queue: Arc<dyn DeliveryQueue>,
+    sender: Sender,
+    config: DelivererConfig,
+    destinations: Mutex<HashMap<String, Destination>>,
+    held: AtomicUsize,
+    wake: tokio::sync::Notify,
+    /// The backend stream, on Redis.
+    stream: Option<(Arc<RedisCommands>, String)>,
+}
+
+impl std::fmt::Debug for Deliverer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deliverer").finish_non_exhaustive()
+    }
+}
+
+/// The label of a destination kind in metrics and logs.
+pub fn kind_label(kind: DestinationKind) -> &'static str {
+    match kind {
+        DestinationKind::Unspecified => "unspecified",
+        DestinationKind::Webhook => "webhook",
+        DestinationKind::InboxWebhook => "inbox_webhook",
+        DestinationKind::AgentBot => "agent_bot",
+        DestinationKind::Hook => "hook",
+        DestinationKind::Installation => "installation",
+        DestinationKind::Backend => "backend",
+    }
+}
+
+/// The destination a URL belongs to, for limits and breakers: its origin.
+fn origin(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => u.origin().ascii_serialization(),
+        Err(_) => url.to_string(),
+    }
+}
+
+fn describe(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Status { code, .. } => format!("HTTP {code}"),
+        Outcome::Timeout => "timed out".into(),
+        Outcome::Connect(e) => format!("connection failed: {e}"),
+        Outcome::Forbidden(e) => format!("destination not allowed: {e}"),
+    }
+}
+
+/// Whether an outcome says the endpoint is unhealthy (what opens its breaker).
+fn unhealthy(outcome: &Outcome) -> bool {
+    match outcome {
+        Outcome::Status { code, .. } => super::policy::retryable_status(*code),
+        Outcome::Timeout | Outcome::Connect(_) => true,
+        Outcome::Forbidden(_) => false,
+    }
+}
+
+impl Deliverer {
+    /// An executor over `queue`, sending with `sender`; `stream` is the backend stream
+    /// (`delivery.failed` notices), on Redis.
+    pub fn new(
+        queue: Arc<dyn DeliveryQueue>,
+        sender: Sender,
+        config: DelivererConfig,
+        stream: Option<(Arc<RedisCommands>, String)>,
+    ) -> Arc<Self> {
+        Arc::new(Deliverer {
+            queue,
+            sender,
+            config,
+            destinations: Mutex::new(HashMap::new()),
+            held: AtomicUsize::new(0),
+            wake: tokio::sync::Notify::new(),
+            stream,
+        })
+    }
+
+    /// The queue it takes deliveries from.
+    pub fn queue(&self) -> &Arc<dyn DeliveryQueue> {
+        &self.queue
+    }
+
+    /// Queues deliveries (those already queued within the window are left out) and
+    /// starts them.
+    pub async fn submit(self: &Arc<Self>, deliveries: Vec<pb::Delivery>) -> Result<(), EngineError> {
+        let claimed = self.queue.enqueue(deliveries, unix_ms() as i64).await?;
+        for c in claimed {
+            metrics::counter!("rtgate_deliveries_queued_total", "kind" => kind_label(c.delivery.kind()))
+                .increment(1);
+            self.held.fetch_add(1, Ordering::Relaxed);
+            self.dispatch(c);
+        }
+        Ok(())
+    }
+
+    /// Starts a held delivery, lets it wait for its destination, or puts it back.
+    fn dispatch(self: &Arc<Self>, claimed: Claimed) {
+        let key = origin(&claimed.delivery.url);
+        let step = {
+            let mut destinations = self.destinations.lock().expect("destinations lock");
+            let dest = destinations.entry(key.clone()).or_insert_with(|| Destination {
+                breaker: Breaker::new(self.config.breaker),
+                running: 0,
+                waiting: VecDeque::new(),
+            });
+            self.step(dest, claimed)
+        };
+        self.take(key, step);
+    }
+
+    fn step(&self, dest: &mut Destination, claimed: Claimed) -> Step {
+        let now = Instant::now();
+        if let Some(until) = dest.breaker.blocked_until()
+            && until > now
+        {
+            return Step::Defer(claimed, until - now);
+        }
+        if dest.running < self.config.per_destination && dest.breaker.allow(now) {
+            dest.running += 1;
+            return Step::Start(claimed);
+        }
+        if dest.waiting.len() < MAX_WAITING {
+            dest.waiting.push_back(claimed);
+            return Step::Wait;
+        }
+        Step::Defer(claimed, Duration::from_secs(1))
+    }
+
+    fn take(self: &Arc<Self>, key: String, step: Step) {
+        match step {
+            Step::Wait => {}
+            Step::Start(claimed) => {
+                let this = self.clone();
+                tokio::spawn(async move { this.attempt(key, claimed).await });
+            }
+            Step::Defer(claimed, after) => {
+                let this = self.clone();
+                tokio::spawn(async move {
+                    metrics::counter!("rtgate_deliveries_deferred_total", "kind" => kind_label(claimed.delivery.kind()))
+                        .increment(1);
+                    let due = unix_ms() as i64 + after.as_millis() as i64;
+                    if let Err(err) = this.queue.retry(&claimed.delivery, due).await {
+                        tracing::warn!(delivery = %claimed.delivery.id, %err, "cannot put a delivery back");
+                    }
+                    this.release();
+                });
+            }
+        }
+    }
+
+    fn release(&self) {
+        self.held.fetch_sub(1, Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+
+    /// One attempt, and what follows from it.
+    async fn attempt(self: Arc<Self>, key: String, mut claimed: Claimed) {
+        let outcome = self.make(&mut claimed).await;
+        let healthy = outcome.as_ref().is_none_or(|o| !unhealthy(o));
+        // The destination's slot, its breaker, and whoever waited for them.
+        let next = {
+            let mut destinations = self.destinations.lock().expect("destinations lock");
+            let mut steps = Vec::new();
+            if let Some(dest) = destinations.get_mut(&key) {
+                dest.running -= 1;
+                if outcome.is_some() {
+                    let was_open = matches!(dest.breaker.state(), BreakerState::Open(_));
+                    dest.breaker.record(healthy, Instant::now());
+                    let open = matches!(dest.breaker.state(), BreakerState::Open(_));
+                    if open != was_open {
+                        metrics::gauge!("rtgate_delivery_breakers_open").increment(if open {
+                            1.0
+                        } else {
+                            -1.0
+                        });
+                        tracing::info!(destination = %key, open, "delivery breaker");
+                    }
+                }
+                while let Some(waiting) = dest.waiting.pop_front() {
+                    let step = self.step(dest, waiting);
+                    let stop = matches!(step, Step::Wait);
+                    steps.push(step);
+                    if stop {
+                        break;
+                    }
+                }
+                if dest.running == 0
+                    && dest.waiting.is_empty()
+                    && matches!(dest.breaker.state(), BreakerState::Closed(0))
+                {
+                    destinations.remove(&key);
+                }
+            }
+            steps
+        };
+        for step in next {
+            self.take(key.clone(), step);
+        }
+        self.release();
+    }
+
+    /// Sends the delivery and records the verdict in the queue; the outcome, or `None`
+    /// when no attempt was made (the claim was lost).
+    async fn make(self: &Arc<Self>, claimed: &mut Claimed) -> Option<Outcome> {
+        let margin = self.config.timeout.as_millis() as i64 + 2_000;
+        if claimed.lease_until_ms - (unix_ms() as i64) < margin {
+            match self.queue.extend(claimed, unix_ms() as i64).await {
+                Ok(true) => {}
+                Ok(false) => return None,
+                Err(err) => {
+                    tracing::warn!(delivery = %claimed.delivery.id, %err, "cannot renew a delivery's claim");
+                    return None;
+                }
+            }
+        }
+        let d = &mut claimed.delivery;
+        let kind = kind_label(d.kind());
+        let now_s = unix_ms() / 1000;
+        let secret = (!d.secret.is_empty()).then_some(d.secret.as_bytes());
+        let mut headers = signing::headers(Some(&d.id), secret, now_s, &d.body);
+        headers.extend(d.headers.iter().map(|h| (h.name.as_str(), h.value.clone())));
+        let started = Instant::now();
+        let outcome = self.sender.send(&d.url, &headers, d.body.clone()).await;
+        metrics::histogram!("rtgate_delivery_attempt_seconds", "kind" => kind)
+            .record(started.elapsed().as_secs_f64());
+        d.attempts += 1;
+        let now = unix_ms() as i64;
+        let age = Duration::from_millis((now - d.queued_at_ms).max(0) as u64);
+        let verdict = self
+            .config
+            .policy
+            .judge(&outcome, d.attempts, age, rand::random::<f64>());
+        let result = match &verdict {
+            Verdict::Delivered => {
+                metrics::counter!("rtgate_delivery_attempts_total", "kind" => kind, "outcome" => "delivered")
+                    .increment(1);
+                if d.occurred_at_ms > 0 {
+                    metrics::histogram!("rtgate_delivery_lag_seconds", "kind" => kind)
+                        .record((now - d.occurred_at_ms).max(0) as f64 / 1000.0);
+                }
+                self.queue.done(&d.id).await
+            }
+            Verdict::Retry(after) => {
+                metrics::counter!("rtgate_delivery_attempts_total", "kind" => kind, "outcome" => "retry")
+                    .increment(1);
+                d.last_error = describe(&outcome);
+                self.queue.retry(d, now + after.as_millis() as i64).await
+            }
+            Verdict::GiveUp(why) => {
+                metrics::counter!("rtgate_delivery_attempts_total", "kind" => kind, "outcome" => "failed")
+                    .increment(1);
+                d.last_error = why.clone();
+                d.failed_at_ms = now;
+                tracing::warn!(delivery = %d.id, kind, url = %d.url, error = %why, attempts = d.attempts, "delivery given up");
+                let dead = self.queue.dead(d).await;
+                if dead.is_ok() && d.kind() != DestinationKind::Backend {
+                    self.announce_failure(d).await;
+                }
+                dead
+            }
+        };
+        if let Err(err) = result {
+            // The claim lapses and the delivery is attempted again (same id).
+            tracing::warn!(delivery = %claimed.delivery.id, %err, "cannot record a delivery's outcome");
+        }
+        Some(outcome)
+    }
+
+    /// Tells the backend a delivery was given up: on the backend stream (Redis) and to
+    /// the callback, when there is one.
+    async fn announce_failure(self: &Arc<Self>, d: &pb::Delivery) {
+        let notice = pb::BackendNotice {
+            id: super::listeners::delivery_id(&d.id, DestinationKind::Backend, 0),
+            created_at_ms: unix_ms() as i64,
+            kind: Some(pb::backend_notice::Kind::DeliveryFailed(pb::DeliveryFailed {
+                delivery_id: d.id.clone(),
+                kind: d.kind,
+                destination_id: d.destination_id,
+                event_id: d.event_id.clone(),
+                event: d.event.clone(),
+                account_id: d.account_id,
+                conversation_display_id: d.conversation_display_id,
+                message_id: d.message_id,
+                attempts: d.attempts,
+                error: d.last_error.clone(),
+                failed_at_ms: d.failed_at_ms,
+            })),
+        };
+        let json = serde_json::to_vec(&notice).expect("a notice serializes");
+        let mut told = false;
+        if let Some((commands, key)) = &self.stream {
+            let added: Result<redis::Value, _> = commands
+                .command(
+                    redis::cmd("XADD")
+                        .arg(key)
+                        .arg("MAXLEN")
+                        .arg("~")
+                        .arg(1_000_000)
+                        .arg("*")
+                        .arg("id")
+                        .arg(&notice.id)
+                        .arg("json")
+                        .arg(&json),
+                )
+                .await;
+            match added {
+                Ok(_) => told = true,
+                Err(err) => {
+                    tracing::warn!(delivery = %d.id, %err, "cannot write delivery.failed to the backend stream")
+                }
+            }
+        }
+        if let Some((url, secret)) = &self.config.callback {
+            let callback = pb::Delivery {
+                id: notice.id.clone(),
+                kind: DestinationKind::Backend as i32,
+                url: url.clone(),
+                secret: secret.clone(),
+                body: Bytes::from(json),
+                event_id: d.event_id.clone(),
+                event: "delivery_failed".into(),
+                account_id: d.account_id,
+                ..Default::default()
+            };
+            match self.submit(vec![callback]).await {
+                Ok(()) => told = true,
+                Err(err) => {
+                    tracing::warn!(delivery = %d.id, %err, "cannot queue delivery.failed for the backend")
+                }
+            }
+        }
+        metrics::counter!("rtgate_backend_notices_total", "kind" => "delivery_failed", "outcome" => if told { "sent" } else { "unsent" })
+            .increment(1);
+        if !told {
+            tracing::warn!(delivery = %d.id, "no backend stream or callback: delivery.failed stays in the dead letters only");
+        }
+    }
+
+    /// Runs until `stop` says so: claims due deliveries as capacity allows, and keeps the
+    /// queue gauges current. Stopping, it waits (bounded) for attempts in flight and puts
+    /// waiting deliveries back for other nodes.
+    pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut last_gauges = Instant::now() - Duration::from_secs(10);
+        let mut errors = 0u32;
+        loop {
+            if *stop.borrow() || stop.has_changed().is_err() {
+                break;
+            }
+            let free = self
+                .config
+                .max_held
+                .saturating_sub(self.held.load(Ordering::Relaxed));
+            if free > 0 {
+                match self.queue.claim(free.min(512), unix_ms() as i64).await {
+                    Ok(claimed) => {
+                        errors = 0;
+                        for c in claimed {
+                            self.held.fetch_add(1, Ordering::Relaxed);
+                            self.dispatch(c);
+                        }
+                    }
+                    Err(err) => {
+                        errors += 1;
+                        if errors == 1 || errors.is_multiple_of(50) {
+                            tracing::warn!(%err, "cannot claim deliveries");
+                        }
+                    }
+                }
+            }
+            if last_gauges.elapsed() >= Duration::from_secs(1) {
+                last_gauges = Instant::now();
+                if let Ok(depth) = self.queue.depth().await {
+                    metrics::gauge!("rtgate_delivery_queue_depth").set(depth.queued as f64);
+                    metrics::gauge!("rtgate_delivery_dead_letters").set(depth.dead as f64);
+                }
+                metrics::gauge!("rtgate_deliveries_held").set(self.held.load(Ordering::Relaxed) as f64);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.config.poll) => {}
+                _ = self.wake.notified() => {
+                    // Capacity came back: claim again after a short pause (batching).
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                _ = stop.changed() => {}
+            }
+        }
+        // Hand waiting deliveries back now rather than when their claims lapse.
+        let waiting: Vec<Claimed> = {
+            let mut destinations = self.destinations.lock().expect("destinations lock");
+            destinations
+                .values_mut()
+                .flat_map(|d| d.waiting.drain(..))
+                .collect()
+        };
+        let now = unix_ms() as i64;
+        for c in waiting {
+            if self.queue.retry(&c.delivery, now).await.is_err() {
+                tracing::warn!(delivery = %c.delivery.id, "cannot hand a delivery back; its claim will lapse");
+            }
+            self.held.fetch_sub(1, Ordering::Relaxed);
+        }
+        let deadline = Instant::now() + DRAIN;
+        while self.held.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! The queue of several nodes, in Redis. Keys (one hash slot, `{<prefix>:deliveries}` =
+//! `{T}`):
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `{T}:due` | sorted set | every queued delivery id, scored by when it is due (unix ms); a claimed one by when its claim lapses |
+//! | `{T}:d` | hash | id → the delivery (protobuf `Delivery`) |
+//! | `{T}:id:<id>` | string | the id was queued within the deduplication window |
+//! | `{T}:dead` | hash | id → the dead letter |
+//! | `{T}:dead:order` | sorted set | dead letter ids by when they were given up |
+//!
+//! A claim moves the id's score to the claim's end in the same script that reads it: two
+//! nodes never claim one delivery at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use prost::Message;
+use redis::Value;
+use rtgate_protocol::pb;
+
+use super::{Claimed, DeliveryQueue, Depth, MAX_DEAD, revived};
+use crate::engine::{EngineError, RedisCommands};
+
+const ENQUEUE: &str = r#"
+-- KEYS[1] due, KEYS[2] records, KEYS[2 + i] id marker i; ARGV[1] window s, ARGV[2] claim
+-- end, ARGV[1 + 2i] id i, ARGV[2 + 2i] record i. For each: 1 queued (claimed), 0 seen.
+local out = {}
+for i = 3, #KEYS do
+  local k = i - 2
+  if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ARGV[1]) then
+    redis.call('HSET', KEYS[2], ARGV[1 + 2 * k], ARGV[2 + 2 * k])
+    redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1 + 2 * k])
+    out[k] = 1
+  else
+    out[k] = 0
+  end
+end
+return out
+"#;
+
+const CLAIM: &str = r#"
+-- KEYS[1] due, KEYS[2] records; ARGV[1] now, ARGV[2] claim end, ARGV[3] most.
+-- Returns id, record, id, record…; an id without a record is dropped.
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+local out = {}
+for _, id in ipairs(ids) do
+  local record = redis.call('HGET', KEYS[2], id)
+  if record then
+    redis.call('ZADD', KEYS[1], ARGV[2], id)
+    out[#out + 1] = id
+    out[#out + 1] = record
+  else
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+return out
+"#;
+
+const EXTEND: &str = r#"
+-- KEYS[1] due; ARGV[1] id, ARGV[2] the claim's end, ARGV[3] its new end. 1: extended.
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) == tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+  return 1
+end
+return 0
+"#;
+
+const DEAD: &str = r#"
+-- KEYS[1] due, KEYS[2] records, KEYS[3] dead, KEYS[4] dead order; ARGV[1] id,
+-- ARGV[2] record, ARGV[3] failed at, ARGV[4] most kept.
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
+local over = redis.call('ZCARD', KEYS[4]) - tonumber(ARGV[4])
+if over > 0 then
+  local old = redis.call('ZRANGE', KEYS[4], 0, over - 1)
+  redis.call('HDEL', KEYS[3], unpack(old))
+  redis.call('ZREMRANGEBYRANK', KEYS[4], 0, over - 1)
+end
+return 1
+"#;
+
+const REPLAY: &str = r#"
+-- KEYS[1] dead, KEYS[2] dead order, KEYS[3] records, KEYS[4] due; ARGV[1] id,
+-- ARGV[2] revived record, ARGV[3] now. 1: back in the queue; 0: no such dead letter.
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
+return 1
+"#;
+
+/// The Redis delivery queue.
+pub struct RedisDeliveryQueue {
+    commands: Arc<RedisCommands>,
+    base: String,
+    lease_ms: i64,
+    window_s: u64,
+    enqueue: redis::Script,
+    claim: redis::Script,
+    extend: redis::Script,
+    dead: redis::Script,
+    replay: redis::Script,
+}
+
+impl std::fmt::Debug for RedisDeliveryQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisDeliveryQueue")
+            .field("base", &self.base)
+            .finish()
+    }
+}
+
+fn bytes(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+fn decode(id: &str, bytes: &[u8]) -> Option<pb::Delivery> {
+    match pb::Delivery::decode(bytes) {
+        Ok(d) => Some(d),
+        Err(err) => {
+            tracing::warn!(id, %err, "a stored delivery does not decode; skipped");
+            None
+        }
+    }
+}
+
+impl RedisDeliveryQueue {
+    /// The queue under the engine's prefix; claims last `lease`, ids are remembered for
+    /// `window`.
+    pub fn new(commands: Arc<RedisCommands>, lease: Duration, window: Duration) -> Self {
+        RedisDeliveryQueue {
+            base: format!("{{{}:deliveries}}", commands.prefix()),
+            commands,
+            lease_ms: lease.as_millis() as i64,
+            window_s: window.as_secs().max(1),
+            enqueue: redis::Script::new(ENQUEUE),
+            claim: redis::Script::new(CLAIM),
+            extend: redis::Script::new(EXTEND),
+            dead: redis::Script::new(DEAD),
+            replay: redis::Script::new(REPLAY),
+        }
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}:{name}", self.base)
+    }
+}
+
+#[async_trait]
+impl DeliveryQueue for RedisDeliveryQueue {
+    fn lease_ms(&self) -> i64 {
+        self.lease_ms
+    }
+
+    async fn enqueue(&self, deliveries: Vec<pb::Delivery>, now_ms: i64) -> Result<Vec<Claimed>, EngineError> {
+        if deliveries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let lease_until_ms = now_ms + self.lease_ms;
+        let mut deliveries = deliveries;
+        let mut invocation = self.enqueue.prepare_invoke();
+        invocation
+            .key(self.key("due"))
+            .key(self.key("d"))
+            .arg(self.window_s)
+            .arg(lease_until_ms);
+        for d in &mut deliveries {
+            d.queued_at_ms = now_ms;
+            invocation
+                .key(self.key(&format!("id:{}", d.id)))
+                .arg(&d.id)
+                .arg(d.encode_to_vec());
+        }
+        let queued: Vec<i64> = self.commands.call(invocation).await?;
+        Ok(deliveries
+            .into_iter()
+            .zip(queued)
+            .filter(|(_, q)| *q == 1)
+            .map(|(delivery, _)| Claimed {
+                delivery,
+                lease_until_ms,
+            })
+            .collect())
+    }
+
+    async fn claim(&self, max: usize, now_ms: i64) -> Result<Vec<Claimed>, EngineError> {
+        let lease_until_ms = now_ms + self.lease_ms;
+        let mut invocation = self.claim.prepare_invoke();
+        invocation
+            .key(self.key("due"))
+            .key(self.key("d"))
+            .arg(now_ms)
+            .arg(lease_until_ms)
+            .arg(max);
+        let reply: Vec<Value> = self.commands.call(invocation).await?;
+        Ok(reply
+            .chunks(2)
+            .filter_map(|pair| {
+                let id = String::from_utf8_lossy(bytes(pair.first()?)?).into_owned();
+                let delivery = decode(&id, bytes(pair.get(1)?)?)?;
+                Some(Claimed {
+                    delivery,
+                    lease_until_ms,
+                })
+            })
+            .collect())
+    }
+
+    async fn extend(&self, claimed: &mut Claimed, now_ms: i64) -> Result<bool, EngineError> {
+        let until = now_ms + self.lease_ms;
+        let mut invocation = self.extend.prepare_invoke();
+        invocation
+            .key(self.key("due"))
+            .arg(&claimed.delivery.id)
+            .arg(claimed.lease_until_ms)
+            .arg(until);
+        let extended: i64 = self.commands.call(invocation).await?;
+        if extended == 1 {
+            claimed.lease_until_ms = until;
+        }
+        Ok(extended == 1)
+    }
+
+    async fn done(&self, id: &str) -> Result<(), EngineError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .zrem(self.key("due"), id)
+            .ignore()
+            .hdel(self.key("d"), id)
+            .ignore();
+        self.commands.pipe::<()>(&pipe).await
+    }
+
+    async fn retry(&self, delivery: &pb::Delivery, due_ms: i64) -> Result<(), EngineError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hset(self.key("d"), &delivery.id, delivery.encode_to_vec())
+            .ignore()
+            .zadd(self.key("due"), &delivery.id, due_ms)
+            .ignore();
+        self.commands.pipe::<()>(&pipe).await
+    }
+
+    async fn dead(&self, delivery: &pb::Delivery) -> Result<(), EngineError> {
+        let mut invocation = self.dead.prepare_invoke();
+        invocation
+            .key(self.key("due"))
+            .key(self.key("d"))
+            .key(self.key("dead"))
+            .key(self.key("dead:order"))
+            .arg(&delivery.id)
+            .arg(delivery.encode_to_vec())
+            .arg(delivery.failed_at_ms)
+            .arg(MAX_DEAD);
+        self.commands.call::<i64>(invocation).await.map(|_| ())
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<pb::Delivery>, EngineError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = self
+            .commands
+            .command(
+                redis::cmd("ZREVRANGE")
+                    .arg(self.key("dead:order"))
+                    .arg(0)
+                    .arg(limit - 1),
+            )
+            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let records: Vec<Value> = self
+            .commands
+            .command(redis::cmd("HMGET").arg(self.key("dead")).arg(&ids))
+            .await?;
+        Ok(ids
+            .iter()
+            .zip(records)
+            .filter_map(|(id, v)| decode(id, bytes(&v)?))
+            .collect())
+    }
+
+    async fn replay(&self, id: &str, now_ms: i64) -> Result<bool, EngineError> {
+        let record: Option<Vec<u8>> = self
+            .commands
+            .command(redis::cmd("HGET").arg(self.key("dead")).arg(id))
+            .await?;
+        let Some(delivery) = record.and_then(|r| decode(id, &r)) else {
+            return Ok(false);
+        };
+        let mut invocation = self.replay.prepare_invoke();
+        invocation
+            .key(self.key("dead"))
+            .key(self.key("dead:order"))
+            .key(self.key("d"))
+            .key(self.key("due"))
+            .arg(id)
+            .arg(revived(delivery, now_ms).encode_to_vec())
+            .arg(now_ms);
+        let replayed: i64 = self.commands.call(invocation).await?;
+        Ok(replayed == 1)
+    }
+
+    async fn discard(&self, id: &str) -> Result<bool, EngineError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hdel(self.key("dead"), id)
+            .zrem(self.key("dead:order"), id)
+            .ignore();
+        let (deleted,): (u64,) = self.commands.pipe(&pipe).await?;
+        Ok(deleted > 0)
+    }
+
+    async fn depth(&self) -> Result<Depth, EngineError> {
+        let mut pipe = redis::pipe();
+        pipe.zcard(self.key("due")).hlen(self.key("dead"));
+        let (queued, dead): (u64, u64) = self.commands.pipe(&pipe).await?;
+        Ok(Depth { queued, dead })
+    }
+}
