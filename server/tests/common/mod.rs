@@ -6,6 +6,7 @@ pub mod harness;
 pub mod process;
 pub mod quic;
 pub mod raw;
+pub mod receiver;
 pub mod redis;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -1,0 +1,146 @@
+//! The delivery queue's contract, on both implementations: in memory and on a real Redis.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::redis::{SHARED_REDIS, unique_prefix};
+use rtgate_protocol::pb;
+use rtgate_server::delivery::queue::{DeliveryQueue, Depth, MemoryDeliveryQueue, RedisDeliveryQueue};
+use rtgate_server::engine::{RedisConfig, RedisEngine};
+use rtgate_server::hub::Hub;
+
+const LEASE: Duration = Duration::from_secs(30);
+const WINDOW: Duration = Duration::from_secs(600);
+const T0: i64 = 1_800_000_000_000;
+
+fn delivery(id: &str) -> pb::Delivery {
+    pb::Delivery {
+        id: id.into(),
+        url: "https://example.com/".into(),
+        body: bytes::Bytes::from_static(b"{}"),
+        ..Default::default()
+    }
+}
+
+fn ids(claimed: &[rtgate_server::delivery::queue::Claimed]) -> Vec<String> {
+    let mut ids: Vec<String> = claimed.iter().map(|c| c.delivery.id.clone()).collect();
+    ids.sort();
+    ids
+}
+
+async fn contract(q: Arc<dyn DeliveryQueue>) {
+    // Queued once per id within the window; what is queued comes back claimed.
+    let claimed = q.enqueue(vec![delivery("a"), delivery("b")], T0).await.unwrap();
+    assert_eq!(ids(&claimed), ["a", "b"]);
+    assert_eq!(claimed[0].lease_until_ms, T0 + LEASE.as_millis() as i64);
+    assert_eq!(claimed[0].delivery.queued_at_ms, T0);
+    assert!(q.enqueue(vec![delivery("a")], T0 + 1).await.unwrap().is_empty());
+    assert_eq!(q.depth().await.unwrap(), Depth { queued: 2, dead: 0 });
+
+    // Claimed: nobody else gets them until the claim lapses.
+    assert!(q.claim(10, T0 + 1000).await.unwrap().is_empty());
+    let lapse = T0 + LEASE.as_millis() as i64;
+    let mut again = q.claim(10, lapse).await.unwrap();
+    assert_eq!(ids(&again), ["a", "b"], "a lapsed claim is taken again");
+    // The old claim of `a` cannot be renewed any more; the new one can.
+    let mut stale = claimed.into_iter().find(|c| c.delivery.id == "a").unwrap();
+    assert!(!q.extend(&mut stale, lapse + 1).await.unwrap());
+    let fresh = again.iter_mut().find(|c| c.delivery.id == "a").unwrap();
+    assert!(q.extend(fresh, lapse + 1).await.unwrap());
+    assert_eq!(fresh.lease_until_ms, lapse + 1 + LEASE.as_millis() as i64);
+
+    // Delivered: gone. Retried: due again at its time, with its record updated.
+    q.done("a").await.unwrap();
+    let mut b = again.into_iter().find(|c| c.delivery.id == "b").unwrap().delivery;
+    b.attempts = 1;
+    b.last_error = "HTTP 503".into();
+    q.retry(&b, lapse + 500).await.unwrap();
+    assert!(q.claim(10, lapse + 499).await.unwrap().is_empty());
+    let due = q.claim(10, lapse + 500).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(
+        (due[0].delivery.attempts, due[0].delivery.last_error.as_str()),
+        (1, "HTTP 503")
+    );
+
+    // Given up: a dead letter, listed newest first, replayed with attempts reset.
+    let mut dead_b = due[0].delivery.clone();
+    dead_b.failed_at_ms = lapse + 600;
+    q.dead(&dead_b).await.unwrap();
+    q.enqueue(vec![delivery("c")], lapse + 700).await.unwrap();
+    let mut dead_c = delivery("c");
+    dead_c.failed_at_ms = lapse + 800;
+    q.dead(&dead_c).await.unwrap();
+    assert_eq!(q.depth().await.unwrap(), Depth { queued: 0, dead: 2 });
+    let listed = q.dead_letters(10).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+        ["c", "b"]
+    );
+    assert_eq!(q.dead_letters(1).await.unwrap().len(), 1);
+    assert!(q.replay("b", lapse + 900).await.unwrap());
+    assert!(!q.replay("b", lapse + 900).await.unwrap(), "once");
+    let replayed = q.claim(10, lapse + 900).await.unwrap();
+    assert_eq!(replayed.len(), 1);
+    let r = &replayed[0].delivery;
+    assert_eq!(
+        (r.id.as_str(), r.attempts, r.failed_at_ms, r.queued_at_ms),
+        ("b", 0, 0, lapse + 900)
+    );
+    assert!(q.discard("c").await.unwrap());
+    assert!(!q.discard("c").await.unwrap());
+    assert!(!q.replay("nothing", lapse).await.unwrap());
+    assert_eq!(q.depth().await.unwrap(), Depth { queued: 1, dead: 0 });
+}
+
+/// Claims racing each other never hand one delivery out twice.
+async fn exclusive_claims(q: Arc<dyn DeliveryQueue>) {
+    let many: Vec<pb::Delivery> = (0..300).map(|i| delivery(&format!("x{i}"))).collect();
+    q.enqueue(many, T0).await.unwrap();
+    let lapse = T0 + LEASE.as_millis() as i64;
+    let racers: Vec<_> = (0..6)
+        .map(|_| {
+            let q = q.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                loop {
+                    let batch = q.claim(7, lapse).await.unwrap();
+                    if batch.is_empty() {
+                        return got;
+                    }
+                    got.extend(batch.into_iter().map(|c| c.delivery.id));
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for r in racers {
+        all.extend(r.await.unwrap());
+    }
+    let n = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!((n, all.len()), (300, 300));
+}
+
+#[tokio::test]
+async fn the_memory_queue_keeps_the_contract() {
+    contract(Arc::new(MemoryDeliveryQueue::new(LEASE, WINDOW))).await;
+    exclusive_claims(Arc::new(MemoryDeliveryQueue::new(LEASE, WINDOW))).await;
+}
+
+#[tokio::test]
+async fn the_redis_queue_keeps_the_contract() {
+    let queue = || {
+        let config = RedisConfig {
+            prefix: unique_prefix("delivery-queue"),
+            ..RedisConfig::new(SHARED_REDIS)
+        };
+        let engine = RedisEngine::new(Arc::new(Hub::new()), config).unwrap();
+        Arc::new(RedisDeliveryQueue::new(engine.commands(), LEASE, WINDOW))
+    };
+    contract(queue()).await;
+    exclusive_claims(queue()).await;
+}
