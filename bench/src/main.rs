@@ -5,6 +5,7 @@
 
 mod attack;
 mod coord;
+mod deliveries;
 mod gateway;
 mod monitor;
 mod publisher;
@@ -52,6 +53,10 @@ enum Cmd {
     /// each for an inbox room of agents and its contact (defaults: 10,000 connections,
     /// rooms of 10 = 9 agents + 1 contact, 1,000 events/s, 30 s). Needs --redis.
     Ingest(Opts),
+    /// Outbound deliveries: one account webhook on a receiver in this process, and
+    /// `message.created` events at a rate (default 2,000/s for 20 s); `--hanging` adds a
+    /// webhook that never answers.
+    Deliveries(deliveries::DeliveryOpts),
     /// Attacks a gateway with default limits from another loopback address, under a
     /// legitimate load (default: 200 WebSocket connections, rooms of 10, 200 events/s).
     Attack(AttackOpts),
@@ -1237,6 +1242,7 @@ async fn main() -> std::process::ExitCode {
             storm(&o, preset(&o, 10_000, 10, 200.0, 60)).await
         }
         Cmd::Attack(a) => attack_scenario(a).await,
+        Cmd::Deliveries(o) => deliveries::run(o).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -280,7 +280,7 @@ pub struct Config {
     #[arg(long, env = "RTGATE_DELIVERY_MAX_RETRY_DELAY", default_value = "5m", value_parser = parse_duration)]
     pub delivery_max_retry_delay: Duration,
 
-    /// Attempts in flight to one destination (URL origin) at once, per node.
+    /// Attempts in flight to one destination (URL) at once, per node.
     #[arg(long, env = "RTGATE_DELIVERY_PER_DESTINATION", default_value_t = 16)]
     pub delivery_per_destination: usize,
 

@@ -1,5 +1,5 @@
 //! The delivery engine's executor: takes deliveries from the queue and makes them, each
-//! attempt judged by [`RetryPolicy`], each destination (URL origin) behind its own
+//! attempt judged by [`RetryPolicy`], each destination (URL) behind its own
 //! concurrency limit and [`Breaker`], so that a dead or slow endpoint holds up only its
 //! own deliveries. A delivery given up is dead-lettered and announced to the backend
 //! (`delivery.failed`).
@@ -109,14 +109,6 @@ pub fn kind_label(kind: DestinationKind) -> &'static str {
     }
 }
 
-/// The destination a URL belongs to, for limits and breakers: its origin.
-fn origin(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(u) => u.origin().ascii_serialization(),
-        Err(_) => url.to_string(),
-    }
-}
-
 fn describe(outcome: &Outcome) -> String {
     match outcome {
         Outcome::Status { code, .. } => format!("HTTP {code}"),
@@ -175,7 +167,9 @@ impl Deliverer {
 
     /// Starts a held delivery, lets it wait for its destination, or puts it back.
     fn dispatch(self: &Arc<Self>, claimed: Claimed) {
-        let key = origin(&claimed.delivery.url);
+        // A destination is its URL: two webhooks on one host are separate endpoints (one
+        // account's dead path must not hold up another's).
+        let key = claimed.delivery.url.clone();
         let step = {
             let mut destinations = self.destinations.lock().expect("destinations lock");
             let dest = destinations.entry(key.clone()).or_insert_with(|| Destination {
