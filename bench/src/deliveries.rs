@@ -2,9 +2,10 @@
 //! pointing at a receiver in this process (HTTP/1.1 on loopback, signature checked), and
 //! `message.created` domain events posted at a fixed rate; each event is one delivery.
 //! Measured: deliveries per second, latency from the event's publication to its arrival
-//! at the receiver, and the gateway's CPU per delivery. With `--hanging`, a second
+//! at the receiver, and the gateway's CPU per delivery. With `--second hanging`, a second
 //! webhook receives every event too and never answers (each attempt runs into the
-//! timeout): the healthy endpoint's figures show what that costs it.
+//! timeout): the healthy endpoint's figures show what that costs it, against
+//! `--second healthy` (a second endpoint that answers) as the baseline.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -45,9 +46,10 @@ pub struct DeliveryOpts {
     /// Conversations the events are spread over.
     #[arg(long, default_value_t = 1000)]
     pub conversations: u64,
-    /// Add a second webhook that never answers.
-    #[arg(long)]
-    pub hanging: bool,
+    /// A second webhook on every event: `healthy` (a baseline: twice the deliveries) or
+    /// `hanging` (never answers: each attempt runs into the timeout).
+    #[arg(long, value_enum, default_value = "none")]
+    pub second: Second,
     /// Pin the gateway to this CPU.
     #[arg(long)]
     pub gateway_cpu: Option<usize>,
@@ -62,10 +64,21 @@ pub struct DeliveryOpts {
     pub out: PathBuf,
 }
 
+/// The second webhook of a run.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Second {
+    /// None.
+    None,
+    /// One that answers at once.
+    Healthy,
+    /// One that never answers.
+    Hanging,
+}
+
 /// What a run measured.
 #[derive(Debug, Serialize)]
 pub struct DeliveryResult {
-    /// `healthy` or `healthy + hanging`.
+    /// `healthy`, `healthy + healthy` or `healthy + hanging`.
     pub label: String,
     /// Events posted per second (target).
     pub rate: f64,
@@ -73,7 +86,7 @@ pub struct DeliveryResult {
     pub duration_s: u64,
     /// Events accepted by the gateway.
     pub events_accepted: u64,
-    /// Deliveries that reached the healthy endpoint (all of them, after the wait).
+    /// Deliveries that reached the first endpoint (all of them, after the wait).
     pub delivered: u64,
     /// Deliveries whose signature did not check out.
     pub bad_signatures: u64,
@@ -83,10 +96,13 @@ pub struct DeliveryResult {
     pub latency: Latency,
     /// Attempts the hanging endpoint received.
     pub hanging_attempts: u64,
+    /// Deliveries the second healthy endpoint received.
+    pub second_delivered: u64,
     /// Gateway CPU, percent of one core, over the publishing window.
     pub gateway_cpu_pct: f64,
-    /// Gateway CPU per healthy delivery, µs (ingest, listeners, queue, HTTP client).
-    pub cpu_us_per_delivery: f64,
+    /// Gateway CPU per event, µs: ingest, the routing and delivery listeners, the queue,
+    /// and the event's deliveries (one, or two with a second webhook).
+    pub cpu_us_per_event: f64,
     /// Gateway RSS at the end, KiB.
     pub gateway_rss_kb: u64,
 }
@@ -99,6 +115,7 @@ struct Receiver {
     in_window: AtomicU64,
     bad_signatures: AtomicU64,
     hanging: AtomicU64,
+    second: AtomicU64,
     window_end_us: AtomicU64,
 }
 
@@ -121,10 +138,18 @@ fn verify(headers: &hyper::HeaderMap, body: &[u8]) -> bool {
 }
 
 async fn receive(r: Arc<Receiver>, req: Request<Incoming>) -> Result<Response<String>, Infallible> {
-    if req.uri().path() == "/hang" {
-        r.hanging.fetch_add(1, Ordering::Relaxed);
-        tokio::time::sleep(Duration::from_secs(3600)).await;
-        return Ok(Response::new(String::new()));
+    match req.uri().path() {
+        "/hang" => {
+            r.hanging.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            return Ok(Response::new(String::new()));
+        }
+        "/second" => {
+            let _ = req.into_body().collect().await;
+            r.second.fetch_add(1, Ordering::Relaxed);
+            return Ok(Response::new(String::new()));
+        }
+        _ => {}
     }
     let headers = req.headers().clone();
     let body = match req.into_body().collect().await {
@@ -234,6 +259,7 @@ pub async fn run(o: &DeliveryOpts) -> Result<(), String> {
         in_window: AtomicU64::new(0),
         bad_signatures: AtomicU64::new(0),
         hanging: AtomicU64::new(0),
+        second: AtomicU64::new(0),
         window_end_us: AtomicU64::new(u64::MAX),
     });
     let addr = start_receiver(receiver.clone()).await?;
@@ -244,8 +270,10 @@ pub async fn run(o: &DeliveryOpts) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let api = gw.node.api_url.clone();
     let mut hooks = vec![(1, format!("http://{addr}/ok"))];
-    if o.hanging {
-        hooks.push((2, format!("http://{addr}/hang")));
+    match o.second {
+        Second::None => {}
+        Second::Healthy => hooks.push((2, format!("http://{addr}/second"))),
+        Second::Hanging => hooks.push((2, format!("http://{addr}/hang"))),
     }
     for (id, url) in hooks {
         let resp = http
@@ -312,10 +340,10 @@ pub async fn run(o: &DeliveryOpts) -> Result<(), String> {
     let cpu_s = (after.cpu_ticks - before.cpu_ticks) as f64 / util::clk_tck();
     let delivered = receiver.delivered.load(Ordering::Relaxed);
     let result = DeliveryResult {
-        label: if o.hanging {
-            "healthy + hanging".into()
-        } else {
-            "healthy".into()
+        label: match o.second {
+            Second::None => "healthy".into(),
+            Second::Healthy => "healthy + healthy".into(),
+            Second::Hanging => "healthy + hanging".into(),
         },
         rate: o.rate,
         duration_s: o.duration,
@@ -325,8 +353,9 @@ pub async fn run(o: &DeliveryOpts) -> Result<(), String> {
         delivered_per_s: in_window as f64 / window.as_secs_f64(),
         latency: Latency::from_us(&receiver.latency.lock().unwrap()),
         hanging_attempts: receiver.hanging.load(Ordering::Relaxed),
+        second_delivered: receiver.second.load(Ordering::Relaxed),
         gateway_cpu_pct: 100.0 * cpu_s / window.as_secs_f64(),
-        cpu_us_per_delivery: if in_window > 0 {
+        cpu_us_per_event: if in_window > 0 {
             cpu_s * 1e6 / in_window as f64
         } else {
             0.0
@@ -338,10 +367,10 @@ pub async fn run(o: &DeliveryOpts) -> Result<(), String> {
         remove_keys(url, &spec.redis_prefix).await;
     }
     std::fs::create_dir_all(&o.out).map_err(|e| e.to_string())?;
-    let name = if o.hanging {
-        "deliveries-hanging"
-    } else {
-        "deliveries"
+    let name = match o.second {
+        Second::None => "deliveries",
+        Second::Healthy => "deliveries-second-healthy",
+        Second::Hanging => "deliveries-second-hanging",
     };
     let path = o.out.join(format!("{name}.json"));
     let json = json!({
@@ -365,7 +394,7 @@ pub async fn run(o: &DeliveryOpts) -> Result<(), String> {
         l.max_ms,
         result.hanging_attempts,
         result.gateway_cpu_pct,
-        result.cpu_us_per_delivery,
+        result.cpu_us_per_event,
     );
     eprintln!("rtgate-bench: wrote {}", path.display());
     if result.bad_signatures > 0 {

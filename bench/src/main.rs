@@ -54,8 +54,8 @@ enum Cmd {
     /// rooms of 10 = 9 agents + 1 contact, 1,000 events/s, 30 s). Needs --redis.
     Ingest(Opts),
     /// Outbound deliveries: one account webhook on a receiver in this process, and
-    /// `message.created` events at a rate (default 2,000/s for 20 s); `--hanging` adds a
-    /// webhook that never answers.
+    /// `message.created` events at a rate (default 2,000/s for 20 s); `--second` adds a
+    /// webhook that answers (a baseline) or one that never does.
     Deliveries(deliveries::DeliveryOpts),
     /// Attacks a gateway with default limits from another loopback address, under a
     /// legitimate load (default: 200 WebSocket connections, rooms of 10, 200 events/s).

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use rtgate_protocol::pb::{self, DestinationKind};
 
 use super::policy::{Breaker, BreakerConfig, BreakerState, Outcome, RetryPolicy, Verdict};
-use super::queue::{Claimed, DeliveryQueue};
+use super::queue::{ClaimLimits, Claimed, DeliveryQueue, Queued, destination_key};
 use super::sender::Sender;
 use super::signing;
 use crate::connection::unix_ms;
@@ -56,19 +56,30 @@ impl Default for DelivererConfig {
     }
 }
 
-/// Deliveries waiting for one destination, at most: beyond, they go back to the queue
-/// for a moment (the claim is not held while nothing can happen).
-const MAX_WAITING: usize = 1024;
+/// How long a delivery that found its destination's line full waits in the queue.
+const LINE_FULL_DELAY: Duration = Duration::from_millis(100);
 
 /// How long a stopping executor waits for its attempts.
 const DRAIN: Duration = Duration::from_secs(6);
 
-/// One destination: its breaker, attempts in flight and deliveries waiting their turn.
+/// One destination: its breaker, attempts in flight and deliveries waiting their turn
+/// (at most as many as may be in flight: the rest wait in the queue).
 #[derive(Debug)]
 struct Destination {
+    /// Its line's key in the queue.
+    key: String,
     breaker: Breaker,
     running: usize,
     waiting: VecDeque<Claimed>,
+    /// Until when its line is parked in the queue (breaker open).
+    parked_until: Option<Instant>,
+}
+
+impl Destination {
+    /// Until when its breaker holds deliveries back, if it does now.
+    fn blocked(&self, now: Instant) -> Option<Instant> {
+        self.breaker.blocked_until().filter(|until| *until > now)
+    }
 }
 
 /// What to do with a delivery now.
@@ -155,10 +166,42 @@ impl Deliverer {
     /// Queues deliveries (those already queued within the window are left out) and
     /// starts them.
     pub async fn submit(self: &Arc<Self>, deliveries: Vec<pb::Delivery>) -> Result<(), EngineError> {
-        let claimed = self.queue.enqueue(deliveries, unix_ms() as i64).await?;
+        let now_ms = unix_ms() as i64;
+        let now = Instant::now();
+        // Claimed at once unless the destination cannot take it now: then it waits in
+        // the queue (until the breaker's probe, or for a claim when there is room).
+        let items: Vec<Queued> = {
+            let destinations = self.destinations.lock().expect("destinations lock");
+            deliveries
+                .into_iter()
+                .map(|delivery| {
+                    let not_before_ms = destinations.get(&delivery.url).and_then(|d| {
+                        if let Some(until) = d.blocked(now) {
+                            Some(now_ms + (until - now).as_millis() as i64)
+                        } else if d.running >= self.config.per_destination
+                            && d.waiting.len() >= self.config.per_destination
+                        {
+                            Some(now_ms)
+                        } else {
+                            None
+                        }
+                    });
+                    Queued {
+                        delivery,
+                        not_before_ms,
+                    }
+                })
+                .collect()
+        };
+        let kinds: Vec<DestinationKind> = items.iter().map(|i| i.delivery.kind()).collect();
+        let (claimed, new) = self.queue.enqueue(items, now_ms).await?;
+        if new > 0 {
+            self.wake.notify_one();
+        }
+        for kind in kinds.into_iter().take(new) {
+            metrics::counter!("rtgate_deliveries_queued_total", "kind" => kind_label(kind)).increment(1);
+        }
         for c in claimed {
-            metrics::counter!("rtgate_deliveries_queued_total", "kind" => kind_label(c.delivery.kind()))
-                .increment(1);
             self.held.fetch_add(1, Ordering::Relaxed);
             self.dispatch(c);
         }
@@ -173,31 +216,53 @@ impl Deliverer {
         let step = {
             let mut destinations = self.destinations.lock().expect("destinations lock");
             let dest = destinations.entry(key.clone()).or_insert_with(|| Destination {
+                key: destination_key(&key),
                 breaker: Breaker::new(self.config.breaker),
                 running: 0,
                 waiting: VecDeque::new(),
+                parked_until: None,
             });
-            self.step(dest, claimed)
+            let step = self.step(dest, claimed);
+            self.park(&key, dest);
+            step
         };
         self.take(key, step);
     }
 
     fn step(&self, dest: &mut Destination, claimed: Claimed) -> Step {
         let now = Instant::now();
-        if let Some(until) = dest.breaker.blocked_until()
-            && until > now
-        {
+        if let Some(until) = dest.blocked(now) {
             return Step::Defer(claimed, until - now);
         }
         if dest.running < self.config.per_destination && dest.breaker.allow(now) {
             dest.running += 1;
             return Step::Start(claimed);
         }
-        if dest.waiting.len() < MAX_WAITING {
+        if dest.waiting.len() < self.config.per_destination {
             dest.waiting.push_back(claimed);
             return Step::Wait;
         }
-        Step::Defer(claimed, Duration::from_secs(1))
+        Step::Defer(claimed, LINE_FULL_DELAY)
+    }
+
+    /// Parks the destination's line in the queue while its breaker is open (once per
+    /// opening), so that no node claims its deliveries before the probe.
+    fn park(self: &Arc<Self>, url: &str, dest: &mut Destination) {
+        let Some(until) = dest.blocked(Instant::now()) else {
+            return;
+        };
+        if dest.parked_until == Some(until) {
+            return;
+        }
+        dest.parked_until = Some(until);
+        let this = self.clone();
+        let url = url.to_string();
+        let until_ms = unix_ms() as i64 + until.saturating_duration_since(Instant::now()).as_millis() as i64;
+        tokio::spawn(async move {
+            if let Err(err) = this.queue.park(&url, until_ms).await {
+                tracing::warn!(%err, "cannot park a destination's deliveries");
+            }
+        });
     }
 
     fn take(self: &Arc<Self>, key: String, step: Step) {
@@ -312,7 +377,7 @@ impl Deliverer {
                     metrics::histogram!("rtgate_delivery_lag_seconds", "kind" => kind)
                         .record((now - d.occurred_at_ms).max(0) as f64 / 1000.0);
                 }
-                self.queue.done(&d.id).await
+                self.queue.done(d).await
             }
             Verdict::Retry(after) => {
                 metrics::counter!("rtgate_delivery_attempts_total", "kind" => kind, "outcome" => "retry")
@@ -410,6 +475,19 @@ impl Deliverer {
         }
     }
 
+    /// The lines this node has no room for now: breaker open, or full.
+    fn busy(&self) -> std::collections::HashSet<String> {
+        let now = Instant::now();
+        let limit = self.config.per_destination;
+        self.destinations
+            .lock()
+            .expect("destinations lock")
+            .values()
+            .filter(|d| d.blocked(now).is_some() || (d.running >= limit && d.waiting.len() >= limit))
+            .map(|d| d.key.clone())
+            .collect()
+    }
+
     /// Runs until `stop` says so: claims due deliveries as capacity allows, and keeps the
     /// queue gauges current. Stopping, it waits (bounded) for attempts in flight and puts
     /// waiting deliveries back for other nodes.
@@ -425,7 +503,13 @@ impl Deliverer {
                 .max_held
                 .saturating_sub(self.held.load(Ordering::Relaxed));
             if free > 0 {
-                match self.queue.claim(free.min(512), unix_ms() as i64).await {
+                let skip = self.busy();
+                let limits = ClaimLimits {
+                    total: free.min(512),
+                    per_destination: self.config.per_destination,
+                    skip: &skip,
+                };
+                match self.queue.claim(limits, unix_ms() as i64).await {
                     Ok(claimed) => {
                         errors = 0;
                         for c in claimed {

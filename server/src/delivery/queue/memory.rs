@@ -8,15 +8,18 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rtgate_protocol::pb;
 
-use super::{Claimed, DeliveryQueue, Depth, MAX_DEAD, revived};
+use super::{ClaimLimits, Claimed, DeliveryQueue, Depth, MAX_DEAD, Queued, destination_key, revived};
 use crate::engine::EngineError;
 
 #[derive(Debug, Default)]
 struct State {
-    /// (due or claim expiry, id) of every queued delivery.
-    due: BTreeSet<(i64, String)>,
-    /// Each queued delivery's key in `due`, and its record.
-    queued: HashMap<String, (i64, pb::Delivery)>,
+    /// id → (destination key, score: due or claim end, record).
+    queued: HashMap<String, (String, i64, pb::Delivery)>,
+    /// Each destination's line: (score, id).
+    lines: HashMap<String, BTreeSet<(i64, String)>>,
+    /// (hint, destination): no delivery of the destination is due before its hint.
+    hints: BTreeSet<(i64, String)>,
+    hint_of: HashMap<String, i64>,
     /// Ids queued within the window, with when they are forgotten, oldest first.
     seen: HashMap<String, i64>,
     seen_order: VecDeque<(i64, String)>,
@@ -25,17 +28,46 @@ struct State {
 }
 
 impl State {
-    fn schedule(&mut self, delivery: pb::Delivery, at: i64) {
-        if let Some((old, _)) = self.queued.remove(&delivery.id) {
-            self.due.remove(&(old, delivery.id.clone()));
+    fn set_hint(&mut self, dest: &str, score: i64, lower_only: bool) {
+        if let Some(old) = self.hint_of.get(dest).copied() {
+            if lower_only && old <= score {
+                return;
+            }
+            self.hints.remove(&(old, dest.to_string()));
         }
-        self.due.insert((at, delivery.id.clone()));
-        self.queued.insert(delivery.id.clone(), (at, delivery));
+        self.hints.insert((score, dest.to_string()));
+        self.hint_of.insert(dest.to_string(), score);
     }
 
-    fn remove(&mut self, id: &str) -> Option<pb::Delivery> {
-        let (at, d) = self.queued.remove(id)?;
-        self.due.remove(&(at, id.to_string()));
+    /// The hint of a destination after its line changed: its first score, or gone.
+    fn refresh_hint(&mut self, dest: &str) {
+        match self.lines.get(dest).and_then(|l| l.first()).map(|(s, _)| *s) {
+            Some(first) => self.set_hint(dest, first, false),
+            None => {
+                self.lines.remove(dest);
+                if let Some(old) = self.hint_of.remove(dest) {
+                    self.hints.remove(&(old, dest.to_string()));
+                }
+            }
+        }
+    }
+
+    fn schedule(&mut self, delivery: pb::Delivery, at: i64) {
+        let dest = destination_key(&delivery.url);
+        self.unschedule(&delivery.id);
+        self.lines
+            .entry(dest.clone())
+            .or_default()
+            .insert((at, delivery.id.clone()));
+        self.set_hint(&dest, at, true);
+        self.queued.insert(delivery.id.clone(), (dest, at, delivery));
+    }
+
+    fn unschedule(&mut self, id: &str) -> Option<pb::Delivery> {
+        let (dest, at, d) = self.queued.remove(id)?;
+        if let Some(line) = self.lines.get_mut(&dest) {
+            line.remove(&(at, id.to_string()));
+        }
         Some(d)
     }
 
@@ -81,46 +113,75 @@ impl DeliveryQueue for MemoryDeliveryQueue {
         self.lease_ms
     }
 
-    async fn enqueue(&self, deliveries: Vec<pb::Delivery>, now_ms: i64) -> Result<Vec<Claimed>, EngineError> {
+    async fn enqueue(&self, items: Vec<Queued>, now_ms: i64) -> Result<(Vec<Claimed>, usize), EngineError> {
         let mut state = self.state();
         state.forget_expired(now_ms);
         let lease_until_ms = now_ms + self.lease_ms;
-        let mut out = Vec::new();
-        for mut delivery in deliveries {
+        let mut claimed = Vec::new();
+        let mut new = 0;
+        for Queued {
+            mut delivery,
+            not_before_ms,
+        } in items
+        {
             if state.seen.contains_key(&delivery.id) {
                 continue;
             }
+            new += 1;
             let until = now_ms + self.window_ms;
             state.seen.insert(delivery.id.clone(), until);
             state.seen_order.push_back((until, delivery.id.clone()));
             delivery.queued_at_ms = now_ms;
-            state.schedule(delivery.clone(), lease_until_ms);
-            out.push(Claimed {
-                delivery,
-                lease_until_ms,
-            });
+            match not_before_ms {
+                Some(at) => state.schedule(delivery, at),
+                None => {
+                    state.schedule(delivery.clone(), lease_until_ms);
+                    claimed.push(Claimed {
+                        delivery,
+                        lease_until_ms,
+                    });
+                }
+            }
         }
-        Ok(out)
+        Ok((claimed, new))
     }
 
-    async fn claim(&self, max: usize, now_ms: i64) -> Result<Vec<Claimed>, EngineError> {
+    async fn claim(&self, limits: ClaimLimits<'_>, now_ms: i64) -> Result<Vec<Claimed>, EngineError> {
         let mut state = self.state();
-        let ids: Vec<String> = state
-            .due
+        let dests: Vec<String> = state
+            .hints
             .iter()
             .take_while(|(at, _)| *at <= now_ms)
-            .take(max)
-            .map(|(_, id)| id.clone())
+            .filter(|(_, d)| !limits.skip.contains(d))
+            .map(|(_, d)| d.clone())
             .collect();
         let lease_until_ms = now_ms + self.lease_ms;
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            let delivery = state.remove(&id).expect("queued");
-            state.schedule(delivery.clone(), lease_until_ms);
-            out.push(Claimed {
-                delivery,
-                lease_until_ms,
-            });
+        let mut out = Vec::new();
+        for dest in dests {
+            if out.len() >= limits.total {
+                break;
+            }
+            let room = limits.per_destination.min(limits.total - out.len());
+            let ids: Vec<String> = state
+                .lines
+                .get(&dest)
+                .map(|line| {
+                    line.iter()
+                        .take_while(|(at, _)| *at <= now_ms)
+                        .take(room)
+                        .map(|(_, id)| id.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            for id in ids {
+                let delivery = state.unschedule(&id).expect("queued");
+                state.schedule(delivery.clone(), lease_until_ms);
+                out.push(Claimed {
+                    delivery,
+                    lease_until_ms,
+                });
+            }
+            state.refresh_hint(&dest);
         }
         Ok(out)
     }
@@ -128,7 +189,7 @@ impl DeliveryQueue for MemoryDeliveryQueue {
     async fn extend(&self, claimed: &mut Claimed, now_ms: i64) -> Result<bool, EngineError> {
         let mut state = self.state();
         match state.queued.get(&claimed.delivery.id) {
-            Some((at, _)) if *at == claimed.lease_until_ms => {
+            Some((_, at, _)) if *at == claimed.lease_until_ms => {
                 let until = now_ms + self.lease_ms;
                 state.schedule(claimed.delivery.clone(), until);
                 claimed.lease_until_ms = until;
@@ -138,8 +199,8 @@ impl DeliveryQueue for MemoryDeliveryQueue {
         }
     }
 
-    async fn done(&self, id: &str) -> Result<(), EngineError> {
-        self.state().remove(id);
+    async fn done(&self, delivery: &pb::Delivery) -> Result<(), EngineError> {
+        self.state().unschedule(&delivery.id);
         Ok(())
     }
 
@@ -148,9 +209,18 @@ impl DeliveryQueue for MemoryDeliveryQueue {
         Ok(())
     }
 
+    async fn park(&self, url: &str, until_ms: i64) -> Result<(), EngineError> {
+        let mut state = self.state();
+        let dest = destination_key(url);
+        if state.hint_of.contains_key(&dest) {
+            state.set_hint(&dest, until_ms, false);
+        }
+        Ok(())
+    }
+
     async fn dead(&self, delivery: &pb::Delivery) -> Result<(), EngineError> {
         let mut state = self.state();
-        state.remove(&delivery.id);
+        state.unschedule(&delivery.id);
         if let Some(old) = state.dead.insert(delivery.id.clone(), delivery.clone()) {
             state.dead_order.remove(&(old.failed_at_ms, old.id));
         }

@@ -1,16 +1,17 @@
 //! The queue of several nodes, in Redis. Keys (one hash slot, `{<prefix>:deliveries}` =
-//! `{T}`):
+//! `{T}`; `<dest>` is a digest of the destination's URL):
 //!
 //! | key | type | what |
 //! |---|---|---|
-//! | `{T}:due` | sorted set | every queued delivery id, scored by when it is due (unix ms); a claimed one by when its claim lapses |
+//! | `{T}:q:<dest>` | sorted set | the destination's line: delivery ids scored by when due (unix ms), a claimed one by when its claim lapses |
+//! | `{T}:dests` | sorted set | destinations with a line, scored by a hint: nothing of theirs is due before it (a parked one: when its breaker lets a probe through) |
 //! | `{T}:d` | hash | id → the delivery (protobuf `Delivery`) |
 //! | `{T}:id:<id>` | string | the id was queued within the deduplication window |
 //! | `{T}:dead` | hash | id → the dead letter |
 //! | `{T}:dead:order` | sorted set | dead letter ids by when they were given up |
 //!
-//! A claim moves the id's score to the claim's end in the same script that reads it: two
-//! nodes never claim one delivery at once.
+//! A claim moves the ids' scores to the claim's end in the same script that reads them:
+//! two nodes never claim one delivery at once. Every script names its keys.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,46 +21,63 @@ use prost::Message;
 use redis::Value;
 use rtgate_protocol::pb;
 
-use super::{Claimed, DeliveryQueue, Depth, MAX_DEAD, revived};
+use super::{ClaimLimits, Claimed, DeliveryQueue, Depth, MAX_DEAD, Queued, destination_key, revived};
 use crate::engine::{EngineError, RedisCommands};
 
 const ENQUEUE: &str = r#"
--- KEYS[1] due, KEYS[2] records, KEYS[2 + i] id marker i; ARGV[1] window s, ARGV[2] claim
--- end, ARGV[1 + 2i] id i, ARGV[2 + 2i] record i. For each: 1 queued (claimed), 0 seen.
+-- KEYS[1] dests, KEYS[2] records, then per item i: KEYS[1 + 2i] its id marker, KEYS[2 + 2i]
+-- its line. ARGV[1] window s; per item: ARGV[4i - 2] id, ARGV[4i - 1] record,
+-- ARGV[4i] score, ARGV[4i + 1] destination. For each: 1 queued, 0 seen.
 local out = {}
-for i = 3, #KEYS do
-  local k = i - 2
-  if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ARGV[1]) then
-    redis.call('HSET', KEYS[2], ARGV[1 + 2 * k], ARGV[2 + 2 * k])
-    redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1 + 2 * k])
-    out[k] = 1
+local n = (#KEYS - 2) / 2
+for i = 1, n do
+  local a = 4 * i - 2
+  if redis.call('SET', KEYS[1 + 2 * i], '1', 'NX', 'EX', ARGV[1]) then
+    redis.call('HSET', KEYS[2], ARGV[a], ARGV[a + 1])
+    redis.call('ZADD', KEYS[2 + 2 * i], ARGV[a + 2], ARGV[a])
+    redis.call('ZADD', KEYS[1], 'LT', ARGV[a + 2], ARGV[a + 3])
+    out[i] = 1
   else
-    out[k] = 0
+    out[i] = 0
   end
 end
 return out
 "#;
 
 const CLAIM: &str = r#"
--- KEYS[1] due, KEYS[2] records; ARGV[1] now, ARGV[2] claim end, ARGV[3] most.
--- Returns id, record, id, record…; an id without a record is dropped.
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+-- KEYS[1] dests, KEYS[2] records, KEYS[2 + j] line j; ARGV[1] now, ARGV[2] claim end,
+-- ARGV[3] most per line, ARGV[4] most in all, ARGV[4 + j] destination j.
+-- Returns id, record, id, record…; an id without a record is dropped. Each line's hint
+-- becomes its first score (a line left empty is forgotten).
 local out = {}
-for _, id in ipairs(ids) do
-  local record = redis.call('HGET', KEYS[2], id)
-  if record then
-    redis.call('ZADD', KEYS[1], ARGV[2], id)
-    out[#out + 1] = id
-    out[#out + 1] = record
+local left = tonumber(ARGV[4])
+for j = 3, #KEYS do
+  if left <= 0 then break end
+  local dest = ARGV[2 + j]
+  local ids = redis.call('ZRANGEBYSCORE', KEYS[j], '-inf', ARGV[1], 'LIMIT', 0, math.min(tonumber(ARGV[3]), left))
+  for _, id in ipairs(ids) do
+    local record = redis.call('HGET', KEYS[2], id)
+    if record then
+      redis.call('ZADD', KEYS[j], ARGV[2], id)
+      out[#out + 1] = id
+      out[#out + 1] = record
+      left = left - 1
+    else
+      redis.call('ZREM', KEYS[j], id)
+    end
+  end
+  local first = redis.call('ZRANGE', KEYS[j], 0, 0, 'WITHSCORES')
+  if #first == 0 then
+    redis.call('ZREM', KEYS[1], dest)
   else
-    redis.call('ZREM', KEYS[1], id)
+    redis.call('ZADD', KEYS[1], first[2], dest)
   end
 end
 return out
 "#;
 
 const EXTEND: &str = r#"
--- KEYS[1] due; ARGV[1] id, ARGV[2] the claim's end, ARGV[3] its new end. 1: extended.
+-- KEYS[1] line; ARGV[1] id, ARGV[2] the claim's end, ARGV[3] its new end. 1: extended.
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if score and tonumber(score) == tonumber(ARGV[2]) then
   redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
@@ -69,7 +87,7 @@ return 0
 "#;
 
 const DEAD: &str = r#"
--- KEYS[1] due, KEYS[2] records, KEYS[3] dead, KEYS[4] dead order; ARGV[1] id,
+-- KEYS[1] line, KEYS[2] records, KEYS[3] dead, KEYS[4] dead order; ARGV[1] id,
 -- ARGV[2] record, ARGV[3] failed at, ARGV[4] most kept.
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
@@ -85,12 +103,14 @@ return 1
 "#;
 
 const REPLAY: &str = r#"
--- KEYS[1] dead, KEYS[2] dead order, KEYS[3] records, KEYS[4] due; ARGV[1] id,
--- ARGV[2] revived record, ARGV[3] now. 1: back in the queue; 0: no such dead letter.
+-- KEYS[1] dead, KEYS[2] dead order, KEYS[3] records, KEYS[4] line, KEYS[5] dests;
+-- ARGV[1] id, ARGV[2] revived record, ARGV[3] now, ARGV[4] destination.
+-- 1: back in the queue; 0: no such dead letter.
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[5], 'LT', ARGV[3], ARGV[4])
 return 1
 "#;
 
@@ -153,6 +173,10 @@ impl RedisDeliveryQueue {
     fn key(&self, name: &str) -> String {
         format!("{}:{name}", self.base)
     }
+
+    fn line(&self, dest: &str) -> String {
+        format!("{}:q:{dest}", self.base)
+    }
 }
 
 #[async_trait]
@@ -161,46 +185,73 @@ impl DeliveryQueue for RedisDeliveryQueue {
         self.lease_ms
     }
 
-    async fn enqueue(&self, deliveries: Vec<pb::Delivery>, now_ms: i64) -> Result<Vec<Claimed>, EngineError> {
-        if deliveries.is_empty() {
+    async fn enqueue(&self, items: Vec<Queued>, now_ms: i64) -> Result<(Vec<Claimed>, usize), EngineError> {
+        if items.is_empty() {
+            return Ok((Vec::new(), 0));
+        }
+        let lease_until_ms = now_ms + self.lease_ms;
+        let mut items = items;
+        let mut invocation = self.enqueue.prepare_invoke();
+        invocation
+            .key(self.key("dests"))
+            .key(self.key("d"))
+            .arg(self.window_s);
+        for item in &mut items {
+            let d = &mut item.delivery;
+            d.queued_at_ms = now_ms;
+            let dest = destination_key(&d.url);
+            invocation
+                .key(self.key(&format!("id:{}", d.id)))
+                .key(self.line(&dest))
+                .arg(&d.id)
+                .arg(d.encode_to_vec())
+                .arg(item.not_before_ms.unwrap_or(lease_until_ms))
+                .arg(dest);
+        }
+        let queued: Vec<i64> = self.commands.call(invocation).await?;
+        let new = queued.iter().filter(|q| **q == 1).count();
+        let claimed = items
+            .into_iter()
+            .zip(queued)
+            .filter(|(item, q)| *q == 1 && item.not_before_ms.is_none())
+            .map(|(item, _)| Claimed {
+                delivery: item.delivery,
+                lease_until_ms,
+            })
+            .collect();
+        Ok((claimed, new))
+    }
+
+    async fn claim(&self, limits: ClaimLimits<'_>, now_ms: i64) -> Result<Vec<Claimed>, EngineError> {
+        // The destinations with something due, then their lines in one script.
+        let due: Vec<String> = self
+            .commands
+            .command(
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(self.key("dests"))
+                    .arg("-inf")
+                    .arg(now_ms)
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limits.total.max(1) + limits.skip.len()),
+            )
+            .await?;
+        let dests: Vec<String> = due.into_iter().filter(|d| !limits.skip.contains(d)).collect();
+        if dests.is_empty() {
             return Ok(Vec::new());
         }
         let lease_until_ms = now_ms + self.lease_ms;
-        let mut deliveries = deliveries;
-        let mut invocation = self.enqueue.prepare_invoke();
-        invocation
-            .key(self.key("due"))
-            .key(self.key("d"))
-            .arg(self.window_s)
-            .arg(lease_until_ms);
-        for d in &mut deliveries {
-            d.queued_at_ms = now_ms;
-            invocation
-                .key(self.key(&format!("id:{}", d.id)))
-                .arg(&d.id)
-                .arg(d.encode_to_vec());
-        }
-        let queued: Vec<i64> = self.commands.call(invocation).await?;
-        Ok(deliveries
-            .into_iter()
-            .zip(queued)
-            .filter(|(_, q)| *q == 1)
-            .map(|(delivery, _)| Claimed {
-                delivery,
-                lease_until_ms,
-            })
-            .collect())
-    }
-
-    async fn claim(&self, max: usize, now_ms: i64) -> Result<Vec<Claimed>, EngineError> {
-        let lease_until_ms = now_ms + self.lease_ms;
         let mut invocation = self.claim.prepare_invoke();
         invocation
-            .key(self.key("due"))
+            .key(self.key("dests"))
             .key(self.key("d"))
             .arg(now_ms)
             .arg(lease_until_ms)
-            .arg(max);
+            .arg(limits.per_destination.max(1))
+            .arg(limits.total.max(1));
+        for dest in &dests {
+            invocation.key(self.line(dest)).arg(dest);
+        }
         let reply: Vec<Value> = self.commands.call(invocation).await?;
         Ok(reply
             .chunks(2)
@@ -219,7 +270,7 @@ impl DeliveryQueue for RedisDeliveryQueue {
         let until = now_ms + self.lease_ms;
         let mut invocation = self.extend.prepare_invoke();
         invocation
-            .key(self.key("due"))
+            .key(self.line(&destination_key(&claimed.delivery.url)))
             .arg(&claimed.delivery.id)
             .arg(claimed.lease_until_ms)
             .arg(until);
@@ -230,30 +281,52 @@ impl DeliveryQueue for RedisDeliveryQueue {
         Ok(extended == 1)
     }
 
-    async fn done(&self, id: &str) -> Result<(), EngineError> {
+    async fn done(&self, delivery: &pb::Delivery) -> Result<(), EngineError> {
+        // The line's hint stays; the next claim that looks finds it empty and forgets it.
         let mut pipe = redis::pipe();
         pipe.atomic()
-            .zrem(self.key("due"), id)
+            .zrem(self.line(&destination_key(&delivery.url)), &delivery.id)
             .ignore()
-            .hdel(self.key("d"), id)
+            .hdel(self.key("d"), &delivery.id)
             .ignore();
         self.commands.pipe::<()>(&pipe).await
     }
 
     async fn retry(&self, delivery: &pb::Delivery, due_ms: i64) -> Result<(), EngineError> {
+        let dest = destination_key(&delivery.url);
         let mut pipe = redis::pipe();
         pipe.atomic()
             .hset(self.key("d"), &delivery.id, delivery.encode_to_vec())
             .ignore()
-            .zadd(self.key("due"), &delivery.id, due_ms)
+            .zadd(self.line(&dest), &delivery.id, due_ms)
+            .ignore()
+            .cmd("ZADD")
+            .arg(self.key("dests"))
+            .arg("LT")
+            .arg(due_ms)
+            .arg(&dest)
             .ignore();
         self.commands.pipe::<()>(&pipe).await
+    }
+
+    async fn park(&self, url: &str, until_ms: i64) -> Result<(), EngineError> {
+        let _: Value = self
+            .commands
+            .command(
+                redis::cmd("ZADD")
+                    .arg(self.key("dests"))
+                    .arg("XX")
+                    .arg(until_ms)
+                    .arg(destination_key(url)),
+            )
+            .await?;
+        Ok(())
     }
 
     async fn dead(&self, delivery: &pb::Delivery) -> Result<(), EngineError> {
         let mut invocation = self.dead.prepare_invoke();
         invocation
-            .key(self.key("due"))
+            .key(self.line(&destination_key(&delivery.url)))
             .key(self.key("d"))
             .key(self.key("dead"))
             .key(self.key("dead:order"))
@@ -299,15 +372,18 @@ impl DeliveryQueue for RedisDeliveryQueue {
         let Some(delivery) = record.and_then(|r| decode(id, &r)) else {
             return Ok(false);
         };
+        let dest = destination_key(&delivery.url);
         let mut invocation = self.replay.prepare_invoke();
         invocation
             .key(self.key("dead"))
             .key(self.key("dead:order"))
             .key(self.key("d"))
-            .key(self.key("due"))
+            .key(self.line(&dest))
+            .key(self.key("dests"))
             .arg(id)
             .arg(revived(delivery, now_ms).encode_to_vec())
-            .arg(now_ms);
+            .arg(now_ms)
+            .arg(dest);
         let replayed: i64 = self.commands.call(invocation).await?;
         Ok(replayed == 1)
     }
@@ -324,7 +400,7 @@ impl DeliveryQueue for RedisDeliveryQueue {
 
     async fn depth(&self) -> Result<Depth, EngineError> {
         let mut pipe = redis::pipe();
-        pipe.zcard(self.key("due")).hlen(self.key("dead"));
+        pipe.hlen(self.key("d")).hlen(self.key("dead"));
         let (queued, dead): (u64, u64) = self.commands.pipe(&pipe).await?;
         Ok(Depth { queued, dead })
     }
