@@ -89,6 +89,73 @@ fn describe() {
         "rtgate_engine_reconnects_total",
         "Engine (Redis) pub/sub reconnections"
     );
+    describe_counter!(
+        "rtgate_events_ingested_total",
+        "Domain events taken in, by source (http, stream) and outcome"
+    );
+    describe_counter!(
+        "rtgate_listener_events_total",
+        "Domain events a listener handled, skipped (by reason) or failed on"
+    );
+    describe_histogram!(
+        "rtgate_event_lag_seconds",
+        Unit::Seconds,
+        "From a domain event's occurred_at to a listener having handled it"
+    );
+    describe_counter!(
+        "rtgate_events_dead_lettered_total",
+        "Domain events given up by the bus"
+    );
+    describe_counter!(
+        "rtgate_outbound_queued_total",
+        "Outbound deliveries queued, by destination kind"
+    );
+    describe_counter!(
+        "rtgate_outbound_attempts_total",
+        "Outbound delivery attempts, by destination kind and outcome (delivered, retry, failed)"
+    );
+    describe_histogram!(
+        "rtgate_outbound_attempt_seconds",
+        Unit::Seconds,
+        "Duration of an outbound delivery attempt, by destination kind"
+    );
+    describe_histogram!(
+        "rtgate_outbound_lag_seconds",
+        Unit::Seconds,
+        "From a domain event's occurred_at to its delivery, by destination kind"
+    );
+    describe_counter!(
+        "rtgate_outbound_deferred_total",
+        "Outbound deliveries put back without an attempt (breaker open, line full), by kind"
+    );
+    describe_gauge!(
+        "rtgate_outbound_queue_depth",
+        "Outbound deliveries queued (all nodes, on Redis)"
+    );
+    describe_gauge!(
+        "rtgate_outbound_dead_letters",
+        "Outbound deliveries given up and kept as dead letters"
+    );
+    describe_gauge!(
+        "rtgate_outbound_held",
+        "Outbound deliveries this node holds (in flight or waiting for their destination)"
+    );
+    describe_gauge!(
+        "rtgate_outbound_breakers_open",
+        "Destinations whose circuit breaker is open on this node"
+    );
+    describe_gauge!(
+        "rtgate_outbound_destinations",
+        "Delivery destinations mirrored into this node"
+    );
+    describe_counter!(
+        "rtgate_outbound_replayed_total",
+        "Dead letters replayed through the server API"
+    );
+    describe_counter!(
+        "rtgate_backend_notices_total",
+        "Notices to the backend (delivery_failed), sent or unsent"
+    );
 }
 
 /// Renders the metrics of `node` in Prometheus text format.

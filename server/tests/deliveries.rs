@@ -204,6 +204,22 @@ async fn each_listener_delivers_signed_payloads_to_its_destinations() {
     assert_eq!(resp["outcomes"][0]["status"], "STATUS_DUPLICATE");
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(r.hits("webhook").len(), 1);
+
+    // Counted per kind and outcome.
+    let metrics = t
+        .http
+        .get(t.api("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for kind in ["webhook", "inbox_webhook", "agent_bot", "hook", "installation"] {
+        let line = format!("rtgate_outbound_attempts_total{{kind=\"{kind}\",outcome=\"delivered\"}}");
+        assert!(metrics.contains(&line), "{line} in /metrics");
+    }
+    assert!(metrics.contains("rtgate_outbound_lag_seconds"));
 }
 
 #[tokio::test]

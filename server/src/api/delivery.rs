@@ -332,7 +332,7 @@ pub(super) async fn replay(
             format!("no dead delivery {id}"),
         ));
     }
-    metrics::counter!("rtgate_deliveries_replayed_total").increment(1);
+    metrics::counter!("rtgate_outbound_replayed_total").increment(1);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -199,7 +199,7 @@ impl Deliverer {
             self.wake.notify_one();
         }
         for kind in kinds.into_iter().take(new) {
-            metrics::counter!("rtgate_deliveries_queued_total", "kind" => kind_label(kind)).increment(1);
+            metrics::counter!("rtgate_outbound_queued_total", "kind" => kind_label(kind)).increment(1);
         }
         for c in claimed {
             self.held.fetch_add(1, Ordering::Relaxed);
@@ -275,7 +275,7 @@ impl Deliverer {
             Step::Defer(claimed, after) => {
                 let this = self.clone();
                 tokio::spawn(async move {
-                    metrics::counter!("rtgate_deliveries_deferred_total", "kind" => kind_label(claimed.delivery.kind()))
+                    metrics::counter!("rtgate_outbound_deferred_total", "kind" => kind_label(claimed.delivery.kind()))
                         .increment(1);
                     let due = unix_ms() as i64 + after.as_millis() as i64;
                     if let Err(err) = this.queue.retry(&claimed.delivery, due).await {
@@ -307,7 +307,7 @@ impl Deliverer {
                     dest.breaker.record(healthy, Instant::now());
                     let open = matches!(dest.breaker.state(), BreakerState::Open(_));
                     if open != was_open {
-                        metrics::gauge!("rtgate_delivery_breakers_open").increment(if open {
+                        metrics::gauge!("rtgate_outbound_breakers_open").increment(if open {
                             1.0
                         } else {
                             -1.0
@@ -360,7 +360,7 @@ impl Deliverer {
         headers.extend(d.headers.iter().map(|h| (h.name.as_str(), h.value.clone())));
         let started = Instant::now();
         let outcome = self.sender.send(&d.url, &headers, d.body.clone()).await;
-        metrics::histogram!("rtgate_delivery_attempt_seconds", "kind" => kind)
+        metrics::histogram!("rtgate_outbound_attempt_seconds", "kind" => kind)
             .record(started.elapsed().as_secs_f64());
         d.attempts += 1;
         let now = unix_ms() as i64;
@@ -371,22 +371,22 @@ impl Deliverer {
             .judge(&outcome, d.attempts, age, rand::random::<f64>());
         let result = match &verdict {
             Verdict::Delivered => {
-                metrics::counter!("rtgate_delivery_attempts_total", "kind" => kind, "outcome" => "delivered")
+                metrics::counter!("rtgate_outbound_attempts_total", "kind" => kind, "outcome" => "delivered")
                     .increment(1);
                 if d.occurred_at_ms > 0 {
-                    metrics::histogram!("rtgate_delivery_lag_seconds", "kind" => kind)
+                    metrics::histogram!("rtgate_outbound_lag_seconds", "kind" => kind)
                         .record((now - d.occurred_at_ms).max(0) as f64 / 1000.0);
                 }
                 self.queue.done(d).await
             }
             Verdict::Retry(after) => {
-                metrics::counter!("rtgate_delivery_attempts_total", "kind" => kind, "outcome" => "retry")
+                metrics::counter!("rtgate_outbound_attempts_total", "kind" => kind, "outcome" => "retry")
                     .increment(1);
                 d.last_error = describe(&outcome);
                 self.queue.retry(d, now + after.as_millis() as i64).await
             }
             Verdict::GiveUp(why) => {
-                metrics::counter!("rtgate_delivery_attempts_total", "kind" => kind, "outcome" => "failed")
+                metrics::counter!("rtgate_outbound_attempts_total", "kind" => kind, "outcome" => "failed")
                     .increment(1);
                 d.last_error = why.clone();
                 d.failed_at_ms = now;
@@ -528,10 +528,10 @@ impl Deliverer {
             if last_gauges.elapsed() >= Duration::from_secs(1) {
                 last_gauges = Instant::now();
                 if let Ok(depth) = self.queue.depth().await {
-                    metrics::gauge!("rtgate_delivery_queue_depth").set(depth.queued as f64);
-                    metrics::gauge!("rtgate_delivery_dead_letters").set(depth.dead as f64);
+                    metrics::gauge!("rtgate_outbound_queue_depth").set(depth.queued as f64);
+                    metrics::gauge!("rtgate_outbound_dead_letters").set(depth.dead as f64);
                 }
-                metrics::gauge!("rtgate_deliveries_held").set(self.held.load(Ordering::Relaxed) as f64);
+                metrics::gauge!("rtgate_outbound_held").set(self.held.load(Ordering::Relaxed) as f64);
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.config.poll) => {}

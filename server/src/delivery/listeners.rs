@@ -201,37 +201,43 @@ impl<D: DirectorySource> Listener for WebhookListener<D> {
             )),
             _ => {}
         }
-        let body = compose(event, extras).ok_or(Skip::NoPayload)?;
+        // Destinations first: most events of most accounts have none, and the body is
+        // built only for those that do.
         let dir = self.source.directory();
-        let mut out: Vec<pb::Delivery> = dir
+        let mut targets: Vec<To<'_>> = dir
             .webhooks(event.account_id)
             .iter()
             .filter(|w| w.subscriptions.contains(&name))
-            .map(|w| {
-                let to = To {
-                    kind: DestinationKind::Webhook,
-                    id: w.id,
-                    url: &w.url,
-                    secret: &w.secret,
-                    headers: &w.headers,
-                };
-                delivery(event, to, body.clone())
+            .map(|w| To {
+                kind: DestinationKind::Webhook,
+                id: w.id,
+                url: &w.url,
+                secret: &w.secret,
+                headers: &w.headers,
             })
             .collect();
         if to_inbox
             && let Some(w) = dir.inbox_webhook(inbox_of(event))
             && w.account_id == event.account_id
         {
-            let to = To {
+            targets.push(To {
                 kind: DestinationKind::InboxWebhook,
                 id: w.inbox_id,
                 url: &w.url,
                 secret: &w.secret,
                 headers: &w.headers,
-            };
-            out.push(delivery(event, to, body));
+            });
         }
-        deliveries(out)
+        if targets.is_empty() {
+            return Err(Skip::NoDestination);
+        }
+        let body = compose(event, extras).ok_or(Skip::NoPayload)?;
+        deliveries(
+            targets
+                .into_iter()
+                .map(|to| delivery(event, to, body.clone()))
+                .collect(),
+        )
     }
 }
 

@@ -190,7 +190,7 @@ impl Destinations {
         for key in bad {
             tracing::warn!(key, "a stored destination does not decode; left out");
         }
-        metrics::gauge!("rtgate_delivery_destinations").set(records.len() as f64);
+        metrics::gauge!("rtgate_outbound_destinations").set(records.len() as f64);
         *self.current.write().expect("destinations lock") = (Some(version), Arc::new(directory));
         Ok(())
     }
