@@ -21,27 +21,37 @@ pub const MAX_RESPONSE_BYTES: usize = 16 * 1024;
 #[derive(Debug)]
 struct GuardedResolver(Guard);
 
+/// The addresses of `host` that may be connected to; an error naming why when none may.
+pub fn allowed_addresses(
+    guard: Guard,
+    host: &str,
+    found: Vec<SocketAddr>,
+) -> Result<Vec<SocketAddr>, String> {
+    let mut refused = None;
+    let allowed: Vec<SocketAddr> = found
+        .into_iter()
+        .filter(|a| match guard.check(a.ip()) {
+            Ok(()) => true,
+            Err(why) => {
+                refused = Some(why);
+                false
+            }
+        })
+        .collect();
+    if allowed.is_empty() {
+        let why = refused.map_or("no address", |w| w.label());
+        return Err(format!("{host} resolves only to refused addresses ({why})"));
+    }
+    Ok(allowed)
+}
+
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let guard = self.0;
         Box::pin(async move {
             let host = name.as_str().to_string();
             let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let mut refused = None;
-            let allowed: Vec<SocketAddr> = found
-                .into_iter()
-                .filter(|a| match guard.check(a.ip()) {
-                    Ok(()) => true,
-                    Err(why) => {
-                        refused = Some(why);
-                        false
-                    }
-                })
-                .collect();
-            if allowed.is_empty() {
-                let why = refused.map_or("no address", |w| w.label());
-                return Err(format!("{host} resolves only to refused addresses ({why})").into());
-            }
+            let allowed = allowed_addresses(guard, &host, found)?;
             Ok(Box::new(allowed.into_iter()) as Addrs)
         })
     }
@@ -130,4 +140,40 @@ fn error_chain(err: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addrs(list: &[&str]) -> Vec<SocketAddr> {
+        list.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn a_name_that_resolves_to_a_private_address_is_refused_and_public_ones_kept() {
+        let strict = Guard::default();
+        let err = allowed_addresses(strict, "rebind.example", addrs(&["10.0.0.5:0"])).unwrap_err();
+        assert_eq!(err, "rebind.example resolves only to refused addresses (private)");
+        let err = allowed_addresses(strict, "meta.example", addrs(&["169.254.169.254:0"])).unwrap_err();
+        assert!(err.contains("cloud_metadata"), "{err}");
+        // A mixed answer keeps only what may be connected to.
+        let kept = allowed_addresses(
+            strict,
+            "mixed.example",
+            addrs(&["127.0.0.1:0", "93.184.216.34:0", "[fd00::1]:0"]),
+        )
+        .unwrap();
+        assert_eq!(kept, addrs(&["93.184.216.34:0"]));
+        let open = Guard { allow_private: true };
+        assert_eq!(
+            allowed_addresses(open, "intranet.example", addrs(&["10.0.0.5:0"])).unwrap(),
+            addrs(&["10.0.0.5:0"])
+        );
+        assert!(
+            allowed_addresses(strict, "empty.example", vec![])
+                .unwrap_err()
+                .contains("no address")
+        );
+    }
 }
