@@ -294,32 +294,24 @@ impl Deliverer {
 
     /// One attempt, and what follows from it.
     async fn attempt(self: Arc<Self>, key: String, mut claimed: Claimed) {
-        let outcome = self.make(&mut claimed).await;
-        let healthy = outcome.as_ref().is_none_or(|o| !unhealthy(o));
-        // The destination's slot, its breaker, and whoever waited for them.
+        self.make(&key, &mut claimed).await;
+        // The destination's slot, and whoever waited for it.
         let next = {
             let mut destinations = self.destinations.lock().expect("destinations lock");
             let mut steps = Vec::new();
             if let Some(dest) = destinations.get_mut(&key) {
                 dest.running -= 1;
-                if outcome.is_some() {
-                    let was_open = matches!(dest.breaker.state(), BreakerState::Open(_));
-                    dest.breaker.record(healthy, Instant::now());
-                    let open = matches!(dest.breaker.state(), BreakerState::Open(_));
-                    if open != was_open {
-                        metrics::gauge!("rtgate_outbound_breakers_open").increment(if open {
-                            1.0
-                        } else {
-                            -1.0
-                        });
-                        tracing::info!(destination = %key, open, "delivery breaker");
-                    }
-                }
-                while let Some(waiting) = dest.waiting.pop_front() {
-                    let step = self.step(dest, waiting);
-                    let stop = matches!(step, Step::Wait);
-                    steps.push(step);
-                    if stop {
+                // Whoever waited, in order: started while there is room, put back while
+                // the breaker holds them.
+                while !dest.waiting.is_empty() {
+                    let now = Instant::now();
+                    if let Some(until) = dest.blocked(now) {
+                        let claimed = dest.waiting.pop_front().expect("not empty");
+                        steps.push(Step::Defer(claimed, until - now));
+                    } else if dest.running < self.config.per_destination && dest.breaker.allow(now) {
+                        dest.running += 1;
+                        steps.push(Step::Start(dest.waiting.pop_front().expect("not empty")));
+                    } else {
                         break;
                     }
                 }
@@ -338,17 +330,43 @@ impl Deliverer {
         self.release();
     }
 
-    /// Sends the delivery and records the verdict in the queue; the outcome, or `None`
-    /// when no attempt was made (the claim was lost).
-    async fn make(self: &Arc<Self>, claimed: &mut Claimed) -> Option<Outcome> {
+    /// No attempt was made after all (the claim was lost): a probe it held may go again.
+    fn abandon(&self, key: &str) {
+        if let Some(dest) = self.destinations.lock().expect("destinations lock").get_mut(key) {
+            dest.breaker.abandon();
+        }
+    }
+
+    /// Records an attempt's outcome in the destination's breaker; until when the breaker
+    /// now holds deliveries back, if it does.
+    fn record(self: &Arc<Self>, key: &str, outcome: &Outcome) -> Option<Instant> {
+        let mut destinations = self.destinations.lock().expect("destinations lock");
+        let dest = destinations.get_mut(key)?;
+        let was_open = matches!(dest.breaker.state(), BreakerState::Open(_));
+        let now = Instant::now();
+        dest.breaker.record(!unhealthy(outcome), now);
+        let open = matches!(dest.breaker.state(), BreakerState::Open(_));
+        if open != was_open {
+            metrics::gauge!("rtgate_outbound_breakers_open").increment(if open { 1.0 } else { -1.0 });
+            tracing::info!(destination = %key, open, "delivery breaker");
+        }
+        if open {
+            self.park(key, dest);
+        }
+        dest.blocked(now)
+    }
+
+    /// Sends the delivery, records the outcome in the breaker and the verdict in the
+    /// queue; nothing when the claim was lost (no attempt is made).
+    async fn make(self: &Arc<Self>, key: &str, claimed: &mut Claimed) {
         let margin = self.config.timeout.as_millis() as i64 + 2_000;
         if claimed.lease_until_ms - (unix_ms() as i64) < margin {
             match self.queue.extend(claimed, unix_ms() as i64).await {
                 Ok(true) => {}
-                Ok(false) => return None,
+                Ok(false) => return self.abandon(key),
                 Err(err) => {
                     tracing::warn!(delivery = %claimed.delivery.id, %err, "cannot renew a delivery's claim");
-                    return None;
+                    return self.abandon(key);
                 }
             }
         }
@@ -363,6 +381,7 @@ impl Deliverer {
         metrics::histogram!("rtgate_outbound_attempt_seconds", "kind" => kind)
             .record(started.elapsed().as_secs_f64());
         d.attempts += 1;
+        let blocked = self.record(key, &outcome);
         let now = unix_ms() as i64;
         let age = Duration::from_millis((now - d.queued_at_ms).max(0) as u64);
         let verdict = self
@@ -383,7 +402,12 @@ impl Deliverer {
                 metrics::counter!("rtgate_outbound_attempts_total", "kind" => kind, "outcome" => "retry")
                     .increment(1);
                 d.last_error = describe(&outcome);
-                self.queue.retry(d, now + after.as_millis() as i64).await
+                // Not before the breaker lets a probe through: the line stays parked.
+                let held_back = blocked.map_or(0, |until| {
+                    until.saturating_duration_since(Instant::now()).as_millis() as i64
+                });
+                let due = now + (after.as_millis() as i64).max(held_back);
+                self.queue.retry(d, due).await
             }
             Verdict::GiveUp(why) => {
                 metrics::counter!("rtgate_outbound_attempts_total", "kind" => kind, "outcome" => "failed")
@@ -402,7 +426,6 @@ impl Deliverer {
             // The claim lapses and the delivery is attempted again (same id).
             tracing::warn!(delivery = %claimed.delivery.id, %err, "cannot record a delivery's outcome");
         }
-        Some(outcome)
     }
 
     /// Tells the backend a delivery was given up: on the backend stream (Redis) and to

@@ -196,6 +196,13 @@ impl Breaker {
         }
     }
 
+    /// The attempt let through was not made after all: a probe may go again.
+    pub fn abandon(&mut self) {
+        if self.state == (BreakerState::HalfOpen { probing: true }) {
+            self.state = BreakerState::HalfOpen { probing: false };
+        }
+    }
+
     /// An attempt ended: `ok` when the endpoint answered in a way that is not its fault
     /// (2xx or a 4xx other than 408/429).
     pub fn record(&mut self, ok: bool, now: Instant) {
@@ -214,6 +221,31 @@ impl Breaker {
             }
             (BreakerState::Open(_), false) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod breaker_tests {
+    use super::*;
+
+    #[test]
+    fn a_probe_not_made_lets_the_next_one_go() {
+        let config = BreakerConfig {
+            failures: 1,
+            open_for: Duration::from_secs(1),
+            max_open_for: Duration::from_secs(4),
+        };
+        let t0 = Instant::now();
+        let mut b = Breaker::new(config);
+        b.record(false, t0);
+        assert!(!b.allow(t0));
+        let later = t0 + Duration::from_secs(1);
+        assert!(b.allow(later), "the probe");
+        assert!(!b.allow(later), "one at a time");
+        b.abandon();
+        assert!(b.allow(later), "the probe was not made: another may go");
+        b.record(true, later);
+        assert_eq!(b.state(), BreakerState::Closed(0));
     }
 }
 
