@@ -715,3 +715,65 @@ async fn a_gateway_killed_with_deliveries_queued_makes_them_after_restart_once()
     );
     assert!(r.hits("down").len() > before);
 }
+
+#[tokio::test]
+async fn on_redis_a_given_up_delivery_is_a_notice_on_the_backend_stream() {
+    let prefix = unique_prefix("deliveries-notice");
+    let t = TestGateway::start_with(delivery_config(redis_config(SHARED_REDIS, &prefix)))
+        .await
+        .ready()
+        .await;
+    let r = Receiver::start().await;
+    r.set("hook", Mode::Status(404));
+    put_ok(
+        &t,
+        "inbox-webhooks/3",
+        json!({ "accountId": "1", "url": r.url("hook"), "secret": "s" }),
+    )
+    .await;
+    post_events(&t, vec![message_created(&format!("{prefix}-ev"))]).await;
+    let dead = wait_dead(&t, 1).await;
+    let client = ::redis::Client::open(SHARED_REDIS).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let stream = format!("{{{prefix}:backend}}");
+    let mut entries: Vec<(String, HashMap<String, String>)> = Vec::new();
+    for _ in 0..100 {
+        let reply: ::redis::streams::StreamRangeReply = ::redis::cmd("XRANGE")
+            .arg(&stream)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        entries = reply
+            .ids
+            .into_iter()
+            .map(|e| {
+                let fields = e
+                    .map
+                    .into_iter()
+                    .map(|(k, v)| (k, ::redis::from_redis_value::<String>(v).unwrap()))
+                    .collect();
+                (e.id, fields)
+            })
+            .collect();
+        if !entries.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(entries.len(), 1, "one notice");
+    let fields = &entries[0].1;
+    let notice: Value = serde_json::from_str(&fields["json"]).unwrap();
+    assert_eq!(notice["id"], fields["id"].as_str());
+    let failed = &notice["deliveryFailed"];
+    assert_eq!(failed["kind"], "DESTINATION_KIND_INBOX_WEBHOOK");
+    assert_eq!(failed["deliveryId"], dead[0]["id"]);
+    assert_eq!(failed["messageId"], "900");
+    assert_eq!(failed["error"], "HTTP 404");
+    let _: () = ::redis::cmd("DEL")
+        .arg(&stream)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
