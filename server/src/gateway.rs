@@ -550,6 +550,7 @@ impl Gateway {
                 Box::new(AgentBotListener::new(destinations.clone())),
                 Box::new(HookListener::new(destinations.clone())),
                 Box::new(InstallationWebhookListener::new(destinations.clone())),
+                Box::new(crate::events::participation::Participation),
             ],
             BusConfig {
                 max_attempts: config.events_max_attempts.max(1),

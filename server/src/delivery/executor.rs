@@ -432,7 +432,11 @@ impl Deliverer {
     /// the callback, when there is one.
     async fn announce_failure(self: &Arc<Self>, d: &pb::Delivery) {
         let notice = pb::BackendNotice {
-            id: super::listeners::delivery_id(&d.id, DestinationKind::Backend, 0),
+            id: crate::ids::derived_uuid(&[
+                b"delivery.failed",
+                d.id.as_bytes(),
+                &d.failed_at_ms.to_be_bytes(),
+            ]),
             created_at_ms: unix_ms() as i64,
             kind: Some(pb::backend_notice::Kind::DeliveryFailed(pb::DeliveryFailed {
                 delivery_id: d.id.clone(),
@@ -448,54 +452,77 @@ impl Deliverer {
                 failed_at_ms: d.failed_at_ms,
             })),
         };
-        let json = serde_json::to_vec(&notice).expect("a notice serializes");
+        match self.tell_backend(&notice, &d.event_id, d.account_id).await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                delivery = %d.id,
+                "no backend stream or callback: delivery.failed stays in the dead letters only"
+            ),
+            Err(err) => {
+                tracing::warn!(delivery = %d.id, %err, "cannot tell the backend of a failed delivery")
+            }
+        }
+    }
+
+    /// Sends a notice to the backend: on the backend stream (Redis) and, with a callback,
+    /// as a delivery of its own. True when a channel took it; false when there is none;
+    /// an error when one failed (the caller may try again: the id makes it harmless).
+    pub async fn tell_backend(
+        self: &Arc<Self>,
+        notice: &pb::BackendNotice,
+        event_id: &str,
+        account_id: u64,
+    ) -> Result<bool, EngineError> {
+        let kind = match &notice.kind {
+            Some(pb::backend_notice::Kind::DeliveryFailed(_)) => "delivery_failed",
+            Some(pb::backend_notice::Kind::Command(_)) => "command",
+            None => "empty",
+        };
+        let json = serde_json::to_vec(notice).expect("a notice serializes");
         let mut told = false;
-        if let Some((commands, key)) = &self.stream {
-            let added: Result<redis::Value, _> = commands
-                .command(
-                    redis::cmd("XADD")
-                        .arg(key)
-                        .arg("MAXLEN")
-                        .arg("~")
-                        .arg(1_000_000)
-                        .arg("*")
-                        .arg("id")
-                        .arg(&notice.id)
-                        .arg("json")
-                        .arg(&json),
-                )
-                .await;
-            match added {
-                Ok(_) => told = true,
-                Err(err) => {
-                    tracing::warn!(delivery = %d.id, %err, "cannot write delivery.failed to the backend stream")
-                }
+        let result = async {
+            if let Some((commands, key)) = &self.stream {
+                let _: redis::Value = commands
+                    .command(
+                        redis::cmd("XADD")
+                            .arg(key)
+                            .arg("MAXLEN")
+                            .arg("~")
+                            .arg(1_000_000)
+                            .arg("*")
+                            .arg("id")
+                            .arg(&notice.id)
+                            .arg("json")
+                            .arg(&json),
+                    )
+                    .await?;
+                told = true;
             }
-        }
-        if let Some((url, secret)) = &self.config.callback {
-            let callback = pb::Delivery {
-                id: notice.id.clone(),
-                kind: DestinationKind::Backend as i32,
-                url: url.clone(),
-                secret: secret.clone(),
-                body: Bytes::from(json),
-                event_id: d.event_id.clone(),
-                event: "delivery_failed".into(),
-                account_id: d.account_id,
-                ..Default::default()
-            };
-            match self.submit(vec![callback]).await {
-                Ok(()) => told = true,
-                Err(err) => {
-                    tracing::warn!(delivery = %d.id, %err, "cannot queue delivery.failed for the backend")
-                }
+            if let Some((url, secret)) = &self.config.callback {
+                let callback = pb::Delivery {
+                    id: notice.id.clone(),
+                    kind: DestinationKind::Backend as i32,
+                    url: url.clone(),
+                    secret: secret.clone(),
+                    body: Bytes::from(json.clone()),
+                    event_id: event_id.to_string(),
+                    event: kind.to_string(),
+                    account_id,
+                    ..Default::default()
+                };
+                self.submit(vec![callback]).await?;
+                told = true;
             }
+            Ok(told)
         }
-        metrics::counter!("rtgate_backend_notices_total", "kind" => "delivery_failed", "outcome" => if told { "sent" } else { "unsent" })
-            .increment(1);
-        if !told {
-            tracing::warn!(delivery = %d.id, "no backend stream or callback: delivery.failed stays in the dead letters only");
-        }
+        .await;
+        let outcome = match &result {
+            Ok(true) => "sent",
+            Ok(false) => "unsent",
+            Err(_) => "failed",
+        };
+        metrics::counter!("rtgate_backend_notices_total", "kind" => kind, "outcome" => outcome).increment(1);
+        result
     }
 
     /// The lines this node has no room for now: breaker open, or full.

@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use rtgate_protocol::pb::{self, ConversationStatus, DestinationKind, MessageType};
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 
 use super::directory::{Directory, hook_events};
 use super::store::Destinations;
@@ -38,17 +37,12 @@ impl DirectorySource for Arc<Directory> {
 /// The stable id of the delivery of `event_id` to a destination, UUID-shaped (what
 /// Chatwoot's `X-Chatwoot-Delivery` carries): the same however often the event is handled.
 pub fn delivery_id(event_id: &str, kind: DestinationKind, destination_id: u64) -> String {
-    let digest = Sha256::new()
-        .chain_update(event_id.as_bytes())
-        .chain_update([0])
-        .chain_update((kind as i32).to_be_bytes())
-        .chain_update(destination_id.to_be_bytes())
-        .finalize();
-    let mut b: [u8; 16] = digest[..16].try_into().expect("16 bytes");
-    // RFC 9562 version 8 (custom), variant 10.
-    b[6] = (b[6] & 0x0f) | 0x80;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    uuid::Uuid::from_bytes(b).to_string()
+    crate::ids::derived_uuid(&[
+        b"delivery",
+        event_id.as_bytes(),
+        kind.as_str_name().as_bytes(),
+        &destination_id.to_be_bytes(),
+    ])
 }
 
 /// The underscore name Chatwoot puts in `event`.

@@ -75,6 +75,23 @@ pub async fn execute(
             };
             parts.deliverer.submit(deliveries.clone()).await?;
         }
+        Action::Command { id, command } => {
+            let Some(parts) = delivery else {
+                return Err(EngineError::Internal("no backend channel".into()));
+            };
+            let notice = pb::BackendNotice {
+                id: id.clone(),
+                created_at_ms: crate::connection::unix_ms() as i64,
+                kind: Some(pb::backend_notice::Kind::Command(command.clone())),
+            };
+            let told = parts
+                .deliverer
+                .tell_backend(&notice, &command.event_id, command.account_id)
+                .await?;
+            if !told {
+                tracing::warn!(command = %id, listener = %command.listener, "no backend stream or callback: a command was dropped");
+            }
+        }
         Action::Publish { rooms, event } => {
             let encoded = event.encode_to_vec();
             // Rooms are independent: published together, each in its own order.

@@ -9,11 +9,13 @@
 //!   across conversations), retries a failed listener alone, dead-letters what keeps
 //!   failing, and has [`Action`]s carried out by the executor.
 //! - Listeners are sans-IO: an event and the state they keep in, actions out.
-//!   [`routing`] is Chatwoot's ActionCableListener.
+//!   [`routing`] is Chatwoot's ActionCableListener; [`participation`] its
+//!   ParticipationListener, whose decision is a command for the backend.
 
 pub mod bus;
 pub mod catalogue;
 pub mod ingest;
+pub mod participation;
 pub mod queue;
 pub mod routing;
 
@@ -45,6 +47,14 @@ pub enum Action {
     /// Queue these deliveries (outbound HTTP), each once: a delivery id already queued
     /// within the deduplication window is not queued again.
     Deliver(Vec<rtgate_protocol::pb::Delivery>),
+    /// Tell the backend to carry this out (on the backend stream and callback); `id` is
+    /// stable for the event and the decision, so applying it twice is harmless.
+    Command {
+        /// The command's id.
+        id: String,
+        /// The command.
+        command: rtgate_protocol::pb::Command,
+    },
 }
 
 /// Why a listener did nothing with an event (counted by the bus).

@@ -1,0 +1,122 @@
+//! Chatwoot's ParticipationListener, as a decision: on `assignee.changed` with an
+//! assignee, the assignee becomes a participant of the conversation. The backend applies
+//! the command (an upsert: a participant already there stays one).
+
+use rtgate_protocol::pb;
+
+use super::{Action, Listener, Skip};
+use crate::ids::derived_uuid;
+
+/// The participation listener.
+#[derive(Debug, Default)]
+pub struct Participation;
+
+/// The id of a command: the listener and what the command is about (`key`) name it, so
+/// the same decision taken twice has one id.
+pub fn command_id(listener: &str, key: &str) -> String {
+    derived_uuid(&[b"command", listener.as_bytes(), key.as_bytes()])
+}
+
+impl Listener for Participation {
+    fn name(&self) -> &'static str {
+        "participation"
+    }
+
+    fn handles(&self, event_name: &str) -> bool {
+        event_name == "assignee.changed"
+    }
+
+    fn decide(&mut self, event: &pb::DomainEvent) -> Result<Vec<Action>, Skip> {
+        if !self.handles(&event.name) {
+            return Err(Skip::NotRouted);
+        }
+        let Some(conversation) = event.conversation.as_ref().filter(|c| c.display_id > 0) else {
+            return Err(Skip::NoPayload);
+        };
+        if conversation.assignee_id == 0 {
+            // Unassigned: nobody to add.
+            return Err(Skip::Filtered);
+        }
+        let command = pb::Command {
+            event_id: event.id.clone(),
+            account_id: event.account_id,
+            listener: self.name().into(),
+            kind: Some(pb::command::Kind::AddParticipant(pb::AddParticipant {
+                conversation_display_id: conversation.display_id,
+                user_id: conversation.assignee_id,
+            })),
+        };
+        // One participant per conversation and user: Chatwoot's second dispatch of the
+        // same assignment (auto-assignment v2) gives the same id.
+        let key = format!(
+            "{}:{}:{}",
+            event.account_id, conversation.display_id, conversation.assignee_id
+        );
+        Ok(vec![Action::Command {
+            id: command_id(self.name(), &key),
+            command,
+        }])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assigned(id: &str, display: u64, assignee: u64) -> pb::DomainEvent {
+        pb::DomainEvent {
+            id: id.into(),
+            name: "assignee.changed".into(),
+            account_id: 1,
+            conversation: Some(pb::ConversationFacts {
+                display_id: display,
+                inbox_id: 3,
+                assignee_id: assignee,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn command(actions: Vec<Action>) -> (String, pb::Command) {
+        let [Action::Command { id, command }] = <[Action; 1]>::try_from(actions).expect("one action") else {
+            panic!("not a command")
+        };
+        (id, command)
+    }
+
+    #[test]
+    fn the_new_assignee_becomes_a_participant_once() {
+        let mut p = Participation;
+        let (id, cmd) = command(p.decide(&assigned("ev-1", 42, 7)).unwrap());
+        assert_eq!(cmd.listener, "participation");
+        assert_eq!(cmd.event_id, "ev-1");
+        assert_eq!(cmd.account_id, 1);
+        assert_eq!(
+            cmd.kind,
+            Some(pb::command::Kind::AddParticipant(pb::AddParticipant {
+                conversation_display_id: 42,
+                user_id: 7
+            }))
+        );
+        // The same assignment dispatched twice (another event id): the same command id.
+        let (again, _) = command(p.decide(&assigned("ev-2", 42, 7)).unwrap());
+        assert_eq!(again, id);
+        // Another assignee, or another conversation: another command.
+        assert_ne!(command(p.decide(&assigned("ev-3", 42, 8)).unwrap()).0, id);
+        assert_ne!(command(p.decide(&assigned("ev-4", 43, 7)).unwrap()).0, id);
+    }
+
+    #[test]
+    fn unassignment_and_other_events_give_nothing() {
+        let mut p = Participation;
+        assert_eq!(p.decide(&assigned("ev-1", 42, 0)), Err(Skip::Filtered));
+        let mut other = assigned("ev-2", 42, 7);
+        other.name = "team.changed".into();
+        assert!(!p.handles(&other.name));
+        assert_eq!(p.decide(&other), Err(Skip::NotRouted));
+        let mut bare = assigned("ev-3", 42, 7);
+        bare.conversation = None;
+        assert_eq!(p.decide(&bare), Err(Skip::NoPayload));
+    }
+}

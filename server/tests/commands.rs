@@ -1,0 +1,92 @@
+//! Commands for the backend end to end: a domain event written to the Redis Stream, as a
+//! backend's after-commit hook would, and the command its listener decided read back
+//! from the backend stream by a consumer of the backend's own.
+
+mod common;
+
+use std::time::Duration;
+
+use common::redis::{SHARED_REDIS, unique_prefix};
+use common::*;
+use serde_json::{Value, json};
+
+async fn read_notices(conn: &mut ::redis::aio::MultiplexedConnection, stream: &str, n: usize) -> Vec<Value> {
+    for _ in 0..250 {
+        let reply: ::redis::streams::StreamRangeReply = ::redis::cmd("XRANGE")
+            .arg(stream)
+            .arg("-")
+            .arg("+")
+            .query_async(conn)
+            .await
+            .unwrap();
+        if reply.ids.len() >= n {
+            return reply
+                .ids
+                .iter()
+                .map(|e| {
+                    let json: String = ::redis::from_redis_value(e.map["json"].clone()).unwrap();
+                    let id: String = ::redis::from_redis_value(e.map["id"].clone()).unwrap();
+                    let notice: Value = serde_json::from_str(&json).unwrap();
+                    assert_eq!(notice["id"], id, "the entry's id is the notice's");
+                    notice
+                })
+                .collect();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{n} notices never appeared on {stream}");
+}
+
+#[tokio::test]
+async fn an_assignment_through_the_stream_becomes_one_add_participant_command() {
+    let prefix = unique_prefix("commands");
+    let t = TestGateway::start_with(redis_config(SHARED_REDIS, &prefix))
+        .await
+        .ready()
+        .await;
+    let client = ::redis::Client::open(SHARED_REDIS).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let assigned = |id: &str, assignee: u64| {
+        json!({
+            "id": id, "name": "assignee.changed", "accountId": "1",
+            "conversation": { "displayId": "42", "inboxId": "3", "assigneeId": assignee.to_string() },
+            "payload": "{}",
+        })
+        .to_string()
+    };
+    let events = format!("{{{prefix}:events}}");
+    // The assignment, dispatched twice by the backend (auto-assignment does), and an
+    // unassignment.
+    for (id, assignee) in [("ev-a", 7), ("ev-b", 7), ("ev-c", 0)] {
+        let _: String = ::redis::cmd("XADD")
+            .arg(&events)
+            .arg("*")
+            .arg("json")
+            .arg(assigned(id, assignee))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let stream = format!("{{{prefix}:backend}}");
+    let notices = read_notices(&mut conn, &stream, 2).await;
+    // Two entries (one per dispatch), one command id: the backend applies it once.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let notices_now = read_notices(&mut conn, &stream, 2).await;
+    assert_eq!(notices_now.len(), 2, "nothing for the unassignment");
+    assert_eq!(notices[0]["id"], notices[1]["id"]);
+    let command = &notices[0]["command"];
+    assert_eq!(command["listener"], "participation");
+    assert_eq!(command["eventId"], "ev-a");
+    assert_eq!(command["accountId"], "1");
+    assert_eq!(
+        command["addParticipant"],
+        json!({ "conversationDisplayId": "42", "userId": "7" })
+    );
+    assert_eq!(notices[1]["command"]["eventId"], "ev-b");
+    let _: () = ::redis::cmd("DEL")
+        .arg(&stream)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    drop(t);
+}
