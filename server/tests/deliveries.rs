@@ -562,6 +562,17 @@ async fn destinations_are_checked_listed_without_secrets_and_deleted() {
     assert_eq!(mine["webhooks"][0]["url"], "https://example.com/new");
     assert!(mine["webhooks"][0].get("hasSecret").is_none());
 
+    // Header values are write-only too (they may carry credentials).
+    put_ok(
+        &t,
+        "webhooks/3",
+        json!({ "accountId": "3", "url": "https://example.com/c",
+                "headers": [{ "name": "X-Token", "value": "t0ken" }] }),
+    )
+    .await;
+    let third = t.get_json("/api/v1/destinations/webhooks?account_id=3").await;
+    assert_eq!(third["webhooks"][0]["headers"], json!([{ "name": "X-Token" }]));
+
     let delete = |path: &'static str| t.http.delete(t.api(path)).bearer_auth(API_KEY).send();
     assert_eq!(
         delete("/api/v1/destinations/webhooks/1").await.unwrap().status(),
@@ -776,4 +787,37 @@ async fn on_redis_a_given_up_delivery_is_a_notice_on_the_backend_stream() {
         .query_async(&mut conn)
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn deliveries_held_back_past_their_age_bound_are_given_up_without_an_attempt() {
+    let mut c = delivery_config(config());
+    c.delivery_max_age = Duration::from_secs(1);
+    c.delivery_breaker_failures = 1;
+    c.delivery_breaker_open = Duration::from_millis(1500);
+    c.delivery_per_destination = 1;
+    let t = TestGateway::start_with(c).await;
+    let r = Receiver::start().await;
+    r.set("down", Mode::Status(503));
+    put_ok(
+        &t,
+        "webhooks/1",
+        webhook(1, &r.url("down"), "s", &["message_created"]),
+    )
+    .await;
+    post_events(
+        &t,
+        (0..5).map(|i| message_created(&format!("ev-age-{i}"))).collect(),
+    )
+    .await;
+    let dead = wait_dead(&t, 5).await;
+    assert_eq!(
+        r.hits("down").len(),
+        1,
+        "one attempt opened the breaker; none after"
+    );
+    for d in &dead {
+        let error = d["lastError"].as_str().unwrap();
+        assert!(error.contains("--delivery-max-age"), "{error}");
+    }
 }

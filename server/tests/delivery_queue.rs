@@ -79,12 +79,18 @@ async fn contract(q: Arc<dyn DeliveryQueue>) {
     assert!(q.extend(fresh, lapse + 1).await.unwrap());
     assert_eq!(fresh.lease_until_ms, lapse + 1 + LEASE.as_millis() as i64);
 
+    // The old holder can no longer record anything: the new holder's claim stands.
+    assert!(!q.done(&stale).await.unwrap());
+    assert!(!q.retry(&stale, lapse).await.unwrap());
+    assert!(!q.dead(&stale).await.unwrap());
+
     // Delivered: gone. Retried: due again at its time, with its record updated.
-    q.done(&delivery("a")).await.unwrap();
-    let mut b = again.into_iter().find(|c| c.delivery.id == "b").unwrap().delivery;
-    b.attempts = 1;
-    b.last_error = "HTTP 503".into();
-    q.retry(&b, lapse + 500).await.unwrap();
+    let claimed_a = again.iter().find(|c| c.delivery.id == "a").unwrap().clone();
+    assert!(q.done(&claimed_a).await.unwrap());
+    let mut b = again.into_iter().find(|c| c.delivery.id == "b").unwrap();
+    b.delivery.attempts = 1;
+    b.delivery.last_error = "HTTP 503".into();
+    assert!(q.retry(&b, lapse + 500).await.unwrap());
     assert!(q.claim(all(10, &none), lapse + 499).await.unwrap().is_empty());
     let due = q.claim(all(10, &none), lapse + 500).await.unwrap();
     assert_eq!(due.len(), 1);
@@ -92,15 +98,23 @@ async fn contract(q: Arc<dyn DeliveryQueue>) {
         (due[0].delivery.attempts, due[0].delivery.last_error.as_str()),
         (1, "HTTP 503")
     );
+    // Queued: not queued again, even once its id is forgotten (after the window).
+    let later = lapse + WINDOW.as_millis() as i64 + 1;
+    assert_eq!(q.enqueue(vec![now(delivery("b"))], later).await.unwrap().1, 0);
 
     // Given up: a dead letter, listed newest first, replayed with attempts reset.
-    let mut dead_b = due[0].delivery.clone();
-    dead_b.failed_at_ms = lapse + 600;
-    q.dead(&dead_b).await.unwrap();
-    q.enqueue(vec![now(delivery("c"))], lapse + 700).await.unwrap();
-    let mut dead_c = delivery("c");
-    dead_c.failed_at_ms = lapse + 800;
-    q.dead(&dead_c).await.unwrap();
+    let mut dead_b = due[0].clone();
+    dead_b.delivery.failed_at_ms = lapse + 600;
+    assert!(q.dead(&dead_b).await.unwrap());
+    assert_eq!(
+        q.enqueue(vec![now(delivery("b"))], later).await.unwrap().1,
+        0,
+        "nor while dead"
+    );
+    let (c, _) = q.enqueue(vec![now(delivery("c"))], lapse + 700).await.unwrap();
+    let mut dead_c = c[0].clone();
+    dead_c.delivery.failed_at_ms = lapse + 800;
+    assert!(q.dead(&dead_c).await.unwrap());
     assert_eq!(q.depth().await.unwrap(), Depth { queued: 0, dead: 2 });
     let listed = q.dead_letters(10).await.unwrap();
     assert_eq!(

@@ -91,33 +91,7 @@ async fn put_record(
         .put(collection, id, encoded)
         .await
         .map_err(|e| ApiError::engine(format, &e))?;
-    Ok(answer_listed(format, redact(listed)))
-}
-
-fn redact(listed: Listed) -> Listed {
-    match listed {
-        Listed::Webhook(w) => Listed::Webhook(pb::Webhook {
-            has_secret: !w.secret.is_empty(),
-            secret: String::new(),
-            ..w
-        }),
-        Listed::InboxWebhook(w) => Listed::InboxWebhook(pb::InboxWebhook {
-            has_secret: !w.secret.is_empty(),
-            secret: String::new(),
-            ..w
-        }),
-        Listed::AgentBot(b) => Listed::AgentBot(pb::AgentBot {
-            has_secret: !b.secret.is_empty(),
-            secret: String::new(),
-            ..b
-        }),
-        Listed::Hook(h) => Listed::Hook(pb::Hook {
-            has_secret: !h.secret.is_empty(),
-            secret: String::new(),
-            ..h
-        }),
-        other => other,
-    }
+    Ok(answer_listed(format, directory::redacted(listed)))
 }
 
 fn answer_listed(format: super::Format, listed: Listed) -> Response {
@@ -282,7 +256,8 @@ pub(super) async fn get_installation(
     }
 }
 
-/// `GET /api/v1/deliveries/dead[?limit=N]`: newest first, at most 1000, secrets left out.
+/// `GET /api/v1/deliveries/dead[?limit=N]`: newest first, at most 1000, secrets and
+/// header values left out.
 pub(super) async fn dead_letters(
     State(state): State<HttpState>,
     headers: HeaderMap,
@@ -304,6 +279,7 @@ pub(super) async fn dead_letters(
         .map_err(|e| ApiError::engine(format, &e))?;
     for d in &mut deliveries {
         d.secret.clear();
+        d.headers = directory::hidden_headers(&d.headers);
     }
     Ok(respond(
         format,

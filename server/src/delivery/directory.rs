@@ -190,49 +190,24 @@ impl Directory {
         self.installation.as_ref()
     }
 
-    /// Every record of a collection, in id order, secrets left out.
+    /// Every record of a collection, in id order, secrets and header values left out.
     pub fn list(&self, collection: Collection) -> Vec<Listed> {
         let mut out: Vec<Listed> = match collection {
             Collection::Webhook => self
                 .webhooks
                 .values()
                 .flatten()
-                .map(|w| Listed::Webhook(redact_webhook(w)))
+                .cloned()
+                .map(Listed::Webhook)
                 .collect(),
             Collection::InboxWebhook => self
                 .inbox_webhooks
                 .values()
-                .map(|w| {
-                    Listed::InboxWebhook(pb::InboxWebhook {
-                        has_secret: !w.secret.is_empty(),
-                        secret: String::new(),
-                        ..w.clone()
-                    })
-                })
+                .cloned()
+                .map(Listed::InboxWebhook)
                 .collect(),
-            Collection::AgentBot => self
-                .agent_bots
-                .values()
-                .map(|b| {
-                    Listed::AgentBot(pb::AgentBot {
-                        has_secret: !b.secret.is_empty(),
-                        secret: String::new(),
-                        ..b.clone()
-                    })
-                })
-                .collect(),
-            Collection::Hook => self
-                .hooks
-                .values()
-                .flatten()
-                .map(|h| {
-                    Listed::Hook(pb::Hook {
-                        has_secret: !h.secret.is_empty(),
-                        secret: String::new(),
-                        ..h.clone()
-                    })
-                })
-                .collect(),
+            Collection::AgentBot => self.agent_bots.values().cloned().map(Listed::AgentBot).collect(),
+            Collection::Hook => self.hooks.values().flatten().cloned().map(Listed::Hook).collect(),
             Collection::Installation => self
                 .installation
                 .iter()
@@ -241,19 +216,56 @@ impl Directory {
                 .collect(),
         };
         out.sort_by_key(Listed::id);
-        out
+        out.into_iter().map(redacted).collect()
     }
 }
 
-fn redact_webhook(w: &pb::Webhook) -> pb::Webhook {
-    pb::Webhook {
-        has_secret: !w.secret.is_empty(),
-        secret: String::new(),
-        ..w.clone()
+/// Header names kept, values left out (they may carry credentials).
+pub fn hidden_headers(headers: &[pb::Header]) -> Vec<pb::Header> {
+    headers
+        .iter()
+        .map(|h| pb::Header {
+            name: h.name.clone(),
+            value: String::new(),
+        })
+        .collect()
+}
+
+/// A record as answered by the API: secret and header values left out, `has_secret` set.
+pub fn redacted(listed: Listed) -> Listed {
+    match listed {
+        Listed::Webhook(w) => Listed::Webhook(pb::Webhook {
+            has_secret: !w.secret.is_empty(),
+            secret: String::new(),
+            headers: hidden_headers(&w.headers),
+            ..w
+        }),
+        Listed::InboxWebhook(w) => Listed::InboxWebhook(pb::InboxWebhook {
+            has_secret: !w.secret.is_empty(),
+            secret: String::new(),
+            headers: hidden_headers(&w.headers),
+            ..w
+        }),
+        Listed::AgentBot(b) => Listed::AgentBot(pb::AgentBot {
+            has_secret: !b.secret.is_empty(),
+            secret: String::new(),
+            headers: hidden_headers(&b.headers),
+            ..b
+        }),
+        Listed::Hook(h) => Listed::Hook(pb::Hook {
+            has_secret: !h.secret.is_empty(),
+            secret: String::new(),
+            headers: hidden_headers(&h.headers),
+            ..h
+        }),
+        Listed::Installation(i) => Listed::Installation(pb::InstallationWebhook {
+            headers: hidden_headers(&i.headers),
+            ..i
+        }),
     }
 }
 
-/// A record as listed (secret left out, `has_secret` set).
+/// A record of any collection.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Listed {
     /// An account webhook.
@@ -323,6 +335,10 @@ pub fn check_url(url: &str) -> Result<(), String> {
 
 fn check_common(url: &str, secret: &str, headers: &[pb::Header]) -> Result<(), String> {
     check_url(url)?;
+    check_secret_and_headers(secret, headers)
+}
+
+fn check_secret_and_headers(secret: &str, headers: &[pb::Header]) -> Result<(), String> {
     if secret.len() > MAX_SECRET {
         return Err(format!("secret is longer than {MAX_SECRET} bytes"));
     }
@@ -378,8 +394,9 @@ pub fn check_agent_bot(b: &pb::AgentBot) -> Result<(), String> {
     }
     // A bot without an outgoing URL is skipped by the listener, as in Chatwoot.
     if !b.url.is_empty() {
-        check_common(&b.url, &b.secret, &b.headers)?;
+        check_url(&b.url)?;
     }
+    check_secret_and_headers(&b.secret, &b.headers)?;
     if b.inbox_ids.len() > 10_000 {
         return Err("at most 10000 inbox_ids".into());
     }

@@ -275,16 +275,36 @@ impl Deliverer {
             Step::Defer(claimed, after) => {
                 let this = self.clone();
                 tokio::spawn(async move {
-                    metrics::counter!("rtgate_outbound_deferred_total", "kind" => kind_label(claimed.delivery.kind()))
-                        .increment(1);
-                    let due = unix_ms() as i64 + after.as_millis() as i64;
-                    if let Err(err) = this.queue.retry(&claimed.delivery, due).await {
-                        tracing::warn!(delivery = %claimed.delivery.id, %err, "cannot put a delivery back");
+                    if this.too_old(&claimed.delivery) {
+                        // Held back past its age bound (a breaker open for long): given
+                        // up now, not kept waiting for an attempt that may not start.
+                        let why = this.age_limit_reason();
+                        this.give_up(claimed, why).await;
+                    } else {
+                        metrics::counter!("rtgate_outbound_deferred_total", "kind" => kind_label(claimed.delivery.kind()))
+                            .increment(1);
+                        let due = unix_ms() as i64 + after.as_millis() as i64;
+                        if let Err(err) = this.queue.retry(&claimed, due).await {
+                            tracing::warn!(delivery = %claimed.delivery.id, %err, "cannot put a delivery back");
+                        }
                     }
                     this.release();
                 });
             }
         }
+    }
+
+    /// Whether a delivery has outlived `--delivery-max-age`.
+    fn too_old(&self, d: &pb::Delivery) -> bool {
+        let age = (unix_ms() as i64 - d.queued_at_ms).max(0) as u128;
+        age >= self.config.policy.max_age.as_millis()
+    }
+
+    fn age_limit_reason(&self) -> String {
+        format!(
+            "not delivered within {}s of being queued (--delivery-max-age)",
+            self.config.policy.max_age.as_secs()
+        )
     }
 
     fn release(&self) {
@@ -342,15 +362,16 @@ impl Deliverer {
     fn record(self: &Arc<Self>, key: &str, outcome: &Outcome) -> Option<Instant> {
         let mut destinations = self.destinations.lock().expect("destinations lock");
         let dest = destinations.get_mut(key)?;
-        let was_open = matches!(dest.breaker.state(), BreakerState::Open(_));
+        // Open or probing (half open) both count as open for the gauge.
+        let was_open = !matches!(dest.breaker.state(), BreakerState::Closed(_));
         let now = Instant::now();
         dest.breaker.record(!unhealthy(outcome), now);
-        let open = matches!(dest.breaker.state(), BreakerState::Open(_));
+        let open = !matches!(dest.breaker.state(), BreakerState::Closed(_));
         if open != was_open {
             metrics::gauge!("rtgate_outbound_breakers_open").increment(if open { 1.0 } else { -1.0 });
             tracing::info!(destination = %key, open, "delivery breaker");
         }
-        if open {
+        if matches!(dest.breaker.state(), BreakerState::Open(_)) {
             self.park(key, dest);
         }
         dest.blocked(now)
@@ -370,6 +391,12 @@ impl Deliverer {
                 }
             }
         }
+        if self.too_old(&claimed.delivery) {
+            // Its last chance passed while it waited (a line parked for long, or full).
+            self.abandon(key);
+            let why = self.age_limit_reason();
+            return self.give_up(claimed.clone(), why).await;
+        }
         let d = &mut claimed.delivery;
         let kind = kind_label(d.kind());
         let now_s = unix_ms() / 1000;
@@ -388,7 +415,7 @@ impl Deliverer {
             .config
             .policy
             .judge(&outcome, d.attempts, age, rand::random::<f64>());
-        let result = match &verdict {
+        let result = match verdict {
             Verdict::Delivered => {
                 metrics::counter!("rtgate_outbound_attempts_total", "kind" => kind, "outcome" => "delivered")
                     .increment(1);
@@ -396,7 +423,7 @@ impl Deliverer {
                     metrics::histogram!("rtgate_outbound_lag_seconds", "kind" => kind)
                         .record((now - d.occurred_at_ms).max(0) as f64 / 1000.0);
                 }
-                self.queue.done(d).await
+                self.queue.done(claimed).await
             }
             Verdict::Retry(after) => {
                 metrics::counter!("rtgate_outbound_attempts_total", "kind" => kind, "outcome" => "retry")
@@ -407,35 +434,60 @@ impl Deliverer {
                     until.saturating_duration_since(Instant::now()).as_millis() as i64
                 });
                 let due = now + (after.as_millis() as i64).max(held_back);
-                self.queue.retry(d, due).await
+                self.queue.retry(claimed, due).await
             }
             Verdict::GiveUp(why) => {
                 metrics::counter!("rtgate_outbound_attempts_total", "kind" => kind, "outcome" => "failed")
                     .increment(1);
-                d.last_error = why.clone();
-                d.failed_at_ms = now;
-                tracing::warn!(delivery = %d.id, kind, url = %d.url, error = %why, attempts = d.attempts, "delivery given up");
-                let dead = self.queue.dead(d).await;
-                if dead.is_ok() && d.kind() != DestinationKind::Backend {
-                    self.announce_failure(d).await;
-                }
-                dead
+                return self.give_up(claimed.clone(), why).await;
             }
         };
-        if let Err(err) = result {
+        match result {
+            Ok(true) => {}
+            Ok(false) => tracing::info!(
+                delivery = %claimed.delivery.id,
+                "a delivery's claim lapsed during its attempt; another node records it"
+            ),
             // The claim lapses and the delivery is attempted again (same id).
-            tracing::warn!(delivery = %claimed.delivery.id, %err, "cannot record a delivery's outcome");
+            Err(err) => {
+                tracing::warn!(delivery = %claimed.delivery.id, %err, "cannot record a delivery's outcome")
+            }
+        }
+    }
+
+    /// Gives a delivery up: the backend is told first, then it becomes a dead letter — so
+    /// a crash in between makes the notice twice (same id), never not at all. When the
+    /// backend cannot be told now, the delivery goes back to the queue and is given up
+    /// again (and announced) on its next turn.
+    async fn give_up(self: &Arc<Self>, mut claimed: Claimed, why: String) {
+        let d = &mut claimed.delivery;
+        d.last_error = why;
+        d.failed_at_ms = unix_ms() as i64;
+        tracing::warn!(delivery = %d.id, kind = kind_label(d.kind()), url = %d.url, error = %d.last_error, attempts = d.attempts, "delivery given up");
+        if d.kind() != DestinationKind::Backend
+            && let Err(err) = self.announce_failure(d).await
+        {
+            tracing::warn!(delivery = %d.id, %err, "cannot tell the backend of a failed delivery; retried");
+            let due = unix_ms() as i64 + 1_000;
+            if let Err(err) = self.queue.retry(&claimed, due).await {
+                tracing::warn!(delivery = %claimed.delivery.id, %err, "cannot put a delivery back");
+            }
+            return;
+        }
+        if let Err(err) = self.queue.dead(&claimed).await {
+            tracing::warn!(delivery = %claimed.delivery.id, %err, "cannot dead-letter a delivery; its claim lapses and it is given up again");
         }
     }
 
     /// Tells the backend a delivery was given up: on the backend stream (Redis) and to
-    /// the callback, when there is one.
-    async fn announce_failure(self: &Arc<Self>, d: &pb::Delivery) {
+    /// the callback, when there is one. The notice's id is the delivery's and its
+    /// queueing's: the same for every announcement of one failure, new after a replay.
+    async fn announce_failure(self: &Arc<Self>, d: &pb::Delivery) -> Result<(), EngineError> {
         let notice = pb::BackendNotice {
             id: crate::ids::derived_uuid(&[
                 b"delivery.failed",
                 d.id.as_bytes(),
-                &d.failed_at_ms.to_be_bytes(),
+                &d.queued_at_ms.to_be_bytes(),
             ]),
             created_at_ms: unix_ms() as i64,
             kind: Some(pb::backend_notice::Kind::DeliveryFailed(pb::DeliveryFailed {
@@ -452,16 +504,13 @@ impl Deliverer {
                 failed_at_ms: d.failed_at_ms,
             })),
         };
-        match self.tell_backend(&notice, &d.event_id, d.account_id).await {
-            Ok(true) => {}
-            Ok(false) => tracing::warn!(
+        if !self.tell_backend(&notice, &d.event_id, d.account_id).await? {
+            tracing::warn!(
                 delivery = %d.id,
                 "no backend stream or callback: delivery.failed stays in the dead letters only"
-            ),
-            Err(err) => {
-                tracing::warn!(delivery = %d.id, %err, "cannot tell the backend of a failed delivery")
-            }
+            );
         }
+        Ok(())
     }
 
     /// Sends a notice to the backend: on the backend stream (Redis) and, with a callback,
@@ -602,7 +651,7 @@ impl Deliverer {
         };
         let now = unix_ms() as i64;
         for c in waiting {
-            if self.queue.retry(&c.delivery, now).await.is_err() {
+            if self.queue.retry(&c, now).await.is_err() {
                 tracing::warn!(delivery = %c.delivery.id, "cannot hand a delivery back; its claim will lapse");
             }
             self.held.fetch_sub(1, Ordering::Relaxed);

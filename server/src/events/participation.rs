@@ -46,12 +46,10 @@ impl Listener for Participation {
                 user_id: conversation.assignee_id,
             })),
         };
-        // One participant per conversation and user: Chatwoot's second dispatch of the
-        // same assignment (auto-assignment v2) gives the same id.
-        let key = format!(
-            "{}:{}:{}",
-            event.account_id, conversation.display_id, conversation.assignee_id
-        );
+        // The event names the decision: handled again (after a crash), it gives the same
+        // id. Chatwoot's second dispatch of an assignment is another event, and another
+        // command — an upsert, so applying both is harmless.
+        let key = format!("{}:{}", event.id, conversation.assignee_id);
         Ok(vec![Action::Command {
             id: command_id(self.name(), &key),
             command,
@@ -99,12 +97,9 @@ mod tests {
                 user_id: 7
             }))
         );
-        // The same assignment dispatched twice (another event id): the same command id.
-        let (again, _) = command(p.decide(&assigned("ev-2", 42, 7)).unwrap());
-        assert_eq!(again, id);
-        // Another assignee, or another conversation: another command.
-        assert_ne!(command(p.decide(&assigned("ev-3", 42, 8)).unwrap()).0, id);
-        assert_ne!(command(p.decide(&assigned("ev-4", 43, 7)).unwrap()).0, id);
+        // The same event handled again: the same command id; another event, another.
+        assert_eq!(command(p.decide(&assigned("ev-1", 42, 7)).unwrap()).0, id);
+        assert_ne!(command(p.decide(&assigned("ev-2", 42, 7)).unwrap()).0, id);
     }
 
     #[test]

@@ -71,6 +71,13 @@ impl State {
         Some(d)
     }
 
+    /// Whether `claimed`'s claim is still the delivery's.
+    fn holds(&self, claimed: &Claimed) -> bool {
+        self.queued
+            .get(&claimed.delivery.id)
+            .is_some_and(|(_, at, _)| *at == claimed.lease_until_ms)
+    }
+
     fn forget_expired(&mut self, now_ms: i64) {
         while let Some((until, _)) = self.seen_order.front() {
             if *until > now_ms {
@@ -124,7 +131,10 @@ impl DeliveryQueue for MemoryDeliveryQueue {
             not_before_ms,
         } in items
         {
-            if state.seen.contains_key(&delivery.id) {
+            if state.seen.contains_key(&delivery.id)
+                || state.queued.contains_key(&delivery.id)
+                || state.dead.contains_key(&delivery.id)
+            {
                 continue;
             }
             new += 1;
@@ -199,14 +209,22 @@ impl DeliveryQueue for MemoryDeliveryQueue {
         }
     }
 
-    async fn done(&self, delivery: &pb::Delivery) -> Result<(), EngineError> {
-        self.state().unschedule(&delivery.id);
-        Ok(())
+    async fn done(&self, claimed: &Claimed) -> Result<bool, EngineError> {
+        let mut state = self.state();
+        if !state.holds(claimed) {
+            return Ok(false);
+        }
+        state.unschedule(&claimed.delivery.id);
+        Ok(true)
     }
 
-    async fn retry(&self, delivery: &pb::Delivery, due_ms: i64) -> Result<(), EngineError> {
-        self.state().schedule(delivery.clone(), due_ms);
-        Ok(())
+    async fn retry(&self, claimed: &Claimed, due_ms: i64) -> Result<bool, EngineError> {
+        let mut state = self.state();
+        if !state.holds(claimed) {
+            return Ok(false);
+        }
+        state.schedule(claimed.delivery.clone(), due_ms);
+        Ok(true)
     }
 
     async fn park(&self, url: &str, until_ms: i64) -> Result<(), EngineError> {
@@ -218,8 +236,12 @@ impl DeliveryQueue for MemoryDeliveryQueue {
         Ok(())
     }
 
-    async fn dead(&self, delivery: &pb::Delivery) -> Result<(), EngineError> {
+    async fn dead(&self, claimed: &Claimed) -> Result<bool, EngineError> {
         let mut state = self.state();
+        if !state.holds(claimed) {
+            return Ok(false);
+        }
+        let delivery = &claimed.delivery;
         state.unschedule(&delivery.id);
         if let Some(old) = state.dead.insert(delivery.id.clone(), delivery.clone()) {
             state.dead_order.remove(&(old.failed_at_ms, old.id));
@@ -231,7 +253,7 @@ impl DeliveryQueue for MemoryDeliveryQueue {
             let oldest = state.dead_order.pop_first().expect("non-empty");
             state.dead.remove(&oldest.1);
         }
-        Ok(())
+        Ok(true)
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<pb::Delivery>, EngineError> {

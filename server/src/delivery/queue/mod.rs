@@ -81,22 +81,26 @@ pub struct ClaimLimits<'a> {
 pub trait DeliveryQueue: Send + Sync {
     /// How long a claim lasts.
     fn lease_ms(&self) -> i64;
-    /// Queues deliveries whose ids were not queued within the window; of those newly
-    /// queued, the ones without `not_before_ms` come back claimed by this node (attempt
-    /// them now). Also returns how many were newly queued.
+    /// Queues deliveries whose ids were not queued within the window and are neither
+    /// queued nor dead-lettered now; of those newly queued, the ones without
+    /// `not_before_ms` come back claimed by this node (attempt them now). Also returns how
+    /// many were newly queued.
     async fn enqueue(&self, items: Vec<Queued>, now_ms: i64) -> Result<(Vec<Claimed>, usize), EngineError>;
     /// Claims deliveries due by `now_ms`, within `limits`.
     async fn claim(&self, limits: ClaimLimits<'_>, now_ms: i64) -> Result<Vec<Claimed>, EngineError>;
     /// Renews a claim this node still holds; false when it lapsed and was taken.
     async fn extend(&self, claimed: &mut Claimed, now_ms: i64) -> Result<bool, EngineError>;
-    /// Delivered: gone from the queue.
-    async fn done(&self, delivery: &pb::Delivery) -> Result<(), EngineError>;
+    /// Delivered: gone from the queue. Like [`retry`](Self::retry) and
+    /// [`dead`](Self::dead), done only while the claim is still this node's (false when
+    /// it lapsed and another node took the delivery: its outcome is that node's to
+    /// record).
+    async fn done(&self, claimed: &Claimed) -> Result<bool, EngineError>;
     /// Back in the queue, due at `due_ms`, its record (attempts, last error) updated.
-    async fn retry(&self, delivery: &pb::Delivery, due_ms: i64) -> Result<(), EngineError>;
+    async fn retry(&self, claimed: &Claimed, due_ms: i64) -> Result<bool, EngineError>;
     /// Leaves a destination's line alone until `until_ms` (its breaker is open).
     async fn park(&self, url: &str, until_ms: i64) -> Result<(), EngineError>;
     /// Given up: moved to the dead letters.
-    async fn dead(&self, delivery: &pb::Delivery) -> Result<(), EngineError>;
+    async fn dead(&self, claimed: &Claimed) -> Result<bool, EngineError>;
     /// Dead letters, newest first.
     async fn dead_letters(&self, limit: usize) -> Result<Vec<pb::Delivery>, EngineError>;
     /// A dead letter back in the queue, attempts reset, due now; false when there is none

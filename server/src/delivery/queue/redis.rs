@@ -25,16 +25,19 @@ use super::{ClaimLimits, Claimed, DeliveryQueue, Depth, MAX_DEAD, Queued, destin
 use crate::engine::{EngineError, RedisCommands};
 
 const ENQUEUE: &str = r#"
--- KEYS[1] dests, KEYS[2] records, then per item i: KEYS[1 + 2i] its id marker, KEYS[2 + 2i]
--- its line. ARGV[1] window s; per item: ARGV[4i - 2] id, ARGV[4i - 1] record,
--- ARGV[4i] score, ARGV[4i + 1] destination. For each: 1 queued, 0 seen.
+-- KEYS[1] dests, KEYS[2] records, KEYS[3] dead, then per item i: KEYS[2 + 2i] its id
+-- marker, KEYS[3 + 2i] its line. ARGV[1] window s; per item: ARGV[4i - 2] id,
+-- ARGV[4i - 1] record, ARGV[4i] score, ARGV[4i + 1] destination.
+-- For each: 1 queued; 0 seen within the window, queued or dead already.
 local out = {}
-local n = (#KEYS - 2) / 2
+local n = (#KEYS - 3) / 2
 for i = 1, n do
   local a = 4 * i - 2
-  if redis.call('SET', KEYS[1 + 2 * i], '1', 'NX', 'EX', ARGV[1]) then
-    redis.call('HSET', KEYS[2], ARGV[a], ARGV[a + 1])
-    redis.call('ZADD', KEYS[2 + 2 * i], ARGV[a + 2], ARGV[a])
+  local id = ARGV[a]
+  if redis.call('HEXISTS', KEYS[2], id) == 0 and redis.call('HEXISTS', KEYS[3], id) == 0
+      and redis.call('SET', KEYS[2 + 2 * i], '1', 'NX', 'EX', ARGV[1]) then
+    redis.call('HSET', KEYS[2], id, ARGV[a + 1])
+    redis.call('ZADD', KEYS[3 + 2 * i], ARGV[a + 2], id)
     redis.call('ZADD', KEYS[1], 'LT', ARGV[a + 2], ARGV[a + 3])
     out[i] = 1
   else
@@ -48,29 +51,33 @@ const CLAIM: &str = r#"
 -- KEYS[1] dests, KEYS[2] records, KEYS[2 + j] line j; ARGV[1] now, ARGV[2] claim end,
 -- ARGV[3] most per line, ARGV[4] most in all, ARGV[4 + j] destination j.
 -- Returns id, record, id, record…; an id without a record is dropped. Each line's hint
--- becomes its first score (a line left empty is forgotten).
+-- becomes its first score (a line left empty is forgotten); a line parked since the
+-- caller looked (its hint now later than now) is left alone.
 local out = {}
 local left = tonumber(ARGV[4])
 for j = 3, #KEYS do
   if left <= 0 then break end
   local dest = ARGV[2 + j]
-  local ids = redis.call('ZRANGEBYSCORE', KEYS[j], '-inf', ARGV[1], 'LIMIT', 0, math.min(tonumber(ARGV[3]), left))
-  for _, id in ipairs(ids) do
-    local record = redis.call('HGET', KEYS[2], id)
-    if record then
-      redis.call('ZADD', KEYS[j], ARGV[2], id)
-      out[#out + 1] = id
-      out[#out + 1] = record
-      left = left - 1
-    else
-      redis.call('ZREM', KEYS[j], id)
+  local hint = redis.call('ZSCORE', KEYS[1], dest)
+  if not hint or tonumber(hint) <= tonumber(ARGV[1]) then
+    local ids = redis.call('ZRANGEBYSCORE', KEYS[j], '-inf', ARGV[1], 'LIMIT', 0, math.min(tonumber(ARGV[3]), left))
+    for _, id in ipairs(ids) do
+      local record = redis.call('HGET', KEYS[2], id)
+      if record then
+        redis.call('ZADD', KEYS[j], ARGV[2], id)
+        out[#out + 1] = id
+        out[#out + 1] = record
+        left = left - 1
+      else
+        redis.call('ZREM', KEYS[j], id)
+      end
     end
-  end
-  local first = redis.call('ZRANGE', KEYS[j], 0, 0, 'WITHSCORES')
-  if #first == 0 then
-    redis.call('ZREM', KEYS[1], dest)
-  else
-    redis.call('ZADD', KEYS[1], first[2], dest)
+    local first = redis.call('ZRANGE', KEYS[j], 0, 0, 'WITHSCORES')
+    if #first == 0 then
+      redis.call('ZREM', KEYS[1], dest)
+    else
+      redis.call('ZADD', KEYS[1], first[2], dest)
+    end
   end
 end
 return out
@@ -86,9 +93,33 @@ end
 return 0
 "#;
 
+const DONE: &str = r#"
+-- KEYS[1] line, KEYS[2] records; ARGV[1] id, ARGV[2] the claim's end. 1: removed; 0: the
+-- claim is not the delivery's any more.
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+return 1
+"#;
+
+const RETRY: &str = r#"
+-- KEYS[1] line, KEYS[2] records, KEYS[3] dests; ARGV[1] id, ARGV[2] the claim's end,
+-- ARGV[3] record, ARGV[4] due, ARGV[5] destination. 1: back in line; 0: not our claim.
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
+redis.call('ZADD', KEYS[3], 'LT', ARGV[4], ARGV[5])
+return 1
+"#;
+
 const DEAD: &str = r#"
 -- KEYS[1] line, KEYS[2] records, KEYS[3] dead, KEYS[4] dead order; ARGV[1] id,
--- ARGV[2] record, ARGV[3] failed at, ARGV[4] most kept.
+-- ARGV[2] record, ARGV[3] failed at, ARGV[4] most kept, ARGV[5] the claim's end.
+-- 1: dead-lettered; 0: not our claim.
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) ~= tonumber(ARGV[5]) then return 0 end
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
@@ -123,6 +154,8 @@ pub struct RedisDeliveryQueue {
     enqueue: redis::Script,
     claim: redis::Script,
     extend: redis::Script,
+    done: redis::Script,
+    retry: redis::Script,
     dead: redis::Script,
     replay: redis::Script,
 }
@@ -165,6 +198,8 @@ impl RedisDeliveryQueue {
             enqueue: redis::Script::new(ENQUEUE),
             claim: redis::Script::new(CLAIM),
             extend: redis::Script::new(EXTEND),
+            done: redis::Script::new(DONE),
+            retry: redis::Script::new(RETRY),
             dead: redis::Script::new(DEAD),
             replay: redis::Script::new(REPLAY),
         }
@@ -195,6 +230,7 @@ impl DeliveryQueue for RedisDeliveryQueue {
         invocation
             .key(self.key("dests"))
             .key(self.key("d"))
+            .key(self.key("dead"))
             .arg(self.window_s);
         for item in &mut items {
             let d = &mut item.delivery;
@@ -281,32 +317,32 @@ impl DeliveryQueue for RedisDeliveryQueue {
         Ok(extended == 1)
     }
 
-    async fn done(&self, delivery: &pb::Delivery) -> Result<(), EngineError> {
+    async fn done(&self, claimed: &Claimed) -> Result<bool, EngineError> {
         // The line's hint stays; the next claim that looks finds it empty and forgets it.
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .zrem(self.line(&destination_key(&delivery.url)), &delivery.id)
-            .ignore()
-            .hdel(self.key("d"), &delivery.id)
-            .ignore();
-        self.commands.pipe::<()>(&pipe).await
+        let d = &claimed.delivery;
+        let mut invocation = self.done.prepare_invoke();
+        invocation
+            .key(self.line(&destination_key(&d.url)))
+            .key(self.key("d"))
+            .arg(&d.id)
+            .arg(claimed.lease_until_ms);
+        Ok(self.commands.call::<i64>(invocation).await? == 1)
     }
 
-    async fn retry(&self, delivery: &pb::Delivery, due_ms: i64) -> Result<(), EngineError> {
-        let dest = destination_key(&delivery.url);
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .hset(self.key("d"), &delivery.id, delivery.encode_to_vec())
-            .ignore()
-            .zadd(self.line(&dest), &delivery.id, due_ms)
-            .ignore()
-            .cmd("ZADD")
-            .arg(self.key("dests"))
-            .arg("LT")
+    async fn retry(&self, claimed: &Claimed, due_ms: i64) -> Result<bool, EngineError> {
+        let d = &claimed.delivery;
+        let dest = destination_key(&d.url);
+        let mut invocation = self.retry.prepare_invoke();
+        invocation
+            .key(self.line(&dest))
+            .key(self.key("d"))
+            .key(self.key("dests"))
+            .arg(&d.id)
+            .arg(claimed.lease_until_ms)
+            .arg(d.encode_to_vec())
             .arg(due_ms)
-            .arg(&dest)
-            .ignore();
-        self.commands.pipe::<()>(&pipe).await
+            .arg(dest);
+        Ok(self.commands.call::<i64>(invocation).await? == 1)
     }
 
     async fn park(&self, url: &str, until_ms: i64) -> Result<(), EngineError> {
@@ -323,7 +359,8 @@ impl DeliveryQueue for RedisDeliveryQueue {
         Ok(())
     }
 
-    async fn dead(&self, delivery: &pb::Delivery) -> Result<(), EngineError> {
+    async fn dead(&self, claimed: &Claimed) -> Result<bool, EngineError> {
+        let delivery = &claimed.delivery;
         let mut invocation = self.dead.prepare_invoke();
         invocation
             .key(self.line(&destination_key(&delivery.url)))
@@ -333,8 +370,9 @@ impl DeliveryQueue for RedisDeliveryQueue {
             .arg(&delivery.id)
             .arg(delivery.encode_to_vec())
             .arg(delivery.failed_at_ms)
-            .arg(MAX_DEAD);
-        self.commands.call::<i64>(invocation).await.map(|_| ())
+            .arg(MAX_DEAD)
+            .arg(claimed.lease_until_ms);
+        Ok(self.commands.call::<i64>(invocation).await? == 1)
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<pb::Delivery>, EngineError> {
