@@ -284,7 +284,8 @@ pub struct Config {
     #[arg(long, env = "RTGATE_DELIVERY_PER_DESTINATION", default_value_t = 16)]
     pub delivery_per_destination: usize,
 
-    /// Deliveries one node holds at once (in flight or waiting for their destination).
+    /// Deliveries one node holds at once (in flight or waiting for their destination);
+    /// beyond, new ones wait in the queue for whichever node has room.
     #[arg(long, env = "RTGATE_DELIVERY_MAX_HELD", default_value_t = 4096)]
     pub delivery_max_held: usize,
 

@@ -99,6 +99,8 @@ pub struct Deliverer {
     wake: tokio::sync::Notify,
     /// The backend stream, on Redis.
     stream: Option<(Arc<RedisCommands>, String)>,
+    /// Stopping: new deliveries are queued for other nodes, not started here.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Deliverer {
@@ -153,6 +155,7 @@ impl Deliverer {
             config,
             destinations: Mutex::new(HashMap::new()),
             held: AtomicUsize::new(0),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
             stream,
         })
@@ -168,6 +171,9 @@ impl Deliverer {
     pub async fn submit(self: &Arc<Self>, deliveries: Vec<pb::Delivery>) -> Result<(), EngineError> {
         let now_ms = unix_ms() as i64;
         let now = Instant::now();
+        // Held here no more than the node may hold, and nothing new while stopping.
+        let full = self.stopping.load(Ordering::Relaxed)
+            || self.held.load(Ordering::Relaxed) >= self.config.max_held;
         // Claimed at once unless the destination cannot take it now: then it waits in
         // the queue (until the breaker's probe, or for a claim when there is room).
         let items: Vec<Queued> = {
@@ -175,17 +181,21 @@ impl Deliverer {
             deliveries
                 .into_iter()
                 .map(|delivery| {
-                    let not_before_ms = destinations.get(&delivery.url).and_then(|d| {
-                        if let Some(until) = d.blocked(now) {
-                            Some(now_ms + (until - now).as_millis() as i64)
-                        } else if d.running >= self.config.per_destination
-                            && d.waiting.len() >= self.config.per_destination
-                        {
-                            Some(now_ms)
-                        } else {
-                            None
-                        }
-                    });
+                    let not_before_ms = if full {
+                        Some(now_ms)
+                    } else {
+                        destinations.get(&delivery.url).and_then(|d| {
+                            if let Some(until) = d.blocked(now) {
+                                Some(now_ms + (until - now).as_millis() as i64)
+                            } else if d.running >= self.config.per_destination
+                                && d.waiting.len() >= self.config.per_destination
+                            {
+                                Some(now_ms)
+                            } else {
+                                None
+                            }
+                        })
+                    };
                     Queued {
                         delivery,
                         not_before_ms,
@@ -641,6 +651,7 @@ impl Deliverer {
                 _ = stop.changed() => {}
             }
         }
+        self.stopping.store(true, Ordering::Relaxed);
         // Hand waiting deliveries back now rather than when their claims lapse.
         let waiting: Vec<Claimed> = {
             let mut destinations = self.destinations.lock().expect("destinations lock");
