@@ -15,7 +15,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use async_trait::async_trait;
-use redis::Value;
 
 use super::directory::{Collection, Directory, Listed};
 use crate::engine::{EngineError, RedisCommands};
@@ -122,25 +121,7 @@ impl DestinationStore for RedisDestinations {
     async fn load(&self) -> Result<(u64, Vec<(String, Vec<u8>)>), EngineError> {
         let mut pipe = redis::pipe();
         pipe.atomic().get(&self.version).hgetall(&self.hash);
-        let (version, all): (Option<u64>, Value) = self.commands.pipe(&pipe).await?;
-        let mut records = Vec::new();
-        match all {
-            Value::Array(items) => {
-                for pair in items.chunks(2) {
-                    if let [Value::BulkString(k), Value::BulkString(v)] = pair {
-                        records.push((String::from_utf8_lossy(k).into_owned(), v.clone()));
-                    }
-                }
-            }
-            Value::Map(pairs) => {
-                for (k, v) in pairs {
-                    if let (Value::BulkString(k), Value::BulkString(v)) = (k, v) {
-                        records.push((String::from_utf8_lossy(&k).into_owned(), v));
-                    }
-                }
-            }
-            _ => {}
-        }
+        let (version, records): (Option<u64>, Vec<(String, Vec<u8>)>) = self.commands.pipe(&pipe).await?;
         Ok((version.unwrap_or(0), records))
     }
 }

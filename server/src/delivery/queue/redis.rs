@@ -22,6 +22,7 @@ use redis::Value;
 use rtgate_protocol::pb;
 
 use super::{ClaimLimits, Claimed, DeliveryQueue, Depth, MAX_DEAD, Queued, destination_key, revived};
+use crate::engine::redis::value_bytes;
 use crate::engine::{EngineError, RedisCommands};
 
 const ENQUEUE: &str = r#"
@@ -168,14 +169,6 @@ impl std::fmt::Debug for RedisDeliveryQueue {
     }
 }
 
-fn bytes(v: &Value) -> Option<&[u8]> {
-    match v {
-        Value::BulkString(b) => Some(b),
-        Value::SimpleString(s) => Some(s.as_bytes()),
-        _ => None,
-    }
-}
-
 fn decode(id: &str, bytes: &[u8]) -> Option<pb::Delivery> {
     match pb::Delivery::decode(bytes) {
         Ok(d) => Some(d),
@@ -292,8 +285,8 @@ impl DeliveryQueue for RedisDeliveryQueue {
         Ok(reply
             .chunks(2)
             .filter_map(|pair| {
-                let id = String::from_utf8_lossy(bytes(pair.first()?)?).into_owned();
-                let delivery = decode(&id, bytes(pair.get(1)?)?)?;
+                let id = String::from_utf8_lossy(value_bytes(pair.first()?)?).into_owned();
+                let delivery = decode(&id, value_bytes(pair.get(1)?)?)?;
                 Some(Claimed {
                     delivery,
                     lease_until_ms,
@@ -398,7 +391,7 @@ impl DeliveryQueue for RedisDeliveryQueue {
         Ok(ids
             .iter()
             .zip(records)
-            .filter_map(|(id, v)| decode(id, bytes(&v)?))
+            .filter_map(|(id, v)| decode(id, value_bytes(&v)?))
             .collect())
     }
 

@@ -28,8 +28,8 @@ mod scripts;
 use commands::unavailable;
 pub use commands::{RedisCommands, RedisStats};
 pub use keys::Keys;
-pub(crate) use replies::value_str;
 use replies::{Read, parse_page, parse_read};
+pub(crate) use replies::{value_bytes, value_str};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

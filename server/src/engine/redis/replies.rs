@@ -27,6 +27,15 @@ pub(crate) fn value_str(v: &redis::Value) -> Option<String> {
     }
 }
 
+/// A reply value's bytes (bulk or simple strings).
+pub(crate) fn value_bytes(v: &redis::Value) -> Option<&[u8]> {
+    match v {
+        redis::Value::BulkString(b) => Some(b),
+        redis::Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
 /// Reads `offset, event` pairs until the end of a script's answer.
 fn parse_entries(it: &mut impl Iterator<Item = redis::Value>) -> Option<Vec<(u64, Bytes)>> {
     let mut entries = Vec::new();

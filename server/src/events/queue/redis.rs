@@ -25,7 +25,7 @@ use rtgate_protocol::pb;
 use tokio::sync::Mutex;
 
 use super::{Appended, DeadLetter, Entry, EventQueue, Poison};
-use crate::engine::redis::value_str;
+use crate::engine::redis::{value_bytes, value_str};
 use crate::engine::{EngineError, RedisCommands};
 use crate::events::ingest::{self, EntryFormat};
 
@@ -127,14 +127,6 @@ impl std::fmt::Debug for RedisQueue {
     }
 }
 
-fn bytes(v: &Value) -> Option<&[u8]> {
-    match v {
-        Value::BulkString(b) => Some(b),
-        Value::SimpleString(s) => Some(s.as_bytes()),
-        _ => None,
-    }
-}
-
 /// A stream entry's field/value pairs.
 type Fields<'a> = Vec<(String, &'a [u8])>;
 
@@ -145,7 +137,7 @@ fn parse_entry(v: &Value) -> Option<(String, Fields<'_>)> {
     let fields = match parts.get(1)? {
         Value::Array(kv) => kv
             .chunks(2)
-            .filter_map(|c| Some((value_str(c.first()?)?, bytes(c.get(1)?)?)))
+            .filter_map(|c| Some((value_str(c.first()?)?, value_bytes(c.get(1)?)?)))
             .collect(),
         // An entry deleted while pending reads as nil.
         _ => Vec::new(),
