@@ -364,7 +364,15 @@ pub async fn run(o: &DeliveryOpts) -> Result<(), String> {
     };
     drop(gw);
     if let Some(url) = &o.redis {
-        remove_keys(url, &spec.redis_prefix).await;
+        // The gateway's keys: hash-tagged `{<prefix>:…}` and plain `<prefix>:…`.
+        for start in [
+            format!("{{{}:", spec.redis_prefix),
+            format!("{}:", spec.redis_prefix),
+        ] {
+            if let Err(e) = crate::publisher::remove_keys_starting(url, &start).await {
+                eprintln!("rtgate-bench: could not remove the run's Redis keys: {e}");
+            }
+        }
     }
     std::fs::create_dir_all(&o.out).map_err(|e| e.to_string())?;
     let name = match o.second {
@@ -404,37 +412,4 @@ pub async fn run(o: &DeliveryOpts) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-/// Removes the run's keys (its prefix) from Redis.
-async fn remove_keys(url: &str, prefix: &str) {
-    let Ok(client) = redis::Client::open(url) else {
-        return;
-    };
-    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
-        return;
-    };
-    for pattern in [format!("{{{prefix}:*"), format!("{prefix}:*")] {
-        let mut cursor = 0u64;
-        loop {
-            let Ok((next, keys)): Result<(u64, Vec<String>), _> = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await
-            else {
-                break;
-            };
-            if !keys.is_empty() {
-                let _: Result<(), _> = redis::cmd("UNLINK").arg(&keys).query_async(&mut conn).await;
-            }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-    }
 }

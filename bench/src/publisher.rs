@@ -267,7 +267,12 @@ pub async fn publish_stream(load: &Load, stream: &Stream, stop: Arc<AtomicBool>)
 /// Removes the stream and its companion keys (ids, lease, dead letters): a run leaves
 /// nothing behind in the shared Redis.
 pub async fn remove_stream(stream: &Stream) -> Result<u64, String> {
-    let client = redis::Client::open(stream.redis.as_str()).map_err(|e| e.to_string())?;
+    remove_keys_starting(&stream.redis, &stream.key).await
+}
+
+/// Removes every key that starts with `start` (taken literally), SCAN by SCAN.
+pub async fn remove_keys_starting(redis_url: &str, start: &str) -> Result<u64, String> {
+    let client = redis::Client::open(redis_url).map_err(|e| e.to_string())?;
     let mut conn = client
         .get_multiplexed_async_connection()
         .await
@@ -276,11 +281,7 @@ pub async fn remove_stream(stream: &Stream) -> Result<u64, String> {
     let mut removed = 0u64;
     let pattern = format!(
         "{}*",
-        stream
-            .key
-            .replace('[', "\\[")
-            .replace('*', "\\*")
-            .replace('?', "\\?")
+        start.replace('[', "\\[").replace('*', "\\*").replace('?', "\\?")
     );
     loop {
         let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
