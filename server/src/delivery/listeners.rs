@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use rtgate_protocol::pb::{self, ConversationStatus, DestinationKind, MessageType};
 use serde_json::{Map, Value};
 
@@ -51,15 +52,24 @@ pub fn underscore(name: &str) -> String {
 }
 
 /// The event's `webhook_payload` with `extras` set on it; `None` when it has none.
-fn compose(event: &pb::DomainEvent, extras: Vec<(&str, Value)>) -> Option<Vec<u8>> {
+fn compose(event: &pb::DomainEvent, extras: Vec<(&str, Value)>) -> Option<Bytes> {
+    with_extras(payload(event)?, extras)
+}
+
+/// The event's `webhook_payload`, parsed; `None` when it has none.
+fn payload(event: &pb::DomainEvent) -> Option<Map<String, Value>> {
     if event.webhook_payload.is_empty() {
         return None;
     }
-    let mut body: Map<String, Value> = serde_json::from_str(&event.webhook_payload).ok()?;
+    serde_json::from_str(&event.webhook_payload).ok()
+}
+
+/// A body: `payload` with `extras` set on it.
+fn with_extras(mut payload: Map<String, Value>, extras: Vec<(&str, Value)>) -> Option<Bytes> {
     for (key, value) in extras {
-        body.insert(key.to_string(), value);
+        payload.insert(key.to_string(), value);
     }
-    serde_json::to_vec(&body).ok()
+    serde_json::to_vec(&payload).ok().map(Bytes::from)
 }
 
 /// `changed_attributes` as a JSON value (null when none were given, as Chatwoot's).
@@ -109,7 +119,7 @@ struct To<'a> {
     headers: &'a [pb::Header],
 }
 
-fn delivery(event: &pb::DomainEvent, to: To<'_>, body: Vec<u8>) -> pb::Delivery {
+fn delivery(event: &pb::DomainEvent, to: To<'_>, body: Bytes) -> pb::Delivery {
     pb::Delivery {
         id: delivery_id(&event.id, to.kind, to.id),
         kind: to.kind as i32,
@@ -117,7 +127,7 @@ fn delivery(event: &pb::DomainEvent, to: To<'_>, body: Vec<u8>) -> pb::Delivery 
         url: to.url.to_string(),
         secret: to.secret.to_string(),
         headers: to.headers.to_vec(),
-        body: body.into(),
+        body,
         event_id: event.id.clone(),
         event: underscore(&event.name),
         account_id: event.account_id,
@@ -374,6 +384,8 @@ impl<D: DirectorySource> Listener for HookListener<D> {
         if hooks.is_empty() {
             return Err(Skip::NoDestination);
         }
+        // Parsed once; each hook's body differs only in its `hook` key.
+        let base = payload(event).ok_or(Skip::NoPayload)?;
         let mut out = Vec::with_capacity(hooks.len());
         for h in hooks {
             let mut extras = vec![
@@ -386,7 +398,7 @@ impl<D: DirectorySource> Listener for HookListener<D> {
             if event.name == "contact.updated" {
                 extras.push(("changed_attributes", changed_attributes(event)));
             }
-            let body = compose(event, extras).ok_or(Skip::NoPayload)?;
+            let body = with_extras(base.clone(), extras).ok_or(Skip::NoPayload)?;
             let to = To {
                 kind: DestinationKind::Hook,
                 id: h.id,
