@@ -172,46 +172,24 @@ pub(super) async fn list(
         .list(c)
         .await
         .map_err(|e| ApiError::engine(format, &e))?;
-    let of = |a: u64| account.is_none_or(|want| want == a);
+    let (mut webhooks, mut inbox_webhooks, mut agent_bots, mut hooks) = (vec![], vec![], vec![], vec![]);
+    for record in listed {
+        if account.is_some_and(|want| record.account_id() != want) {
+            continue;
+        }
+        match record {
+            Listed::Webhook(w) => webhooks.push(w),
+            Listed::InboxWebhook(w) => inbox_webhooks.push(w),
+            Listed::AgentBot(b) => agent_bots.push(b),
+            Listed::Hook(h) => hooks.push(h),
+            Listed::Installation(_) => {}
+        }
+    }
     Ok(match c {
-        Collection::Webhook => {
-            let webhooks = listed
-                .into_iter()
-                .filter_map(|l| match l {
-                    Listed::Webhook(w) if of(w.account_id) => Some(w),
-                    _ => None,
-                })
-                .collect();
-            respond(format, StatusCode::OK, &pb::WebhookList { webhooks })
-        }
-        Collection::InboxWebhook => {
-            let inbox_webhooks = listed
-                .into_iter()
-                .filter_map(|l| match l {
-                    Listed::InboxWebhook(w) if of(w.account_id) => Some(w),
-                    _ => None,
-                })
-                .collect();
-            respond(format, StatusCode::OK, &pb::InboxWebhookList { inbox_webhooks })
-        }
-        Collection::AgentBot => {
-            let agent_bots = listed
-                .into_iter()
-                .filter_map(|l| match l {
-                    Listed::AgentBot(b) if of(b.account_id) => Some(b),
-                    _ => None,
-                })
-                .collect();
-            respond(format, StatusCode::OK, &pb::AgentBotList { agent_bots })
-        }
+        Collection::Webhook => respond(format, StatusCode::OK, &pb::WebhookList { webhooks }),
+        Collection::InboxWebhook => respond(format, StatusCode::OK, &pb::InboxWebhookList { inbox_webhooks }),
+        Collection::AgentBot => respond(format, StatusCode::OK, &pb::AgentBotList { agent_bots }),
         Collection::Hook | Collection::Installation => {
-            let hooks = listed
-                .into_iter()
-                .filter_map(|l| match l {
-                    Listed::Hook(h) if of(h.account_id) => Some(h),
-                    _ => None,
-                })
-                .collect();
             respond(format, StatusCode::OK, &pb::HookList { hooks })
         }
     })

@@ -281,6 +281,17 @@ pub enum Listed {
 }
 
 impl Listed {
+    /// Its account (0 for the installation webhook, and for agent bots of any account).
+    pub fn account_id(&self) -> u64 {
+        match self {
+            Listed::Webhook(w) => w.account_id,
+            Listed::InboxWebhook(w) => w.account_id,
+            Listed::AgentBot(b) => b.account_id,
+            Listed::Hook(h) => h.account_id,
+            Listed::Installation(_) => 0,
+        }
+    }
+
     /// Its id in its collection.
     pub fn id(&self) -> u64 {
         match self {
