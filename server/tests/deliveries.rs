@@ -47,20 +47,30 @@ async fn put_ok(t: &TestGateway, path: &str, body: Value) {
     assert_eq!(status, 200, "PUT {path}: {answer}");
 }
 
+/// Posts events that must all be accepted.
 async fn post_events(t: &TestGateway, events: Vec<Value>) {
-    let resp = t
-        .http
-        .post(t.api("/api/v1/events"))
-        .bearer_auth(API_KEY)
-        .json(&json!({ "events": events }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let body: Value = resp.json().await.unwrap();
-    for outcome in body["outcomes"].as_array().unwrap() {
-        assert_eq!(outcome["status"], "STATUS_ACCEPTED", "{outcome}");
+    for (status, reason) in t.post_events(events).await {
+        assert_eq!(status, "STATUS_ACCEPTED", "{reason}");
     }
+}
+
+/// Posts `n` `message.created` events with ids `<tag>-<i>`.
+async fn post_messages(t: &TestGateway, tag: &str, n: usize) {
+    post_events(
+        t,
+        (0..n).map(|i| message_created(&format!("{tag}-{i}"))).collect(),
+    )
+    .await;
+}
+
+/// Configures account webhook `id` on `url` for `message_created`.
+async fn subscribe(t: &TestGateway, id: u64, url: &str) {
+    put_ok(
+        t,
+        &format!("webhooks/{id}"),
+        webhook(id, url, "s", &["message_created"]),
+    )
+    .await;
 }
 
 fn message_created(id: &str) -> Value {
@@ -206,15 +216,7 @@ async fn each_listener_delivers_signed_payloads_to_its_destinations() {
     assert_eq!(r.hits("webhook").len(), 1);
 
     // Counted per kind and outcome.
-    let metrics = t
-        .http
-        .get(t.api("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = t.metrics_text().await;
     for kind in ["webhook", "inbox_webhook", "agent_bot", "hook", "installation"] {
         let line = format!("rtgate_outbound_attempts_total{{kind=\"{kind}\",outcome=\"delivered\"}}");
         assert!(metrics.contains(&line), "{line} in /metrics");
@@ -229,24 +231,9 @@ async fn retries_follow_500_and_429_with_retry_after_but_not_400() {
     r.set("flaky", Mode::FailFirst(500, 2));
     r.set("busy", Mode::RetryAfter(429, 1));
     r.set("bad", Mode::Status(400));
-    put_ok(
-        &t,
-        "webhooks/1",
-        webhook(1, &r.url("flaky"), "s", &["message_created"]),
-    )
-    .await;
-    put_ok(
-        &t,
-        "webhooks/2",
-        webhook(2, &r.url("busy"), "s", &["message_created"]),
-    )
-    .await;
-    put_ok(
-        &t,
-        "webhooks/3",
-        webhook(3, &r.url("bad"), "s", &["message_created"]),
-    )
-    .await;
+    subscribe(&t, 1, &r.url("flaky")).await;
+    subscribe(&t, 2, &r.url("busy")).await;
+    subscribe(&t, 3, &r.url("bad")).await;
     post_events(&t, vec![message_created("ev-retry")]).await;
 
     // 500, 500, then 200: one delivery id throughout.
@@ -281,26 +268,10 @@ async fn a_hanging_endpoint_is_cut_at_the_timeout_and_holds_up_no_one_else() {
     let t = TestGateway::start_with(c).await;
     let r = Receiver::start().await;
     r.set("hang", Mode::Hang);
-    put_ok(
-        &t,
-        "webhooks/1",
-        webhook(1, &r.url("hang"), "s", &["message_created"]),
-    )
-    .await;
-    put_ok(
-        &t,
-        "webhooks/2",
-        webhook(2, &r.url("ok"), "s", &["message_created"]),
-    )
-    .await;
+    subscribe(&t, 1, &r.url("hang")).await;
+    subscribe(&t, 2, &r.url("ok")).await;
     let started = Instant::now();
-    post_events(
-        &t,
-        (0..20)
-            .map(|i| message_created(&format!("ev-hang-{i}")))
-            .collect(),
-    )
-    .await;
+    post_messages(&t, "ev-hang", 20).await;
     r.wait_for("ok", 200, 20, Duration::from_secs(5)).await;
     // The healthy endpoint got all twenty while the other hung.
     assert!(
@@ -327,17 +298,8 @@ async fn the_breaker_opens_on_failures_and_closes_when_a_probe_succeeds() {
     let t = TestGateway::start_with(c).await;
     let r = Receiver::start().await;
     r.set("down", Mode::Status(503));
-    put_ok(
-        &t,
-        "webhooks/1",
-        webhook(1, &r.url("down"), "s", &["message_created"]),
-    )
-    .await;
-    post_events(
-        &t,
-        (0..10).map(|i| message_created(&format!("ev-br-{i}"))).collect(),
-    )
-    .await;
+    subscribe(&t, 1, &r.url("down")).await;
+    post_messages(&t, "ev-br", 10).await;
     r.wait_for("down", 0, 3, Duration::from_secs(5)).await;
     // Open: nothing reaches the endpoint for the open period.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -455,12 +417,7 @@ async fn internal_addresses_are_refused_unless_private_networks_are_allowed() {
         ),
     )
     .await;
-    put_ok(
-        &strict,
-        "webhooks/4",
-        webhook(4, "http://[::ffff:10.0.0.1]/c", "s", &["message_created"]),
-    )
-    .await;
+    subscribe(&strict, 4, "http://[::ffff:10.0.0.1]/c").await;
     post_events(&strict, vec![message_created("ev-ssrf")]).await;
     let dead = wait_dead(&strict, 4).await;
     let errors: HashMap<String, String> = dead
@@ -481,12 +438,7 @@ async fn internal_addresses_are_refused_unless_private_networks_are_allowed() {
 
     // Allowed for private deployments — but cloud metadata never.
     let open = start().await;
-    put_ok(
-        &open,
-        "webhooks/1",
-        webhook(1, &r.url("a"), "s", &["message_created"]),
-    )
-    .await;
+    subscribe(&open, 1, &r.url("a")).await;
     put_ok(
         &open,
         "webhooks/3",
@@ -537,12 +489,7 @@ async fn destinations_are_checked_listed_without_secrets_and_deleted() {
         .unwrap();
     assert_eq!(unauthorized.status(), 401);
 
-    put_ok(
-        &t,
-        "webhooks/1",
-        webhook(1, "https://example.com/a", "s", &["message_created"]),
-    )
-    .await;
+    subscribe(&t, 1, "https://example.com/a").await;
     put_ok(
         &t,
         "webhooks/2",
@@ -611,12 +558,7 @@ async fn on_redis_two_nodes_share_the_queue_and_never_both_deliver_one() {
     // Every delivery fails once: its retry is claimed by whichever node polls first.
     r.set("shared", Mode::FailFirst(500, 1));
     // Configured through one node, seen by the other.
-    put_ok(
-        &a,
-        "webhooks/1",
-        webhook(1, &r.url("shared"), "s", &["message_created"]),
-    )
-    .await;
+    subscribe(&a, 1, &r.url("shared")).await;
     let listed = b.get_json("/api/v1/destinations/webhooks").await;
     assert_eq!(listed["webhooks"].as_array().unwrap().len(), 1);
     const N: usize = 200;
@@ -799,17 +741,8 @@ async fn deliveries_held_back_past_their_age_bound_are_given_up_without_an_attem
     let t = TestGateway::start_with(c).await;
     let r = Receiver::start().await;
     r.set("down", Mode::Status(503));
-    put_ok(
-        &t,
-        "webhooks/1",
-        webhook(1, &r.url("down"), "s", &["message_created"]),
-    )
-    .await;
-    post_events(
-        &t,
-        (0..5).map(|i| message_created(&format!("ev-age-{i}"))).collect(),
-    )
-    .await;
+    subscribe(&t, 1, &r.url("down")).await;
+    post_messages(&t, "ev-age", 5).await;
     let dead = wait_dead(&t, 5).await;
     assert_eq!(
         r.hits("down").len(),

@@ -25,30 +25,6 @@ fn message_created(id: &str, private: bool, content: &str) -> Value {
     })
 }
 
-async fn post_events(t: &TestGateway, events: Vec<Value>) -> Vec<(String, String)> {
-    let resp = t
-        .http
-        .post(t.api("/api/v1/events"))
-        .bearer_auth(API_KEY)
-        .json(&json!({ "events": events }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let body: Value = resp.json().await.unwrap();
-    body["outcomes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| {
-            (
-                o["status"].as_str().unwrap_or("").to_string(),
-                o["reason"].as_str().unwrap_or("").to_string(),
-            )
-        })
-        .collect()
-}
-
 /// The next room event's (room, name, content), presence left out.
 async fn next_message(events: &mut UnboundedReceiver<ClientEvent>) -> (String, String, String) {
     loop {
@@ -89,17 +65,15 @@ async fn events_posted_once_reach_the_inbox_agents_and_the_contact_but_notes_onl
         let (contact, mut contact_events) = t.client(prefer, &token("contact", 501, 1, &[])).await;
         agent.subscribe("inbox:3", None).await.unwrap();
         outsider.subscribe("inbox:4", None).await.unwrap();
-        let outcomes = post_events(
-            &t,
-            vec![
+        let outcomes = t
+            .post_events(vec![
                 message_created(&format!("m-{n}"), false, "hello"),
                 message_created(&format!("m-{n}"), false, "hello again"),
                 message_created(&format!("note-{n}"), true, "internal"),
                 json!({ "id": format!("x-{n}"), "name": "message.create", "accountId": "1" }),
                 json!({ "id": format!("y-{n}"), "name": "message.created", "accountId": "1" }),
-            ],
-        )
-        .await;
+            ])
+            .await;
         assert_eq!(outcomes[0].0, "STATUS_ACCEPTED");
         assert_eq!(outcomes[1].0, "STATUS_DUPLICATE", "the same id again");
         assert_eq!(outcomes[2].0, "STATUS_ACCEPTED");
@@ -140,15 +114,13 @@ async fn conversation_updates_older_than_the_last_routed_are_dropped() {
             "payload": json!({ "content": content }).to_string(),
         })
     };
-    let outcomes = post_events(
-        &t,
-        vec![
+    let outcomes = t
+        .post_events(vec![
             update("u1", 100.5, "new"),
             update("u0", 100.25, "old"),
             update("u2", 101.0, "newer"),
-        ],
-    )
-    .await;
+        ])
+        .await;
     assert!(outcomes.iter().all(|o| o.0 == "STATUS_ACCEPTED"), "{outcomes:?}");
     assert_eq!(next_message(&mut events).await.2, "new");
     assert_eq!(next_message(&mut events).await.2, "newer");
@@ -239,14 +211,12 @@ async fn events_written_to_the_redis_stream_are_routed_and_a_poisonous_one_is_de
     assert_eq!(summary[0], ::redis::Value::Int(0), "{summary:?}");
 
     // HTTP ingest goes through the same stream and the same deduplication.
-    let outcomes = post_events(
-        &t,
-        vec![
+    let outcomes = t
+        .post_events(vec![
             message_created("s-3", false, "dup"),
             message_created("h-1", false, "http"),
-        ],
-    )
-    .await;
+        ])
+        .await;
     assert_eq!(outcomes[0].0, "STATUS_DUPLICATE");
     assert_eq!(outcomes[1].0, "STATUS_ACCEPTED");
     assert_eq!(next_message(&mut events).await.2, "http");
@@ -255,24 +225,10 @@ async fn events_written_to_the_redis_stream_are_routed_and_a_poisonous_one_is_de
 
 #[tokio::test]
 async fn a_node_restarted_under_the_same_name_handles_what_it_had_read_and_not_finished() {
-    use rtgate_server::engine::{Engine, RedisConfig, RedisEngine};
+    use rtgate_server::engine::RedisEngine;
     use rtgate_server::events::queue::{EventQueue, RedisQueue, RedisQueueConfig};
     let prefix = unique_prefix("events-restart");
-    let engine = RedisEngine::new(
-        std::sync::Arc::new(rtgate_server::hub::Hub::new()),
-        RedisConfig {
-            prefix: prefix.clone(),
-            ..RedisConfig::new(SHARED_REDIS)
-        },
-    )
-    .unwrap();
-    for _ in 0..200 {
-        engine.maintain().await;
-        if engine.is_ready() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let engine = ready_engine(&prefix).await;
     let queue = |engine: &RedisEngine| {
         RedisQueue::new(
             engine.commands(),

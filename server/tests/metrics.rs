@@ -9,15 +9,7 @@ use rtgate_client::TransportPreference;
 
 /// `name{labels}` → value, from the Prometheus text format.
 async fn scrape(t: &TestGateway) -> HashMap<String, f64> {
-    let text = t
-        .http
-        .get(t.api("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = t.metrics_text().await;
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .filter_map(|l| {

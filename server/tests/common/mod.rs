@@ -140,6 +140,43 @@ impl TestGateway {
         (client, events)
     }
 
+    /// POSTs domain events (JSON mapping) to `/api/v1/events`; each one's (status, reason).
+    pub async fn post_events(&self, events: Vec<serde_json::Value>) -> Vec<(String, String)> {
+        let resp = self
+            .http
+            .post(self.api("/api/v1/events"))
+            .bearer_auth(API_KEY)
+            .json(&json!({ "events": events }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let body: serde_json::Value = resp.json().await.unwrap();
+        body["outcomes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| {
+                (
+                    o["status"].as_str().unwrap_or("").to_string(),
+                    o["reason"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        self.http
+            .get(self.api("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Publishes a JSON event to rooms through the server API; returns the offsets.
     pub async fn publish(&self, rooms: &[&str], name: &str, json_payload: &str) -> Vec<u64> {
         let resp = self
