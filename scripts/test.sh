@@ -67,7 +67,7 @@ cargo build -p rtgate-server --bin rtgate --locked
 
 log "tests"
 set +e
-cargo test --workspace --locked 2>&1 | tee "$results/cargo.log"
+cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$results/cargo.log"
 status=${PIPESTATUS[0]}
 set -e
 
@@ -86,5 +86,8 @@ browser_passed=$(awk '/^# pass / { s += $3 } END { print s + 0 }' "$results/brow
 browser_failed=$(awk '/^# fail / { s += $3 } END { print s + 0 }' "$results/browser.log")
 echo
 echo "$((passed + browser_passed + fuzz_passed)) passed, $((failed + browser_failed + fuzz_failed)) failed"
+# The failing tests by name, last, where a truncated log still shows them.
+grep -E '^test .* FAILED$' "$results/cargo.log" | sed 's/^/failed: /' || true
+grep -E '^not ok ' "$results/browser.log" | sed 's/^/failed (browser): /' || true
 [ "$status" = 0 ] || exit "$status"
 exit "$fuzz_status"

@@ -22,7 +22,8 @@ async fn on_sigterm_readyz_fails_first_and_clients_are_told_after_the_delay() {
     let signalled = std::time::Instant::now();
     gw.signal("TERM");
     let mut draining = false;
-    for _ in 0..40 {
+    // Well within the 1 s delay, however slowly a loaded machine delivers the signal.
+    for _ in 0..80 {
         let r = http.get(gw.url("/readyz")).send().await.unwrap();
         if r.status() == 503 {
             assert_eq!(r.text().await.unwrap(), "draining");
@@ -68,7 +69,7 @@ async fn the_gateway_keeps_serving_through_descriptor_exhaustion() {
             // The API may be unreachable while descriptors are exhausted: publish through
             // a connection opened before, i.e. retry until the header deadline frees some.
             let http = reqwest::Client::new();
-            for _ in 0..100 {
+            for _ in 0..200 {
                 if let Ok(r) = http
                     .post(&url)
                     .bearer_auth(API_KEY)
@@ -131,7 +132,7 @@ async fn a_killed_node_takes_its_users_offline_within_the_ttl() {
             .is_some_and(|u| u.iter().any(|e| e["id"] == "7" && e["online"] == true))
     };
     let mut seen = false;
-    for _ in 0..100 {
+    for _ in 0..250 {
         if online(&survivor.get_json("/api/v1/presence/1").await) {
             seen = true;
             break;
