@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/rtgate/v1/frames.proto",
         "proto/rtgate/v1/api.proto",
         "proto/rtgate/v1/domain.proto",
+        "proto/rtgate/v1/mirror.proto",
         "proto/rtgate/v1/delivery.proto",
     ];
     for file in files {

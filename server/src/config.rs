@@ -19,7 +19,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" | "" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n * 60)),
         "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("invalid duration unit in {s:?} (use ms, s, m or h)")),
+        "d" => Ok(Duration::from_secs(n * 86_400)),
+        _ => Err(format!("invalid duration unit in {s:?} (use ms, s, m, h or d)")),
     }
 }
 
@@ -267,6 +268,12 @@ pub struct Config {
     /// Attempts at a delivery, the first included, before it is given up.
     #[arg(long, env = "RTGATE_DELIVERY_MAX_ATTEMPTS", default_value_t = 8)]
     pub delivery_max_attempts: u32,
+
+    /// How long the business listeners keep what they learnt of a conversation (when it
+    /// was last resolved, its participants, whether its survey was decided…) after the
+    /// last write.
+    #[arg(long, env = "RTGATE_LISTENER_STATE_TTL", default_value = "180d", value_parser = parse_duration)]
+    pub listener_state_ttl: Duration,
 
     /// No delivery attempt starts later than this after the delivery was queued.
     #[arg(long, env = "RTGATE_DELIVERY_MAX_AGE", default_value = "1h", value_parser = parse_duration)]

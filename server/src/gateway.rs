@@ -24,10 +24,11 @@ use crate::delivery::ssrf::Guard;
 use crate::delivery::store::{DestinationStore, Destinations, MemoryDestinations, RedisDestinations};
 use crate::dev::DevCredentials;
 use crate::engine::{Engine, HistoryLimits, MemoryEngine, RedisCommands, RedisConfig, RedisEngine};
-use crate::events::bus::DeliveryParts;
+use crate::events::bus::ListenerParts;
 use crate::events::bus::{Bus, BusConfig};
 use crate::events::queue::{EventQueue, MemoryQueue, RedisQueue, RedisQueueConfig};
 use crate::events::routing::Routing;
+use crate::events::state::{ListenerState, MemoryState, RedisState};
 use crate::http::HttpLimits;
 use crate::hub::Hub;
 use crate::node::{ConnectionLimits, Node};
@@ -159,6 +160,8 @@ pub struct Stores {
     pub deliveries: Arc<dyn DeliveryQueue>,
     /// The stream rtgate's notices to the backend go to (Redis), with its connection.
     pub backend_stream: Option<(Arc<RedisCommands>, String)>,
+    /// What the business listeners keep.
+    pub listener_state: Arc<dyn ListenerState>,
 }
 
 /// Event ids the embedded queue remembers (for its deduplication window), at most.
@@ -235,6 +238,7 @@ impl Gateway {
                         window,
                     )),
                     backend_stream: Some((commands.clone(), format!("{{{}:backend}}", commands.prefix()))),
+                    listener_state: Arc::new(RedisState::new(commands.clone(), config.listener_state_ttl)),
                     engine: Arc::new(engine),
                     presence,
                     events,
@@ -247,6 +251,7 @@ impl Gateway {
                 destinations: Arc::new(MemoryDestinations::default()),
                 deliveries: Arc::new(MemoryDeliveryQueue::new(config.delivery_lease, window)),
                 backend_stream: None,
+                listener_state: Arc::new(MemoryState::new(config.listener_state_ttl)),
             },
         };
         Gateway::start_with_stores(config, stores).await
@@ -261,6 +266,7 @@ impl Gateway {
             destinations,
             deliveries,
             backend_stream,
+            listener_state,
         } = stores;
         let dev_mode = config.dev_mode();
         let need_dev =
@@ -485,6 +491,7 @@ impl Gateway {
             events: events.clone(),
             destinations: destinations.clone(),
             deliveries: deliverer.queue().clone(),
+            listener_state: listener_state.clone(),
         };
         let app = router(
             state.clone(),
@@ -537,9 +544,10 @@ impl Gateway {
                 node.shutdown_signal(),
             )));
         }
-        let parts = DeliveryParts {
+        let parts = ListenerParts {
             deliverer: deliverer.clone(),
             destinations: destinations.clone(),
+            state: listener_state,
         };
         let bus = Bus::new(
             events,

@@ -1,5 +1,6 @@
-//! The server API of outbound delivery: the destinations the backend mirrors into rtgate
-//! (`/api/v1/destinations/...`) and the dead letters (`/api/v1/deliveries/dead...`).
+//! The server API of what the backend mirrors into rtgate — the destinations
+//! (`/api/v1/destinations/...`) and the business listeners' configuration
+//! (`/api/v1/mirror/...`) — and of the dead deliveries (`/api/v1/deliveries/dead...`).
 
 use std::collections::HashMap;
 
@@ -11,9 +12,16 @@ use rtgate_protocol::{ErrorCode, pb};
 
 use super::{ApiBody, ApiError, HttpState, answer_format, decode_body, respond};
 use crate::delivery::directory::{self, Collection, Listed};
+use crate::events::mirror;
 
 fn collection(format: super::Format, label: &str) -> Result<Collection, ApiError> {
     match Collection::from_label(label) {
+        Some(c) if c.is_mirror() => Err(ApiError::new(
+            format,
+            StatusCode::NOT_FOUND,
+            ErrorCode::BadRequest,
+            format!("{label:?} is not a destination collection; it is under /api/v1/mirror/{label}"),
+        )),
         Some(Collection::Installation) | None => Err(ApiError::new(
             format,
             StatusCode::NOT_FOUND,
@@ -85,6 +93,36 @@ async fn put_record(
             directory::check_installation(&i).map_err(|e| invalid(format, e))?;
             (i.encode_to_vec(), Listed::Installation(i))
         }
+        Collection::Inbox => {
+            let (mut i, format): (pb::InboxSettings, _) = decode_body(headers, body)?;
+            same(format, &mut i.inbox_id, id)?;
+            mirror::check_inbox(&i).map_err(|e| invalid(format, e))?;
+            (i.encode_to_vec(), Listed::Inbox(i))
+        }
+        Collection::AccountUser => {
+            let (mut u, format): (pb::AccountUser, _) = decode_body(headers, body)?;
+            same(format, &mut u.id, id)?;
+            mirror::check_account_user(&u).map_err(|e| invalid(format, e))?;
+            (u.encode_to_vec(), Listed::AccountUser(u))
+        }
+        Collection::Team => {
+            let (mut t, format): (pb::Team, _) = decode_body(headers, body)?;
+            same(format, &mut t.id, id)?;
+            mirror::check_team(&t).map_err(|e| invalid(format, e))?;
+            (t.encode_to_vec(), Listed::Team(t))
+        }
+        Collection::Campaign => {
+            let (mut c, format): (pb::Campaign, _) = decode_body(headers, body)?;
+            same(format, &mut c.id, id)?;
+            mirror::check_campaign(&c).map_err(|e| invalid(format, e))?;
+            (c.encode_to_vec(), Listed::Campaign(c))
+        }
+        Collection::AutomationRule => {
+            let (mut r, format): (pb::AutomationRule, _) = decode_body(headers, body)?;
+            same(format, &mut r.id, id)?;
+            mirror::check_rule(&r).map_err(|e| invalid(format, e))?;
+            (r.encode_to_vec(), Listed::AutomationRule(r))
+        }
     };
     state
         .destinations
@@ -101,6 +139,11 @@ fn answer_listed(format: super::Format, listed: Listed) -> Response {
         Listed::AgentBot(b) => respond(format, StatusCode::OK, b),
         Listed::Hook(h) => respond(format, StatusCode::OK, h),
         Listed::Installation(i) => respond(format, StatusCode::OK, i),
+        Listed::Inbox(i) => respond(format, StatusCode::OK, i),
+        Listed::AccountUser(u) => respond(format, StatusCode::OK, u),
+        Listed::Team(t) => respond(format, StatusCode::OK, t),
+        Listed::Campaign(c) => respond(format, StatusCode::OK, c),
+        Listed::AutomationRule(r) => respond(format, StatusCode::OK, r),
     }
 }
 
@@ -182,17 +225,130 @@ pub(super) async fn list(
             Listed::InboxWebhook(w) => inbox_webhooks.push(w),
             Listed::AgentBot(b) => agent_bots.push(b),
             Listed::Hook(h) => hooks.push(h),
-            Listed::Installation(_) => {}
+            _ => {}
         }
     }
     Ok(match c {
         Collection::Webhook => respond(format, StatusCode::OK, &pb::WebhookList { webhooks }),
         Collection::InboxWebhook => respond(format, StatusCode::OK, &pb::InboxWebhookList { inbox_webhooks }),
         Collection::AgentBot => respond(format, StatusCode::OK, &pb::AgentBotList { agent_bots }),
-        Collection::Hook | Collection::Installation => {
-            respond(format, StatusCode::OK, &pb::HookList { hooks })
-        }
+        _ => respond(format, StatusCode::OK, &pb::HookList { hooks }),
     })
+}
+
+fn mirror_collection(format: super::Format, label: &str) -> Result<Collection, ApiError> {
+    match Collection::from_label(label) {
+        Some(c) if c.is_mirror() => Ok(c),
+        _ => Err(ApiError::new(
+            format,
+            StatusCode::NOT_FOUND,
+            ErrorCode::BadRequest,
+            format!(
+                "no mirror collection {label:?} (inboxes, account-users, teams, campaigns, automation-rules; or participants/ACCOUNT/CONVERSATION)"
+            ),
+        )),
+    }
+}
+
+/// `PUT /api/v1/mirror/{collection}/{id}`: create or replace.
+pub(super) async fn put_mirror(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Path((label, id)): Path<(String, u64)>,
+    ApiBody(body): ApiBody,
+) -> Result<Response, ApiError> {
+    let c = mirror_collection(answer_format(&headers), &label)?;
+    if id == 0 {
+        return Err(invalid(answer_format(&headers), "the id must not be 0".into()));
+    }
+    put_record(&state, &headers, &body, c, id).await
+}
+
+/// `DELETE /api/v1/mirror/{collection}/{id}`.
+pub(super) async fn delete_mirror(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Path((label, id)): Path<(String, u64)>,
+) -> Result<Response, ApiError> {
+    let c = mirror_collection(answer_format(&headers), &label)?;
+    delete_record(&state, &headers, c, id).await
+}
+
+/// `GET /api/v1/mirror/{collection}[?account_id=N]`.
+pub(super) async fn list_mirror(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Path(label): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let format = answer_format(&headers);
+    let c = mirror_collection(format, &label)?;
+    let account = match query.get("account_id") {
+        None => None,
+        Some(v) => Some(
+            v.parse::<u64>()
+                .map_err(|_| ApiError::bad_request(format, "account_id is a number"))?,
+        ),
+    };
+    let listed = state
+        .destinations
+        .list(c)
+        .await
+        .map_err(|e| ApiError::engine(format, &e))?;
+    let mut lists = (
+        pb::InboxSettingsList::default(),
+        pb::AccountUserList::default(),
+        pb::TeamList::default(),
+        pb::CampaignList::default(),
+        pb::AutomationRuleList::default(),
+    );
+    for record in listed {
+        if account.is_some_and(|want| record.account_id() != want) {
+            continue;
+        }
+        match record {
+            Listed::Inbox(i) => lists.0.inboxes.push(i),
+            Listed::AccountUser(u) => lists.1.account_users.push(u),
+            Listed::Team(t) => lists.2.teams.push(t),
+            Listed::Campaign(c) => lists.3.campaigns.push(c),
+            Listed::AutomationRule(r) => lists.4.automation_rules.push(r),
+            _ => {}
+        }
+    }
+    Ok(match c {
+        Collection::Inbox => respond(format, StatusCode::OK, &lists.0),
+        Collection::AccountUser => respond(format, StatusCode::OK, &lists.1),
+        Collection::Team => respond(format, StatusCode::OK, &lists.2),
+        Collection::Campaign => respond(format, StatusCode::OK, &lists.3),
+        _ => respond(format, StatusCode::OK, &lists.4),
+    })
+}
+
+/// `PUT /api/v1/mirror/participants/{account_id}/{conversation_display_id}`: the
+/// conversation's participants, replaced (an empty list clears them).
+pub(super) async fn put_participants(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Path((account, conversation)): Path<(u64, u64)>,
+    ApiBody(body): ApiBody,
+) -> Result<Response, ApiError> {
+    let (p, format): (pb::Participants, _) = decode_body(&headers, &body)?;
+    if account == 0 || conversation == 0 {
+        return Err(invalid(
+            format,
+            "account and conversation ids must not be 0".into(),
+        ));
+    }
+    if p.user_ids.len() > 10_000 || p.user_ids.contains(&0) {
+        return Err(invalid(format, "user_ids: at most 10000 ids, none 0".into()));
+    }
+    let key = crate::events::notification::participants_key(account, conversation);
+    state
+        .listener_state
+        .replace_members(&key, &p.user_ids)
+        .await
+        .map_err(|e| ApiError::engine(format, &e))?;
+    Ok(respond(format, StatusCode::OK, &p))
 }
 
 /// `PUT /api/v1/destinations/installation`.

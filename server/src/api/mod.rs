@@ -51,6 +51,8 @@ pub struct HttpState {
     pub destinations: Arc<crate::delivery::store::Destinations>,
     /// The delivery queue (dead letters, replay).
     pub deliveries: Arc<dyn crate::delivery::queue::DeliveryQueue>,
+    /// The business listeners' state (participants mirrored by the backend).
+    pub listener_state: Arc<dyn crate::events::state::ListenerState>,
 }
 
 /// What the router serves besides the API, WebSocket and health.
@@ -86,6 +88,15 @@ pub fn router(state: HttpState, options: RouterOptions) -> Router {
         .route(
             "/destinations/{collection}/{id}",
             put(delivery::put).delete(delivery::delete),
+        )
+        .route(
+            "/mirror/participants/{account}/{conversation}",
+            put(delivery::put_participants),
+        )
+        .route("/mirror/{collection}", get(delivery::list_mirror))
+        .route(
+            "/mirror/{collection}/{id}",
+            put(delivery::put_mirror).delete(delivery::delete_mirror),
         )
         .route("/deliveries/dead", get(delivery::dead_letters))
         .route("/deliveries/dead/{id}", axum::routing::delete(delivery::discard))

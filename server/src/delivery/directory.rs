@@ -1,12 +1,15 @@
-//! The destinations deliveries go to, as the backend mirrors them: account webhooks, API
-//! inbox webhooks, agent bots (and the inboxes where each is active), integration hooks
-//! and the installation webhook. Pure: records in, indexes out, and the checks a record
+//! What the backend mirrors into rtgate: the destinations deliveries go to (account
+//! webhooks, API inbox webhooks, agent bots and the inboxes where each is active,
+//! integration hooks, the installation webhook) and the configuration of the business
+//! listeners ([`Mirror`]). Pure: records in, indexes out, and the checks a record
 //! passes before it is stored.
 
 use std::collections::HashMap;
 
 use prost::Message;
 use rtgate_protocol::pb;
+
+use crate::events::mirror::Mirror;
 
 /// The underscore event names an account webhook may subscribe to (Chatwoot's allowed
 /// list).
@@ -51,17 +54,45 @@ pub enum Collection {
     Hook,
     /// The installation webhook (one, id 0).
     Installation,
+    /// Inbox settings (members, business hours, CSAT), by inbox id.
+    Inbox,
+    /// Account users (role, notification settings), by account-user id.
+    AccountUser,
+    /// Teams, by team id.
+    Team,
+    /// Campaigns, by campaign id.
+    Campaign,
+    /// Automation rules, by rule id.
+    AutomationRule,
 }
 
 impl Collection {
     /// Every collection.
-    pub const ALL: [Collection; 5] = [
+    pub const ALL: [Collection; 10] = [
         Collection::Webhook,
         Collection::InboxWebhook,
         Collection::AgentBot,
         Collection::Hook,
         Collection::Installation,
+        Collection::Inbox,
+        Collection::AccountUser,
+        Collection::Team,
+        Collection::Campaign,
+        Collection::AutomationRule,
     ];
+
+    /// Whether it is configuration the business listeners read (`/api/v1/mirror/...`)
+    /// rather than a destination (`/api/v1/destinations/...`).
+    pub fn is_mirror(self) -> bool {
+        matches!(
+            self,
+            Collection::Inbox
+                | Collection::AccountUser
+                | Collection::Team
+                | Collection::Campaign
+                | Collection::AutomationRule
+        )
+    }
 
     /// Its name in store keys and API paths.
     pub fn label(self) -> &'static str {
@@ -71,6 +102,11 @@ impl Collection {
             Collection::AgentBot => "agent-bots",
             Collection::Hook => "hooks",
             Collection::Installation => "installation",
+            Collection::Inbox => "inboxes",
+            Collection::AccountUser => "account-users",
+            Collection::Team => "teams",
+            Collection::Campaign => "campaigns",
+            Collection::AutomationRule => "automation-rules",
         }
     }
 
@@ -100,6 +136,7 @@ pub struct Directory {
     inbox_bots: HashMap<u64, u64>,
     hooks: HashMap<u64, Vec<pb::Hook>>,
     installation: Option<pb::InstallationWebhook>,
+    mirror: Mirror,
 }
 
 impl Directory {
@@ -129,6 +166,21 @@ impl Directory {
                 Some((Collection::Installation, _)) => pb::InstallationWebhook::decode(bytes)
                     .map(|i| dir.installation = Some(i))
                     .is_ok(),
+                Some((Collection::Inbox, _)) => pb::InboxSettings::decode(bytes)
+                    .map(|i| dir.mirror.add_inbox(i))
+                    .is_ok(),
+                Some((Collection::AccountUser, _)) => pb::AccountUser::decode(bytes)
+                    .map(|u| dir.mirror.add_account_user(u))
+                    .is_ok(),
+                Some((Collection::Team, _)) => {
+                    pb::Team::decode(bytes).map(|t| dir.mirror.add_team(t)).is_ok()
+                }
+                Some((Collection::Campaign, _)) => pb::Campaign::decode(bytes)
+                    .map(|c| dir.mirror.add_campaign(c))
+                    .is_ok(),
+                Some((Collection::AutomationRule, _)) => pb::AutomationRule::decode(bytes)
+                    .map(|r| dir.mirror.add_rule(r))
+                    .is_ok(),
                 None => false,
             };
             if !ok {
@@ -143,6 +195,14 @@ impl Directory {
             list.sort_by_key(|h| h.id);
         }
         (dir, bad)
+    }
+
+    /// A directory holding only this mirror (no destinations).
+    pub fn from_mirror(mirror: Mirror) -> Directory {
+        Directory {
+            mirror,
+            ..Directory::default()
+        }
     }
 
     fn add_webhook(&mut self, webhook: pb::Webhook) {
@@ -190,6 +250,11 @@ impl Directory {
         self.installation.as_ref()
     }
 
+    /// The mirrored configuration of the business listeners.
+    pub fn mirror(&self) -> &Mirror {
+        &self.mirror
+    }
+
     /// Every record of a collection, in id order, secrets and header values left out.
     pub fn list(&self, collection: Collection) -> Vec<Listed> {
         let mut out: Vec<Listed> = match collection {
@@ -213,6 +278,26 @@ impl Directory {
                 .iter()
                 .cloned()
                 .map(Listed::Installation)
+                .collect(),
+            Collection::Inbox => self.mirror.inboxes().into_iter().map(Listed::Inbox).collect(),
+            Collection::AccountUser => self
+                .mirror
+                .account_users()
+                .into_iter()
+                .map(Listed::AccountUser)
+                .collect(),
+            Collection::Team => self.mirror.teams().into_iter().map(Listed::Team).collect(),
+            Collection::Campaign => self
+                .mirror
+                .campaigns()
+                .into_iter()
+                .map(Listed::Campaign)
+                .collect(),
+            Collection::AutomationRule => self
+                .mirror
+                .rules()
+                .into_iter()
+                .map(Listed::AutomationRule)
                 .collect(),
         };
         out.sort_by_key(Listed::id);
@@ -262,6 +347,7 @@ pub fn redacted(listed: Listed) -> Listed {
             headers: hidden_headers(&i.headers),
             ..i
         }),
+        mirrored => mirrored,
     }
 }
 
@@ -278,6 +364,16 @@ pub enum Listed {
     Hook(pb::Hook),
     /// The installation webhook.
     Installation(pb::InstallationWebhook),
+    /// An inbox's settings.
+    Inbox(pb::InboxSettings),
+    /// An account user.
+    AccountUser(pb::AccountUser),
+    /// A team.
+    Team(pb::Team),
+    /// A campaign.
+    Campaign(pb::Campaign),
+    /// An automation rule.
+    AutomationRule(pb::AutomationRule),
 }
 
 impl Listed {
@@ -289,6 +385,11 @@ impl Listed {
             Listed::AgentBot(b) => b.account_id,
             Listed::Hook(h) => h.account_id,
             Listed::Installation(_) => 0,
+            Listed::Inbox(i) => i.account_id,
+            Listed::AccountUser(u) => u.account_id,
+            Listed::Team(t) => t.account_id,
+            Listed::Campaign(c) => c.account_id,
+            Listed::AutomationRule(r) => r.account_id,
         }
     }
 
@@ -300,6 +401,11 @@ impl Listed {
             Listed::AgentBot(b) => b.id,
             Listed::Hook(h) => h.id,
             Listed::Installation(_) => 0,
+            Listed::Inbox(i) => i.inbox_id,
+            Listed::AccountUser(u) => u.id,
+            Listed::Team(t) => t.id,
+            Listed::Campaign(c) => c.id,
+            Listed::AutomationRule(r) => r.id,
         }
     }
 }

@@ -119,6 +119,7 @@ pub fn kind_label(kind: DestinationKind) -> &'static str {
         DestinationKind::Hook => "hook",
         DestinationKind::Installation => "installation",
         DestinationKind::Backend => "backend",
+        DestinationKind::Automation => "automation",
     }
 }
 

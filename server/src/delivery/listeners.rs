@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 
 use super::directory::{Directory, hook_events};
 use super::store::Destinations;
-use crate::events::{Action, Listener, Skip};
+use crate::events::{Action, Listener, Skip, StateView};
 
 /// Where listeners read the destinations from.
 pub trait DirectorySource: Send + Sync {
@@ -111,15 +111,16 @@ fn inbox_of(event: &pb::DomainEvent) -> u64 {
 }
 
 /// One delivery of `event` with `body` to a destination.
-struct To<'a> {
-    kind: DestinationKind,
-    id: u64,
-    url: &'a str,
-    secret: &'a str,
-    headers: &'a [pb::Header],
+pub(crate) struct To<'a> {
+    pub kind: DestinationKind,
+    pub id: u64,
+    pub url: &'a str,
+    pub secret: &'a str,
+    pub headers: &'a [pb::Header],
 }
 
-fn delivery(event: &pb::DomainEvent, to: To<'_>, body: Bytes) -> pb::Delivery {
+/// The delivery of `event` with `body` to `to`.
+pub(crate) fn delivery(event: &pb::DomainEvent, to: To<'_>, body: Bytes) -> pb::Delivery {
     pb::Delivery {
         id: delivery_id(&event.id, to.kind, to.id),
         kind: to.kind as i32,
@@ -184,7 +185,7 @@ impl<D: DirectorySource> Listener for WebhookListener<D> {
         inbox_scoped(event_name).is_some()
     }
 
-    fn decide(&mut self, event: &pb::DomainEvent) -> Result<Vec<Action>, Skip> {
+    fn decide(&mut self, event: &pb::DomainEvent, _state: &StateView) -> Result<Vec<Action>, Skip> {
         let Some(to_inbox) = inbox_scoped(&event.name) else {
             return Err(Skip::NotRouted);
         };
@@ -277,7 +278,7 @@ impl<D: DirectorySource> Listener for AgentBotListener<D> {
         AGENT_BOT_EVENTS.contains(&event_name)
     }
 
-    fn decide(&mut self, event: &pb::DomainEvent) -> Result<Vec<Action>, Skip> {
+    fn decide(&mut self, event: &pb::DomainEvent, _state: &StateView) -> Result<Vec<Action>, Skip> {
         if !self.handles(&event.name) {
             return Err(Skip::NotRouted);
         }
@@ -359,7 +360,7 @@ impl<D: DirectorySource> Listener for HookListener<D> {
         )
     }
 
-    fn decide(&mut self, event: &pb::DomainEvent) -> Result<Vec<Action>, Skip> {
+    fn decide(&mut self, event: &pb::DomainEvent, _state: &StateView) -> Result<Vec<Action>, Skip> {
         if !self.handles(&event.name) {
             return Err(Skip::NotRouted);
         }
@@ -434,7 +435,7 @@ impl<D: DirectorySource> Listener for InstallationWebhookListener<D> {
         event_name == "account.created"
     }
 
-    fn decide(&mut self, event: &pb::DomainEvent) -> Result<Vec<Action>, Skip> {
+    fn decide(&mut self, event: &pb::DomainEvent, _state: &StateView) -> Result<Vec<Action>, Skip> {
         if !self.handles(&event.name) {
             return Err(Skip::NotRouted);
         }

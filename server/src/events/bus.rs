@@ -22,7 +22,8 @@ use prost::Message;
 use rtgate_protocol::pb::{self, server_frame::Kind as S};
 
 use super::queue::{Entry, EventQueue, Poison};
-use super::{Action, Listener, ordering_key};
+use super::state::ListenerState;
+use super::{Action, Listener, StateView, ordering_key};
 use crate::delivery::executor::Deliverer;
 use crate::delivery::store::Destinations;
 use crate::engine::{Engine, EngineError, with_timeout};
@@ -51,46 +52,84 @@ impl Default for BusConfig {
     }
 }
 
-/// What the delivery listeners need besides the engine: the executor that makes their
-/// deliveries, and the destinations they read (brought up to date before each round).
-#[derive(Debug, Clone)]
-pub struct DeliveryParts {
-    /// Queues and makes deliveries.
+/// What the listeners need besides the engine: the executor that makes their deliveries
+/// and tells the backend their commands, the mirror they read (brought up to date before
+/// each round), and the state they keep.
+#[derive(Clone)]
+pub struct ListenerParts {
+    /// Queues and makes deliveries; tells the backend.
     pub deliverer: Arc<Deliverer>,
-    /// The mirrored destinations.
+    /// The mirrored destinations and configuration.
     pub destinations: Arc<Destinations>,
+    /// The listeners' state.
+    pub state: Arc<dyn ListenerState>,
+}
+
+impl std::fmt::Debug for ListenerParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerParts").finish_non_exhaustive()
+    }
+}
+
+fn parts<'a>(delivery: Option<&'a ListenerParts>, what: &str) -> Result<&'a ListenerParts, EngineError> {
+    delivery.ok_or_else(|| EngineError::Internal(format!("no {what}")))
+}
+
+/// Tells the backend a command; a node with neither stream nor callback drops it, loudly.
+async fn tell(parts: &ListenerParts, id: &str, command: &pb::Command) -> Result<(), EngineError> {
+    let notice = pb::BackendNotice {
+        id: id.to_string(),
+        created_at_ms: crate::connection::unix_ms() as i64,
+        kind: Some(pb::backend_notice::Kind::Command(command.clone())),
+    };
+    let told = parts
+        .deliverer
+        .tell_backend(&notice, &command.event_id, command.account_id)
+        .await?;
+    if !told {
+        tracing::warn!(command = %id, listener = %command.listener, "no backend stream or callback: a command was dropped");
+    }
+    metrics::counter!("rtgate_commands_total", "listener" => command.listener.clone(), "outcome" => "sent")
+        .increment(1);
+    Ok(())
 }
 
 /// Carries out one listener action against the engine (and the delivery queue).
 pub async fn execute(
     engine: &dyn Engine,
-    delivery: Option<&DeliveryParts>,
+    delivery: Option<&ListenerParts>,
     event_id: &str,
     action: &Action,
 ) -> Result<(), EngineError> {
     match action {
         Action::Deliver(deliveries) => {
-            let Some(parts) = delivery else {
-                return Err(EngineError::Internal("no delivery executor".into()));
-            };
-            parts.deliverer.submit(deliveries.clone()).await?;
-        }
-        Action::Command { id, command } => {
-            let Some(parts) = delivery else {
-                return Err(EngineError::Internal("no backend channel".into()));
-            };
-            let notice = pb::BackendNotice {
-                id: id.clone(),
-                created_at_ms: crate::connection::unix_ms() as i64,
-                kind: Some(pb::backend_notice::Kind::Command(command.clone())),
-            };
-            let told = parts
+            parts(delivery, "delivery executor")?
                 .deliverer
-                .tell_backend(&notice, &command.event_id, command.account_id)
+                .submit(deliveries.clone())
                 .await?;
-            if !told {
-                tracing::warn!(command = %id, listener = %command.listener, "no backend stream or callback: a command was dropped");
+        }
+        Action::Command { id, command } => tell(parts(delivery, "backend channel")?, id, command).await?,
+        Action::CommandOnce { claim, id, command } => {
+            let parts = parts(delivery, "backend channel")?;
+            if parts.state.claim(claim, id).await? {
+                tell(parts, id, command).await?;
+            } else {
+                metrics::counter!("rtgate_commands_total", "listener" => command.listener.clone(), "outcome" => "already_decided")
+                    .increment(1);
+                tracing::debug!(command = %id, %claim, "decided before (here or on another node): not sent");
             }
+        }
+        Action::Remember { key, value } => {
+            parts(delivery, "listener state")?
+                .state
+                .remember(key, value)
+                .await?;
+        }
+        Action::AddMembers { key, members } => {
+            parts(delivery, "listener state")?
+                .state
+                .add_members(key, members)
+                .await?;
         }
         Action::Publish { rooms, event } => {
             let encoded = event.encode_to_vec();
@@ -161,7 +200,7 @@ pub struct Bus {
     listeners: Vec<Mutex<Box<dyn Listener>>>,
     names: Vec<&'static str>,
     config: BusConfig,
-    delivery: Option<DeliveryParts>,
+    delivery: Option<ListenerParts>,
 }
 
 impl std::fmt::Debug for Bus {
@@ -197,7 +236,7 @@ impl Bus {
         engine: Arc<dyn Engine>,
         listeners: Vec<Box<dyn Listener>>,
         config: BusConfig,
-        delivery: Option<DeliveryParts>,
+        delivery: Option<ListenerParts>,
     ) -> Arc<Self> {
         let names = listeners.iter().map(|l| l.name()).collect();
         Arc::new(Bus {
@@ -214,10 +253,28 @@ impl Bus {
     async fn handle(&self, event: &pb::DomainEvent, i: usize) -> Result<(), Failure> {
         let name = self.names[i];
         let started = Instant::now();
-        let decided = self.listeners[i].lock().expect("listener lock").decide(event);
+        let reads = self.listeners[i].lock().expect("listener lock").reads(event);
+        let view = if reads.is_empty() {
+            StateView::default()
+        } else {
+            let parts = parts(self.delivery.as_ref(), "listener state")
+                .map_err(|e| Failure(format!("{name}: {e}"), false))?;
+            parts.state.read(&reads).await.map_err(|err| {
+                let transient = matches!(err, EngineError::Unavailable(_));
+                Failure(format!("{name}: reading its state: {err}"), transient)
+            })?
+        };
+        let decided = self.listeners[i]
+            .lock()
+            .expect("listener lock")
+            .decide(event, &view);
         let actions = match decided {
             Ok(actions) => actions,
             Err(skip) => {
+                if skip == super::Skip::Unconfigured {
+                    tracing::info!(listener = name, event = %event.id, name = %event.name, account = event.account_id,
+                        "skipped: the mirrored configuration it needs is missing");
+                }
                 metrics::counter!("rtgate_listener_events_total", "listener" => name, "outcome" => skip.label())
                     .increment(1);
                 return Ok(());
@@ -575,7 +632,7 @@ mod tests {
         fn handles(&self, event_name: &str) -> bool {
             event_name != "account.created"
         }
-        fn decide(&mut self, event: &pb::DomainEvent) -> Result<Vec<Action>, Skip> {
+        fn decide(&mut self, event: &pb::DomainEvent, _state: &StateView) -> Result<Vec<Action>, Skip> {
             self.decided.fetch_add(1, Ordering::Relaxed);
             Ok(vec![Action::Publish {
                 rooms: vec![self.room.clone()],

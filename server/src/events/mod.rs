@@ -13,13 +13,19 @@
 //!   ParticipationListener, whose decision is a command for the backend.
 
 pub mod bus;
+pub mod business_hours;
 pub mod catalogue;
 pub mod ingest;
+pub mod mirror;
+pub mod notification;
 pub mod participation;
 pub mod queue;
 pub mod routing;
+pub mod state;
 
 use rtgate_protocol::{RoomName, pb};
+
+pub use state::{StateKey, StateRead, StateView};
 
 /// What a listener asks the bus's executor to do.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,6 +61,32 @@ pub enum Action {
         /// The command.
         command: rtgate_protocol::pb::Command,
     },
+    /// Tell the backend `command` only if `claim` is free or already this command's: a
+    /// decision taken once for what `claim` names, whichever node takes it and however
+    /// often (a lost claim is counted, and nothing is sent).
+    CommandOnce {
+        /// What the decision is about (a conversation's survey, a contact inbox's
+        /// campaign conversation…).
+        claim: StateKey,
+        /// The command's id.
+        id: String,
+        /// The command.
+        command: rtgate_protocol::pb::Command,
+    },
+    /// Keep a value of listener state.
+    Remember {
+        /// Where.
+        key: StateKey,
+        /// What.
+        value: String,
+    },
+    /// Add ids to a set of listener state.
+    AddMembers {
+        /// Which set.
+        key: StateKey,
+        /// The ids.
+        members: Vec<u64>,
+    },
 }
 
 /// Why a listener did nothing with an event (counted by the bus).
@@ -73,6 +105,12 @@ pub enum Skip {
     NothingChanged,
     /// The event lacks the webhook payload the delivery is made of.
     NoPayload,
+    /// The mirrored configuration the decision needs is missing (an inbox, a campaign…):
+    /// counted and logged, never guessed.
+    Unconfigured,
+    /// Caused by the listener's own decisions (an automation rule's actions) or by the
+    /// user it would tell: nothing to do.
+    OwnDoing,
 }
 
 impl Skip {
@@ -85,6 +123,8 @@ impl Skip {
             Skip::Filtered => "filtered",
             Skip::NothingChanged => "nothing_changed",
             Skip::NoPayload => "no_payload",
+            Skip::Unconfigured => "unconfigured",
+            Skip::OwnDoing => "own_doing",
         }
     }
 }
@@ -95,8 +135,22 @@ pub trait Listener: Send {
     fn name(&self) -> &'static str;
     /// Whether it handles events of this name.
     fn handles(&self, event_name: &str) -> bool;
-    /// What follows from `event`.
-    fn decide(&mut self, event: &pb::DomainEvent) -> Result<Vec<Action>, Skip>;
+    /// The listener state it reads to decide `event`, loaded by the bus beforehand.
+    fn reads(&self, _event: &pb::DomainEvent) -> Vec<StateRead> {
+        Vec::new()
+    }
+    /// What follows from `event`, given the state it asked for.
+    fn decide(&mut self, event: &pb::DomainEvent, state: &StateView) -> Result<Vec<Action>, Skip>;
+}
+
+/// A command of `listener` caused by `event`.
+pub fn command(listener: &str, event: &pb::DomainEvent, kind: pb::command::Kind) -> pb::Command {
+    pb::Command {
+        event_id: event.id.clone(),
+        account_id: event.account_id,
+        listener: listener.to_string(),
+        kind: Some(kind),
+    }
 }
 
 /// The key events are ordered by: events of one conversation are handled in the order

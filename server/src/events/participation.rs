@@ -4,7 +4,7 @@
 
 use rtgate_protocol::pb;
 
-use super::{Action, Listener, Skip};
+use super::{Action, Listener, Skip, StateView};
 use crate::ids::derived_uuid;
 
 /// The participation listener.
@@ -26,7 +26,7 @@ impl Listener for Participation {
         event_name == "assignee.changed"
     }
 
-    fn decide(&mut self, event: &pb::DomainEvent) -> Result<Vec<Action>, Skip> {
+    fn decide(&mut self, event: &pb::DomainEvent, _state: &StateView) -> Result<Vec<Action>, Skip> {
         if !self.handles(&event.name) {
             return Err(Skip::NotRouted);
         }
@@ -86,7 +86,7 @@ mod tests {
     #[test]
     fn the_new_assignee_becomes_a_participant_once() {
         let mut p = Participation;
-        let (id, cmd) = command(p.decide(&assigned("ev-1", 42, 7)).unwrap());
+        let (id, cmd) = command(p.decide(&assigned("ev-1", 42, 7), &StateView::default()).unwrap());
         assert_eq!(cmd.listener, "participation");
         assert_eq!(cmd.event_id, "ev-1");
         assert_eq!(cmd.account_id, 1);
@@ -98,20 +98,29 @@ mod tests {
             }))
         );
         // The same event handled again: the same command id; another event, another.
-        assert_eq!(command(p.decide(&assigned("ev-1", 42, 7)).unwrap()).0, id);
-        assert_ne!(command(p.decide(&assigned("ev-2", 42, 7)).unwrap()).0, id);
+        assert_eq!(
+            command(p.decide(&assigned("ev-1", 42, 7), &StateView::default()).unwrap()).0,
+            id
+        );
+        assert_ne!(
+            command(p.decide(&assigned("ev-2", 42, 7), &StateView::default()).unwrap()).0,
+            id
+        );
     }
 
     #[test]
     fn unassignment_and_other_events_give_nothing() {
         let mut p = Participation;
-        assert_eq!(p.decide(&assigned("ev-1", 42, 0)), Err(Skip::Filtered));
+        assert_eq!(
+            p.decide(&assigned("ev-1", 42, 0), &StateView::default()),
+            Err(Skip::Filtered)
+        );
         let mut other = assigned("ev-2", 42, 7);
         other.name = "team.changed".into();
         assert!(!p.handles(&other.name));
-        assert_eq!(p.decide(&other), Err(Skip::NotRouted));
+        assert_eq!(p.decide(&other, &StateView::default()), Err(Skip::NotRouted));
         let mut bare = assigned("ev-3", 42, 7);
         bare.conversation = None;
-        assert_eq!(p.decide(&bare), Err(Skip::NoPayload));
+        assert_eq!(p.decide(&bare, &StateView::default()), Err(Skip::NoPayload));
     }
 }

@@ -20,7 +20,7 @@ use std::collections::{HashMap, VecDeque};
 
 use rtgate_protocol::{RoomName, pb};
 
-use super::{Action, Skip};
+use super::{Action, Skip, StateView};
 
 /// Who receives an event, by name (Chatwoot's routing table, section 2 of the reference).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,7 +186,7 @@ impl super::Listener for Routing {
         Routing::handles(event_name)
     }
 
-    fn decide(&mut self, event: &pb::DomainEvent) -> Result<Vec<Action>, Skip> {
+    fn decide(&mut self, event: &pb::DomainEvent, _state: &StateView) -> Result<Vec<Action>, Skip> {
         self.route(event)
     }
 }

@@ -88,7 +88,7 @@ fn event(name: &str) -> pb::DomainEvent {
 }
 
 fn decide(listener: &mut dyn Listener, event: &pb::DomainEvent) -> Result<Vec<pb::Delivery>, Skip> {
-    let mut actions = listener.decide(event)?;
+    let mut actions = listener.decide(event, &StateView::default())?;
     assert_eq!(actions.len(), 1);
     let Action::Deliver(list) = actions.remove(0) else {
         panic!("not a delivery")
@@ -145,7 +145,10 @@ fn webhooks_get_their_subscriptions_and_the_api_inbox_every_inbox_scoped_event()
         "conversation.read",
     ] {
         assert!(!listener.handles(name), "{name}");
-        assert_eq!(listener.decide(&event(name)), Err(Skip::NotRouted));
+        assert_eq!(
+            listener.decide(&event(name), &StateView::default()),
+            Err(Skip::NotRouted)
+        );
     }
 }
 
@@ -205,22 +208,35 @@ fn webhooks_skip_activity_messages_unchanged_updates_and_events_without_a_payloa
     }
     let mut activity = event("message.updated");
     activity.message.as_mut().unwrap().message_type = MessageType::Activity as i32;
-    assert_eq!(listener.decide(&activity), Err(Skip::Filtered));
+    assert_eq!(
+        listener.decide(&activity, &StateView::default()),
+        Err(Skip::Filtered)
+    );
 
     for name in ["contact.updated", "inbox.updated"] {
         for empty in ["", "[]", "{}", "null"] {
             let mut e = event(name);
             e.changed_attributes = empty.into();
-            assert_eq!(listener.decide(&e), Err(Skip::NothingChanged), "{name} {empty:?}");
+            assert_eq!(
+                listener.decide(&e, &StateView::default()),
+                Err(Skip::NothingChanged),
+                "{name} {empty:?}"
+            );
         }
     }
     let mut bare = event("conversation.created");
     bare.webhook_payload.clear();
-    assert_eq!(listener.decide(&bare), Err(Skip::NoPayload));
+    assert_eq!(
+        listener.decide(&bare, &StateView::default()),
+        Err(Skip::NoPayload)
+    );
 
     let mut elsewhere = event("contact.created");
     elsewhere.account_id = 2;
-    assert_eq!(listener.decide(&elsewhere), Err(Skip::NoDestination));
+    assert_eq!(
+        listener.decide(&elsewhere, &StateView::default()),
+        Err(Skip::NoDestination)
+    );
 }
 
 #[test]
@@ -271,7 +287,10 @@ fn agent_bots_are_the_assigned_one_and_the_inbox_one_once_each() {
     // A bot without an outgoing URL is skipped.
     let mut e = with_assigned("conversation.resolved", 9);
     e.conversation.as_mut().unwrap().inbox_id = INBOX + 1;
-    assert_eq!(listener.decide(&e), Err(Skip::NoDestination));
+    assert_eq!(
+        listener.decide(&e, &StateView::default()),
+        Err(Skip::NoDestination)
+    );
 
     let table = [
         ("conversation.resolved", false),
@@ -297,7 +316,10 @@ fn agent_bots_are_the_assigned_one_and_the_inbox_one_once_each() {
     }
     let mut activity = event("message.created");
     activity.message.as_mut().unwrap().message_type = MessageType::Activity as i32;
-    assert_eq!(listener.decide(&activity), Err(Skip::Filtered));
+    assert_eq!(
+        listener.decide(&activity, &StateView::default()),
+        Err(Skip::Filtered)
+    );
 }
 
 #[test]
@@ -312,7 +334,7 @@ fn a_bot_of_another_account_gets_nothing() {
     let dir = directory(vec![(Collection::AgentBot.key(5), other.encode_to_vec())]);
     let mut listener = AgentBotListener::new(dir);
     assert_eq!(
-        listener.decide(&event("message.created")),
+        listener.decide(&event("message.created"), &StateView::default()),
         Err(Skip::NoDestination)
     );
     // An installation-wide bot (account 0) serves any account.
@@ -353,12 +375,12 @@ fn hooks_get_only_what_their_app_supports_and_inbox_hooks_only_their_messages() 
     assert_eq!(ids(&resolved(), &mut listener), Ok(vec![3]));
     // Resolved in name but not in status: nothing.
     assert_eq!(
-        listener.decide(&event("conversation.resolved")),
+        listener.decide(&event("conversation.resolved"), &StateView::default()),
         Err(Skip::Filtered)
     );
     // No app takes contact_created.
     assert_eq!(
-        listener.decide(&event("contact.created")),
+        listener.decide(&event("contact.created"), &StateView::default()),
         Err(Skip::NoDestination)
     );
     let got = decide(&mut listener, &event("contact.updated")).unwrap();
@@ -395,5 +417,8 @@ fn the_installation_webhook_gets_account_created_unsigned() {
     assert!(!listener.handles("account.cache_invalidated"));
 
     let mut listener = InstallationWebhookListener::new(directory(vec![]));
-    assert_eq!(listener.decide(&e), Err(Skip::NoDestination));
+    assert_eq!(
+        listener.decide(&e, &StateView::default()),
+        Err(Skip::NoDestination)
+    );
 }
