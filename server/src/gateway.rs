@@ -559,6 +559,16 @@ impl Gateway {
                 Box::new(HookListener::new(destinations.clone())),
                 Box::new(InstallationWebhookListener::new(destinations.clone())),
                 Box::new(crate::events::participation::Participation),
+                Box::new(crate::events::notification::NotificationListener::new(
+                    destinations.clone(),
+                )),
+                Box::new(crate::events::reporting::ReportingListener::new(
+                    destinations.clone(),
+                )),
+                Box::new(crate::events::csat::CsatListener::new(destinations.clone())),
+                Box::new(crate::events::campaign::CampaignListener::new(
+                    destinations.clone(),
+                )),
             ],
             BusConfig {
                 max_attempts: config.events_max_attempts.max(1),

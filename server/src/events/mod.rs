@@ -14,12 +14,15 @@
 
 pub mod bus;
 pub mod business_hours;
+pub mod campaign;
 pub mod catalogue;
+pub mod csat;
 pub mod ingest;
 pub mod mirror;
 pub mod notification;
 pub mod participation;
 pub mod queue;
+pub mod reporting;
 pub mod routing;
 pub mod state;
 
