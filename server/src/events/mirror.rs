@@ -290,6 +290,15 @@ pub fn check_rule(rule: &pb::AutomationRule) -> Result<(), String> {
         if c.attribute_key.is_empty() {
             return Err("a condition has no attribute_key".into());
         }
+        if c.custom_attribute_type.is_empty()
+            && !super::automation::conditions::ATTRIBUTES.contains(&c.attribute_key.as_str())
+        {
+            return Err(format!(
+                "attribute_key {:?} is not one of {} (or set custom_attribute_type)",
+                c.attribute_key,
+                super::automation::conditions::ATTRIBUTES.join(", ")
+            ));
+        }
         if !RULE_OPERATORS.contains(&c.filter_operator.as_str()) {
             return Err(format!(
                 "filter_operator {:?} is not one of {}",

@@ -12,6 +12,7 @@
 //!   [`routing`] is Chatwoot's ActionCableListener; [`participation`] its
 //!   ParticipationListener, whose decision is a command for the backend.
 
+pub mod automation;
 pub mod bus;
 pub mod business_hours;
 pub mod campaign;

@@ -150,7 +150,11 @@ impl MemoryState {
         let now = Instant::now();
         let mut slots = self.slots.lock().expect("state lock");
         // Expired keys are swept now and then, not on every write.
-        if self.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 4096 == 0 {
+        if self
+            .writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .is_multiple_of(4096)
+        {
             slots.retain(|_, (at, _)| now.duration_since(*at) < self.ttl);
         }
         let current = slots
