@@ -569,6 +569,9 @@ impl Gateway {
                 Box::new(crate::events::campaign::CampaignListener::new(
                     destinations.clone(),
                 )),
+                Box::new(crate::events::automation::AutomationListener::new(
+                    destinations.clone(),
+                )),
             ],
             BusConfig {
                 max_attempts: config.events_max_attempts.max(1),

@@ -68,13 +68,28 @@ async fn an_assignment_through_the_stream_becomes_an_add_participant_command() {
             .unwrap();
     }
     let stream = format!("{{{prefix}:backend}}");
-    let notices = read_notices(&mut conn, &stream, 2).await;
-    // One command per dispatch (upserts: applying both is harmless), none for the
-    // unassignment.
+    // Each dispatch is decided by the participation listener and, as an assignment, by
+    // the notification listener too.
+    read_notices(&mut conn, &stream, 4).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let notices_now = read_notices(&mut conn, &stream, 2).await;
-    assert_eq!(notices_now.len(), 2, "nothing for the unassignment");
+    let all = read_notices(&mut conn, &stream, 4).await;
+    assert_eq!(all.len(), 4, "nothing for the unassignment: {all:?}");
+    let by = |listener: &str| -> Vec<Value> {
+        all.iter()
+            .filter(|n| n["command"]["listener"] == listener)
+            .cloned()
+            .collect()
+    };
+    let notices = by("participation");
+    // One command per dispatch (upserts: applying both is harmless).
+    assert_eq!(notices.len(), 2, "{all:?}");
     assert_ne!(notices[0]["id"], notices[1]["id"]);
+    let notified = by("notification");
+    assert_eq!(notified.len(), 2, "{all:?}");
+    assert_eq!(
+        notified[0]["command"]["createNotification"],
+        json!({ "notificationType": "conversation_assignment", "userId": "7", "conversationDisplayId": "42" })
+    );
     let command = &notices[0]["command"];
     assert_eq!(command["listener"], "participation");
     assert_eq!(command["eventId"], "ev-a");

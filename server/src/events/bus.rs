@@ -111,7 +111,10 @@ pub async fn execute(
         Action::Command { id, command } => tell(parts(delivery, "backend channel")?, id, command).await?,
         Action::CommandOnce { claim, id, command } => {
             let parts = parts(delivery, "backend channel")?;
-            if parts.state.claim(claim, id).await? {
+            // The owner is the event and the decision: the same event handled again (a
+            // retry, another reader) is granted its claim again; another event is not.
+            let owner = format!("{}/{id}", command.event_id);
+            if parts.state.claim(claim, &owner).await? {
                 tell(parts, id, command).await?;
             } else {
                 metrics::counter!("rtgate_commands_total", "listener" => command.listener.clone(), "outcome" => "already_decided")

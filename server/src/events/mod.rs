@@ -65,9 +65,10 @@ pub enum Action {
         /// The command.
         command: rtgate_protocol::pb::Command,
     },
-    /// Tell the backend `command` only if `claim` is free or already this command's: a
-    /// decision taken once for what `claim` names, whichever node takes it and however
-    /// often (a lost claim is counted, and nothing is sent).
+    /// Tell the backend `command` only if `claim` is free or already held by this event's
+    /// decision: a decision taken once for what `claim` names, whichever node takes it
+    /// and however many events ask for it (a lost claim is counted, and nothing is sent);
+    /// the same event handled again is granted it again, and sends the same command id.
     CommandOnce {
         /// What the decision is about (a conversation's survey, a contact inbox's
         /// campaign conversation…).

@@ -165,6 +165,20 @@ impl TestGateway {
             .collect()
     }
 
+    /// PUTs a JSON body to an API path; the status and the answer.
+    pub async fn put_json(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let resp = self
+            .http
+            .put(self.api(path))
+            .bearer_auth(API_KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
     /// The `/metrics` text.
     pub async fn metrics_text(&self) -> String {
         self.http
