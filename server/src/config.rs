@@ -247,6 +247,13 @@ pub struct Config {
     #[arg(long, env = "RTGATE_EVENTS_DEDUP_WINDOW", default_value = "10m", value_parser = parse_duration)]
     pub events_dedup_window: Duration,
 
+    /// Listeners not to run, by name (comma-separated): routing, webhook, agent_bot, hook,
+    /// installation_webhook, participation, notification, reporting_event, csat_survey,
+    /// campaign, automation_rule — for a backend that keeps some of its own while it
+    /// migrates.
+    #[arg(long, env = "RTGATE_DISABLE_LISTENERS", value_delimiter = ',')]
+    pub disable_listeners: Vec<String>,
+
     /// Attempts at a domain event before it is dead-lettered.
     #[arg(long, env = "RTGATE_EVENTS_MAX_ATTEMPTS", default_value_t = 5)]
     pub events_max_attempts: u32,

@@ -268,6 +268,16 @@ impl Gateway {
             backend_stream,
             listener_state,
         } = stores;
+        if let Some(unknown) = config
+            .disable_listeners
+            .iter()
+            .find(|n| !crate::events::LISTENER_NAMES.contains(&n.as_str()))
+        {
+            return Err(StartError::Config(format!(
+                "--disable-listeners: no listener {unknown:?} (one of {})",
+                crate::events::LISTENER_NAMES.join(", ")
+            )));
+        }
         let dev_mode = config.dev_mode();
         let need_dev =
             config.jwt_secret.is_none() && config.jwt_public_key.is_none() || config.api_key.is_none();
@@ -549,30 +559,39 @@ impl Gateway {
             destinations: destinations.clone(),
             state: listener_state,
         };
+        let all: Vec<Box<dyn crate::events::Listener>> = vec![
+            Box::new(Routing::default()),
+            Box::new(WebhookListener::new(destinations.clone())),
+            Box::new(AgentBotListener::new(destinations.clone())),
+            Box::new(HookListener::new(destinations.clone())),
+            Box::new(InstallationWebhookListener::new(destinations.clone())),
+            Box::new(crate::events::participation::Participation),
+            Box::new(crate::events::notification::NotificationListener::new(
+                destinations.clone(),
+            )),
+            Box::new(crate::events::reporting::ReportingListener::new(
+                destinations.clone(),
+            )),
+            Box::new(crate::events::csat::CsatListener::new(destinations.clone())),
+            Box::new(crate::events::campaign::CampaignListener::new(
+                destinations.clone(),
+            )),
+            Box::new(crate::events::automation::AutomationListener::new(
+                destinations.clone(),
+            )),
+        ];
+        debug_assert_eq!(
+            all.iter().map(|l| l.name()).collect::<Vec<_>>(),
+            crate::events::LISTENER_NAMES
+        );
+        let listeners_run: Vec<Box<dyn crate::events::Listener>> = all
+            .into_iter()
+            .filter(|l| !config.disable_listeners.iter().any(|n| n == l.name()))
+            .collect();
         let bus = Bus::new(
             events,
             engine.clone(),
-            vec![
-                Box::new(Routing::default()),
-                Box::new(WebhookListener::new(destinations.clone())),
-                Box::new(AgentBotListener::new(destinations.clone())),
-                Box::new(HookListener::new(destinations.clone())),
-                Box::new(InstallationWebhookListener::new(destinations.clone())),
-                Box::new(crate::events::participation::Participation),
-                Box::new(crate::events::notification::NotificationListener::new(
-                    destinations.clone(),
-                )),
-                Box::new(crate::events::reporting::ReportingListener::new(
-                    destinations.clone(),
-                )),
-                Box::new(crate::events::csat::CsatListener::new(destinations.clone())),
-                Box::new(crate::events::campaign::CampaignListener::new(
-                    destinations.clone(),
-                )),
-                Box::new(crate::events::automation::AutomationListener::new(
-                    destinations.clone(),
-                )),
-            ],
+            listeners_run,
             BusConfig {
                 max_attempts: config.events_max_attempts.max(1),
                 ..BusConfig::default()

@@ -154,7 +154,11 @@ fn describe() {
     );
     describe_counter!(
         "rtgate_backend_notices_total",
-        "Notices to the backend (delivery_failed), sent or unsent"
+        "Notices to the backend (delivery_failed, command), sent or unsent"
+    );
+    describe_counter!(
+        "rtgate_commands_total",
+        "Listeners' commands for the backend: sent, or already_decided (a claimed decision another event took)"
     );
 }
 

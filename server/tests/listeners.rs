@@ -308,3 +308,31 @@ async fn listener_state_claims_are_exclusive_in_memory_and_in_redis() {
     };
     claims_are_exclusive(vec![node(), node(), node(), node()]).await;
 }
+
+#[tokio::test]
+async fn listeners_can_be_disabled_by_name_and_unknown_names_are_refused() {
+    let mut bad = config();
+    bad.disable_listeners = vec!["notifications".into()];
+    let err = rtgate_server::gateway::Gateway::start(bad)
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("one of routing, webhook"), "{err}");
+
+    let prefix = unique_prefix("disabled");
+    let mut cfg = redis_config(SHARED_REDIS, &prefix);
+    cfg.disable_listeners = vec!["notification".into()];
+    let t = TestGateway::start_with(cfg).await.ready().await;
+    let outcomes = t
+        .post_events(vec![
+            json!({"id": "ev-1", "name": "assignee.changed", "accountId": "1",
+            "conversation": {"displayId": "42", "inboxId": "3", "assigneeId": "7"}, "payload": "{}"}),
+        ])
+        .await;
+    assert_eq!(outcomes[0].0, "STATUS_ACCEPTED");
+    let client = ::redis::Client::open(SHARED_REDIS).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let all = commands(&mut conn, &format!("{{{prefix}:backend}}"), 1).await;
+    assert_eq!(all.len(), 1, "the participation command only: {all:?}");
+    assert_eq!(all[0]["listener"], "participation");
+}

@@ -75,6 +75,22 @@ fn parts<'a>(delivery: Option<&'a ListenerParts>, what: &str) -> Result<&'a List
     delivery.ok_or_else(|| EngineError::Internal(format!("no {what}")))
 }
 
+/// Whether a log line of this kind is due: at most one a minute for each `kind`, so that
+/// what repeats on every event is counted in metrics and logged without flooding.
+fn once_a_minute(kind: &str) -> bool {
+    static LAST: Mutex<Option<HashMap<String, Instant>>> = Mutex::new(None);
+    let mut last = LAST.lock().expect("log throttle lock");
+    let last = last.get_or_insert_with(HashMap::new);
+    let now = Instant::now();
+    match last.get(kind) {
+        Some(at) if now.duration_since(*at) < Duration::from_secs(60) => false,
+        _ => {
+            last.insert(kind.to_string(), now);
+            true
+        }
+    }
+}
+
 /// Tells the backend a command; a node with neither stream nor callback drops it, loudly.
 async fn tell(parts: &ListenerParts, id: &str, command: &pb::Command) -> Result<(), EngineError> {
     let notice = pb::BackendNotice {
@@ -87,7 +103,11 @@ async fn tell(parts: &ListenerParts, id: &str, command: &pb::Command) -> Result<
         .tell_backend(&notice, &command.event_id, command.account_id)
         .await?;
     if !told {
-        tracing::warn!(command = %id, listener = %command.listener, "no backend stream or callback: a command was dropped");
+        if once_a_minute("dropped-command") {
+            tracing::warn!(command = %id, listener = %command.listener,
+                "no backend stream or callback: a command was dropped (counted in rtgate_backend_notices_total; logged once a minute)");
+        }
+        return Ok(());
     }
     metrics::counter!("rtgate_commands_total", "listener" => command.listener.clone(), "outcome" => "sent")
         .increment(1);
@@ -274,9 +294,9 @@ impl Bus {
         let actions = match decided {
             Ok(actions) => actions,
             Err(skip) => {
-                if skip == super::Skip::Unconfigured {
+                if skip == super::Skip::Unconfigured && once_a_minute(name) {
                     tracing::info!(listener = name, event = %event.id, name = %event.name, account = event.account_id,
-                        "skipped: the mirrored configuration it needs is missing");
+                        "skipped: the mirrored configuration it needs is missing (counted; logged once a minute per listener)");
                 }
                 metrics::counter!("rtgate_listener_events_total", "listener" => name, "outcome" => skip.label())
                     .increment(1);

@@ -37,6 +37,12 @@ pub fn check(event: &pb::DomainEvent, max_size: usize) -> Result<(), String> {
             return Err(format!("{field} is not a JSON object"));
         }
     }
+    if let Some(m) = &event.message
+        && !m.content_attributes.is_empty()
+        && !is_json_object(&m.content_attributes)
+    {
+        return Err("message.content_attributes is not a JSON object".into());
+    }
     if !event.changed_attributes.is_empty()
         && serde_json::from_str::<serde::de::IgnoredAny>(&event.changed_attributes).is_err()
     {
@@ -111,6 +117,15 @@ mod tests {
             (
                 Box::new(|e| e.changed_attributes = "[{".into()),
                 "changed_attributes is not JSON",
+            ),
+            (
+                Box::new(|e| {
+                    e.message = Some(pb::MessageFacts {
+                        content_attributes: "[]".into(),
+                        ..Default::default()
+                    })
+                }),
+                "content_attributes is not a JSON object",
             ),
             (Box::new(|e| e.payload = "x".repeat(2000)), "allowed"),
             (

@@ -148,6 +148,21 @@ pub trait Listener: Send {
     fn decide(&mut self, event: &pb::DomainEvent, state: &StateView) -> Result<Vec<Action>, Skip>;
 }
 
+/// Every listener the bus runs, by name, in the order it runs them.
+pub const LISTENER_NAMES: [&str; 11] = [
+    "routing",
+    "webhook",
+    "agent_bot",
+    "hook",
+    "installation_webhook",
+    "participation",
+    "notification",
+    "reporting_event",
+    "csat_survey",
+    "campaign",
+    "automation_rule",
+];
+
 /// A command of `listener` caused by `event`.
 pub fn command(listener: &str, event: &pb::DomainEvent, kind: pb::command::Kind) -> pb::Command {
     pb::Command {
