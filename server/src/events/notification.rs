@@ -254,8 +254,16 @@ impl<D: DirectorySource> Listener for NotificationListener<D> {
     }
 
     fn reads(&self, event: &pb::DomainEvent) -> Vec<StateRead> {
+        // Participants matter for public messages only (notes notify mentions).
+        let public = event.message.as_ref().is_some_and(|m| {
+            !m.private
+                && matches!(
+                    m.message_type(),
+                    pb::MessageType::Incoming | pb::MessageType::Outgoing
+                )
+        });
         match (event.name.as_str(), &event.conversation) {
-            ("message.created", Some(c)) => {
+            ("message.created", Some(c)) if public && !c.contact_blocked => {
                 vec![StateRead::Members(participants_key(
                     event.account_id,
                     c.display_id,

@@ -43,6 +43,16 @@ fn seconds(from_ms: i64, to_ms: i64) -> i64 {
     to_ms.div_euclid(1000) - from_ms.div_euclid(1000)
 }
 
+/// An outgoing message sent by a user (a human, not a bot or the system).
+fn human_reply(event: &pb::DomainEvent) -> bool {
+    event.message.as_ref().is_some_and(|m| {
+        m.message_type() == pb::MessageType::Outgoing
+            && m.sender
+                .as_ref()
+                .is_some_and(|s| s.kind() == pb::sender::Kind::User)
+    })
+}
+
 fn key(event: &pb::DomainEvent, c: &pb::ConversationFacts, field: &'static str) -> StateKey {
     StateKey::conversation(event.account_id, c.display_id, field)
 }
@@ -114,6 +124,7 @@ impl<D: DirectorySource> Listener for ReportingListener<D> {
             return Vec::new();
         };
         let field = match event.name.as_str() {
+            "message.created" if !human_reply(event) => return Vec::new(),
             "conversation.resolved" | "message.created" => HUMAN_REPLIED,
             "first.reply.created" | "conversation.bot_handoff" => HANDOFF_AT,
             "conversation.opened" => RESOLVED_AT,
@@ -131,13 +142,7 @@ impl<D: DirectorySource> Listener for ReportingListener<D> {
         };
         if event.name == "message.created" {
             // Only to learn that a human replied (the bot-resolved row's condition).
-            let human = event.message.as_ref().is_some_and(|m| {
-                m.message_type() == pb::MessageType::Outgoing
-                    && m.sender
-                        .as_ref()
-                        .is_some_and(|s| s.kind() == pb::sender::Kind::User)
-            });
-            if !human || state.value(&key(event, c, HUMAN_REPLIED)).is_some() {
+            if !human_reply(event) || state.value(&key(event, c, HUMAN_REPLIED)).is_some() {
                 return Err(Skip::Filtered);
             }
             return Ok(vec![Action::Remember {
