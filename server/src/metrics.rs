@@ -156,6 +156,11 @@ fn describe() {
         "rtgate_backend_notices_total",
         "Notices to the backend (delivery_failed, command), sent or unsent"
     );
+    describe_histogram!(
+        "rtgate_listener_state_read_seconds",
+        Unit::Seconds,
+        "Time a listener waited for the state it reads before deciding"
+    );
     describe_counter!(
         "rtgate_commands_total",
         "Listeners' commands for the backend: sent, or already_decided (a claimed decision another event took)"

@@ -12,22 +12,13 @@ use serde_json::{Value, json};
 
 async fn read_notices(conn: &mut ::redis::aio::MultiplexedConnection, stream: &str, n: usize) -> Vec<Value> {
     for _ in 0..250 {
-        let reply: ::redis::streams::StreamRangeReply = ::redis::cmd("XRANGE")
-            .arg(stream)
-            .arg("-")
-            .arg("+")
-            .query_async(conn)
-            .await
-            .unwrap();
-        if reply.ids.len() >= n {
-            return reply
-                .ids
+        let entries = common::redis::stream_entries(conn, stream).await;
+        if entries.len() >= n {
+            return entries
                 .iter()
-                .map(|e| {
-                    let json: String = ::redis::from_redis_value(e.map["json"].clone()).unwrap();
-                    let id: String = ::redis::from_redis_value(e.map["id"].clone()).unwrap();
-                    let notice: Value = serde_json::from_str(&json).unwrap();
-                    assert_eq!(notice["id"], id, "the entry's id is the notice's");
+                .map(|(_, fields)| {
+                    let notice: Value = serde_json::from_str(&fields["json"]).unwrap();
+                    assert_eq!(notice["id"], fields["id"], "the entry's id is the notice's");
                     notice
                 })
                 .collect();

@@ -691,25 +691,7 @@ async fn on_redis_a_given_up_delivery_is_a_notice_on_the_backend_stream() {
     let stream = format!("{{{prefix}:backend}}");
     let mut entries: Vec<(String, HashMap<String, String>)> = Vec::new();
     for _ in 0..100 {
-        let reply: ::redis::streams::StreamRangeReply = ::redis::cmd("XRANGE")
-            .arg(&stream)
-            .arg("-")
-            .arg("+")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        entries = reply
-            .ids
-            .into_iter()
-            .map(|e| {
-                let fields = e
-                    .map
-                    .into_iter()
-                    .map(|(k, v)| (k, ::redis::from_redis_value::<String>(v).unwrap()))
-                    .collect();
-                (e.id, fields)
-            })
-            .collect();
+        entries = common::redis::stream_entries(&mut conn, &stream).await;
         if !entries.is_empty() {
             break;
         }

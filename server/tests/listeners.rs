@@ -25,20 +25,10 @@ async fn commands(conn: &mut ::redis::aio::MultiplexedConnection, stream: &str, 
         let stream = stream.to_string();
         let mut conn = conn.clone();
         async move {
-            let reply: ::redis::streams::StreamRangeReply = ::redis::cmd("XRANGE")
-                .arg(&stream)
-                .arg("-")
-                .arg("+")
-                .query_async(&mut conn)
+            common::redis::stream_entries(&mut conn, &stream)
                 .await
-                .unwrap();
-            reply
-                .ids
                 .iter()
-                .map(|e| {
-                    let json: String = ::redis::from_redis_value(e.map["json"].clone()).unwrap();
-                    serde_json::from_str::<Value>(&json).unwrap()["command"].clone()
-                })
+                .map(|(_, fields)| serde_json::from_str::<Value>(&fields["json"]).unwrap()["command"].clone())
                 .collect::<Vec<Value>>()
         }
     };

@@ -201,8 +201,18 @@ pub(super) async fn list(
     Path(label): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let format = answer_format(&headers);
-    let c = collection(format, &label)?;
+    let c = collection(answer_format(&headers), &label)?;
+    list_collection(&state, &headers, c, &query).await
+}
+
+/// Every record of `c`, of the account in `?account_id=N` if given, as its list message.
+async fn list_collection(
+    state: &HttpState,
+    headers: &HeaderMap,
+    c: Collection,
+    query: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    let format = answer_format(headers);
     let account = match query.get("account_id") {
         None => None,
         Some(v) => Some(
@@ -215,24 +225,43 @@ pub(super) async fn list(
         .list(c)
         .await
         .map_err(|e| ApiError::engine(format, &e))?;
-    let (mut webhooks, mut inbox_webhooks, mut agent_bots, mut hooks) = (vec![], vec![], vec![], vec![]);
+    let mut webhooks = pb::WebhookList::default();
+    let mut inbox_webhooks = pb::InboxWebhookList::default();
+    let mut agent_bots = pb::AgentBotList::default();
+    let mut hooks = pb::HookList::default();
+    let mut inboxes = pb::InboxSettingsList::default();
+    let mut users = pb::AccountUserList::default();
+    let mut teams = pb::TeamList::default();
+    let mut campaigns = pb::CampaignList::default();
+    let mut rules = pb::AutomationRuleList::default();
     for record in listed {
         if account.is_some_and(|want| record.account_id() != want) {
             continue;
         }
         match record {
-            Listed::Webhook(w) => webhooks.push(w),
-            Listed::InboxWebhook(w) => inbox_webhooks.push(w),
-            Listed::AgentBot(b) => agent_bots.push(b),
-            Listed::Hook(h) => hooks.push(h),
-            _ => {}
+            Listed::Webhook(w) => webhooks.webhooks.push(w),
+            Listed::InboxWebhook(w) => inbox_webhooks.inbox_webhooks.push(w),
+            Listed::AgentBot(b) => agent_bots.agent_bots.push(b),
+            Listed::Hook(h) => hooks.hooks.push(h),
+            Listed::Installation(_) => {}
+            Listed::Inbox(i) => inboxes.inboxes.push(i),
+            Listed::AccountUser(u) => users.account_users.push(u),
+            Listed::Team(t) => teams.teams.push(t),
+            Listed::Campaign(x) => campaigns.campaigns.push(x),
+            Listed::AutomationRule(r) => rules.automation_rules.push(r),
         }
     }
+    let ok = StatusCode::OK;
     Ok(match c {
-        Collection::Webhook => respond(format, StatusCode::OK, &pb::WebhookList { webhooks }),
-        Collection::InboxWebhook => respond(format, StatusCode::OK, &pb::InboxWebhookList { inbox_webhooks }),
-        Collection::AgentBot => respond(format, StatusCode::OK, &pb::AgentBotList { agent_bots }),
-        _ => respond(format, StatusCode::OK, &pb::HookList { hooks }),
+        Collection::Webhook => respond(format, ok, &webhooks),
+        Collection::InboxWebhook => respond(format, ok, &inbox_webhooks),
+        Collection::AgentBot => respond(format, ok, &agent_bots),
+        Collection::Hook | Collection::Installation => respond(format, ok, &hooks),
+        Collection::Inbox => respond(format, ok, &inboxes),
+        Collection::AccountUser => respond(format, ok, &users),
+        Collection::Team => respond(format, ok, &teams),
+        Collection::Campaign => respond(format, ok, &campaigns),
+        Collection::AutomationRule => respond(format, ok, &rules),
     })
 }
 
@@ -281,47 +310,8 @@ pub(super) async fn list_mirror(
     Path(label): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let format = answer_format(&headers);
-    let c = mirror_collection(format, &label)?;
-    let account = match query.get("account_id") {
-        None => None,
-        Some(v) => Some(
-            v.parse::<u64>()
-                .map_err(|_| ApiError::bad_request(format, "account_id is a number"))?,
-        ),
-    };
-    let listed = state
-        .destinations
-        .list(c)
-        .await
-        .map_err(|e| ApiError::engine(format, &e))?;
-    let mut lists = (
-        pb::InboxSettingsList::default(),
-        pb::AccountUserList::default(),
-        pb::TeamList::default(),
-        pb::CampaignList::default(),
-        pb::AutomationRuleList::default(),
-    );
-    for record in listed {
-        if account.is_some_and(|want| record.account_id() != want) {
-            continue;
-        }
-        match record {
-            Listed::Inbox(i) => lists.0.inboxes.push(i),
-            Listed::AccountUser(u) => lists.1.account_users.push(u),
-            Listed::Team(t) => lists.2.teams.push(t),
-            Listed::Campaign(c) => lists.3.campaigns.push(c),
-            Listed::AutomationRule(r) => lists.4.automation_rules.push(r),
-            _ => {}
-        }
-    }
-    Ok(match c {
-        Collection::Inbox => respond(format, StatusCode::OK, &lists.0),
-        Collection::AccountUser => respond(format, StatusCode::OK, &lists.1),
-        Collection::Team => respond(format, StatusCode::OK, &lists.2),
-        Collection::Campaign => respond(format, StatusCode::OK, &lists.3),
-        _ => respond(format, StatusCode::OK, &lists.4),
-    })
+    let c = mirror_collection(answer_format(&headers), &label)?;
+    list_collection(&state, &headers, c, &query).await
 }
 
 /// `PUT /api/v1/mirror/participants/{account_id}/{conversation_display_id}`: the

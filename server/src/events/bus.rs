@@ -282,10 +282,14 @@ impl Bus {
         } else {
             let parts = parts(self.delivery.as_ref(), "listener state")
                 .map_err(|e| Failure(format!("{name}: {e}"), false))?;
-            parts.state.read(&reads).await.map_err(|err| {
+            let reading = Instant::now();
+            let view = parts.state.read(&reads).await.map_err(|err| {
                 let transient = matches!(err, EngineError::Unavailable(_));
                 Failure(format!("{name}: reading its state: {err}"), transient)
-            })?
+            })?;
+            metrics::histogram!("rtgate_listener_state_read_seconds", "listener" => name)
+                .record(reading.elapsed().as_secs_f64());
+            view
         };
         let decided = self.listeners[i]
             .lock()

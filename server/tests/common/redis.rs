@@ -12,6 +12,32 @@ pub fn unique_prefix(test: &str) -> String {
     format!("rtgt:{test}:{:08x}", rand::random::<u32>())
 }
 
+/// Every entry of a stream, oldest first: (id, fields as text).
+pub async fn stream_entries(
+    conn: &mut ::redis::aio::MultiplexedConnection,
+    stream: &str,
+) -> Vec<(String, std::collections::HashMap<String, String>)> {
+    let reply: ::redis::streams::StreamRangeReply = ::redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query_async(conn)
+        .await
+        .unwrap();
+    reply
+        .ids
+        .into_iter()
+        .map(|e| {
+            let fields = e
+                .map
+                .into_iter()
+                .map(|(k, v)| (k, ::redis::from_redis_value::<String>(v).unwrap()))
+                .collect();
+            (e.id, fields)
+        })
+        .collect()
+}
+
 /// A free TCP port on loopback.
 pub fn free_tcp_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
