@@ -156,6 +156,10 @@ fn describe() {
         "rtgate_backend_notices_total",
         "Notices to the backend (delivery_failed, command), sent or unsent"
     );
+    describe_gauge!(
+        "rtgate_mirror_records",
+        "Records of the business listeners' mirrored configuration this node holds"
+    );
     describe_histogram!(
         "rtgate_listener_state_read_seconds",
         Unit::Seconds,

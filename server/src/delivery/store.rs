@@ -1,5 +1,6 @@
-//! Where the destinations are kept: in memory on a single node, in Redis with several —
-//! and each node's in-memory copy of them ([`Destinations`]), which the listeners read.
+//! Where the destinations (and the business listeners' mirrored configuration, in the
+//! same records) are kept: in memory on a single node, in Redis with several — and each
+//! node's in-memory copy of them ([`Destinations`]), which the listeners read.
 //!
 //! Redis keys (one hash slot):
 //!
@@ -171,7 +172,12 @@ impl Destinations {
         for key in bad {
             tracing::warn!(key, "a stored destination does not decode; left out");
         }
-        metrics::gauge!("rtgate_outbound_destinations").set(records.len() as f64);
+        let destinations = records
+            .iter()
+            .filter(|(key, _)| super::directory::parse_key(key).is_some_and(|(c, _)| !c.is_mirror()))
+            .count();
+        metrics::gauge!("rtgate_outbound_destinations").set(destinations as f64);
+        metrics::gauge!("rtgate_mirror_records").set((records.len() - destinations) as f64);
         *self.current.write().expect("destinations lock") = (Some(version), Arc::new(directory));
         Ok(())
     }
