@@ -30,16 +30,7 @@ async fn start() -> TestGateway {
 
 /// PUT a destination; the status and JSON answer.
 async fn put(t: &TestGateway, path: &str, body: Value) -> (u16, Value) {
-    let resp = t
-        .http
-        .put(t.api(&format!("/api/v1/destinations/{path}")))
-        .bearer_auth(API_KEY)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
+    t.put_json(&format!("/api/v1/destinations/{path}"), body).await
 }
 
 async fn put_ok(t: &TestGateway, path: &str, body: Value) {
