@@ -170,6 +170,20 @@ async fn delete_record(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// Stores record `id` (not 0) of a numbered collection.
+async fn put_numbered(
+    state: &HttpState,
+    headers: &HeaderMap,
+    body: &[u8],
+    collection: Collection,
+    id: u64,
+) -> Result<Response, ApiError> {
+    if id == 0 {
+        return Err(invalid(answer_format(headers), "the id must not be 0".into()));
+    }
+    put_record(state, headers, body, collection, id).await
+}
+
 /// `PUT /api/v1/destinations/{collection}/{id}`: create or replace.
 pub(super) async fn put(
     State(state): State<HttpState>,
@@ -178,10 +192,7 @@ pub(super) async fn put(
     ApiBody(body): ApiBody,
 ) -> Result<Response, ApiError> {
     let c = collection(answer_format(&headers), &label)?;
-    if id == 0 {
-        return Err(invalid(answer_format(&headers), "the id must not be 0".into()));
-    }
-    put_record(&state, &headers, &body, c, id).await
+    put_numbered(&state, &headers, &body, c, id).await
 }
 
 /// `DELETE /api/v1/destinations/{collection}/{id}`.
@@ -287,10 +298,7 @@ pub(super) async fn put_mirror(
     ApiBody(body): ApiBody,
 ) -> Result<Response, ApiError> {
     let c = mirror_collection(answer_format(&headers), &label)?;
-    if id == 0 {
-        return Err(invalid(answer_format(&headers), "the id must not be 0".into()));
-    }
-    put_record(&state, &headers, &body, c, id).await
+    put_numbered(&state, &headers, &body, c, id).await
 }
 
 /// `DELETE /api/v1/mirror/{collection}/{id}`.

@@ -197,7 +197,8 @@ impl Directory {
         (dir, bad)
     }
 
-    /// A directory holding only this mirror (no destinations).
+    /// A directory holding only this mirror (no destinations), for the listeners' tests.
+    #[cfg(test)]
     pub fn from_mirror(mirror: Mirror) -> Directory {
         Directory {
             mirror,

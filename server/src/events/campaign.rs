@@ -15,8 +15,7 @@
 use rtgate_protocol::pb;
 use serde_json::{Map, Value};
 
-use super::participation::command_id;
-use super::{Action, Listener, Skip, StateKey, StateRead, StateView};
+use super::{Action, Listener, Skip, StateKey, StateRead, StateView, command_id};
 use crate::delivery::listeners::DirectorySource;
 
 /// The key saying a contact inbox has a conversation (the claim of the campaign decision).
@@ -69,12 +68,11 @@ impl<D: DirectorySource> Listener for CampaignListener<D> {
             }]);
         }
         let mut info: Map<String, Value> = serde_json::from_str(&event.event_info).unwrap_or_default();
-        let display_id = match info.remove("campaign_id") {
-            Some(Value::Number(n)) => n.as_u64(),
-            Some(Value::String(s)) => s.trim().parse().ok(),
-            _ => None,
-        };
-        let Some(display_id) = display_id.filter(|id| *id > 0) else {
+        let display_id = info.remove("campaign_id").as_ref().and_then(super::json_integer);
+        let Some(display_id) = display_id
+            .and_then(|id| u64::try_from(id).ok())
+            .filter(|id| *id > 0)
+        else {
             return Err(Skip::Filtered);
         };
         if state.value(&key).is_some() {

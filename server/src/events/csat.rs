@@ -12,8 +12,7 @@
 use rtgate_protocol::pb;
 use serde_json::Value;
 
-use super::participation::command_id;
-use super::{Action, Listener, Skip, StateKey, StateView};
+use super::{Action, Listener, Skip, StateKey, StateView, command_action, command_id};
 use crate::delivery::listeners::DirectorySource;
 
 /// The CSAT listener.
@@ -82,7 +81,6 @@ impl<D: DirectorySource> CsatListener<D> {
                 form: form as i32,
             }),
         );
-        let conversation = format!("{}:{}", event.account_id, c.display_id);
         Ok(vec![if form == pb::send_csat_survey::Form::NotSentActivity {
             Action::Command {
                 id: command_id(self.name(), &format!("{}:not_sent", event.id)),
@@ -91,7 +89,10 @@ impl<D: DirectorySource> CsatListener<D> {
         } else {
             Action::CommandOnce {
                 claim: StateKey::conversation(event.account_id, c.display_id, "csat_survey"),
-                id: command_id(self.name(), &format!("{conversation}:survey")),
+                id: command_id(
+                    self.name(),
+                    &format!("{}:{}:survey", event.account_id, c.display_id),
+                ),
                 command,
             }
         }])
@@ -106,33 +107,26 @@ impl<D: DirectorySource> CsatListener<D> {
         }
         let attributes: Value = serde_json::from_str(&m.content_attributes).unwrap_or(Value::Null);
         let response = &attributes["submitted_values"]["csat_survey_response"];
-        let rating = match &response["rating"] {
-            Value::Number(n) => n.as_i64(),
-            Value::String(s) => s.trim().parse().ok(),
-            _ => None,
-        };
-        let Some(rating) = rating.and_then(|r| i32::try_from(r).ok()) else {
+        let Some(rating) = super::json_integer(&response["rating"]).and_then(|r| i32::try_from(r).ok())
+        else {
             return Err(Skip::Filtered);
         };
         let feedback = response["feedback_message"].as_str().unwrap_or("").to_string();
-        let c = event.conversation.clone().unwrap_or_default();
+        let c = event.conversation.as_ref();
         // A changed rating is another decision (the backend upserts per message).
-        let key = format!("{}:{}:{rating}:{feedback}", event.account_id, m.id);
-        Ok(vec![Action::Command {
-            id: command_id(self.name(), &key),
-            command: super::command(
-                self.name(),
-                event,
-                pb::command::Kind::RecordCsatResponse(pb::RecordCsatResponse {
-                    conversation_display_id: c.display_id,
-                    message_id: m.id,
-                    contact_id: c.contact_id,
-                    assignee_id: c.assignee_id,
-                    rating,
-                    feedback_message: feedback,
-                }),
-            ),
-        }])
+        Ok(vec![command_action(
+            self.name(),
+            event,
+            &format!("{}:{}:{rating}:{feedback}", event.account_id, m.id),
+            pb::command::Kind::RecordCsatResponse(pb::RecordCsatResponse {
+                conversation_display_id: c.map_or(0, |c| c.display_id),
+                message_id: m.id,
+                contact_id: c.map_or(0, |c| c.contact_id),
+                assignee_id: c.map_or(0, |c| c.assignee_id),
+                rating,
+                feedback_message: feedback,
+            }),
+        )])
     }
 }
 

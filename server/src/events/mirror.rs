@@ -69,8 +69,8 @@ pub struct Mirror {
     teams: HashMap<u64, pb::Team>,
     /// Per account and display id.
     campaigns: HashMap<(u64, u64), pb::Campaign>,
-    /// Per account and event, in id order.
-    rules: HashMap<(u64, String), Vec<pb::AutomationRule>>,
+    /// Per account, then per event, in id order (looked up by `&str`, without allocating).
+    rules: HashMap<u64, HashMap<String, Vec<pb::AutomationRule>>>,
 }
 
 impl Mirror {
@@ -102,7 +102,9 @@ impl Mirror {
     pub fn add_rule(&mut self, rule: pb::AutomationRule) {
         let list = self
             .rules
-            .entry((rule.account_id, rule.event_name.clone()))
+            .entry(rule.account_id)
+            .or_default()
+            .entry(rule.event_name.clone())
             .or_default();
         list.push(rule);
         list.sort_by_key(|r| r.id);
@@ -145,7 +147,8 @@ impl Mirror {
     /// The account's active rules for `event_name`, in id order.
     pub fn active_rules(&self, account_id: u64, event_name: &str) -> Vec<&pb::AutomationRule> {
         self.rules
-            .get(&(account_id, event_name.to_string()))
+            .get(&account_id)
+            .and_then(|events| events.get(event_name))
             .into_iter()
             .flatten()
             .filter(|r| r.active)
@@ -177,7 +180,10 @@ impl Mirror {
 
     /// Every rule, in id order.
     pub fn rules(&self) -> Vec<pb::AutomationRule> {
-        sorted(self.rules.values().flatten().cloned(), |r| r.id)
+        sorted(
+            self.rules.values().flat_map(HashMap::values).flatten().cloned(),
+            |r| r.id,
+        )
     }
 }
 
@@ -350,10 +356,9 @@ pub fn check_rule(rule: &pb::AutomationRule) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether `value` is a date (`YYYY-MM-DD`) or an RFC 3339 time.
+/// Whether `value` is a date (`YYYY-MM-DD`) or an RFC 3339 time, as conditions compare.
 pub fn is_date(value: &str) -> bool {
-    chrono::NaiveDate::parse_from_str(value.trim(), "%Y-%m-%d").is_ok()
-        || chrono::DateTime::parse_from_rfc3339(value.trim()).is_ok()
+    super::automation::conditions::parse_time(value).is_some()
 }
 
 #[cfg(test)]

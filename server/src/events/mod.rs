@@ -163,6 +163,29 @@ pub const LISTENER_NAMES: [&str; 11] = [
     "automation_rule",
 ];
 
+/// The id of a command: the listener and what the command is about (`key`) name it, so
+/// the same decision taken twice has one id.
+pub fn command_id(listener: &str, key: &str) -> String {
+    crate::ids::derived_uuid(&[b"command", listener.as_bytes(), key.as_bytes()])
+}
+
+/// `listener`'s decision on `event` as an action: the command, with the id `key` names.
+pub fn command_action(listener: &str, event: &pb::DomainEvent, key: &str, kind: pb::command::Kind) -> Action {
+    Action::Command {
+        id: command_id(listener, key),
+        command: command(listener, event, kind),
+    }
+}
+
+/// An integer given as a JSON number or as text (backends send ids either way).
+pub fn json_integer(value: &serde_json::Value) -> Option<i64> {
+    match value {
+        serde_json::Value::Number(n) => n.as_i64(),
+        serde_json::Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
 /// A command of `listener` caused by `event`.
 pub fn command(listener: &str, event: &pb::DomainEvent, kind: pb::command::Kind) -> pb::Command {
     pb::Command {

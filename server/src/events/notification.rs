@@ -18,8 +18,7 @@
 use rtgate_protocol::{RoomName, pb};
 use serde_json::json;
 
-use super::participation::command_id;
-use super::{Action, Listener, Skip, StateKey, StateRead, StateView};
+use super::{Action, Listener, Skip, StateKey, StateRead, StateView, command_action, command_id};
 use crate::delivery::listeners::DirectorySource;
 use crate::events::mirror::Mirror;
 
@@ -100,6 +99,7 @@ impl<D: DirectorySource> NotificationListener<D> {
     fn actions(&self, event: &pb::DomainEvent, display_id: u64, notify: Vec<Notify>) -> Vec<Action> {
         let mut actions = Vec::new();
         for n in notify {
+            // The push carries the command's id, so the two can be matched.
             let id = command_id(self.name(), &format!("{}:{}:{}", event.id, n.kind, n.user_id));
             actions.push(Action::Command {
                 id: id.clone(),
@@ -191,17 +191,15 @@ impl<D: DirectorySource> NotificationListener<D> {
                         members: mentioned.clone(),
                     });
                     for user in &mentioned {
-                        actions.push(Action::Command {
-                            id: command_id(self.name(), &format!("{}:participant:{user}", event.id)),
-                            command: super::command(
-                                self.name(),
-                                event,
-                                pb::command::Kind::AddParticipant(pb::AddParticipant {
-                                    conversation_display_id: conversation.display_id,
-                                    user_id: *user,
-                                }),
-                            ),
-                        });
+                        actions.push(command_action(
+                            self.name(),
+                            event,
+                            &format!("{}:participant:{user}", event.id),
+                            pb::command::Kind::AddParticipant(pb::AddParticipant {
+                                conversation_display_id: conversation.display_id,
+                                user_id: *user,
+                            }),
+                        ));
                     }
                 }
             }

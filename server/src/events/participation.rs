@@ -4,18 +4,11 @@
 
 use rtgate_protocol::pb;
 
-use super::{Action, Listener, Skip, StateView};
-use crate::ids::derived_uuid;
+use super::{Action, Listener, Skip, StateView, command_action};
 
 /// The participation listener.
 #[derive(Debug, Default)]
 pub struct Participation;
-
-/// The id of a command: the listener and what the command is about (`key`) name it, so
-/// the same decision taken twice has one id.
-pub fn command_id(listener: &str, key: &str) -> String {
-    derived_uuid(&[b"command", listener.as_bytes(), key.as_bytes()])
-}
 
 impl Listener for Participation {
     fn name(&self) -> &'static str {
@@ -37,23 +30,18 @@ impl Listener for Participation {
             // Unassigned: nobody to add.
             return Err(Skip::Filtered);
         }
-        let command = pb::Command {
-            event_id: event.id.clone(),
-            account_id: event.account_id,
-            listener: self.name().into(),
-            kind: Some(pb::command::Kind::AddParticipant(pb::AddParticipant {
-                conversation_display_id: conversation.display_id,
-                user_id: conversation.assignee_id,
-            })),
-        };
         // The event names the decision: handled again (after a crash), it gives the same
         // id. Chatwoot's second dispatch of an assignment is another event, and another
         // command — an upsert, so applying both is harmless.
-        let key = format!("{}:{}", event.id, conversation.assignee_id);
-        Ok(vec![Action::Command {
-            id: command_id(self.name(), &key),
-            command,
-        }])
+        Ok(vec![command_action(
+            self.name(),
+            event,
+            &format!("{}:{}", event.id, conversation.assignee_id),
+            pb::command::Kind::AddParticipant(pb::AddParticipant {
+                conversation_display_id: conversation.display_id,
+                user_id: conversation.assignee_id,
+            }),
+        )])
     }
 }
 

@@ -17,8 +17,7 @@
 use rtgate_protocol::pb;
 
 use super::business_hours::business_seconds;
-use super::participation::command_id;
-use super::{Action, Listener, Skip, StateKey, StateRead, StateView};
+use super::{Action, Listener, Skip, StateKey, StateRead, StateView, command_action, command_id};
 use crate::delivery::listeners::DirectorySource;
 
 const RESOLVED_AT: &str = "resolved_at";
@@ -58,27 +57,14 @@ fn key(event: &pb::DomainEvent, c: &pb::ConversationFacts, field: &'static str) 
 }
 
 impl<D: DirectorySource> ReportingListener<D> {
-    #[allow(clippy::too_many_arguments)]
-    fn row(
-        &self,
-        event: &pb::DomainEvent,
-        c: &pb::ConversationFacts,
-        inbox: &pb::InboxSettings,
-        name: &str,
-        user_id: u64,
-        from_ms: i64,
-        to_ms: i64,
-    ) -> Action {
-        Action::Command {
-            id: command_id(self.name(), &format!("{}:{name}", event.id)),
-            command: super::command(
-                self.name(),
-                event,
-                pb::command::Kind::CreateReportingEvent(Self::report(
-                    c, inbox, name, user_id, from_ms, to_ms,
-                )),
-            ),
-        }
+    /// The command writing `row`, named by the event and the row's name.
+    fn row(&self, event: &pb::DomainEvent, row: pb::CreateReportingEvent) -> Action {
+        command_action(
+            self.name(),
+            event,
+            &format!("{}:{}", event.id, row.name),
+            pb::command::Kind::CreateReportingEvent(row),
+        )
     }
 
     fn report(
@@ -161,12 +147,7 @@ impl<D: DirectorySource> Listener for ReportingListener<D> {
                 let mut actions = vec![
                     self.row(
                         event,
-                        c,
-                        inbox,
-                        "conversation_resolved",
-                        c.assignee_id,
-                        created,
-                        now,
+                        Self::report(c, inbox, "conversation_resolved", c.assignee_id, created, now),
                     ),
                     Action::Remember {
                         key: key(event, c, RESOLVED_AT),
@@ -177,12 +158,7 @@ impl<D: DirectorySource> Listener for ReportingListener<D> {
                 if bot && state.value(&key(event, c, HUMAN_REPLIED)).is_none() {
                     actions.push(self.row(
                         event,
-                        c,
-                        inbox,
-                        "conversation_bot_resolved",
-                        c.assignee_id,
-                        created,
-                        now,
+                        Self::report(c, inbox, "conversation_bot_resolved", c.assignee_id, created, now),
                     ));
                 }
                 Ok(actions)
@@ -197,12 +173,7 @@ impl<D: DirectorySource> Listener for ReportingListener<D> {
                     let replier = m.sender.as_ref().map_or(0, |s| s.id);
                     Ok(vec![self.row(
                         event,
-                        c,
-                        inbox,
-                        "first_response",
-                        replier,
-                        since,
-                        replied,
+                        Self::report(c, inbox, "first_response", replier, since, replied),
                     )])
                 } else {
                     if c.waiting_since_ms == 0 {
@@ -210,12 +181,7 @@ impl<D: DirectorySource> Listener for ReportingListener<D> {
                     }
                     Ok(vec![self.row(
                         event,
-                        c,
-                        inbox,
-                        "reply_time",
-                        c.assignee_id,
-                        c.waiting_since_ms,
-                        replied,
+                        Self::report(c, inbox, "reply_time", c.assignee_id, c.waiting_since_ms, replied),
                     )])
                 }
             }
@@ -256,10 +222,7 @@ impl<D: DirectorySource> Listener for ReportingListener<D> {
                         ..Self::report(c, inbox, "conversation_opened", c.assignee_id, created, now)
                     },
                 };
-                Ok(vec![Action::Command {
-                    id: command_id(self.name(), &format!("{}:conversation_opened", event.id)),
-                    command: super::command(self.name(), event, pb::command::Kind::CreateReportingEvent(row)),
-                }])
+                Ok(vec![self.row(event, row)])
             }
         }
     }

@@ -69,7 +69,9 @@ impl<'a> Subject<'a> {
     }
 
     fn lookup(&self, c: &pb::RuleCondition) -> Vec<Attr> {
-        let facts = self.event.conversation.clone().unwrap_or_default();
+        static NO_FACTS: std::sync::LazyLock<pb::ConversationFacts> =
+            std::sync::LazyLock::new(Default::default);
+        let facts = self.event.conversation.as_ref().unwrap_or(&NO_FACTS);
         let message = self.event.message.as_ref();
         let text = |s: String| if s.is_empty() { vec![] } else { vec![Attr::Text(s)] };
         let id = |n: u64| {
@@ -280,7 +282,8 @@ fn as_time(a: &Attr) -> Option<i64> {
     }
 }
 
-fn parse_time(s: &str) -> Option<i64> {
+/// A date (`YYYY-MM-DD`, midnight UTC) or an RFC 3339 time, in Unix milliseconds.
+pub fn parse_time(s: &str) -> Option<i64> {
     let s = s.trim();
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Some(t.timestamp_millis());

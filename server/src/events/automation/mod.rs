@@ -15,10 +15,22 @@ use bytes::Bytes;
 use rtgate_protocol::pb::{self, DestinationKind};
 use serde_json::Value;
 
-use super::participation::command_id;
-use super::{Action, Listener, Skip, StateView};
-use crate::delivery::listeners::{DirectorySource, To, delivery, underscore};
+use super::{Action, Listener, Skip, StateView, command_action};
+use crate::delivery::listeners::{DirectorySource, To, delivery};
 use conditions::Subject;
+
+/// The rule event (`AutomationRule.event_name`) of a domain event's name, for the five
+/// rules run on.
+fn rule_event(event_name: &str) -> Option<&'static str> {
+    Some(match event_name {
+        "conversation.created" => "conversation_created",
+        "conversation.updated" => "conversation_updated",
+        "conversation.opened" => "conversation_opened",
+        "conversation.resolved" => "conversation_resolved",
+        "message.created" => "message_created",
+        _ => return None,
+    })
+}
 
 /// The automation listener.
 pub struct AutomationListener<D> {
@@ -38,20 +50,13 @@ impl<D: DirectorySource> Listener for AutomationListener<D> {
     }
 
     fn handles(&self, event_name: &str) -> bool {
-        matches!(
-            event_name,
-            "conversation.created"
-                | "conversation.updated"
-                | "conversation.opened"
-                | "conversation.resolved"
-                | "message.created"
-        )
+        rule_event(event_name).is_some()
     }
 
     fn decide(&mut self, event: &pb::DomainEvent, _state: &StateView) -> Result<Vec<Action>, Skip> {
-        if !self.handles(&event.name) {
+        let Some(rule_event) = rule_event(&event.name) else {
             return Err(Skip::NotRouted);
-        }
+        };
         if event
             .performed_by
             .as_ref()
@@ -74,9 +79,8 @@ impl<D: DirectorySource> Listener for AutomationListener<D> {
             }
             _ => {}
         }
-        let rule_event = underscore(&event.name);
         let directory = self.source.directory();
-        let rules = directory.mirror().active_rules(event.account_id, &rule_event);
+        let rules = directory.mirror().active_rules(event.account_id, rule_event);
         if rules.is_empty() {
             return Err(Skip::NoDestination);
         }
@@ -88,18 +92,16 @@ impl<D: DirectorySource> Listener for AutomationListener<D> {
                 .iter()
                 .partition(|a| a.action_name == "send_webhook_event");
             if !backend.is_empty() {
-                actions.push(Action::Command {
-                    id: command_id(self.name(), &format!("{}:{}", event.id, rule.id)),
-                    command: super::command(
-                        self.name(),
-                        event,
-                        pb::command::Kind::RunAutomationActions(pb::RunAutomationActions {
-                            rule_id: rule.id,
-                            conversation_display_id: c.display_id,
-                            actions: backend.into_iter().cloned().collect(),
-                        }),
-                    ),
-                });
+                actions.push(command_action(
+                    self.name(),
+                    event,
+                    &format!("{}:{}", event.id, rule.id),
+                    pb::command::Kind::RunAutomationActions(pb::RunAutomationActions {
+                        rule_id: rule.id,
+                        conversation_display_id: c.display_id,
+                        actions: backend.into_iter().cloned().collect(),
+                    }),
+                ));
             }
             let mut sends = Vec::new();
             for (n, action) in webhooks.into_iter().enumerate() {
