@@ -85,6 +85,10 @@ impl<D: DirectorySource> Listener for AutomationListener<D> {
             return Err(Skip::NoDestination);
         }
         let subject = Subject::new(event);
+        // Every webhook of this event has the same body (its rules share the event name):
+        // built once, when the first is sent, and shared.
+        let webhook_event = format!("automation_event.{rule_event}");
+        let body = std::cell::OnceCell::<Option<Bytes>>::new();
         let mut actions = Vec::new();
         for rule in rules.into_iter().filter(|r| subject.matches(&r.conditions)) {
             let (webhooks, backend): (Vec<&pb::RuleAction>, Vec<&pb::RuleAction>) = rule
@@ -108,19 +112,15 @@ impl<D: DirectorySource> Listener for AutomationListener<D> {
                 let Some(url) = action.action_params.first() else {
                     continue;
                 };
-                let Some(conversation) = subject.conversation() else {
+                let Some(body) = body.get_or_init(|| {
+                    let mut body = subject.conversation()?.clone();
+                    body.insert("event".into(), Value::String(webhook_event.clone()));
+                    serde_json::to_vec(&body).ok().map(Bytes::from)
+                }) else {
                     tracing::warn!(rule = rule.id, event = %event.id,
                         "send_webhook_event without the conversation's webhook data in the event: not sent");
                     metrics::counter!("rtgate_listener_events_total", "listener" => "automation_rule", "outcome" => "no_payload")
                         .increment(1);
-                    continue;
-                };
-                let mut body = conversation.clone();
-                body.insert(
-                    "event".into(),
-                    Value::String(format!("automation_event.{}", rule.event_name)),
-                );
-                let Ok(bytes) = serde_json::to_vec(&body) else {
                     continue;
                 };
                 let mut d = delivery(
@@ -132,7 +132,7 @@ impl<D: DirectorySource> Listener for AutomationListener<D> {
                         secret: "",
                         headers: &[],
                     },
-                    Bytes::from(bytes),
+                    body.clone(),
                 );
                 // One delivery per action of the rule.
                 d.id = crate::ids::derived_uuid(&[
@@ -141,7 +141,7 @@ impl<D: DirectorySource> Listener for AutomationListener<D> {
                     &rule.id.to_be_bytes(),
                     &n.to_be_bytes(),
                 ]);
-                d.event = format!("automation_event.{}", rule.event_name);
+                d.event = webhook_event.clone();
                 sends.push(d);
             }
             if !sends.is_empty() {
@@ -278,6 +278,30 @@ mod tests {
             l.decide(&message("hello"), &StateView::default()),
             Err(Skip::Filtered)
         );
+    }
+
+    #[test]
+    fn every_webhook_of_an_event_shares_one_body() {
+        let hook = |id| {
+            rule(
+                id,
+                "message_created",
+                vec![],
+                vec![("send_webhook_event", &["https://a.example/in"])],
+            )
+        };
+        let mut l = listener(vec![hook(1), hook(2)]);
+        let bodies: Vec<Bytes> = l
+            .decide(&message("x"), &StateView::default())
+            .unwrap()
+            .into_iter()
+            .flat_map(|a| match a {
+                Action::Deliver(d) => d.into_iter().map(|d| d.body).collect(),
+                _ => vec![],
+            })
+            .collect();
+        assert_eq!(bodies.len(), 2);
+        assert_eq!(bodies[0].as_ptr(), bodies[1].as_ptr(), "built once, shared");
     }
 
     #[test]
