@@ -297,6 +297,66 @@ async fn listener_state_claims_are_exclusive_in_memory_and_in_redis() {
         Arc::new(RedisState::new(engine.commands(), Duration::from_secs(60)))
     };
     claims_are_exclusive(vec![node(), node(), node(), node()]).await;
+    // Every key of the state expires `--listener-state-ttl` after its last write.
+    let client = ::redis::Client::open(SHARED_REDIS).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let ttl: i64 = ::redis::cmd("TTL")
+        .arg(format!("{{{prefix}:ci:0}}:conversation"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!((1..=60).contains(&ttl), "ttl {ttl}");
+    let state = node();
+    let people = StateKey::conversation(1, 42, "participants");
+    state.add_members(&people, &[5]).await.unwrap();
+    let ttl: i64 = ::redis::cmd("TTL")
+        .arg(format!("{{{prefix}:c:1:42}}:participants"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!((1..=60).contains(&ttl), "ttl {ttl}");
+}
+
+#[tokio::test]
+async fn mirrored_participants_are_notified_of_new_messages() {
+    let prefix = unique_prefix("participants");
+    let t = TestGateway::start_with(redis_config(SHARED_REDIS, &prefix))
+        .await
+        .ready()
+        .await;
+    let (status, _) = t
+        .put_json("/api/v1/mirror/participants/1/42", json!({"userIds": ["8", "9"]}))
+        .await;
+    assert_eq!(status, 200);
+    let (status, answer) = t
+        .put_json("/api/v1/mirror/participants/1/42", json!({"userIds": ["0"]}))
+        .await;
+    assert_eq!(status, 422, "{answer}");
+    mirror(&t, "teams/30", json!({"accountId": "1", "memberIds": ["8"]})).await;
+    mirror(&t, "teams/31", json!({"accountId": "2"})).await;
+    let teams = t.get_json("/api/v1/mirror/teams?account_id=1").await;
+    assert_eq!(teams["teams"].as_array().map(Vec::len), Some(1), "{teams}");
+    let outcomes = t
+        .post_events(vec![
+            json!({"id": "ev-m", "name": "message.created", "accountId": "1",
+            "conversation": {"displayId": "42", "inboxId": "3"},
+            "message": {"id": "900", "messageType": "MESSAGE_TYPE_OUTGOING",
+                        "sender": {"kind": "KIND_USER", "id": "9"}},
+            "payload": "{}"}),
+        ])
+        .await;
+    assert_eq!(outcomes[0].0, "STATUS_ACCEPTED", "{outcomes:?}");
+    let client = ::redis::Client::open(SHARED_REDIS).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let all = commands(&mut conn, &format!("{{{prefix}:backend}}"), 1).await;
+    assert_eq!(
+        of_kind(&all, "createNotification"),
+        [
+            &json!({"notificationType": "participating_conversation_new_message", "userId": "8",
+                 "conversationDisplayId": "42", "messageId": "900"})
+        ],
+        "participant 8, not the sender 9: {all:?}"
+    );
 }
 
 #[tokio::test]
