@@ -46,8 +46,15 @@ for t in "${targets[@]}"; do
     extra+=("fuzz/regressions/$t")
   fi
   # Corpus directories after the first are only read; new inputs go to the first.
-  if ! cargo fuzz run "${fuzz_flags[@]}" "$t" "$corpus" "${extra[@]}" -- \
-    -max_total_time="$secs" -rss_limit_mb=2048 -timeout=30 -print_final_stats=1; then
+  # libFuzzer's progress lines go to a log; its closing statistics, or on a crash the
+  # log's end (the panic and the input), are printed.
+  log_file="fuzz/target/logs/$t.log"
+  mkdir -p "$(dirname "$log_file")"
+  if cargo fuzz run "${fuzz_flags[@]}" "$t" "$corpus" "${extra[@]}" -- \
+    -max_total_time="$secs" -rss_limit_mb=2048 -timeout=30 -print_final_stats=1 >"$log_file" 2>&1; then
+    grep -E '^(Done |stat::)' "$log_file" || true
+  else
+    tail -n 60 "$log_file"
     echo "fuzz target $t FAILED; crashing input in fuzz/artifacts/$t/" >&2
     failed+=("$t")
   fi

@@ -88,6 +88,8 @@ echo
 echo "$((passed + browser_passed + fuzz_passed)) passed, $((failed + browser_failed + fuzz_failed)) failed"
 # The failing tests by name, last, where a truncated log still shows them.
 grep -E '^test .* FAILED$' "$results/cargo.log" | sed 's/^/failed: /' || true
+# And why: each failing test's panic message (the first lines after it).
+grep -E -A4 "^thread '.*' panicked at " "$results/cargo.log" | head -n 60 || true
 grep -E '^not ok ' "$results/browser.log" | sed 's/^/failed (browser): /' || true
 [ "$status" = 0 ] || exit "$status"
 exit "$fuzz_status"
