@@ -187,6 +187,10 @@ pub enum AuthError {
     /// (or has no `iat`).
     #[error("token revoked")]
     Revoked,
+    /// The node has not yet loaded the revocations made on other nodes, so cannot tell
+    /// whether the token is revoked: the client should try again shortly.
+    #[error("revocations not loaded yet")]
+    RevocationsUnknown,
 }
 
 impl AuthError {
@@ -200,6 +204,7 @@ impl AuthError {
             AuthError::Claims(_) => "claims",
             AuthError::WrongGrant => "wrong_grant",
             AuthError::Revoked => "revoked",
+            AuthError::RevocationsUnknown => "revocations_unknown",
         }
     }
 }
@@ -228,12 +233,40 @@ struct SubscriptionClaims {
 
 /// Users and contacts whose tokens issued before some time are refused, each until the
 /// last such token would have expired anyway.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Revocations {
     entries: std::sync::RwLock<std::collections::HashMap<(bool, u64), (u64, u64)>>,
+    /// Whether the revocations made elsewhere (on other nodes, before this one started)
+    /// are loaded: until then no connection token is accepted.
+    known: std::sync::atomic::AtomicBool,
+}
+
+impl Default for Revocations {
+    fn default() -> Self {
+        Revocations {
+            entries: Default::default(),
+            known: std::sync::atomic::AtomicBool::new(true),
+        }
+    }
 }
 
 impl Revocations {
+    /// Revocations may have been made elsewhere: connection tokens are refused (as
+    /// [`AuthError::RevocationsUnknown`]) until [`Revocations::mark_known`].
+    pub fn mark_unknown(&self) {
+        self.known.store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Every revocation in force is loaded.
+    pub fn mark_known(&self) {
+        self.known.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether every revocation in force is loaded.
+    pub fn is_known(&self) -> bool {
+        self.known.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Refuses the tokens of the user (`contact`: the contact) `id` issued before
     /// `before`, until `until` (unix seconds).
     pub fn revoke(&self, contact: bool, id: u64, before: u64, until: u64) {
@@ -397,6 +430,9 @@ impl Authenticator {
         if claims.account_id == 0 {
             return Err(AuthError::Claims("account_id must be positive".into()));
         }
+        if !self.revocations.is_known() {
+            return Err(AuthError::RevocationsUnknown);
+        }
         if self
             .revocations
             .is_revoked(claims.role == Role::Contact, id, claims.iat, now_unix)
@@ -430,5 +466,60 @@ impl Authenticator {
             return Err(AuthError::WrongGrant);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &[u8] = b"an-hs256-secret-of-thirty-two-bytes!";
+    const NOW: u64 = 1_900_000_000;
+
+    fn authenticator() -> Authenticator {
+        Authenticator::new(TokenKey::hs256(SECRET).unwrap(), None, None)
+    }
+
+    fn token(iat: Option<u64>) -> String {
+        let mut claims = serde_json::json!({"sub": "7", "account_id": 1, "role": "agent", "exp": NOW + 60});
+        if let Some(iat) = iat {
+            claims["iat"] = iat.into();
+        }
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_revocation_refuses_tokens_issued_before_it_and_tokens_without_iat() {
+        let auth = authenticator();
+        auth.revocations().revoke(false, 7, NOW, NOW + 100);
+        assert_eq!(
+            auth.verify_connection(&token(Some(NOW - 1)), NOW).unwrap_err(),
+            AuthError::Revoked
+        );
+        assert_eq!(
+            auth.verify_connection(&token(None), NOW).unwrap_err(),
+            AuthError::Revoked
+        );
+        assert!(auth.verify_connection(&token(Some(NOW)), NOW).is_ok());
+        // A contact of the same id is another principal; past `until` it is forgotten.
+        assert!(!auth.revocations().is_revoked(true, 7, None, NOW));
+        assert!(!auth.revocations().is_revoked(false, 7, None, NOW + 100));
+    }
+
+    #[test]
+    fn no_token_is_accepted_while_revocations_made_elsewhere_are_unknown() {
+        let auth = authenticator();
+        auth.revocations().mark_unknown();
+        assert_eq!(
+            auth.verify_connection(&token(Some(NOW)), NOW).unwrap_err(),
+            AuthError::RevocationsUnknown
+        );
+        auth.revocations().mark_known();
+        assert!(auth.verify_connection(&token(Some(NOW)), NOW).is_ok());
     }
 }

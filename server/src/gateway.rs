@@ -104,11 +104,6 @@ async fn run_control(
     mut control: tokio::sync::mpsc::UnboundedReceiver<crate::engine::bus::ControlMessage>,
 ) {
     use crate::engine::bus::ControlMessage;
-    let now = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-    };
     let mut reload = tokio::time::interval(Duration::from_secs(60));
     let mut loaded = false;
     let mut retry = tokio::time::interval(Duration::from_secs(1));
@@ -129,19 +124,28 @@ async fn run_control(
                 }
             },
             _ = reload.tick() => loaded = false,
-            _ = retry.tick(), if !loaded => {
-                match node.engine.load_revocations(now()).await {
-                    Ok(list) => {
-                        let revocations = node.auth.revocations();
-                        revocations.prune(now());
-                        for (contact, id, before, until) in list {
-                            revocations.revoke(contact, id, before, until);
-                        }
-                        loaded = true;
-                    }
-                    Err(err) => tracing::debug!(%err, "cannot load revocations yet"),
-                }
+            _ = retry.tick(), if !loaded => loaded = load_revocations(&node).await,
+        }
+    }
+}
+
+/// Loads the revocations the engine stores into the node's; whether it could. The first
+/// successful load lets the node accept connection tokens.
+async fn load_revocations(node: &Node) -> bool {
+    let now = crate::connection::unix_ms() / 1000;
+    match node.engine.load_revocations(now).await {
+        Ok(list) => {
+            let revocations = node.auth.revocations();
+            revocations.prune(now);
+            for (contact, id, before, until) in list {
+                revocations.revoke(contact, id, before, until);
             }
+            revocations.mark_known();
+            true
+        }
+        Err(err) => {
+            tracing::debug!(%err, "cannot load revocations yet");
+            false
         }
     }
 }
@@ -517,6 +521,15 @@ impl Gateway {
             slots: node.addresses.clone(),
         };
 
+        // Revocations made on other nodes (or before this one started) are loaded before
+        // any token is accepted; if the engine cannot answer yet, tokens are refused
+        // (clients retry) until the control task loads them.
+        let control = engine.take_control();
+        if control.is_some() {
+            node.auth.revocations().mark_unknown();
+            load_revocations(&node).await;
+        }
+
         let mut listeners = Vec::new();
         let policy = webtransport::HandshakePolicy {
             timeout: config.handshake_timeout,
@@ -600,7 +613,7 @@ impl Gateway {
         );
         listeners.push(tokio::spawn(bus.run(node.shutdown_signal())));
         listeners.push(tokio::spawn(deliverer.run(node.shutdown_signal())));
-        if let Some(control) = engine.take_control() {
+        if let Some(control) = control {
             listeners.push(tokio::spawn(run_control(node.clone(), control)));
         }
         let maintenance_engine = engine.clone();

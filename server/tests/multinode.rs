@@ -5,10 +5,11 @@ mod common;
 
 use std::time::Duration;
 
+use common::raw::{RawWs, hello};
 use common::redis::{PrivateRedis, SHARED_REDIS, free_tcp_port, free_udp_port, unique_prefix};
 use common::*;
 use rtgate_client::{Client, ClientEvent, TransportPreference};
-use rtgate_protocol::pb;
+use rtgate_protocol::{DisconnectCode, pb};
 
 async fn node(url: &str, prefix: &str) -> TestGateway {
     TestGateway::start_with(redis_config(url, prefix))
@@ -305,4 +306,23 @@ async fn subscribers_joining_while_events_flow_never_make_others_miss_events() {
     for (c, _) in joiners {
         c.close();
     }
+}
+
+#[tokio::test]
+async fn a_node_that_cannot_load_revocations_takes_no_token_until_it_can() {
+    // Redis is down: the node starts, but cannot know what other nodes revoked.
+    let mut redis = PrivateRedis::start().await;
+    redis.kill();
+    let gw = TestGateway::start_with(redis_config(&redis.url(), "unknown")).await;
+    gw.wait_ready(false).await;
+    let mut ws = RawWs::connect(&gw.ws_url()).await;
+    ws.send(&hello(&token("agent", 7, 1, &[]))).await;
+    let d = ws.until_end().await.0.expect("told why");
+    assert_eq!(d.code, DisconnectCode::ServerError.code());
+    assert!(d.reconnect, "{d:?}");
+    // Once Redis answers, the revocations load and tokens are taken.
+    redis.resume().await;
+    gw.wait_ready(true).await;
+    let (_ws, welcome) = RawWs::handshake(&gw.ws_url(), &token("agent", 7, 1, &[])).await;
+    assert_eq!(welcome.user_id, "7");
 }

@@ -305,6 +305,8 @@ async fn readyz(State(state): State<HttpState>) -> Response {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
     } else if !state.node.engine.is_ready() {
         (StatusCode::SERVICE_UNAVAILABLE, "engine unavailable").into_response()
+    } else if !state.node.auth.revocations().is_known() {
+        (StatusCode::SERVICE_UNAVAILABLE, "loading revocations").into_response()
     } else {
         (StatusCode::OK, "ready").into_response()
     }

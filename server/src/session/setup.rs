@@ -23,16 +23,21 @@ impl Session {
             Ok(p) => p,
             Err(err) => {
                 self.actions.push_back(Action::AuthFailed(err.label()));
-                let code = if err == AuthError::Expired {
-                    DisconnectCode::TokenExpired
-                } else {
-                    DisconnectCode::Unauthorized
+                return match err {
+                    AuthError::Expired => self.close(DisconnectCode::TokenExpired, "token refused"),
+                    // Not the token's fault: the node is starting; reconnecting soon works.
+                    AuthError::RevocationsUnknown => {
+                        self.close(DisconnectCode::ServerError, "the gateway is starting, retry")
+                    }
+                    _ => self.close(DisconnectCode::Unauthorized, "token refused"),
                 };
-                return self.close(code, "token refused");
             }
         };
-        let recover: HashMap<String, StreamPos> = hello
-            .recover
+        self.begin_admission(principal, &hello.recover);
+    }
+
+    fn begin_admission(&mut self, principal: crate::auth::Principal, recover: &[pb::RoomPosition]) {
+        let recover: HashMap<String, StreamPos> = recover
             .iter()
             .filter_map(|r| Some((r.room.clone(), StreamPos::from_pb(r.position.as_ref()?))))
             .collect();

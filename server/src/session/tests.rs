@@ -413,6 +413,23 @@ fn a_connection_refused_at_admission_closes_overloaded_and_joins_nothing() {
 }
 
 #[test]
+fn a_hello_before_the_revocations_are_loaded_is_told_to_retry() {
+    let t0 = Instant::now();
+    let config = SessionConfig::default();
+    let auth = Authenticator::new(TokenKey::hs256(SECRET).unwrap(), None, None);
+    auth.revocations().mark_unknown();
+    let mut s = Session::new(Arc::new(config), Arc::new(auth), "s1".into(), t0, T0_UNIX_MS);
+    s.handle_client_frame(hello(&agent_token(3600)), t0);
+    let acts = actions(&mut s);
+    assert!(
+        acts.contains(&Action::AuthFailed("revocations_unknown")),
+        "{acts:?}"
+    );
+    assert_eq!(closed_with(&acts), Some(DisconnectCode::ServerError));
+    assert!(DisconnectCode::ServerError.reconnect_advice().is_some());
+}
+
+#[test]
 fn a_failed_auto_join_closes_and_a_failed_join_replies() {
     let t0 = Instant::now();
     let mut s = session(t0);
