@@ -94,6 +94,8 @@ pub struct Principal {
     pub inboxes: Vec<u64>,
     /// Unix seconds at which the token expires, if it does.
     pub expires_at: Option<u64>,
+    /// Its inbox rooms are joined on connect too (a `/cable` subscription streams them).
+    pub auto_inboxes: bool,
 }
 
 impl Principal {
@@ -109,7 +111,13 @@ impl Principal {
     pub fn auto_rooms(&self) -> Vec<RoomName> {
         match self.role {
             Role::Contact => vec![self.own_room()],
-            Role::Agent | Role::Admin => vec![self.own_room(), RoomName::account(self.account_id)],
+            Role::Agent | Role::Admin => {
+                let mut rooms = vec![self.own_room(), RoomName::account(self.account_id)];
+                if self.auto_inboxes {
+                    rooms.extend(self.inboxes.iter().map(|&id| RoomName::inbox(id)));
+                }
+                rooms
+            }
         }
     }
 
@@ -448,6 +456,7 @@ impl Authenticator {
             role: claims.role,
             inboxes,
             expires_at: Some(expires_at),
+            auto_inboxes: false,
         })
     }
 

@@ -54,6 +54,7 @@ mod tests {
             role,
             inboxes: inboxes.to_vec(),
             expires_at: None,
+            auto_inboxes: false,
         }
     }
 

@@ -379,6 +379,19 @@ pub struct Config {
     #[arg(long, env = "RTGATE_CHATWOOT_NAMESPACE", default_value = "alfred")]
     pub chatwoot_namespace: String,
 
+    /// Relay the broadcasts an unchanged Rails publishes with its ActionCable Redis adapter
+    /// on this Redis into rtgate's rooms, for `/cable` clients (one node relays at a time).
+    #[arg(long, env = "RTGATE_CABLE_REDIS")]
+    pub cable_redis: Option<String>,
+
+    /// Rails' ActionCable `channel_prefix` (Chatwoot: `chatwoot_<RAILS_ENV>_action_cable`).
+    #[arg(
+        long,
+        env = "RTGATE_CABLE_CHANNEL_PREFIX",
+        default_value = "chatwoot_production_action_cable"
+    )]
+    pub cable_channel_prefix: String,
+
     /// Directory of the demo page served at /demo.
     #[arg(long, env = "RTGATE_DEMO_DIR", default_value = "server/demo")]
     pub demo_dir: PathBuf,

@@ -122,6 +122,11 @@ async fn run_control(
                     let n = node.kick(contact, id, &reason);
                     tracing::info!(%origin, contact, id, connections = n, "kick from another node");
                 }
+                Some(ControlMessage::DropCableToken { origin, key }) => {
+                    if origin != node.session.node_id {
+                        node.kick_cable_token(&key, crate::actioncable::TOKEN_DROPPED);
+                    }
+                }
             },
             _ = reload.tick() => loaded = false,
             _ = retry.tick(), if !loaded => loaded = load_revocations(&node).await,
@@ -166,6 +171,11 @@ pub struct Stores {
     pub backend_stream: Option<(Arc<RedisCommands>, String)>,
     /// What the business listeners keep.
     pub listener_state: Arc<dyn ListenerState>,
+    /// `/cable`'s token records and resume positions.
+    pub cable: Arc<dyn crate::actioncable::tokens::CableStore>,
+    /// The commands of a shared Redis, where the Rails broadcast relay's lease is kept
+    /// (none on the embedded engine).
+    pub shared: Option<Arc<RedisCommands>>,
 }
 
 /// Event ids the embedded queue remembers (for its deduplication window), at most.
@@ -243,6 +253,8 @@ impl Gateway {
                     )),
                     backend_stream: Some((commands.clone(), format!("{{{}:backend}}", commands.prefix()))),
                     listener_state: Arc::new(RedisState::new(commands.clone(), config.listener_state_ttl)),
+                    cable: Arc::new(crate::actioncable::tokens::RedisCableStore::new(commands.clone())),
+                    shared: Some(commands.clone()),
                     engine: Arc::new(engine),
                     presence,
                     events,
@@ -256,6 +268,8 @@ impl Gateway {
                 deliveries: Arc::new(MemoryDeliveryQueue::new(config.delivery_lease, window)),
                 backend_stream: None,
                 listener_state: Arc::new(MemoryState::new(config.listener_state_ttl)),
+                cable: Arc::new(crate::actioncable::tokens::MemoryCableStore::default()),
+                shared: None,
             },
         };
         Gateway::start_with_stores(config, stores).await
@@ -271,6 +285,8 @@ impl Gateway {
             deliveries,
             backend_stream,
             listener_state,
+            cable,
+            shared,
         } = stores;
         if let Some(unknown) = config
             .disable_listeners
@@ -506,7 +522,12 @@ impl Gateway {
             destinations: destinations.clone(),
             deliveries: deliverer.queue().clone(),
             listener_state: listener_state.clone(),
+            cable: Arc::new(crate::actioncable::Cable {
+                store: cable,
+                destinations: destinations.clone(),
+            }),
         };
+        let cable = state.cable.clone();
         let app = router(
             state.clone(),
             RouterOptions {
@@ -613,6 +634,22 @@ impl Gateway {
         );
         listeners.push(tokio::spawn(bus.run(node.shutdown_signal())));
         listeners.push(tokio::spawn(deliverer.run(node.shutdown_signal())));
+        if let Some(url) = &config.cable_redis {
+            let relay = crate::actioncable::relay::RelayConfig {
+                url: url.clone(),
+                channel_prefix: config.cable_channel_prefix.clone(),
+                lease: shared.map(|c| {
+                    let key = format!("{{{}:cable}}:relay", c.prefix());
+                    (c, key)
+                }),
+            };
+            listeners.push(tokio::spawn(crate::actioncable::relay::run(
+                node.clone(),
+                cable,
+                relay,
+                node.shutdown_signal(),
+            )));
+        }
         if let Some(control) = control {
             listeners.push(tokio::spawn(run_control(node.clone(), control)));
         }

@@ -13,6 +13,7 @@
 //! See docs/architecture.md for the whole picture.
 #![warn(missing_docs)]
 
+pub mod actioncable;
 pub mod admission;
 pub mod api;
 pub mod auth;

@@ -32,6 +32,8 @@ struct ConnEntry {
     transport: TransportKind,
     /// One request at most reaches a connection (it then closes).
     control: Option<oneshot::Sender<ConnControl>>,
+    /// A `/cable` connection: the key of the `pubsub_token` it subscribed with.
+    cable_token: Option<String>,
 }
 
 /// Why a connection was not let in.
@@ -192,6 +194,7 @@ impl Node {
                 ip,
                 transport,
                 control: Some(tx),
+                cable_token: None,
             },
         );
         Ok((id, rx))
@@ -281,6 +284,35 @@ impl Node {
         let mut n = 0;
         for e in reg.entries.values_mut() {
             if e.who == Some((contact, id))
+                && let Some(control) = e.control.take()
+                && control.send(ConnControl::Kick(reason.to_string())).is_ok()
+            {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Notes the `pubsub_token` (its key) a `/cable` connection subscribed with.
+    pub fn bind_cable_token(&self, id: ConnectionId, key: &str) {
+        if let Some(e) = self
+            .connections
+            .lock()
+            .expect("registry lock")
+            .entries
+            .get_mut(&id)
+        {
+            e.cable_token = Some(key.to_string());
+        }
+    }
+
+    /// Closes every `/cable` connection that subscribed with the token of `key`,
+    /// returning how many were asked to close.
+    pub fn kick_cable_token(&self, key: &str, reason: &str) -> usize {
+        let mut reg = self.connections.lock().expect("registry lock");
+        let mut n = 0;
+        for e in reg.entries.values_mut() {
+            if e.cable_token.as_deref() == Some(key)
                 && let Some(control) = e.control.take()
                 && control.send(ConnControl::Kick(reason.to_string())).is_ok()
             {

@@ -349,6 +349,75 @@ pub(super) async fn put_participants(
     Ok(respond(format, StatusCode::OK, &p))
 }
 
+/// Closes the `/cable` connections of a token, here and on every other node; the counts.
+async fn drop_cable_token(state: &HttpState, key: &str) -> pb::DisconnectUserResponse {
+    let node = &state.node;
+    let connections = node.kick_cable_token(key, crate::actioncable::TOKEN_DROPPED) as u32;
+    let message = crate::engine::bus::ControlMessage::DropCableToken {
+        origin: node.session.node_id.clone(),
+        key: key.to_string(),
+    };
+    let nodes = match crate::engine::with_timeout(node.engine.broadcast_control(&message)).await {
+        Ok(n) => n,
+        Err(err) => {
+            tracing::warn!(%err, "other nodes were not told of a dropped pubsub token");
+            0
+        }
+    };
+    pb::DisconnectUserResponse { connections, nodes }
+}
+
+/// `PUT /api/v1/mirror/pubsub-tokens`: whose a `pubsub_token` is. A token that changes
+/// owner ends the `/cable` connections that subscribed with it.
+pub(super) async fn put_pubsub_token(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    ApiBody(body): ApiBody,
+) -> Result<Response, ApiError> {
+    let (record, format): (pb::PubsubToken, _) = decode_body(&headers, &body)?;
+    crate::actioncable::tokens::check_token(&record).map_err(|e| invalid(format, e))?;
+    let key = crate::actioncable::tokens::token_key(&record.token);
+    let stored = crate::actioncable::tokens::encode_record(&record);
+    let before = state
+        .cable
+        .store
+        .put_token(&key, stored.clone())
+        .await
+        .map_err(|e| ApiError::engine(format, &e))?;
+    let closed = match before {
+        Some(before) if before != stored => drop_cable_token(&state, &key).await,
+        _ => pb::DisconnectUserResponse::default(),
+    };
+    Ok(respond(format, StatusCode::OK, &closed))
+}
+
+/// `DELETE /api/v1/mirror/pubsub-tokens`: forgets a token (rotated or deleted) and ends
+/// the `/cable` connections that subscribed with it. 404 when it was not known.
+pub(super) async fn delete_pubsub_token(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    ApiBody(body): ApiBody,
+) -> Result<Response, ApiError> {
+    let (removal, format): (pb::PubsubTokenRemoval, _) = decode_body(&headers, &body)?;
+    let key = crate::actioncable::tokens::token_key(&removal.token);
+    let existed = state
+        .cable
+        .store
+        .delete_token(&key)
+        .await
+        .map_err(|e| ApiError::engine(format, &e))?;
+    if existed.is_none() {
+        return Err(ApiError::new(
+            format,
+            StatusCode::NOT_FOUND,
+            ErrorCode::BadRequest,
+            "no such pubsub token",
+        ));
+    }
+    let closed = drop_cable_token(&state, &key).await;
+    Ok(respond(format, StatusCode::OK, &closed))
+}
+
 /// `PUT /api/v1/destinations/installation`.
 pub(super) async fn put_installation(
     State(state): State<HttpState>,

@@ -53,6 +53,8 @@ pub struct HttpState {
     pub deliveries: Arc<dyn crate::delivery::queue::DeliveryQueue>,
     /// The business listeners' state (participants mirrored by the backend).
     pub listener_state: Arc<dyn crate::events::state::ListenerState>,
+    /// What `/cable` connections need.
+    pub cable: Arc<crate::actioncable::Cable>,
 }
 
 /// What the router serves besides the API, WebSocket and health.
@@ -93,6 +95,10 @@ pub fn router(state: HttpState, options: RouterOptions) -> Router {
             "/mirror/participants/{account}/{conversation}",
             put(delivery::put_participants),
         )
+        .route(
+            "/mirror/pubsub-tokens",
+            put(delivery::put_pubsub_token).delete(delivery::delete_pubsub_token),
+        )
         .route("/mirror/{collection}", get(delivery::list_mirror))
         .route(
             "/mirror/{collection}/{id}",
@@ -111,6 +117,7 @@ pub fn router(state: HttpState, options: RouterOptions) -> Router {
         .nest("/api/v1", api)
         .route("/dev/token", get(dev_token))
         .route("/ws", get(ws_upgrade))
+        .route("/cable", get(cable_upgrade))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/dev/cert-hash", get(cert_hash));
@@ -231,6 +238,24 @@ async fn ws_upgrade(
         .max_message_size(max * 4)
         .max_frame_size(max * 4)
         .on_upgrade(move |socket| websocket::serve(node, socket, client))
+}
+
+/// `/cable`: ActionCable's protocol, for clients written for Rails.
+async fn cable_upgrade(
+    State(state): State<HttpState>,
+    client: Option<Extension<crate::http::ClientConn>>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let node = state.node.clone();
+    let cable = state.cable.clone();
+    let client = client.map(|Extension(c)| c);
+    let max = node.session.max_frame_size;
+    ws.protocols([crate::actioncable::wire::SUBPROTOCOL])
+        .read_buffer_size(512)
+        .write_buffer_size(0)
+        .max_message_size(max * 4)
+        .max_frame_size(max * 4)
+        .on_upgrade(move |socket| crate::transport::actioncable::serve(node, cable, socket, client))
 }
 
 /// Query of `/dev/token`.

@@ -123,6 +123,16 @@ impl Conductor {
         }
     }
 
+    /// The transport authenticated the client (see [`super::Incoming::Authenticated`]).
+    pub fn authenticated(
+        &mut self,
+        principal: crate::auth::Principal,
+        recover: &[pb::RoomPosition],
+        now: Instant,
+    ) {
+        self.session.authenticated(principal, recover, now);
+    }
+
     /// A datagram.
     pub fn datagram(&mut self, body: &[u8], now: Instant) {
         self.session.handle_datagram(body, now);
@@ -136,6 +146,11 @@ impl Conductor {
     /// The transport's own protocol was violated.
     pub fn protocol_error(&mut self, reason: &str) {
         self.session.close(DisconnectCode::ProtocolViolation, reason);
+    }
+
+    /// The transport failed for a reason of the server's.
+    pub fn failed(&mut self, reason: &str) {
+        self.session.close(DisconnectCode::ServerError, reason);
     }
 
     /// The client went away: the session winds down (typing indicators off), nothing

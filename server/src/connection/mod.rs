@@ -34,6 +34,17 @@ pub enum Incoming {
     /// The transport's own protocol was violated (WebSocket framing, …); nothing more
     /// will come.
     ProtocolError(String),
+    /// The transport authenticated the client itself (a `/cable` subscription), in place
+    /// of a Hello; `recover` as a Hello's.
+    Authenticated {
+        /// Who it is.
+        principal: crate::auth::Principal,
+        /// Positions to recover the automatic rooms from.
+        recover: Vec<rtgate_protocol::pb::RoomPosition>,
+    },
+    /// The transport cannot go on for a reason of the server's (a store it needs does
+    /// not answer): the connection closes with `server_error` and the client retries.
+    Failed(String),
     /// The client went away.
     Closed,
 }
@@ -110,8 +121,12 @@ pub async fn drive(
             incoming = incoming.next() => match incoming {
                 Some(Incoming::Frame(body)) => c.frame(&body, Instant::now()),
                 Some(Incoming::Datagram(body)) => c.datagram(&body, Instant::now()),
+                Some(Incoming::Authenticated { principal, recover }) => {
+                    c.authenticated(principal, &recover, Instant::now());
+                }
                 Some(Incoming::FramingError(err)) => c.framing_error(&err),
                 Some(Incoming::ProtocolError(reason)) => c.protocol_error(&reason),
+                Some(Incoming::Failed(reason)) => c.failed(&reason),
                 Some(Incoming::Closed) | None => c.peer_closed(),
             },
             _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {

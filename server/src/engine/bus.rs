@@ -9,7 +9,9 @@
 //!
 //! - `K<origin node>|<u|c>:<id>|<revoke before, unix s, 0: none>|<reason>`: close the
 //!   connections of a user (`u`) or contact (`c`), and refuse their tokens issued before
-//!   the given time.
+//!   the given time;
+//! - `T<origin node>|<token key>`: close the `/cable` connections that subscribed with a
+//!   `pubsub_token` (by its SHA-256, hex) that was rotated or deleted.
 
 /// A decoded bus message, borrowing from the received bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +52,13 @@ pub enum ControlMessage {
         /// Shown to the client.
         reason: String,
     },
+    /// Close the `/cable` connections that subscribed with a token.
+    DropCableToken {
+        /// The node that asked (it acted on its own connections already).
+        origin: String,
+        /// The token's key (hex SHA-256).
+        key: String,
+    },
 }
 
 /// Encodes a control message.
@@ -66,16 +75,24 @@ pub fn encode_control(message: &ControlMessage) -> Vec<u8> {
             if *contact { 'c' } else { 'u' }
         )
         .into_bytes(),
+        ControlMessage::DropCableToken { origin, key } => format!("T{origin}|{key}").into_bytes(),
     }
 }
 
 /// Decodes a control message; `None` for anything malformed.
 pub fn decode_control(bytes: &[u8]) -> Option<ControlMessage> {
     let (&kind, rest) = bytes.split_first()?;
+    let text = std::str::from_utf8(rest).ok()?;
+    if kind == b'T' {
+        let (origin, key) = text.split_once('|')?;
+        return Some(ControlMessage::DropCableToken {
+            origin: origin.to_string(),
+            key: key.to_string(),
+        });
+    }
     if kind != b'K' {
         return None;
     }
-    let text = std::str::from_utf8(rest).ok()?;
     let mut parts = text.splitn(4, '|');
     let origin = parts.next()?.to_string();
     let (who, id) = parts.next()?.split_once(':')?;
@@ -173,7 +190,13 @@ mod tests {
             reason: "account | suspended".into(),
         };
         assert_eq!(decode_control(&encode_control(&kick)), Some(kick));
+        let drop = ControlMessage::DropCableToken {
+            origin: "n1".into(),
+            key: "ab12".into(),
+        };
+        assert_eq!(decode_control(&encode_control(&drop)), Some(drop));
         for bad in [
+            b"Tn1",
             &b""[..],
             b"K",
             b"Kn1|x:1|0|r",

@@ -134,6 +134,24 @@ impl Mirror {
         ids
     }
 
+    /// The inboxes of the account whose broadcasts the user gets (Chatwoot's `U(inbox)`):
+    /// those listing the user as a member, and for an administrator every inbox of the
+    /// account; sorted. Empty for a user who is not in the account.
+    pub fn member_inboxes(&self, account_id: u64, user_id: u64) -> Vec<u64> {
+        let Some(user) = self.account_user(account_id, user_id) else {
+            return Vec::new();
+        };
+        let admin = user.role() == pb::account_user::Role::Administrator;
+        let mut ids: Vec<u64> = self
+            .inboxes
+            .values()
+            .filter(|i| i.account_id == account_id && (admin || i.member_ids.contains(&user_id)))
+            .map(|i| i.inbox_id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// A team of the account.
     pub fn team(&self, account_id: u64, team_id: u64) -> Option<&pb::Team> {
         self.teams.get(&team_id).filter(|t| t.account_id == account_id)

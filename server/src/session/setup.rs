@@ -36,6 +36,23 @@ impl Session {
         self.begin_admission(principal, &hello.recover);
     }
 
+    /// A connection authenticated by its transport (a `/cable` subscription's
+    /// `pubsub_token`), in place of a Hello: the session goes on as after a verified one.
+    pub fn authenticated(
+        &mut self,
+        principal: crate::auth::Principal,
+        recover: &[pb::RoomPosition],
+        now: Instant,
+    ) {
+        self.last_rx = now;
+        match self.state {
+            State::AwaitingHello => {}
+            State::Closed => return,
+            _ => return self.close(DisconnectCode::ProtocolViolation, "already authenticated"),
+        }
+        self.begin_admission(principal, recover);
+    }
+
     fn begin_admission(&mut self, principal: crate::auth::Principal, recover: &[pb::RoomPosition]) {
         let recover: HashMap<String, StreamPos> = recover
             .iter()

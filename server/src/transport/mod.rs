@@ -1,6 +1,7 @@
 //! Transport adapters. Each reads frames into [`crate::connection::Incoming`] items and
 //! writes the frames of the connection's lanes; all protocol decisions live in the session.
 
+pub mod actioncable;
 pub mod websocket;
 pub mod webtransport;
 
@@ -16,17 +17,24 @@ pub enum TransportKind {
     WebTransport,
     /// WebSocket over HTTP/1.1.
     WebSocket,
+    /// ActionCable's JSON protocol over WebSocket (`/cable`).
+    ActionCable,
 }
 
 impl TransportKind {
     /// Every transport, for per-transport figures.
-    pub const ALL: [TransportKind; 2] = [TransportKind::WebTransport, TransportKind::WebSocket];
+    pub const ALL: [TransportKind; 3] = [
+        TransportKind::WebTransport,
+        TransportKind::WebSocket,
+        TransportKind::ActionCable,
+    ];
 
     /// The name used in metrics labels and logs.
     pub fn label(self) -> &'static str {
         match self {
             TransportKind::WebTransport => "webtransport",
             TransportKind::WebSocket => "websocket",
+            TransportKind::ActionCable => "actioncable",
         }
     }
 }

@@ -107,7 +107,7 @@ pub async fn serve(node: Arc<Node>, socket: WebSocket, client: Option<crate::htt
 /// What a read error of the WebSocket means: a broken connection (the peer is gone), a
 /// message beyond the socket's own hard limit (4× the frame limit), or a violation of the
 /// WebSocket protocol (bad framing, masking, opcodes, UTF-8 in a close frame…).
-fn read_error(err: axum::Error, max: usize) -> Incoming {
+pub(crate) fn read_error(err: axum::Error, max: usize) -> Incoming {
     use tungstenite::Error as E;
     use tungstenite::error::CapacityError;
     let inner = err.into_inner();
@@ -125,7 +125,7 @@ fn read_error(err: axum::Error, max: usize) -> Incoming {
     }
 }
 
-fn close_message(code: DisconnectCode, reason: &str) -> Message {
+pub(crate) fn close_message(code: DisconnectCode, reason: &str) -> Message {
     let mut reason = reason.to_string();
     // A close frame's reason is at most 123 bytes.
     while reason.len() > 120 {
