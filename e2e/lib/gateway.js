@@ -41,7 +41,7 @@ export function tempDir(prefix) {
 
 /**
  * Starts a gateway. Options: httpPort, wtPort (fresh ones when omitted), certDir,
- * redis + redisPrefix (Redis engine), startTimeoutMs.
+ * redis + redisPrefix (Redis engine), args (more flags), startTimeoutMs.
  * Resolves once it prints its development API key.
  */
 export async function startGateway(options = {}) {
@@ -55,6 +55,7 @@ export async function startGateway(options = {}) {
     "--shutdown-delay", "0s",
   ];
   if (options.redis) args.push("--redis", options.redis, "--redis-prefix", options.redisPrefix);
+  if (options.args) args.push(...options.args);
   const child = spawn(binary, args, {
     cwd: repoRoot,
     env: { ...process.env, RTGATE_LOG: process.env.RTGATE_LOG ?? "warn" },
@@ -99,6 +100,22 @@ export async function startGateway(options = {}) {
       });
       if (!response.ok) throw new Error(`publish: ${response.status} ${await response.text()}`);
       return response.json();
+    },
+    /** Calls the server API with a JSON body; resolves to the JSON answer. */
+    async api(method, path, body) {
+      const response = await fetch(`${http}/api/v1${path}`, {
+        method,
+        headers: { authorization: `Bearer ${apiKey}`, "content-type": "application/json" },
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+      if (!response.ok) throw new Error(`${method} ${path}: ${response.status} ${await response.text()}`);
+      return response.json();
+    },
+    /** The value of a metric in /metrics (the first sample whose line starts with `prefix`). */
+    async metric(prefix) {
+      const text = await (await fetch(`${http}/metrics`)).text();
+      const line = text.split("\n").find((l) => l.startsWith(prefix));
+      return line === undefined ? undefined : Number(line.split(" ").pop());
     },
     /** Stops it: SIGTERM (clients are told to reconnect), SIGKILL if it lingers. */
     async stop() {
