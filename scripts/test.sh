@@ -45,8 +45,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 # --- browser tests (begin)
 # The browser package (client-wasm/pkg, built with scripts/build-wasm.sh) and the demo page,
-# in headless Chromium driven by playwright-core, against gateways the tests start
-# themselves (e2e/). Needs the Redis above for the restart test.
+# in headless Chromium driven by playwright-core, and the real @rails/actioncable client on
+# /cable in Node and Chromium, against gateways the tests start themselves (e2e/). Needs the
+# Redis above (restarts, Rails' broadcasts published with redis-cli).
 log "browser tests"
 command -v chromium >/dev/null || apt_install chromium
 command -v node >/dev/null || apt_install nodejs npm
