@@ -37,6 +37,16 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
 fi
 redis-cli -h 127.0.0.1 -p 6379 ping
 
+log "proxies and systemd"
+# The deployment files (deploy/) are tested as written: nginx (with its stream module, for
+# QUIC over UDP) and HAProxy in front of two nodes, the systemd unit by systemd-analyze.
+command -v nginx >/dev/null && [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] \
+  || apt_install nginx libnginx-mod-stream
+command -v haproxy >/dev/null || apt_install haproxy
+command -v systemd-analyze >/dev/null || apt_install systemd
+nginx -v
+haproxy -v | head -n 1
+
 log "format"
 cargo fmt --all -- --check
 
@@ -59,6 +69,8 @@ cargo build -p rtgate-server --bin rtgate --locked
 (
   cd e2e
   npm ci --no-audit --no-fund
+  # The package's TypeScript types, against a typed usage file.
+  npx tsc -p types/tsconfig.json
   node_test=(node --test)
   node --help | grep -q -- --test-concurrency && node_test+=(--test-concurrency=1)
   "${node_test[@]}" 2>&1 | tee "$results/browser.log"
