@@ -61,10 +61,12 @@ cat >"$out/package.json" <<JSON
   "main": "rtgate_client.js",
   "module": "rtgate_client.js",
   "types": "rtgate_client.d.ts",
-  "files": ["rtgate_client.js", "rtgate_client.d.ts", "rtgate_client_bg.wasm", "rtgate_client_bg.wasm.d.ts"],
+  "files": ["README.md", "rtgate_client.js", "rtgate_client.d.ts", "rtgate_client_bg.wasm", "rtgate_client_bg.wasm.d.ts"],
   "sideEffects": false
 }
 JSON
+
+cp client-wasm/README.md "$out/README.md"
 
 if [ "$optimize" = 1 ] && ! command -v npx >/dev/null; then
   echo "npx (npm) not found: skipping wasm-opt; the package works, only larger" >&2
