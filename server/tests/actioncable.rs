@@ -238,3 +238,45 @@ async fn rails_broadcasts_are_taken_in_once_however_many_nodes_listen() {
         "each broadcast once: {room} (was {seen:?})"
     );
 }
+
+#[tokio::test]
+async fn a_cable_subscriber_is_present_in_chatwoots_own_presence_keys() {
+    let prefix = common::redis::unique_prefix("cable-presence");
+    let namespace = format!("{prefix}-alfred");
+    let mut config = redis_config(common::redis::SHARED_REDIS, &prefix);
+    config.chatwoot_presence_keys = true;
+    config.chatwoot_namespace = namespace.clone();
+    let gw = TestGateway::start_with(config).await.ready().await;
+    mirror_agent(&gw, "tok-presence").await;
+    let (mut socket, _) = connect(&gw).await;
+    next(&mut socket, false).await;
+    let identifier = agent_identifier("tok-presence");
+    send(&mut socket, subscribe(&identifier)).await;
+    assert_eq!(
+        next(&mut socket, false).await.unwrap()["type"],
+        "confirm_subscription"
+    );
+    let perform = json!({"command": "message", "identifier": identifier.to_string(),
+                         "data": json!({"action": "update_presence"}).to_string()});
+    send(&mut socket, perform).await;
+    let update = next(&mut socket, false).await.unwrap();
+    assert_eq!(update["message"]["event"], "presence.update", "{update}");
+    assert_eq!(update["message"]["data"]["account_id"], 1);
+    let client = ::redis::Client::open(common::redis::SHARED_REDIS).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut score = None;
+    for _ in 0..200 {
+        score = ::redis::cmd("ZSCORE")
+            .arg(format!("{namespace}:ONLINE_PRESENCE::1::USERS"))
+            .arg("7")
+            .query_async::<Option<f64>>(&mut conn)
+            .await
+            .unwrap();
+        if score.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let now = now_unix() as f64;
+    assert!(score.is_some_and(|s| (now - s).abs() < 10.0), "{score:?}");
+}

@@ -7,8 +7,9 @@
 //!
 //! Pub/sub delivers each broadcast to every subscriber: with several nodes one of them
 //! relays at a time (the holder of a lease in rtgate's Redis), so that each broadcast is
-//! taken in once. While the lease passes to another node (a relay that died: at most the
-//! lease's time) broadcasts are not taken in: Rails' pub/sub keeps nothing for later.
+//! taken in once. A stopping relay gives the lease up; while it passes on from a relay that
+//! died (at most the lease's time) broadcasts are not taken in: Rails' pub/sub keeps
+//! nothing for later.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -120,6 +121,22 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 "#;
+
+const RELEASE: &str = r#"
+-- KEYS[1] lease; ARGV[1] node: deleted only when it is this node's.
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
+/// Gives the lease up (a stopping node), so that another node relays at once.
+async fn release(lease: &Option<(Arc<RedisCommands>, String)>, node_id: &str) {
+    if let Some((commands, key)) = lease {
+        let script = redis::Script::new(RELEASE);
+        let mut inv = script.prepare_invoke();
+        inv.key(key).arg(node_id);
+        let _ = commands.call::<i64>(inv).await;
+    }
+}
 
 struct Relay {
     node: Arc<Node>,
@@ -263,7 +280,10 @@ pub async fn run(
         };
         if let Err(err) = pubsub.psubscribe(&pattern).await {
             tracing::warn!(%err, "the Rails broadcast relay cannot subscribe");
-            continue;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                _ = shutdown.changed() => return,
+            }
         }
         tracing::info!(pattern, "relaying Rails' ActionCable broadcasts");
         metrics::gauge!("rtgate_cable_relay_active").set(1.0);
@@ -286,6 +306,7 @@ pub async fn run(
                 }
                 _ = shutdown.changed() => {
                     metrics::gauge!("rtgate_cable_relay_active").set(0.0);
+                    release(&config.lease, &node_id).await;
                     return;
                 }
             }
