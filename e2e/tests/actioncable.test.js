@@ -33,6 +33,16 @@ async function account(gateway) {
   return tokens;
 }
 
+/** The account's three subscribers on /cable, confirmed (disconnected when `t` ends). */
+async function subscribers(t, url, tokens) {
+  const agent = await roomChannel(url, { pubsub_token: tokens.agent, account_id: 1, user_id: 7 });
+  const other = await roomChannel(url, { pubsub_token: tokens.other, account_id: 1, user_id: 8 });
+  const contact = await roomChannel(url, { pubsub_token: tokens.contact });
+  t.after(() => [agent, other, contact].forEach((c) => c.consumer.disconnect()));
+  await Promise.all([agent.confirmed, other.confirmed, contact.confirmed]);
+  return { agent, other, contact };
+}
+
 const events = (received, name) => received.filter((m) => m.event === name);
 const contents = (received) => received.filter((m) => m.event === "message.created").map((m) => m.data.content);
 
@@ -48,11 +58,7 @@ test("agents and contacts get what an unchanged Rails broadcasts to them, and no
   const tokens = await account(gateway);
   const url = cableUrl(gateway);
 
-  const agent = await roomChannel(url, { pubsub_token: tokens.agent, account_id: 1, user_id: 7 });
-  const other = await roomChannel(url, { pubsub_token: tokens.other, account_id: 1, user_id: 8 });
-  const contact = await roomChannel(url, { pubsub_token: tokens.contact });
-  t.after(() => [agent, other, contact].forEach((c) => c.consumer.disconnect()));
-  await Promise.all([agent.confirmed, other.confirmed, contact.confirmed]);
+  const { agent, other, contact } = await subscribers(t, url, tokens);
 
   // Unknown tokens, someone else's token, and an account the user is not in: rejected.
   for (const params of [
@@ -108,11 +114,7 @@ test("domain events reach /cable subscribers in Chatwoot's shape, on the same ro
   t.after(() => gateway.stop());
   const tokens = await account(gateway);
   const url = cableUrl(gateway);
-  const agent = await roomChannel(url, { pubsub_token: tokens.agent, account_id: 1, user_id: 7 });
-  const other = await roomChannel(url, { pubsub_token: tokens.other, account_id: 1, user_id: 8 });
-  const contact = await roomChannel(url, { pubsub_token: tokens.contact });
-  t.after(() => [agent, other, contact].forEach((c) => c.consumer.disconnect()));
-  await Promise.all([agent.confirmed, other.confirmed, contact.confirmed]);
+  const { agent, other, contact } = await subscribers(t, url, tokens);
 
   const conversation = { displayId: "42", inboxId: "3", contactInboxIds: ["501"] };
   const result = await gateway.api("POST", "/events", {

@@ -112,26 +112,10 @@ pub struct RelayConfig {
     pub lease: Option<(Arc<RedisCommands>, String)>,
 }
 
-const RENEW: &str = r#"
--- KEYS[1] lease; ARGV[1] node, ARGV[2] ms. 1: held, 0: someone else's.
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
-"#;
-
-const RELEASE: &str = r#"
--- KEYS[1] lease; ARGV[1] node: deleted only when it is this node's.
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"#;
-
 /// Gives the lease up (a stopping node), so that another node relays at once.
 async fn release(lease: &Option<(Arc<RedisCommands>, String)>, node_id: &str) {
     if let Some((commands, key)) = lease {
-        let script = redis::Script::new(RELEASE);
+        let script = redis::Script::new(crate::events::queue::LEASE_RELEASE);
         let mut inv = script.prepare_invoke();
         inv.key(key).arg(node_id);
         let _ = commands.call::<i64>(inv).await;
@@ -237,7 +221,7 @@ pub async fn run(
             return;
         }
     };
-    let renew = redis::Script::new(RENEW);
+    let renew = redis::Script::new(crate::events::queue::LEASE_RENEW);
     let node_id = node.session.node_id.clone();
     let holds = |lease: &Option<(Arc<RedisCommands>, String)>| {
         let renew = &renew;
@@ -247,7 +231,8 @@ pub async fn run(
             let Some((commands, key)) = lease else { return true };
             let mut inv = renew.prepare_invoke();
             inv.key(key).arg(node_id).arg(LEASE.as_millis() as u64);
-            matches!(commands.call::<i64>(inv).await, Ok(1))
+            // 1: renewed, 2: taken now.
+            matches!(commands.call::<i64>(inv).await, Ok(1 | 2))
         }
     };
     let mut relay = Relay {

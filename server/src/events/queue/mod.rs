@@ -10,6 +10,7 @@ mod memory;
 mod redis;
 
 pub use memory::MemoryQueue;
+pub(crate) use redis::{RELEASE as LEASE_RELEASE, RENEW as LEASE_RENEW};
 pub use redis::{RedisQueue, RedisQueueConfig};
 
 use std::time::Duration;

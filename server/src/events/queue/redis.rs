@@ -84,7 +84,8 @@ end
 return out
 "#;
 
-const RENEW: &str = r#"
+/// Takes or renews a lease (also the Rails relay's).
+pub(crate) const RENEW: &str = r#"
 -- KEYS[1] lease; ARGV[1] node, ARGV[2] ms. 1: held (taken now: 2), 0: someone else's.
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 2 end
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -94,7 +95,8 @@ end
 return 0
 "#;
 
-const RELEASE: &str = r#"
+/// Gives a lease up, if it is this node's (also the Rails relay's).
+pub(crate) const RELEASE: &str = r#"
 -- KEYS[1] lease; ARGV[1] node: deleted only when it is this node's.
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
