@@ -1,7 +1,8 @@
 //! The deployment files in `deploy/`, each exercised as written: nginx and HAProxy (the
 //! Debian packages) in front of two nodes on one Redis, with clients going through them on
 //! every transport they carry; the systemd unit verified by systemd, and its environment
-//! file starting a production gateway. Only addresses and ports are rewritten.
+//! file starting a production gateway; the Grafana dashboard's queries against what a
+//! gateway exports. Only addresses and ports are rewritten.
 
 mod common;
 
@@ -429,4 +430,137 @@ async fn the_systemd_unit_verifies_and_its_environment_file_starts_a_production_
         .await
         .unwrap();
     assert_eq!(presence.status(), 200);
+}
+
+/// The metric families (`# TYPE` lines) of a Prometheus text.
+fn families(text: &str) -> std::collections::BTreeSet<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn the_grafana_dashboard_queries_only_metrics_a_working_gateway_exports() {
+    let dashboard: Value = serde_json::from_str(&repo_file("deploy/grafana/rtgate-dashboard.json")).unwrap();
+    let mut exprs = Vec::new();
+    let mut stack = vec![&dashboard];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::String(e)) = m.get("expr") {
+                    exprs.push(e.clone());
+                }
+                stack.extend(m.values());
+            }
+            Value::Array(a) => stack.extend(a),
+            _ => {}
+        }
+    }
+    assert!(exprs.len() > 20, "the dashboard has its panels: {}", exprs.len());
+    let wanted: std::collections::BTreeSet<String> = exprs
+        .iter()
+        .flat_map(|e| {
+            e.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("rtgate_"))
+                .map(|w| w.trim_end_matches("_bucket").to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+
+    // A gateway doing a bit of everything the dashboard shows.
+    let receiver = common::receiver::Receiver::start().await;
+    let mut config = config();
+    config.delivery_allow_private = true;
+    config.max_connections_per_user = 1;
+    config.backend_callback_url = Some(receiver.url("/backend"));
+    config.cable_redis = Some(SHARED_REDIS.to_string());
+    let channel_prefix = format!("{}_action_cable", unique_prefix("dash"));
+    config.cable_channel_prefix = channel_prefix.clone();
+    let t = TestGateway::start_with(config).await.ready().await;
+    let webhook = json!({"id": "1", "accountId": "1", "url": receiver.url("/hook"), "subscriptions": ["message_created"]});
+    assert_eq!(
+        t.put_json("/api/v1/destinations/webhooks/1", webhook).await.0,
+        200
+    );
+    let (client, mut events) = t
+        .client(TransportPreference::WebSocket, &token("agent", 7, 1, &[3]))
+        .await;
+    client.subscribe("inbox:3", None).await.unwrap();
+    // A second connection of the same user is refused (one allowed here); a bad token too.
+    let mut refused = RawWs::connect(&t.ws_url()).await;
+    refused
+        .send(&common::raw::hello(&token("agent", 7, 1, &[])))
+        .await;
+    refused.until_end().await;
+    let mut bad = RawWs::connect(&t.ws_url()).await;
+    bad.send(&common::raw::hello("not-a-token")).await;
+    bad.until_end().await;
+    t.publish(&["inbox:3"], "message.created", "{}").await;
+    let now = now_unix() as i64 * 1000;
+    let outcomes = t
+        .post_events(vec![
+            json!({"id": unique_prefix("ev"), "name": "message.created", "accountId": "1", "occurredAtMs": now.to_string(),
+                   "conversation": {"displayId": "42", "inboxId": "3"},
+                   "message": {"id": "9", "messageType": "MESSAGE_TYPE_INCOMING"},
+                   "payload": "{}", "webhookPayload": "{\"id\":9}"}),
+            json!({"id": unique_prefix("ev"), "name": "assignee.changed", "accountId": "1",
+                   "conversation": {"displayId": "42", "inboxId": "3", "assigneeId": "7"}, "payload": "{}"}),
+        ])
+        .await;
+    assert!(
+        outcomes.iter().all(|(s, _)| s == "STATUS_ACCEPTED"),
+        "{outcomes:?}"
+    );
+    next_room_event(&mut events).await;
+    next_room_event(&mut events).await;
+    receiver.wait_for("/hook", 200, 1, Duration::from_secs(10)).await;
+    let (mut cable, _) = tokio_tungstenite::connect_async(t.ws_url().replace("/ws", "/cable"))
+        .await
+        .unwrap();
+    let identifier = json!({"channel": "RoomChannel", "pubsub_token": "unknown"}).to_string();
+    cable
+        .send(Message::Text(
+            json!({"command": "subscribe", "identifier": identifier})
+                .to_string()
+                .into(),
+        ))
+        .await
+        .unwrap();
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(5), cable.next()).await {
+        if matches!(&msg, Message::Text(t) if t.contains("reject_subscription")) {
+            break;
+        }
+    }
+    // A broadcast of an unchanged Rails, once the relay listens.
+    for _ in 0..200 {
+        if t.metrics_text().await.contains("rtgate_cable_relay_active 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let redis = ::redis::Client::open(SHARED_REDIS).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let _: i64 = ::redis::cmd("PUBLISH")
+        .arg(format!("{channel_prefix}:account_1"))
+        .arg(json!({"event": "contact.updated", "data": {"account_id": 1}}).to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    drop(client);
+
+    let mut missing = wanted.clone();
+    for _ in 0..100 {
+        let exported = families(&t.metrics_text().await);
+        missing = wanted.difference(&exported).cloned().collect();
+        if missing.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries metrics the gateway does not export: {missing:?}"
+    );
 }

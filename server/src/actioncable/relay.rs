@@ -241,6 +241,7 @@ pub async fn run(
         prefix: config.channel_prefix.clone(),
         tokens: HashMap::new(),
     };
+    metrics::gauge!("rtgate_cable_relay_active").set(0.0);
     let pattern = format!("{}:*", config.channel_prefix);
     let mut tick = tokio::time::interval(LEASE / 3);
     loop {

@@ -602,6 +602,8 @@ impl Deliverer {
     /// queue gauges current. Stopping, it waits (bounded) for attempts in flight and puts
     /// waiting deliveries back for other nodes.
     pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        // Exported from the start (a dashboard shows 0, not "no data"); moved by breakers.
+        metrics::gauge!("rtgate_outbound_breakers_open").increment(0.0);
         let mut last_gauges = Instant::now() - Duration::from_secs(10);
         let mut errors = 0u32;
         loop {
