@@ -392,6 +392,11 @@ pub struct Config {
     )]
     pub cable_channel_prefix: String,
 
+    /// How often each node checks that the tokens its `/cable` connections subscribed with
+    /// are still mirrored (closing those whose removal it missed).
+    #[arg(long, env = "RTGATE_CABLE_TOKEN_CHECK", default_value = "60s", value_parser = parse_duration)]
+    pub cable_token_check: Duration,
+
     /// Directory of the demo page served at /demo.
     #[arg(long, env = "RTGATE_DEMO_DIR", default_value = "server/demo")]
     pub demo_dir: PathBuf,

@@ -634,6 +634,11 @@ impl Gateway {
         );
         listeners.push(tokio::spawn(bus.run(node.shutdown_signal())));
         listeners.push(tokio::spawn(deliverer.run(node.shutdown_signal())));
+        listeners.push(tokio::spawn(cable.clone().run_token_checks(
+            node.clone(),
+            config.cable_token_check.max(Duration::from_millis(100)),
+            node.shutdown_signal(),
+        )));
         if let Some(url) = &config.cable_redis {
             let relay = crate::actioncable::relay::RelayConfig {
                 url: url.clone(),

@@ -322,6 +322,17 @@ impl Node {
         n
     }
 
+    /// The keys of the `pubsub_token`s live `/cable` connections subscribed with, each once.
+    pub fn cable_tokens(&self) -> Vec<String> {
+        let reg = self.connections.lock().expect("registry lock");
+        let keys: std::collections::BTreeSet<&String> = reg
+            .entries
+            .values()
+            .filter_map(|e| e.cable_token.as_ref())
+            .collect();
+        keys.into_iter().cloned().collect()
+    }
+
     /// A receiver that turns true when the node begins to shut down.
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.shutdown.subscribe()

@@ -280,3 +280,33 @@ async fn a_cable_subscriber_is_present_in_chatwoots_own_presence_keys() {
     let now = now_unix() as f64;
     assert!(score.is_some_and(|s| (now - s).abs() < 10.0), "{score:?}");
 }
+
+#[tokio::test]
+async fn a_token_whose_removal_was_missed_is_found_and_its_connections_closed() {
+    let prefix = common::redis::unique_prefix("cable-check");
+    let mut config = redis_config(common::redis::SHARED_REDIS, &prefix);
+    config.cable_token_check = Duration::from_millis(200);
+    let gw = TestGateway::start_with(config).await.ready().await;
+    mirror_agent(&gw, "tok-missed").await;
+    let (mut socket, _) = connect(&gw).await;
+    next(&mut socket, false).await;
+    send(&mut socket, subscribe(&agent_identifier("tok-missed"))).await;
+    assert_eq!(
+        next(&mut socket, false).await.unwrap()["type"],
+        "confirm_subscription"
+    );
+    // Removed behind the gateway's back: no control message reaches the nodes.
+    let key = rtgate_server::actioncable::tokens::token_key("tok-missed");
+    let client = ::redis::Client::open(common::redis::SHARED_REDIS).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let removed: i64 = ::redis::cmd("DEL")
+        .arg(format!("{{{prefix}:cable:{key}}}:t"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(removed, 1, "the token's key is where the docs say");
+    assert_eq!(
+        next(&mut socket, false).await,
+        Some(json!({"type": "disconnect", "reason": "remote", "reconnect": false}))
+    );
+}

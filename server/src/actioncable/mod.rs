@@ -53,6 +53,39 @@ pub struct Subscriber {
 }
 
 impl Cable {
+    /// Closes the node's `/cable` connections whose token is no longer mirrored (its
+    /// removal was missed, e.g. while Redis was away); how many were asked to close.
+    pub async fn check_tokens(&self, node: &crate::node::Node) -> Result<usize, EngineError> {
+        let mut closed = 0;
+        for key in node.cable_tokens() {
+            if self.store.token(&key).await?.is_none() {
+                closed += node.kick_cable_token(&key, TOKEN_DROPPED);
+            }
+        }
+        Ok(closed)
+    }
+
+    /// Runs [`Cable::check_tokens`] every `every` until shutdown.
+    pub async fn run_token_checks(
+        self: Arc<Self>,
+        node: Arc<crate::node::Node>,
+        every: Duration,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => match self.check_tokens(&node).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(connections = n, "closed /cable connections of tokens no longer mirrored"),
+                    Err(err) => tracing::debug!(%err, "cannot check /cable tokens now"),
+                },
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
     /// Resolves a subscription: `Ok(Err(_))` when it is rejected, `Err` when the stores
     /// cannot be read (the connection is then closed and the client retries).
     pub async fn lookup(
