@@ -326,3 +326,33 @@ async fn a_node_that_cannot_load_revocations_takes_no_token_until_it_can() {
     let (_ws, welcome) = RawWs::handshake(&gw.ws_url(), &token("agent", 7, 1, &[])).await;
     assert_eq!(welcome.user_id, "7");
 }
+
+#[tokio::test]
+async fn a_pubsub_connection_that_goes_quiet_is_found_by_its_probe_and_repaired() {
+    let prefix = unique_prefix("quiet");
+    let target = SHARED_REDIS.trim_start_matches("redis://").trim_end_matches('/');
+    let proxy = common::proxy::QuietingProxy::start(target).await;
+    let a = node(&proxy.url(), &prefix).await;
+    let b = node(SHARED_REDIS, &prefix).await;
+    let (client, mut events) = a
+        .client(TransportPreference::WebSocket, &token("agent", 7, 1, &[3]))
+        .await;
+    client.subscribe("inbox:3", None).await.unwrap();
+    b.publish(&["inbox:3"], "m", "\"1\"").await;
+    assert_eq!(next_room_event(&mut events).await.1, 1);
+    // Open, but delivering nothing, like a connection left on an old primary.
+    assert!(proxy.silence_subscribers() >= 1);
+    b.publish(&["inbox:3"], "m", "\"2\"").await;
+    // Without the probe this would never come; with it, the connection is replaced and the
+    // gap repaired from history.
+    let (room, offset, json) = tokio::time::timeout(Duration::from_secs(15), next_room_event(&mut events))
+        .await
+        .expect("the quiet connection is found and the gap repaired");
+    assert_eq!((room.as_str(), offset, json.as_str()), ("inbox:3", 2, "\"2\""));
+    let metrics = a.metrics_text().await;
+    let failures = metrics
+        .lines()
+        .find(|l| l.starts_with("rtgate_engine_probe_failures_total"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert!(failures >= Some(1.0), "counted: {failures:?}");
+}

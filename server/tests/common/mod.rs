@@ -4,6 +4,7 @@
 
 pub mod harness;
 pub mod process;
+pub mod proxy;
 pub mod quic;
 pub mod raw;
 pub mod receiver;

@@ -41,6 +41,11 @@ impl Keys {
         format!("{}:ctl", self.prefix)
     }
 
+    /// The channel only this engine instance listens on: its pub/sub liveness probes.
+    pub fn probe(&self, instance: &str) -> String {
+        format!("{}:probe:{instance}", self.prefix)
+    }
+
     /// Revoked tokens: ZSET `u:7`/`c:3` → revoked-before unix seconds; hash `…:until`.
     pub fn revocations(&self) -> String {
         format!("{}:revoked", self.prefix)

@@ -104,6 +104,9 @@ pub(crate) struct Inner {
     stats: Arc<RedisStats>,
     /// Where control messages from other nodes go.
     control: mpsc::UnboundedSender<bus::ControlMessage>,
+    /// This instance's probe channel (see `pubsub`: a connection that stays open but
+    /// stops delivering is found by it).
+    probe_channel: String,
 }
 
 /// The Redis engine.
@@ -136,6 +139,7 @@ impl RedisEngine {
             .map_err(|e| EngineError::Internal(e.to_string()))?;
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let stats = Arc::new(RedisStats::default());
+        let config_prefix = config.prefix.clone();
         let inner = Arc::new(Inner {
             hub,
             keys: Keys::new(&config.prefix),
@@ -149,6 +153,7 @@ impl RedisEngine {
             tracks: Mutex::new(HashMap::new()),
             stats,
             control: control_tx,
+            probe_channel: Keys::new(&config_prefix).probe(&format!("{:016x}", rand::random::<u64>())),
         });
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(pubsub::run(inner.clone(), rx));

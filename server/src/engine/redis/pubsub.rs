@@ -16,6 +16,14 @@ use super::Inner;
 use super::commands::unavailable;
 use crate::engine::EngineError;
 
+/// How often the connection's liveness is probed: a message published (on the command
+/// connection) to a channel only this connection listens on.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// A probe not back within this (at least) means the connection no longer delivers —
+/// open but fed by nothing, as after a failover — and it is dropped and repaired.
+const PROBE_DEADLINE: Duration = Duration::from_secs(3);
+
 /// Requests to the pub/sub task.
 pub(crate) enum Command {
     /// One more local subscriber of a room; answered once the channel is joined.
@@ -140,6 +148,7 @@ pub(crate) async fn run(inner: Arc<Inner>, mut commands: mpsc::UnboundedReceiver
             inner.config.timeout,
             redis::cmd("SUBSCRIBE")
                 .arg(inner.keys.control())
+                .arg(&inner.probe_channel)
                 .exec_async(&mut conn),
         )
         .await;
@@ -166,6 +175,12 @@ pub(crate) async fn run(inner: Arc<Inner>, mut commands: mpsc::UnboundedReceiver
         // Every room may have missed events while the connection was down.
         let mut unrepaired: Vec<RoomName> = rooms;
         let mut retry = tokio::time::interval(Duration::from_millis(100));
+        let mut probe = tokio::time::interval(PROBE_EVERY);
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let deadline = PROBE_DEADLINE.max(inner.config.timeout * 2);
+        // The probe in flight: its number and when it was sent.
+        let mut awaiting: Option<(u64, tokio::time::Instant)> = None;
+        let mut sequence = 0u64;
         loop {
             if !unrepaired.is_empty() {
                 let mut still = Vec::new();
@@ -200,12 +215,38 @@ pub(crate) async fn run(inner: Arc<Inner>, mut commands: mpsc::UnboundedReceiver
                         }
                     }
                 },
+                _ = probe.tick() => {
+                    if let Some((_, sent)) = awaiting {
+                        if sent.elapsed() > deadline {
+                            metrics::counter!("rtgate_engine_probe_failures_total").increment(1);
+                            tracing::warn!("redis pub/sub delivers nothing (its probe did not come back): reconnecting");
+                            break;
+                        }
+                    } else {
+                        sequence += 1;
+                        let sent = tokio::time::Instant::now();
+                        let published = inner
+                            .commands
+                            .command::<i64>(redis::cmd("PUBLISH").arg(&inner.probe_channel).arg(sequence))
+                            .await;
+                        // Unsent (the command connection is down): nothing to wait for.
+                        if published.is_ok() {
+                            awaiting = Some((sequence, sent));
+                        }
+                    }
+                }
                 push = pushes.recv() => match push {
                     None => break,
                     Some(push) => match push.kind {
                         PushKind::Message | PushKind::SMessage => {
                             if let [redis::Value::BulkString(channel), redis::Value::BulkString(payload)] = &push.data[..] {
-                                inner.on_message(channel, payload).await;
+                                if channel.as_slice() == inner.probe_channel.as_bytes() {
+                                    if awaiting.is_some_and(|(n, _)| payload.as_slice() == n.to_string().as_bytes()) {
+                                        awaiting = None;
+                                    }
+                                } else {
+                                    inner.on_message(channel, payload).await;
+                                }
                             }
                         }
                         PushKind::Disconnection => break,
