@@ -53,6 +53,17 @@ pub enum Refusal {
     UserFull,
 }
 
+impl Refusal {
+    /// The code a refused client is told: come back later (after a restart, or when the
+    /// gateway has room again).
+    pub fn code(self) -> rtgate_protocol::DisconnectCode {
+        match self {
+            Refusal::ShuttingDown => rtgate_protocol::DisconnectCode::Shutdown,
+            _ => rtgate_protocol::DisconnectCode::Overloaded,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Registry {
     entries: HashMap<ConnectionId, ConnEntry>,
@@ -280,10 +291,15 @@ impl Node {
     /// Closes every connection of a user (`contact` selects contact connections), returning
     /// how many were asked to close.
     pub fn kick(&self, contact: bool, id: u64, reason: &str) -> usize {
+        self.kick_where(|e| e.who == Some((contact, id)), reason)
+    }
+
+    /// Asks every connection matching `which` to close with `kicked`; how many were asked.
+    fn kick_where(&self, which: impl Fn(&ConnEntry) -> bool, reason: &str) -> usize {
         let mut reg = self.connections.lock().expect("registry lock");
         let mut n = 0;
         for e in reg.entries.values_mut() {
-            if e.who == Some((contact, id))
+            if which(e)
                 && let Some(control) = e.control.take()
                 && control.send(ConnControl::Kick(reason.to_string())).is_ok()
             {
@@ -309,17 +325,7 @@ impl Node {
     /// Closes every `/cable` connection that subscribed with the token of `key`,
     /// returning how many were asked to close.
     pub fn kick_cable_token(&self, key: &str, reason: &str) -> usize {
-        let mut reg = self.connections.lock().expect("registry lock");
-        let mut n = 0;
-        for e in reg.entries.values_mut() {
-            if e.cable_token.as_deref() == Some(key)
-                && let Some(control) = e.control.take()
-                && control.send(ConnControl::Kick(reason.to_string())).is_ok()
-            {
-                n += 1;
-            }
-        }
-        n
+        self.kick_where(|e| e.cable_token.as_deref() == Some(key), reason)
     }
 
     /// The keys of the `pubsub_token`s live `/cable` connections subscribed with, each once.

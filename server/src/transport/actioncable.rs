@@ -16,14 +16,14 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{SinkExt, StreamExt};
 use prost::Message as _;
-use rtgate_protocol::{DisconnectCode, RoomName, pb};
+use rtgate_protocol::{DisconnectCode, pb};
 use tokio::sync::oneshot;
 
-use super::websocket::{close_message, read_error};
+use super::websocket::{SocketLanes, close_message, read_error};
 use super::{TransportKind, WriterCloser};
 use crate::actioncable::adapter::{self, CableAdapter, Step};
 use crate::actioncable::{Cable, RESUME_TTL, wire};
-use crate::connection::{Closer, Incoming, RoomLanes, Transport, drive};
+use crate::connection::{Closer, Incoming, Transport, drive};
 use crate::ids::ConnectionId;
 use crate::node::Node;
 use crate::outbox::{Lane, LaneReceiver, Outbox};
@@ -40,15 +40,6 @@ fn text(s: String) -> Bytes {
     b.push(TEXT);
     b.extend_from_slice(s.as_bytes());
     Bytes::from(b)
-}
-
-struct SocketLanes(Lane);
-
-impl RoomLanes for SocketLanes {
-    fn lane(&mut self, _room: &RoomName) -> Lane {
-        self.0.clone()
-    }
-    fn release(&mut self, _room: &RoomName) {}
 }
 
 struct CableCloser {
@@ -187,11 +178,7 @@ pub async fn serve(
         Ok(registered) => registered,
         Err(refusal) => {
             // Told to come back later, as Rails tells clients on a restart.
-            let code = if refusal == crate::node::Refusal::ShuttingDown {
-                DisconnectCode::Shutdown
-            } else {
-                DisconnectCode::Overloaded
-            };
+            let code = refusal.code();
             let _ = sink
                 .send(Message::Text(wire::disconnect("server_restart", true).into()))
                 .await;

@@ -16,7 +16,8 @@ use crate::outbox::{Lane, LaneReceiver, Outbox, Queued};
 /// Frames beyond this many are written before a flush.
 const WRITE_BATCH: usize = 64;
 
-struct SocketLanes(Lane);
+/// Every room's lane is the one socket's (WebSocket and `/cable`).
+pub(crate) struct SocketLanes(pub(crate) Lane);
 
 impl RoomLanes for SocketLanes {
     fn lane(&mut self, _room: &RoomName) -> Lane {
@@ -44,11 +45,7 @@ pub async fn serve(node: Arc<Node>, socket: WebSocket, client: Option<crate::htt
     let (conn, control_rx) = match node.register(TransportKind::WebSocket, ip) {
         Ok(registered) => registered,
         Err(refusal) => {
-            let code = if refusal == crate::node::Refusal::ShuttingDown {
-                DisconnectCode::Shutdown
-            } else {
-                DisconnectCode::Overloaded
-            };
+            let code = refusal.code();
             let frame = code.frame(refusal.to_string());
             let body = prost::Message::encode_to_vec(&rtgate_protocol::pb::ServerFrame {
                 kind: Some(rtgate_protocol::pb::server_frame::Kind::Disconnect(frame)),
