@@ -30,8 +30,8 @@ enum Subscription {
     None,
     /// Waiting for the token lookup, then for the rooms to be joined.
     Pending(String),
-    /// Confirmed: broadcasts flow.
-    Live(String),
+    /// Confirmed: broadcasts flow. The identifier, and it as a JSON string literal.
+    Live(String, String),
     /// Unsubscribed: nothing flows; one subscription per connection.
     Ended,
 }
@@ -79,7 +79,12 @@ impl Default for CableAdapter {
 impl CableAdapter {
     /// Whether a subscription is confirmed and live.
     pub fn is_live(&self) -> bool {
-        matches!(self.subscription, Subscription::Live(_))
+        matches!(self.subscription, Subscription::Live(..))
+    }
+
+    /// Whether `identifier`'s subscription is the live one.
+    fn is_live_as(&self, identifier: &str) -> bool {
+        matches!(&self.subscription, Subscription::Live(id, _) if id == identifier)
     }
 
     /// The account of the subscriber (0 before one resolved).
@@ -96,7 +101,7 @@ impl CableAdapter {
         match command {
             Command::Subscribe { identifier } => self.subscribe(identifier),
             Command::Unsubscribe { identifier } => {
-                if self.subscription != Subscription::Live(identifier) {
+                if !self.is_live_as(&identifier) {
                     return vec![Step::Ignored("not subscribed")];
                 }
                 self.subscription = Subscription::Ended;
@@ -112,7 +117,7 @@ impl CableAdapter {
                     .collect()
             }
             Command::Message { identifier, action } => {
-                if self.subscription != Subscription::Live(identifier) {
+                if !self.is_live_as(&identifier) {
                     return vec![Step::Ignored("not subscribed")];
                 }
                 if action != "update_presence" {
@@ -133,7 +138,7 @@ impl CableAdapter {
 
     fn subscribe(&mut self, identifier: String) -> Vec<Step> {
         match &self.subscription {
-            Subscription::Pending(id) | Subscription::Live(id) if *id == identifier => {
+            Subscription::Pending(id) | Subscription::Live(id, _) if *id == identifier => {
                 return vec![Step::Ignored("already subscribed")];
             }
             Subscription::None if self.rejected >= MAX_REJECTED => {
@@ -190,7 +195,7 @@ impl CableAdapter {
                     return None;
                 };
                 let text = wire::confirm(identifier);
-                self.subscription = Subscription::Live(identifier.clone());
+                self.subscription = Subscription::Live(identifier.clone(), wire::identifier_json(identifier));
                 Some(text)
             }
             S::Event(event) => {
@@ -201,18 +206,18 @@ impl CableAdapter {
                 if let Some(known) = self.positions.get_mut(&event.room) {
                     *known = pos;
                 }
-                let Subscription::Live(identifier) = &self.subscription else {
+                let Subscription::Live(_, identifier) = &self.subscription else {
                     return None;
                 };
                 let e = event.event?;
-                Some(wire::broadcast(identifier, &e.name, &e.json))
+                Some(wire::broadcast_to(identifier, &e.name, &e.json))
             }
             S::Ephemeral(ephemeral) => {
-                let Subscription::Live(identifier) = &self.subscription else {
+                let Subscription::Live(_, identifier) = &self.subscription else {
                     return None;
                 };
                 let e = ephemeral.event?;
-                Some(wire::broadcast(identifier, &e.name, &e.json))
+                Some(wire::broadcast_to(identifier, &e.name, &e.json))
             }
             S::Reset(reset) => {
                 if let (Some(known), Some(pos)) = (self.positions.get_mut(&reset.room), reset.position) {
@@ -231,7 +236,7 @@ impl CableAdapter {
     /// Chatwoot's `presence.update` for the subscriber: the account's users online with
     /// their availability, and (for users) the contacts online.
     pub fn presence_update(&self, presence: &pb::Presence) -> Option<String> {
-        let Subscription::Live(identifier) = &self.subscription else {
+        let Subscription::Live(_, identifier) = &self.subscription else {
             return None;
         };
         let status = |a: i32| match pb::Availability::try_from(a) {
@@ -255,7 +260,11 @@ impl CableAdapter {
                 .collect();
             data["contacts"] = contacts.into();
         }
-        Some(wire::broadcast(identifier, "presence.update", &data.to_string()))
+        Some(wire::broadcast_to(
+            identifier,
+            "presence.update",
+            &data.to_string(),
+        ))
     }
 
     /// The positions to resume from on a later subscription with the same token: the

@@ -156,8 +156,7 @@ impl Relay {
 
     /// Takes one broadcast in; the outcome's label.
     async fn relay(&mut self, channel: &str, payload: &[u8]) -> &'static str {
-        let prefix = self.prefix.clone();
-        let Some(to) = broadcasting(channel, &prefix) else {
+        let Some(to) = broadcasting(channel, &self.prefix) else {
             return "not_a_broadcasting";
         };
         let Some(relayed) = parse_broadcast(payload) else {

@@ -162,16 +162,31 @@ pub fn reject(identifier: &str) -> String {
 /// A broadcast to a subscription: `{"identifier":…,"message":{"event":…,"data":…}}`,
 /// Chatwoot's shape. `data` is inserted as is when it is JSON, else as a string.
 pub fn broadcast(identifier: &str, event: &str, data: &str) -> String {
-    let data = if !data.is_empty() && serde_json::from_str::<&RawValue>(data).is_ok() {
-        data.to_string()
+    broadcast_to(&quoted(identifier), event, data)
+}
+
+/// [`broadcast`] with the identifier already a JSON string literal ([`identifier_json`]),
+/// as a subscription keeps it: nothing of the subscription is encoded again per event.
+pub fn broadcast_to(identifier_json: &str, event: &str, data: &str) -> String {
+    let raw = !data.is_empty() && serde_json::from_str::<&RawValue>(data).is_ok();
+    let mut out = String::with_capacity(identifier_json.len() + event.len() + data.len() + 48);
+    out.push_str(r#"{"identifier":"#);
+    out.push_str(identifier_json);
+    out.push_str(r#","message":{"event":"#);
+    out.push_str(&quoted(event));
+    out.push_str(r#","data":"#);
+    if raw {
+        out.push_str(data);
     } else {
-        quoted(data)
-    };
-    format!(
-        r#"{{"identifier":{},"message":{{"event":{},"data":{data}}}}}"#,
-        quoted(identifier),
-        quoted(event)
-    )
+        out.push_str(&quoted(data));
+    }
+    out.push_str("}}");
+    out
+}
+
+/// An identifier as the JSON string literal every answer to its subscription repeats.
+pub fn identifier_json(identifier: &str) -> String {
+    quoted(identifier)
 }
 
 /// The server closes the connection: `reason` is one of Rails' (`server_restart`,
