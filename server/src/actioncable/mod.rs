@@ -56,13 +56,14 @@ impl Cable {
     /// Closes the node's `/cable` connections whose token is no longer mirrored (its
     /// removal was missed, e.g. while Redis was away); how many were asked to close.
     pub async fn check_tokens(&self, node: &crate::node::Node) -> Result<usize, EngineError> {
-        let mut closed = 0;
-        for key in node.cable_tokens() {
-            if self.store.token(&key).await?.is_none() {
-                closed += node.kick_cable_token(&key, TOKEN_DROPPED);
-            }
-        }
-        Ok(closed)
+        let keys = node.cable_tokens();
+        let exist = self.store.tokens_exist(&keys).await?;
+        Ok(keys
+            .iter()
+            .zip(exist)
+            .filter(|(_, exists)| !exists)
+            .map(|(key, _)| node.kick_cable_token(key, TOKEN_DROPPED))
+            .sum())
     }
 
     /// Runs [`Cable::check_tokens`] every `every` until shutdown.

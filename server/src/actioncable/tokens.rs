@@ -117,6 +117,8 @@ pub trait CableStore: Send + Sync {
     async fn delete_token(&self, key: &str) -> Result<Option<Vec<u8>>, EngineError>;
     /// The record of a token.
     async fn token(&self, key: &str) -> Result<Option<Vec<u8>>, EngineError>;
+    /// Which of these tokens are stored, in order.
+    async fn tokens_exist(&self, keys: &[String]) -> Result<Vec<bool>, EngineError>;
     /// Keeps one closed connection's positions for a token, for `ttl`.
     async fn save_resume(&self, key: &str, entry: String, ttl: Duration) -> Result<(), EngineError>;
     /// Takes one kept entry of a token (each is taken once).
@@ -162,17 +164,18 @@ impl CableStore for MemoryCableStore {
         Ok(self.tokens.lock().expect("tokens lock").get(key).cloned())
     }
 
+    async fn tokens_exist(&self, keys: &[String]) -> Result<Vec<bool>, EngineError> {
+        let tokens = self.tokens.lock().expect("tokens lock");
+        Ok(keys.iter().map(|k| tokens.contains_key(k)).collect())
+    }
+
     async fn save_resume(&self, key: &str, entry: String, ttl: Duration) -> Result<(), EngineError> {
+        // Only this token's list is pruned: a stopping node saves one entry per connection.
         let now = Instant::now();
         let mut resumes = self.resumes.lock().expect("resumes lock");
-        resumes.retain(|_, list| {
-            list.retain(|(until, _)| *until > now);
-            !list.is_empty()
-        });
-        resumes
-            .entry(key.to_string())
-            .or_default()
-            .push((now + ttl, entry));
+        let list = resumes.entry(key.to_string()).or_default();
+        list.retain(|(until, _)| *until > now);
+        list.push((now + ttl, entry));
         Ok(())
     }
 
@@ -233,6 +236,19 @@ impl CableStore for RedisCableStore {
         self.commands
             .command(redis::cmd("GET").arg(self.key("t", key)))
             .await
+    }
+
+    async fn tokens_exist(&self, keys: &[String]) -> Result<Vec<bool>, EngineError> {
+        // One round trip per few hundred tokens (each in its own slot: a pipeline, not MGET).
+        let mut found = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(500) {
+            let mut pipe = redis::pipe();
+            for key in chunk {
+                pipe.exists(self.key("t", key));
+            }
+            found.extend(self.commands.pipe::<Vec<bool>>(&pipe).await?);
+        }
+        Ok(found)
     }
 
     async fn save_resume(&self, key: &str, entry: String, ttl: Duration) -> Result<(), EngineError> {
@@ -387,6 +403,16 @@ mod tests {
         );
         // Stored records never hold the token.
         assert_eq!(decode_record(&encode_record(&user_token(7))).unwrap().token, "");
+    }
+
+    #[tokio::test]
+    async fn stored_tokens_are_told_apart_from_gone_ones() {
+        let store = MemoryCableStore::default();
+        store.put_token("a", vec![1]).await.unwrap();
+        let keys = ["a".to_string(), "b".to_string()];
+        assert_eq!(store.tokens_exist(&keys).await.unwrap(), [true, false]);
+        store.delete_token("a").await.unwrap();
+        assert_eq!(store.tokens_exist(&keys).await.unwrap(), [false, false]);
     }
 
     #[tokio::test]
