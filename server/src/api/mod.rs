@@ -231,13 +231,7 @@ async fn ws_upgrade(
 ) -> Response {
     let node = state.node.clone();
     let client = client.map(|Extension(c)| c);
-    let max = node.session.max_frame_size;
-    // Small buffers, grown only for large frames: idle connections stay cheap.
-    ws.read_buffer_size(512)
-        .write_buffer_size(0)
-        .max_message_size(max * 4)
-        .max_frame_size(max * 4)
-        .on_upgrade(move |socket| websocket::serve(node, socket, client))
+    sized(ws, &node).on_upgrade(move |socket| websocket::serve(node, socket, client))
 }
 
 /// `/cable`: ActionCable's protocol, for clients written for Rails.
@@ -249,13 +243,18 @@ async fn cable_upgrade(
     let node = state.node.clone();
     let cable = state.cable.clone();
     let client = client.map(|Extension(c)| c);
+    sized(ws.protocols([crate::actioncable::wire::SUBPROTOCOL]), &node)
+        .on_upgrade(move |socket| crate::transport::actioncable::serve(node, cable, socket, client))
+}
+
+/// A WebSocket's buffers: small, grown only for large frames (idle connections stay
+/// cheap), and messages up to the socket's hard limit (4× the frame limit).
+fn sized(ws: WebSocketUpgrade, node: &Node) -> WebSocketUpgrade {
     let max = node.session.max_frame_size;
-    ws.protocols([crate::actioncable::wire::SUBPROTOCOL])
-        .read_buffer_size(512)
+    ws.read_buffer_size(512)
         .write_buffer_size(0)
         .max_message_size(max * 4)
         .max_frame_size(max * 4)
-        .on_upgrade(move |socket| crate::transport::actioncable::serve(node, cable, socket, client))
 }
 
 /// Query of `/dev/token`.
