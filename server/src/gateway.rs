@@ -127,6 +127,13 @@ async fn run_control(
                         node.kick_cable_token(&key, crate::actioncable::TOKEN_DROPPED);
                     }
                 }
+                Some(ControlMessage::HttpFrames { target, session, seq, frames }) => {
+                    if target == node.session.node_id {
+                        let max = node.session.max_frame_size;
+                        let outcome = node.http_streams.deliver(&session, seq, &frames, max, true);
+                        tracing::debug!(?outcome, seq, "HTTP frames from another node");
+                    }
+                }
             },
             _ = reload.tick() => loaded = false,
             _ = retry.tick(), if !loaded => loaded = load_revocations(&node).await,

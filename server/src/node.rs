@@ -141,6 +141,8 @@ pub struct Node {
     pub addresses: Arc<crate::admission::AddressSlots>,
     /// Paces new connections.
     pub pacer: Arc<crate::admission::AcceptPacer>,
+    /// The HTTP fallback streams this node holds.
+    pub http_streams: crate::transport::httpstream::Streams,
 }
 
 impl std::fmt::Debug for Node {
@@ -172,6 +174,7 @@ impl Node {
             draining: AtomicBool::new(false),
             addresses: crate::admission::AddressSlots::new(limits.max_per_ip),
             pacer: Arc::new(crate::admission::AcceptPacer::new(limits.accept_rate)),
+            http_streams: Default::default(),
             limits,
         })
     }

@@ -22,7 +22,7 @@ mod delivery;
 
 use crate::engine::{EngineError, with_timeout};
 use crate::node::Node;
-use crate::transport::websocket;
+use crate::transport::{httpstream, websocket};
 
 /// Most rooms one publish may target.
 pub const MAX_PUBLISH_ROOMS: usize = 1000;
@@ -118,6 +118,7 @@ pub fn router(state: HttpState, options: RouterOptions) -> Router {
         .route("/dev/token", get(dev_token))
         .route("/ws", get(ws_upgrade))
         .route("/cable", get(cable_upgrade))
+        .merge(http_fallback_routes())
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/dev/cert-hash", get(cert_hash));
@@ -245,6 +246,112 @@ async fn cable_upgrade(
     let client = client.map(|Extension(c)| c);
     sized(ws.protocols([crate::actioncable::wire::SUBPROTOCOL]), &node)
         .on_upgrade(move |socket| crate::transport::actioncable::serve(node, cable, socket, client))
+}
+
+/// The HTTP fallback transport, open to pages of any origin: the session id in the
+/// stream's response header is the only credential a send carries.
+fn http_fallback_routes() -> Router<HttpState> {
+    use tower_http::cors::{Any, CorsLayer};
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
+        .allow_headers([header::CONTENT_TYPE])
+        .expose_headers([header::HeaderName::from_static(httpstream::SESSION_HEADER)])
+        .max_age(std::time::Duration::from_secs(600));
+    Router::new()
+        .route("/http/stream", get(http_stream))
+        .route("/http/send", post(http_send))
+        .layer(cors)
+}
+
+/// `GET /http/stream`: a response that carries the session's frames until it closes.
+async fn http_stream(
+    State(state): State<HttpState>,
+    client: Option<Extension<crate::http::ClientConn>>,
+) -> Response {
+    let opened = httpstream::open(state.node.clone(), client.map(|Extension(c)| c));
+    let mut response = Response::new(opened.body);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store, no-transform"),
+    );
+    // Tells nginx (and proxies that follow it) not to buffer the stream.
+    headers.insert("x-accel-buffering", header::HeaderValue::from_static("no"));
+    if let Some(session) = opened.session
+        && let Ok(value) = header::HeaderValue::from_str(&session)
+    {
+        headers.insert(httpstream::SESSION_HEADER, value);
+    }
+    response
+}
+
+/// Query of `POST /http/send`.
+#[derive(Debug, serde::Deserialize)]
+struct SendQuery {
+    session: String,
+    seq: u64,
+}
+
+/// `POST /http/send?session=ID&seq=N`: batch `N` (from 0) of the session's frames, each
+/// length-prefixed. 204: taken (or taken before); 202: passed on to the node holding the
+/// stream; 409: an earlier batch is still on its way, send again; 429: the session is
+/// behind, send again later; 404: no such session (open a new stream); 400, 413: not a
+/// batch of frames.
+async fn http_send(
+    State(state): State<HttpState>,
+    query: Result<axum::extract::Query<SendQuery>, axum::extract::rejection::QueryRejection>,
+    body: axum::body::Body,
+) -> Response {
+    use httpstream::Delivered;
+    let text = |status: StatusCode, message: &str| (status, message.to_string()).into_response();
+    let Ok(axum::extract::Query(query)) = query else {
+        return text(StatusCode::BAD_REQUEST, "session and seq are required");
+    };
+    let Some(owner) = httpstream::owner_of(&query.session) else {
+        return text(StatusCode::NOT_FOUND, "no such session");
+    };
+    let node = &state.node;
+    let body = match axum::body::to_bytes(body, httpstream::max_send_bytes(node)).await {
+        Ok(body) => body,
+        Err(_) => {
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "a send carries at most four frames' worth",
+            );
+        }
+    };
+    if owner != node.session.node_id {
+        let message = crate::engine::bus::ControlMessage::HttpFrames {
+            target: owner.to_string(),
+            session: query.session,
+            seq: query.seq,
+            frames: body.to_vec(),
+        };
+        return match with_timeout(node.engine.broadcast_control(&message)).await {
+            Ok(0) => text(StatusCode::NOT_FOUND, "no such session"),
+            Ok(_) => StatusCode::ACCEPTED.into_response(),
+            Err(_) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cannot reach the node holding the stream",
+            ),
+        };
+    }
+    let max = node.session.max_frame_size;
+    match node
+        .http_streams
+        .deliver(&query.session, query.seq, &body, max, false)
+    {
+        Delivered::Taken | Delivered::Duplicate => StatusCode::NO_CONTENT.into_response(),
+        Delivered::Early => text(StatusCode::CONFLICT, "an earlier batch is still on its way"),
+        Delivered::Busy => text(StatusCode::TOO_MANY_REQUESTS, "the session is behind"),
+        Delivered::Malformed => text(StatusCode::BAD_REQUEST, "not a batch of frames"),
+        Delivered::Unknown => text(StatusCode::NOT_FOUND, "no such session"),
+    }
 }
 
 /// A WebSocket's buffers: small, grown only for large frames (idle connections stay

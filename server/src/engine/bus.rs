@@ -59,6 +59,17 @@ pub enum ControlMessage {
         /// The token's key (hex SHA-256).
         key: String,
     },
+    /// A batch of client frames for an HTTP fallback session held by `target`.
+    HttpFrames {
+        /// The node holding the session's stream.
+        target: String,
+        /// The session id.
+        session: String,
+        /// The batch's number.
+        seq: u64,
+        /// The frames, each length-prefixed, as the client sent them.
+        frames: Vec<u8>,
+    },
 }
 
 /// Encodes a control message.
@@ -76,12 +87,33 @@ pub fn encode_control(message: &ControlMessage) -> Vec<u8> {
         )
         .into_bytes(),
         ControlMessage::DropCableToken { origin, key } => format!("T{origin}|{key}").into_bytes(),
+        ControlMessage::HttpFrames {
+            target,
+            session,
+            seq,
+            frames,
+        } => {
+            let mut out = format!("H{target}|{session}|{seq}|").into_bytes();
+            out.extend_from_slice(frames);
+            out
+        }
     }
 }
 
 /// Decodes a control message; `None` for anything malformed.
 pub fn decode_control(bytes: &[u8]) -> Option<ControlMessage> {
     let (&kind, rest) = bytes.split_first()?;
+    if kind == b'H' {
+        let (target, rest) = split_once(rest, b'|')?;
+        let (session, rest) = split_once(rest, b'|')?;
+        let (seq, frames) = split_once(rest, b'|')?;
+        return Some(ControlMessage::HttpFrames {
+            target: std::str::from_utf8(target).ok()?.to_string(),
+            session: std::str::from_utf8(session).ok()?.to_string(),
+            seq: std::str::from_utf8(seq).ok()?.parse().ok()?,
+            frames: frames.to_vec(),
+        });
+    }
     let text = std::str::from_utf8(rest).ok()?;
     if kind == b'T' {
         let (origin, key) = text.split_once('|')?;
@@ -195,6 +227,13 @@ mod tests {
             key: "ab12".into(),
         };
         assert_eq!(decode_control(&encode_control(&drop)), Some(drop));
+        let frames = ControlMessage::HttpFrames {
+            target: "n1".into(),
+            session: "ab-n1".into(),
+            seq: 7,
+            frames: vec![3, b'|', 0, 255],
+        };
+        assert_eq!(decode_control(&encode_control(&frames)), Some(frames));
         for bad in [
             b"Tn1",
             &b""[..],
@@ -203,6 +242,8 @@ mod tests {
             b"Kn1|u:a|0|r",
             b"Kn1|u:1|r",
             b"Xn1|u:1|0|r",
+            b"Hn1|s|x|ab",
+            b"Hn1|s",
         ] {
             assert_eq!(decode_control(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }

@@ -2,6 +2,7 @@
 //! writes the frames of the connection's lanes; all protocol decisions live in the session.
 
 pub mod actioncable;
+pub mod httpstream;
 pub mod websocket;
 pub mod webtransport;
 
@@ -19,14 +20,17 @@ pub enum TransportKind {
     WebSocket,
     /// ActionCable's JSON protocol over WebSocket (`/cable`).
     ActionCable,
+    /// Plain HTTP requests: a streaming response and POSTs (`/http/*`).
+    Http,
 }
 
 impl TransportKind {
     /// Every transport, for per-transport figures.
-    pub const ALL: [TransportKind; 3] = [
+    pub const ALL: [TransportKind; 4] = [
         TransportKind::WebTransport,
         TransportKind::WebSocket,
         TransportKind::ActionCable,
+        TransportKind::Http,
     ];
 
     /// The name used in metrics labels and logs.
@@ -35,6 +39,7 @@ impl TransportKind {
             TransportKind::WebTransport => "webtransport",
             TransportKind::WebSocket => "websocket",
             TransportKind::ActionCable => "actioncable",
+            TransportKind::Http => "http",
         }
     }
 }

@@ -219,3 +219,99 @@ impl RoomStream {
         }
     }
 }
+
+/// An HTTP fallback session speaking raw frames: the stream's response, read as it comes,
+/// and numbered sends, to `base` (the node that holds the stream) or any other node.
+pub struct RawHttp {
+    pub http: reqwest::Client,
+    pub session: String,
+    pub seq: u64,
+    pub response: reqwest::Response,
+    decoder: FrameDecoder,
+}
+
+impl RawHttp {
+    /// Opens `GET {base}/http/stream`.
+    pub async fn open(base: &str) -> Self {
+        let http = reqwest::Client::new();
+        let response = http.get(format!("{base}/http/stream")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let session = response.headers()["rtgate-session"].to_str().unwrap().to_string();
+        RawHttp {
+            http,
+            session,
+            seq: 0,
+            response,
+            decoder: FrameDecoder::new(4 << 20),
+        }
+    }
+
+    /// Sends the next batch (`frames`, each length-prefixed) to `base`, again while the
+    /// answer is 409 (an earlier batch still on its way) or 429; its final status.
+    pub async fn send_to(&mut self, base: &str, frames: &[pb::ClientFrame]) -> u16 {
+        let body: Vec<u8> = frames.iter().flat_map(|f| encode_frame(f).to_vec()).collect();
+        for _ in 0..100 {
+            let status = self.send_raw(base, self.seq, body.clone()).await;
+            if status < 300 {
+                self.seq += 1;
+            }
+            if status != 409 && status != 429 {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("batch {} was never taken", self.seq);
+    }
+
+    /// Sends batch `seq` with exactly `body`; its status.
+    pub async fn send_raw(&self, base: &str, seq: u64, body: Vec<u8>) -> u16 {
+        self.http
+            .post(format!("{base}/http/send?session={}&seq={seq}", self.session))
+            .header("content-type", "application/octet-stream")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    /// The next frame, or None when the response ended.
+    pub async fn recv(&mut self) -> Option<pb::ServerFrame> {
+        loop {
+            if let Some(body) = self.decoder.next_frame().unwrap() {
+                return Some(pb::ServerFrame::decode(&body[..]).unwrap());
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(10), self.response.chunk())
+                .await
+                .expect("a frame in time");
+            match chunk {
+                Ok(Some(bytes)) => self.decoder.push(&bytes),
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+
+    /// Reads until the response ends; the Disconnect frame if one came.
+    pub async fn until_end(&mut self) -> Option<pb::Disconnect> {
+        let mut disconnect = None;
+        while let Some(frame) = self.recv().await {
+            if let Some(S::Disconnect(d)) = frame.kind {
+                disconnect = Some(d);
+            }
+        }
+        disconnect
+    }
+
+    /// Opens a stream on `base`, says Hello, and returns with the Welcome.
+    pub async fn handshake(base: &str, token: &str) -> (Self, pb::Welcome) {
+        let mut http = RawHttp::open(base).await;
+        assert_eq!(http.send_to(base, &[hello(token)]).await, 204);
+        match http.recv().await {
+            Some(pb::ServerFrame {
+                kind: Some(S::Welcome(w)),
+            }) => (http, w),
+            other => panic!("expected welcome, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,401 @@
+//! HTTP fallback transport, for networks that let nothing through but plain HTTP
+//! requests: `GET /http/stream` answers with a response that does not end, carrying the
+//! server's frames length-prefixed (as on a WebTransport stream); the client's frames come
+//! in `POST /http/send` requests, numbered so that a retried request is taken once.
+//!
+//! A POST may reach any node (no sticky sessions): the session id names the node that
+//! holds the stream, and a node that does not hold it passes the frames on through the
+//! engine's control channel ([`ControlMessage::HttpFrames`]).
+//!
+//! [`ControlMessage::HttpFrames`]: crate::engine::bus::ControlMessage::HttpFrames
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use rtgate_protocol::{DisconnectCode, FrameDecoder, FrameError};
+use tokio::sync::{mpsc, oneshot};
+
+use super::websocket::SocketLanes;
+use super::{TransportKind, WriterCloser};
+use crate::connection::{Closer, Incoming, Transport, drive};
+use crate::node::Node;
+use crate::outbox::{Lane, LaneReceiver, Outbox, Queued};
+
+/// The response header naming the stream's session, to be quoted by every send.
+pub const SESSION_HEADER: &str = "rtgate-session";
+
+/// Client frames that may wait for the session before sends are refused (429).
+const INCOMING_QUEUE: usize = 256;
+
+/// Frames beyond this many are written as one chunk before the next.
+const WRITE_BATCH: usize = 64;
+
+/// What became of a numbered batch of client frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivered {
+    /// Handed to the session.
+    Taken,
+    /// Taken before (a retried request): nothing done.
+    Duplicate,
+    /// An earlier batch has not arrived yet: try again shortly.
+    Early,
+    /// The session is behind on its frames: try again later.
+    Busy,
+    /// The batch was not a sequence of frames; the session closes.
+    Malformed,
+    /// No such session here.
+    Unknown,
+}
+
+struct Entry {
+    tx: mpsc::Sender<Incoming>,
+    next_seq: u64,
+}
+
+/// The HTTP streams this node holds, by session id.
+#[derive(Default)]
+pub struct Streams {
+    map: Mutex<HashMap<String, Entry>>,
+}
+
+impl Streams {
+    fn insert(&self, id: String, tx: mpsc::Sender<Incoming>) {
+        self.map
+            .lock()
+            .expect("streams lock")
+            .insert(id, Entry { tx, next_seq: 0 });
+    }
+
+    fn remove(&self, id: &str) {
+        self.map.lock().expect("streams lock").remove(id);
+    }
+
+    /// How many streams this node holds.
+    pub fn len(&self) -> usize {
+        self.map.lock().expect("streams lock").len()
+    }
+
+    /// Whether this node holds none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Hands batch `seq` of client frames (each length-prefixed, frames of at most `max`
+    /// bytes) to session `id`. Batches are taken in order, each once. `forwarded`: the
+    /// batch came through another node, after which an early batch means one was lost
+    /// (the session closes) rather than one still on its way.
+    pub fn deliver(&self, id: &str, seq: u64, body: &[u8], max: usize, forwarded: bool) -> Delivered {
+        let mut map = self.map.lock().expect("streams lock");
+        let Some(entry) = map.get_mut(id) else {
+            return Delivered::Unknown;
+        };
+        if seq < entry.next_seq {
+            return Delivered::Duplicate;
+        }
+        if seq > entry.next_seq {
+            if forwarded {
+                let _ = entry.tx.try_send(Incoming::ProtocolError(format!(
+                    "client frames were lost: batch {seq} came before {}",
+                    entry.next_seq
+                )));
+                return Delivered::Malformed;
+            }
+            return Delivered::Early;
+        }
+        let frames = match split_frames(body, max) {
+            Ok(frames) => frames,
+            Err(err) => {
+                let _ = entry.tx.try_send(Incoming::FramingError(err));
+                entry.next_seq += 1;
+                return Delivered::Malformed;
+            }
+        };
+        if entry.tx.capacity() < frames.len() {
+            return Delivered::Busy;
+        }
+        for frame in frames {
+            metrics::counter!("rtgate_bytes_received_total", "transport" => "http")
+                .increment(frame.len() as u64);
+            // Room was checked under the lock; no other sender adds frames.
+            let _ = entry.tx.try_send(Incoming::Frame(frame));
+        }
+        entry.next_seq += 1;
+        Delivered::Taken
+    }
+}
+
+/// Splits a send's body into frame bodies.
+pub fn split_frames(body: &[u8], max: usize) -> Result<Vec<Bytes>, FrameError> {
+    let mut decoder = FrameDecoder::new(max);
+    decoder.push(body);
+    let mut frames = Vec::new();
+    while let Some(frame) = decoder.next_frame()? {
+        frames.push(frame);
+    }
+    if decoder.buffered() > 0 {
+        return Err(FrameError::Decode(
+            "a send ended inside a frame; each send carries whole frames".into(),
+        ));
+    }
+    Ok(frames)
+}
+
+/// A session id: 128 random bits, then the node that holds the stream.
+fn new_session_id(node_id: &str) -> String {
+    format!("{:032x}-{node_id}", rand::random::<u128>())
+}
+
+/// The node named by a session id; `None` for anything that is not one.
+pub fn owner_of(session: &str) -> Option<&str> {
+    let (secret, node) = session.split_once('-')?;
+    (secret.len() == 32 && secret.bytes().all(|b| b.is_ascii_hexdigit()) && !node.is_empty()).then_some(node)
+}
+
+/// The most bytes one send may carry: four frames of the largest size.
+pub fn max_send_bytes(node: &Node) -> usize {
+    node.session.max_frame_size * 4
+}
+
+struct HttpCloser(WriterCloser<()>);
+
+impl Closer for HttpCloser {
+    fn close(self: Box<Self>, _code: DisconnectCode, _reason: String) -> BoxFuture<'static, ()> {
+        // The Disconnect frame is already queued; the response simply ends after it.
+        Box::pin(self.0.close(()))
+    }
+}
+
+/// The body of a response that ends at once, after one `Disconnect`.
+fn refusal_body(code: DisconnectCode, reason: String) -> Bytes {
+    rtgate_protocol::encode_frame(&rtgate_protocol::pb::ServerFrame {
+        kind: Some(rtgate_protocol::pb::server_frame::Kind::Disconnect(
+            code.frame(reason),
+        )),
+    })
+}
+
+/// What `GET /http/stream` answers with: the session id and the stream of server frames.
+pub struct Opened {
+    /// The session id (absent when the connection was refused).
+    pub session: Option<String>,
+    /// The response body.
+    pub body: axum::body::Body,
+}
+
+/// Opens a stream: registers the connection, starts its session, and returns the body
+/// that carries the session's frames. `client` (its address and slot) is held until the
+/// session ends.
+pub fn open(node: Arc<Node>, client: Option<crate::http::ClientConn>) -> Opened {
+    let ip = client
+        .as_ref()
+        .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |c| c.addr.ip());
+    let (conn, control_rx) = match node.register(TransportKind::Http, ip) {
+        Ok(registered) => registered,
+        Err(refusal) => {
+            let code = refusal.code();
+            return Opened {
+                session: None,
+                body: axum::body::Body::from(refusal_body(code, refusal.to_string())),
+            };
+        }
+    };
+    let session = new_session_id(&node.session.node_id);
+    let (incoming_tx, incoming_rx) = mpsc::channel(INCOMING_QUEUE);
+    node.http_streams.insert(session.clone(), incoming_tx);
+
+    let (body_tx, body_rx) = mpsc::channel::<Result<Bytes, Infallible>>(2);
+    let (gone_tx, gone_rx) = oneshot::channel::<()>();
+    // The client's frames, then `Closed` once the response is gone (or the writer ended).
+    let incoming = futures::stream::select(
+        receiver_stream(incoming_rx),
+        futures::stream::once(async move {
+            let _ = gone_rx.await;
+            Incoming::Closed
+        }),
+    )
+    .boxed();
+
+    let outbox = Outbox::new(node.limits.send_queue_bytes);
+    let (lane, lane_rx) = Lane::new(&outbox);
+    let (close_tx, close_rx) = oneshot::channel();
+    let writer = tokio::spawn(write_loop(body_tx, lane_rx, close_rx, gone_tx));
+    let transport = Transport {
+        kind: TransportKind::Http,
+        control: lane.clone(),
+        lanes: Box::new(SocketLanes(lane)),
+        datagrams: None,
+        closer: Box::new(HttpCloser(WriterCloser {
+            signal: close_tx,
+            writer,
+            timeout: node.limits.close_flush_timeout,
+        })),
+    };
+    let id = session.clone();
+    tokio::spawn(async move {
+        let _slot = client.map(|c| c.slot);
+        Box::pin(drive(node.clone(), conn, control_rx, incoming, transport)).await;
+        node.http_streams.remove(&id);
+    });
+    Opened {
+        session: Some(session),
+        body: axum::body::Body::from_stream(receiver_stream(body_rx)),
+    }
+}
+
+/// Writes queued frames, length-prefixed, one chunk per batch, until told to close or the
+/// client goes away (`gone` then fires).
+async fn write_loop(
+    body: mpsc::Sender<Result<Bytes, Infallible>>,
+    mut rx: LaneReceiver,
+    mut close_rx: oneshot::Receiver<()>,
+    gone: oneshot::Sender<()>,
+) {
+    let mut batch: Vec<Queued> = Vec::new();
+    loop {
+        tokio::select! {
+            biased;
+            frame = rx.recv_queued() => {
+                let Some(frame) = frame else { break };
+                batch.push(frame);
+                while batch.len() < WRITE_BATCH {
+                    match rx.try_recv_queued() {
+                        Some(f) => batch.push(f),
+                        None => break,
+                    }
+                }
+                let n: usize = batch.iter().map(|q| q.frame.len()).sum();
+                let mut chunk = BytesMut::with_capacity(n + batch.len() * 3);
+                for q in &batch {
+                    put_frame(&mut chunk, &q.frame);
+                }
+                if body.send(Ok(chunk.freeze())).await.is_err() {
+                    let _ = gone.send(());
+                    return;
+                }
+                rx.written(n);
+                metrics::counter!("rtgate_bytes_sent_total", "transport" => "http").increment(n as u64);
+                for q in batch.drain(..) {
+                    q.record_written();
+                }
+                if batch.capacity() > WRITE_BATCH * 4 {
+                    batch = Vec::new();
+                }
+            }
+            _ = &mut close_rx => {
+                let mut chunk = BytesMut::new();
+                while let Some(frame) = rx.try_recv() {
+                    put_frame(&mut chunk, &frame);
+                }
+                if !chunk.is_empty() {
+                    let _ = body.send(Ok(chunk.freeze())).await;
+                }
+                // Dropping the sender ends the response.
+                return;
+            }
+            () = body.closed() => {
+                let _ = gone.send(());
+                return;
+            }
+        }
+    }
+}
+
+fn receiver_stream<T: Send + 'static>(rx: mpsc::Receiver<T>) -> futures::stream::BoxStream<'static, T> {
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed()
+}
+
+fn put_frame(chunk: &mut BytesMut, frame: &[u8]) {
+    prost::encode_length_delimiter(frame.len(), chunk).expect("BytesMut grows on demand");
+    chunk.extend_from_slice(frame);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(bodies: &[&[u8]]) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        for b in bodies {
+            put_frame(&mut out, b);
+        }
+        out.to_vec()
+    }
+
+    fn streams_with(id: &str, capacity: usize) -> (Streams, mpsc::Receiver<Incoming>) {
+        let streams = Streams::default();
+        let (tx, rx) = mpsc::channel(capacity);
+        streams.insert(id.to_string(), tx);
+        (streams, rx)
+    }
+
+    #[test]
+    fn batches_are_taken_in_order_and_once() {
+        let (streams, mut rx) = streams_with("s", 8);
+        let body = frames(&[b"a", b"bc"]);
+        assert_eq!(streams.deliver("s", 1, &body, 100, false), Delivered::Early);
+        assert_eq!(streams.deliver("s", 0, &body, 100, false), Delivered::Taken);
+        assert_eq!(streams.deliver("s", 0, &body, 100, false), Delivered::Duplicate);
+        assert_eq!(
+            streams.deliver("s", 1, &frames(&[b"d"]), 100, false),
+            Delivered::Taken
+        );
+        let got: Vec<Bytes> = std::iter::from_fn(|| match rx.try_recv() {
+            Ok(Incoming::Frame(f)) => Some(f),
+            _ => None,
+        })
+        .collect();
+        assert_eq!(got, [&b"a"[..], b"bc", b"d"]);
+        assert_eq!(streams.deliver("t", 0, &body, 100, false), Delivered::Unknown);
+    }
+
+    #[test]
+    fn a_forwarded_batch_after_a_gap_closes_the_session() {
+        let (streams, mut rx) = streams_with("s", 8);
+        assert_eq!(
+            streams.deliver("s", 2, &frames(&[b"a"]), 100, true),
+            Delivered::Malformed
+        );
+        assert!(matches!(rx.try_recv(), Ok(Incoming::ProtocolError(_))));
+    }
+
+    #[test]
+    fn a_full_session_refuses_the_whole_batch_and_takes_it_later() {
+        let (streams, mut rx) = streams_with("s", 2);
+        let body = frames(&[b"a", b"b", b"c"]);
+        assert_eq!(streams.deliver("s", 0, &body, 100, false), Delivered::Busy);
+        assert!(rx.try_recv().is_err(), "nothing of a refused batch is taken");
+        assert_eq!(
+            streams.deliver("s", 0, &frames(&[b"a", b"b"]), 100, false),
+            Delivered::Taken
+        );
+    }
+
+    #[test]
+    fn bad_batches_close_the_session_with_a_framing_error() {
+        for body in [frames(&[&[0u8; 50]]), vec![0x05, 1, 2], vec![0xff; 11]] {
+            let (streams, mut rx) = streams_with("s", 8);
+            assert_eq!(streams.deliver("s", 0, &body, 10, false), Delivered::Malformed);
+            assert!(matches!(rx.try_recv(), Ok(Incoming::FramingError(_))), "{body:?}");
+        }
+    }
+
+    #[test]
+    fn session_ids_name_their_node_and_nothing_else_passes() {
+        let id = new_session_id("n-1.a");
+        assert_eq!(owner_of(&id), Some("n-1.a"));
+        assert_ne!(id, new_session_id("n-1.a"));
+        for bad in [
+            "",
+            "abc-n1",
+            &format!("{:032x}-", 1u8),
+            &format!("{:032}x-n1", 0),
+            "n1",
+        ] {
+            assert_eq!(owner_of(bad), None, "{bad}");
+        }
+    }
+}
