@@ -1,7 +1,8 @@
-//! When and how to (re)connect, sans-IO: transport choice (WebTransport first, WebSocket
-//! when it does not connect in time), exponential backoff with full jitter, the server's
-//! advice, and the platform's online/offline signal. The native and browser clients both
-//! drive this one state machine; only the transports differ.
+//! When and how to (re)connect, sans-IO: transport choice (WebTransport first, then
+//! WebSocket, then plain HTTP, each tried when the one before does not connect in time),
+//! moving back up once a skipped transport may work again, exponential backoff with full
+//! jitter, the server's advice, and the platform's online/offline signal. The native and
+//! browser clients both drive this one state machine; only the transports differ.
 
 use std::time::Duration;
 
@@ -9,24 +10,42 @@ use web_time::Instant;
 
 use crate::backoff::{Backoff, BackoffConfig};
 
-/// A transport.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A transport, best first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum TransportKind {
     /// HTTP/3 WebTransport.
     WebTransport,
     /// WebSocket.
     WebSocket,
+    /// Plain HTTP requests: a streaming response and POSTs.
+    Http,
+}
+
+impl TransportKind {
+    /// Every transport, best first.
+    pub const ALL: [TransportKind; 3] = [
+        TransportKind::WebTransport,
+        TransportKind::WebSocket,
+        TransportKind::Http,
+    ];
+
+    fn index(self) -> usize {
+        self as usize
+    }
 }
 
 /// Which transports to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransportPreference {
-    /// WebTransport, falling back to WebSocket when it does not connect in time.
+    /// WebTransport, falling back to WebSocket (then HTTP, where enabled) when it does not
+    /// connect in time.
     Auto,
     /// Only WebTransport.
     WebTransport,
     /// Only WebSocket.
     WebSocket,
+    /// Only plain HTTP.
+    Http,
 }
 
 /// Settings of the connector.
@@ -34,15 +53,18 @@ pub enum TransportPreference {
 pub struct ConnectorConfig {
     /// Transport choice.
     pub prefer: TransportPreference,
-    /// How long a transport may take to connect. With `Auto`, a WebTransport attempt
-    /// that takes longer falls back to WebSocket (a path that silently drops UDP would
+    /// How long a transport may take to connect. With `Auto`, an attempt that takes
+    /// longer falls back to the next transport (a path that silently drops UDP would
     /// otherwise stall the user for the whole QUIC idle timeout).
     pub connect_timeout: Duration,
     /// Reconnect delays.
     pub backoff: BackoffConfig,
-    /// After WebTransport failed and WebSocket worked, how long to go straight to
-    /// WebSocket on reconnects.
-    pub webtransport_cooldown: Duration,
+    /// After a transport failed to connect and a later one worked, how long reconnects
+    /// skip it; once this has passed, a connection over a later transport tries it again
+    /// beside the running one and moves over if it connects.
+    pub fallback_cooldown: Duration,
+    /// Which of WebTransport, WebSocket and HTTP (in that order) `Auto` may use.
+    pub enabled: [bool; 3],
 }
 
 impl Default for ConnectorConfig {
@@ -51,7 +73,8 @@ impl Default for ConnectorConfig {
             prefer: TransportPreference::Auto,
             connect_timeout: Duration::from_secs(2),
             backoff: BackoffConfig::default(),
-            webtransport_cooldown: Duration::from_secs(300),
+            fallback_cooldown: Duration::from_secs(300),
+            enabled: [true, true, false],
         }
     }
 }
@@ -61,6 +84,15 @@ impl Default for ConnectorConfig {
 pub enum ConnectorAction {
     /// Open this transport, giving up after `timeout` (then call `open_failed`).
     Open {
+        /// Which transport.
+        transport: TransportKind,
+        /// Give up after this long.
+        timeout: Duration,
+    },
+    /// Try this better transport beside the connection in use, giving up after
+    /// `timeout`; report with [`Connector::probe_done`]. If it connects, the driver moves
+    /// the session over to it (a reconnect with recovery) and closes the old one.
+    Probe {
         /// Which transport.
         transport: TransportKind,
         /// Give up after this long.
@@ -93,7 +125,10 @@ pub struct Connector {
     state: ConnectorState,
     wait_until: Option<Instant>,
     online: bool,
-    webtransport_failed_at: Option<Instant>,
+    /// When each transport last failed to connect (under `Auto`).
+    failed_at: [Option<Instant>; 3],
+    /// The better transport being tried beside the connection in use.
+    probing: Option<TransportKind>,
     actions: Vec<ConnectorAction>,
 }
 
@@ -106,7 +141,8 @@ impl Connector {
             state: ConnectorState::Waiting,
             wait_until: Some(now),
             online: true,
-            webtransport_failed_at: None,
+            failed_at: [None; 3],
+            probing: None,
             actions: Vec::new(),
         };
         c.handle_timeout(now);
@@ -136,26 +172,61 @@ impl Connector {
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
             ConnectorState::Waiting => self.wait_until,
+            ConnectorState::Connected(current) if self.probing.is_none() => self.next_probe(current),
             _ => None,
         }
+    }
+
+    fn enabled(&self) -> impl Iterator<Item = TransportKind> + '_ {
+        TransportKind::ALL
+            .into_iter()
+            .filter(|k| self.config.enabled[k.index()])
+    }
+
+    /// The transport after `kind` under `Auto`, if any.
+    fn after(&self, kind: TransportKind) -> Option<TransportKind> {
+        self.enabled().find(|k| *k > kind)
+    }
+
+    /// Whether `kind` failed within the cooldown (the last resort is never skipped).
+    fn skipped(&self, kind: TransportKind, now: Instant) -> bool {
+        self.after(kind).is_some()
+            && self
+                .failed_at
+                .get(kind.index())
+                .copied()
+                .flatten()
+                .is_some_and(|at| now.saturating_duration_since(at) < self.config.fallback_cooldown)
     }
 
     fn first_transport(&self, now: Instant) -> TransportKind {
         match self.config.prefer {
             TransportPreference::WebTransport => TransportKind::WebTransport,
             TransportPreference::WebSocket => TransportKind::WebSocket,
-            TransportPreference::Auto => match self.webtransport_failed_at {
-                Some(at) if now.saturating_duration_since(at) < self.config.webtransport_cooldown => {
-                    TransportKind::WebSocket
-                }
-                _ => TransportKind::WebTransport,
-            },
+            TransportPreference::Http => TransportKind::Http,
+            TransportPreference::Auto => self
+                .enabled()
+                .find(|k| !self.skipped(*k, now))
+                .unwrap_or(TransportKind::WebTransport),
         }
+    }
+
+    /// When a better transport than `current` is due to be tried again.
+    fn next_probe(&self, current: TransportKind) -> Option<Instant> {
+        if self.config.prefer != TransportPreference::Auto {
+            return None;
+        }
+        self.enabled()
+            .filter(|k| *k < current)
+            .filter_map(|k| self.failed_at[k.index()])
+            .map(|at| at + self.config.fallback_cooldown)
+            .min()
     }
 
     fn open(&mut self, transport: TransportKind) {
         self.state = ConnectorState::Opening(transport);
         self.wait_until = None;
+        self.probing = None;
         self.actions.push(ConnectorAction::Open {
             transport,
             timeout: self.config.connect_timeout,
@@ -165,6 +236,7 @@ impl Connector {
     fn wait(&mut self, advice: Option<Duration>, now: Instant) {
         let delay = self.backoff.next_delay(advice);
         self.wait_until = Some(now + delay);
+        self.probing = None;
         self.state = if self.online {
             ConnectorState::Waiting
         } else {
@@ -172,12 +244,44 @@ impl Connector {
         };
     }
 
-    /// Fires the wait timer.
+    /// Fires the wait timer, or starts a probe of a better transport that is due.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.state == ConnectorState::Waiting && self.wait_until.is_some_and(|t| now >= t) {
-            let transport = self.first_transport(now);
-            self.open(transport);
+        match self.state {
+            ConnectorState::Waiting if self.wait_until.is_some_and(|t| now >= t) => {
+                let transport = self.first_transport(now);
+                self.open(transport);
+            }
+            ConnectorState::Connected(current)
+                if self.probing.is_none() && self.next_probe(current).is_some_and(|t| now >= t) =>
+            {
+                let best = self.enabled().find(|k| *k < current && !self.skipped(*k, now));
+                if let Some(transport) = best {
+                    self.probing = Some(transport);
+                    self.actions.push(ConnectorAction::Probe {
+                        transport,
+                        timeout: self.config.connect_timeout,
+                    });
+                }
+            }
+            _ => {}
         }
+    }
+
+    /// The probe of `transport` ended: `opened` tells whether it connected. Answers
+    /// whether the driver moves the session over to it (as after [`opened`](Self::opened));
+    /// false for a probe that no longer counts (the connection ended meanwhile).
+    pub fn probe_done(&mut self, transport: TransportKind, opened: bool, now: Instant) -> bool {
+        if self.probing != Some(transport) {
+            return false;
+        }
+        self.probing = None;
+        if !opened {
+            self.failed_at[transport.index()] = Some(now);
+            return false;
+        }
+        self.failed_at[transport.index()] = None;
+        self.state = ConnectorState::Connected(transport);
+        true
     }
 
     /// The transport opened (the session then sends Hello).
@@ -197,9 +301,11 @@ impl Connector {
         if self.state != ConnectorState::Opening(transport) {
             return;
         }
-        if transport == TransportKind::WebTransport && self.config.prefer == TransportPreference::Auto {
-            self.webtransport_failed_at = Some(now);
-            return self.open(TransportKind::WebSocket);
+        if self.config.prefer == TransportPreference::Auto
+            && let Some(next) = self.after(transport)
+        {
+            self.failed_at[transport.index()] = Some(now);
+            return self.open(next);
         }
         self.wait(None, now);
     }
@@ -244,6 +350,7 @@ impl Connector {
         }
         self.state = ConnectorState::Stopped;
         self.wait_until = None;
+        self.probing = None;
     }
 }
 
@@ -259,7 +366,8 @@ mod tests {
                 base: Duration::from_millis(100),
                 max: Duration::from_secs(5),
             },
-            webtransport_cooldown: Duration::from_secs(60),
+            fallback_cooldown: Duration::from_secs(60),
+            enabled: [true, true, true],
         };
         Connector::new(config, Backoff::with_seed(config.backoff, 42), now)
     }
@@ -292,6 +400,8 @@ mod tests {
         assert_eq!(open_of(&mut c), TransportKind::WebSocket);
         // After the cooldown, WebTransport is tried again.
         c.open_failed(TransportKind::WebSocket, t0 + Duration::from_secs(100));
+        assert_eq!(open_of(&mut c), TransportKind::Http);
+        c.open_failed(TransportKind::Http, t0 + Duration::from_secs(100));
         let due = c.poll_timeout().unwrap();
         c.handle_timeout(due);
         assert_eq!(open_of(&mut c), TransportKind::WebTransport);
@@ -346,5 +456,134 @@ mod tests {
         c.stop();
         assert_eq!(c.poll_action(), Some(ConnectorAction::Close));
         assert_eq!(c.state(), ConnectorState::Stopped);
+    }
+
+    #[test]
+    fn websocket_failing_too_falls_back_to_http_and_reconnects_skip_what_failed() {
+        let t0 = Instant::now();
+        let mut c = connector(TransportPreference::Auto, t0);
+        assert_eq!(open_of(&mut c), TransportKind::WebTransport);
+        c.open_failed(TransportKind::WebTransport, t0);
+        assert_eq!(open_of(&mut c), TransportKind::WebSocket);
+        c.open_failed(TransportKind::WebSocket, t0 + Duration::from_millis(1500));
+        assert_eq!(
+            open_of(&mut c),
+            TransportKind::Http,
+            "no wait before the fallback"
+        );
+        c.opened(TransportKind::Http);
+        c.welcomed();
+        c.closed(Some(Duration::ZERO), t0 + Duration::from_secs(5));
+        let due = c.poll_timeout().unwrap();
+        c.handle_timeout(due);
+        assert_eq!(
+            open_of(&mut c),
+            TransportKind::Http,
+            "within the cooldown, HTTP at once"
+        );
+        // HTTP failing is the end of the line: back off, then HTTP again.
+        c.open_failed(TransportKind::Http, t0 + Duration::from_secs(6));
+        assert!(c.poll_action().is_none());
+        assert_eq!(c.state(), ConnectorState::Waiting);
+    }
+
+    #[test]
+    fn a_connection_over_http_tries_better_transports_again_after_the_cooldown() {
+        let t0 = Instant::now();
+        let mut c = connector(TransportPreference::Auto, t0);
+        open_of(&mut c);
+        c.open_failed(TransportKind::WebTransport, t0);
+        open_of(&mut c);
+        c.open_failed(TransportKind::WebSocket, t0 + Duration::from_secs(2));
+        assert_eq!(open_of(&mut c), TransportKind::Http);
+        c.opened(TransportKind::Http);
+        c.welcomed();
+        // WebTransport's cooldown ends first: it is probed beside the running connection.
+        assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_secs(60)));
+        c.handle_timeout(t0 + Duration::from_secs(30));
+        assert!(c.poll_action().is_none(), "nothing before the cooldown");
+        c.handle_timeout(t0 + Duration::from_secs(60));
+        assert_eq!(
+            c.poll_action(),
+            Some(ConnectorAction::Probe {
+                transport: TransportKind::WebTransport,
+                timeout: Duration::from_millis(1500),
+            })
+        );
+        assert_eq!(c.poll_timeout(), None, "one probe at a time");
+        assert!(!c.probe_done(TransportKind::WebTransport, false, t0 + Duration::from_secs(61)));
+        assert_eq!(
+            c.state(),
+            ConnectorState::Connected(TransportKind::Http),
+            "still on HTTP"
+        );
+        // Then WebSocket's, which connects: the connection moves over.
+        c.handle_timeout(t0 + Duration::from_secs(62));
+        assert_eq!(
+            c.poll_action(),
+            Some(ConnectorAction::Probe {
+                transport: TransportKind::WebSocket,
+                timeout: Duration::from_millis(1500),
+            })
+        );
+        assert!(c.probe_done(TransportKind::WebSocket, true, t0 + Duration::from_secs(63)));
+        assert_eq!(c.state(), ConnectorState::Connected(TransportKind::WebSocket));
+        // WebTransport is probed again once its own cooldown has passed.
+        assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_secs(121)));
+        c.handle_timeout(t0 + Duration::from_secs(121));
+        assert!(matches!(
+            c.poll_action(),
+            Some(ConnectorAction::Probe {
+                transport: TransportKind::WebTransport,
+                ..
+            })
+        ));
+        // A connection lost meanwhile drops the probe: reconnects start from the top.
+        c.closed(Some(Duration::ZERO), t0 + Duration::from_secs(122));
+        assert!(!c.probe_done(TransportKind::WebTransport, true, t0 + Duration::from_secs(122)));
+        assert_eq!(c.state(), ConnectorState::Waiting);
+    }
+
+    #[test]
+    fn without_the_http_fallback_or_with_a_fixed_transport_nothing_is_probed() {
+        let t0 = Instant::now();
+        let mut config = ConnectorConfig {
+            enabled: [true, true, false],
+            ..ConnectorConfig::default()
+        };
+        let mut c = Connector::new(config, Backoff::with_seed(config.backoff, 1), t0);
+        open_of(&mut c);
+        c.open_failed(TransportKind::WebTransport, t0);
+        open_of(&mut c);
+        c.open_failed(TransportKind::WebSocket, t0);
+        assert!(c.poll_action().is_none(), "no HTTP: back off");
+        config.prefer = TransportPreference::Http;
+        let mut c = Connector::new(config, Backoff::with_seed(config.backoff, 1), t0);
+        assert_eq!(open_of(&mut c), TransportKind::Http);
+        c.opened(TransportKind::Http);
+        assert_eq!(c.poll_timeout(), None);
+    }
+
+    #[test]
+    fn auto_uses_only_the_enabled_transports() {
+        let t0 = Instant::now();
+        let config = ConnectorConfig {
+            enabled: [false, true, true],
+            ..ConnectorConfig::default()
+        };
+        let mut c = Connector::new(config, Backoff::with_seed(config.backoff, 1), t0);
+        assert_eq!(open_of(&mut c), TransportKind::WebSocket);
+        c.open_failed(TransportKind::WebSocket, t0);
+        assert_eq!(open_of(&mut c), TransportKind::Http);
+        c.opened(TransportKind::Http);
+        let due = c.poll_timeout().unwrap();
+        c.handle_timeout(due);
+        assert!(matches!(
+            c.poll_action(),
+            Some(ConnectorAction::Probe {
+                transport: TransportKind::WebSocket,
+                ..
+            })
+        ));
     }
 }

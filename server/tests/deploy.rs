@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::raw::RawWs;
+use common::raw::{RawHttp, RawWs};
 use common::redis::{SHARED_REDIS, free_tcp_port, free_udp_port, unique_prefix};
 use common::*;
 use futures::{SinkExt, StreamExt};
@@ -153,10 +153,42 @@ impl Front {
         (client, events)
     }
 
+    /// The HTTP fallback through the proxy: the stream stays open on one node while the
+    /// sends land on whichever node the proxy picks, in order; events reach the stream.
+    async fn check_http_fallback(&self) {
+        use rtgate_protocol::pb::{self, client_frame::Kind as C, server_frame::Kind as S};
+        let base = self.url("");
+        let (mut http, _) = RawHttp::handshake(&base, &token("agent", 7, 1, &[3])).await;
+        for n in 1..=10u64 {
+            let ping = pb::ClientFrame {
+                id: 0,
+                kind: Some(C::Ping(pb::Ping { nonce: n })),
+            };
+            let status = http.send_to(&base, &[ping]).await;
+            assert!(status == 202 || status == 204, "{status}");
+        }
+        let mut pongs = Vec::new();
+        while pongs.len() < 10 {
+            if let Some(S::Pong(p)) = http.recv().await.expect("the stream stays open").kind {
+                pongs.push(p.nonce);
+            }
+        }
+        assert_eq!(pongs, (1..=10).collect::<Vec<_>>());
+        self.publish("user:7", "over plain HTTP").await;
+        loop {
+            if let Some(S::Event(e)) = http.recv().await.expect("the stream stays open").kind
+                && e.event.is_some_and(|e| e.json.contains("over plain HTTP"))
+            {
+                break;
+            }
+        }
+    }
+
     /// Every transport the proxy carries, end to end: a native client receives what the
-    /// API publishes (each possibly through another node), and an ActionCable client gets
-    /// its subscription confirmed and its broadcasts.
+    /// API publishes (each possibly through another node), the HTTP fallback works, and
+    /// an ActionCable client gets its subscription confirmed and its broadcasts.
     async fn check(&self, transports: &[TransportPreference], cert: [u8; 32]) {
+        self.check_http_fallback().await;
         for &prefer in transports {
             let (_client, mut events) = self.client(prefer, cert).await;
             let content = format!("through the proxy over {prefer:?}");

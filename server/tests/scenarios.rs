@@ -480,6 +480,7 @@ async fn a_network_without_udp_falls_back_to_websocket_and_stays_there_on_reconn
     let network = Network {
         webtransport: false,
         websocket: true,
+        http: true,
     };
     let a = h.peer_on(&token, network, 11).await;
     assert!(!h.client(a).is_ready(), "WebTransport stalls first");
@@ -504,6 +505,54 @@ async fn a_network_without_udp_falls_back_to_websocket_and_stays_there_on_reconn
 }
 
 #[tokio::test]
+async fn a_network_that_allows_only_http_gets_everything_and_moves_back_up_when_it_can() {
+    let mut setup = Setup::default();
+    setup.connector.enabled = [true, true, true];
+    setup.connector.fallback_cooldown = Duration::from_secs(60);
+    let mut h = Harness::with(setup);
+    let token = h.token("agent", 1, 7, HOUR);
+    let http_only = Network {
+        webtransport: false,
+        websocket: false,
+        http: true,
+    };
+    let a = h.peer_on(&token, http_only, 5).await;
+    // WebTransport stalls for the connect timeout, then WebSocket, then HTTP at once.
+    h.advance(Duration::from_secs(4)).await;
+    assert!(h.client(a).is_ready(), "on HTTP after two connect timeouts");
+    assert_eq!(h.opened(a), [TransportKind::Http]);
+    h.client(a).subscribe("user:1", None).unwrap();
+    h.settle().await;
+    let first = h.publish("user:1", "\"one\"").await;
+    assert_eq!(
+        h.room_events(a),
+        [("user:1".to_string(), first, "\"one\"".to_string())]
+    );
+
+    // WebSocket gets through again: once its cooldown has passed it is probed beside the
+    // HTTP connection, which the session leaves for it, recovering what it missed.
+    h.set_network(
+        a,
+        Network {
+            webtransport: false,
+            websocket: true,
+            http: true,
+        },
+    );
+    h.advance(Duration::from_secs(58)).await;
+    assert_eq!(h.opened(a), [TransportKind::Http], "nothing before the cooldown");
+    let second = h.publish("user:1", "\"two\"").await;
+    // WebTransport's cooldown ends first: its probe stalls, then WebSocket's connects.
+    h.advance(Duration::from_secs(6)).await;
+    assert_eq!(h.opened(a), [TransportKind::Http, TransportKind::WebSocket]);
+    assert!(h.client(a).is_ready());
+    let third = h.publish("user:1", "\"three\"").await;
+    let offsets: Vec<u64> = h.room_events(a).into_iter().map(|(_, o, _)| o).collect();
+    assert_eq!(offsets, [second, third], "each event once, none lost in the move");
+    assert_eq!(h.node.connection_count(), 1, "the HTTP connection is gone");
+}
+
+#[tokio::test]
 async fn reconnects_back_off_exponentially_and_honour_the_gateways_advice() {
     let mut h = Harness::new();
     let token = h.token("agent", 1, 7, HOUR);
@@ -514,6 +563,7 @@ async fn reconnects_back_off_exponentially_and_honour_the_gateways_advice() {
         Network {
             webtransport: false,
             websocket: false,
+            http: false,
         },
     );
     h.drop_link(a).await;

@@ -367,6 +367,7 @@ impl Driver {
                 Link::webtransport(&c.wt_url, c.cert_sha256, c.wt_endpoint.as_ref(), timeout).await
             }
             TransportKind::WebSocket => Link::websocket(&c.ws_url, timeout).await,
+            TransportKind::Http => Err("the native client speaks WebTransport and WebSocket".into()),
         }
     }
 
@@ -377,6 +378,11 @@ impl Driver {
                     ConnectorAction::Open { transport, timeout } => self.attempt(transport, timeout).await,
                     // `serve` closes its link before it returns: none is open here.
                     ConnectorAction::Close => {}
+                    // The native client keeps the link it has and moves up at its next
+                    // reconnect (it never runs two transports side by side).
+                    ConnectorAction::Probe { transport, .. } => {
+                        let _ = self.connector.probe_done(transport, false, Instant::now());
+                    }
                 }
             }
             if self.connector.state() == ConnectorState::Stopped {
@@ -439,6 +445,9 @@ impl Driver {
         while let Some(action) = self.connector.poll_action() {
             match action {
                 ConnectorAction::Close => end = Some(LinkEnd::Closed),
+                ConnectorAction::Probe { transport, .. } => {
+                    let _ = self.connector.probe_done(transport, false, Instant::now());
+                }
                 // Another transport replaces this link: close it, then open that one.
                 ConnectorAction::Open { .. } => {
                     self.deferred.push_back(action);

@@ -18,12 +18,22 @@ export interface ClientOptions {
   webTransportUrl?: string;
   /** WebSocket URL, e.g. "ws://127.0.0.1:8080/ws". */
   webSocketUrl?: string;
+  /**
+   * HTTP fallback URL, e.g. "http://127.0.0.1:8080/http", for networks that let neither
+   * QUIC nor WebSocket through. Default: beside a webSocketUrl ending in "/ws".
+   */
+  httpUrl?: string;
+  /** false: no HTTP fallback unless httpUrl is given (default true). */
+  httpFallback?: boolean;
   /** SHA-256 of a development certificate to trust (32 bytes, or 64 hex digits). */
   certificateHash?: Uint8Array | number[] | string;
   /** Returns a connection token; called at every connect and before the token expires. */
   token: () => Promise<string> | string;
-  /** "auto" (default: WebTransport, falling back to WebSocket), "webtransport" or "websocket". */
-  transport?: "auto" | "webtransport" | "websocket";
+  /**
+   * "auto" (default: WebTransport, falling back to WebSocket, then HTTP, and moving back up
+   * when a better one connects again), "webtransport", "websocket" or "http".
+   */
+  transport?: "auto" | "webtransport" | "websocket" | "http";
   /** How long a transport may take to open before the next one is tried (default 3000). */
   connectTimeoutMs?: number;
   /** Refresh the token this long before it expires, at most half its remaining life (default 60000). */
@@ -44,7 +54,7 @@ export interface ClientOptions {
 export interface ConnectionState {
   state: "connecting" | "connected" | "waiting" | "offline" | "stopped";
   /** The transport being opened or in use. */
-  transport: "webtransport" | "websocket" | null;
+  transport: "webtransport" | "websocket" | "http" | null;
   /** Consecutive failed attempts. */
   attempt: number;
   /** While waiting: time until the next attempt. */

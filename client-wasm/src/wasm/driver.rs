@@ -23,7 +23,7 @@ use super::network::NetworkWatch;
 use super::options::Options;
 use super::state::StateInfo;
 use super::timer::sleep;
-use super::{websocket, webtransport};
+use super::{http, websocket, webtransport};
 use crate::backoff::Backoff;
 use crate::connector::{Connector, ConnectorAction, ConnectorConfig, ConnectorState, TransportKind};
 use crate::session::{ClientEvent, ClientSession, RequestError};
@@ -71,10 +71,11 @@ pub(crate) enum Command {
 /// Everything the loop reacts to.
 pub(crate) enum Input {
     Command(Command),
-    /// A connection attempt finished.
+    /// A connection attempt finished (`probe`: one beside the connection in use).
     Attempt {
         id: u64,
         transport: TransportKind,
+        probe: bool,
         outcome: Result<Box<Ready>, AttemptError>,
     },
     /// A transport of attempt `id` reported something.
@@ -157,6 +158,7 @@ impl Driver {
         let config = ConnectorConfig {
             prefer: options.prefer,
             connect_timeout: options.connect_timeout,
+            enabled: options.enabled,
             ..ConnectorConfig::default()
         };
         let network = {
@@ -241,7 +243,12 @@ impl Driver {
             while let Some(action) = self.connector.poll_action() {
                 busy = true;
                 match action {
-                    ConnectorAction::Open { transport, timeout } => self.start_attempt(transport, timeout),
+                    ConnectorAction::Open { transport, timeout } => {
+                        self.start_attempt(transport, timeout, false);
+                    }
+                    ConnectorAction::Probe { transport, timeout } => {
+                        self.start_attempt(transport, timeout, true);
+                    }
                     ConnectorAction::Close => self.link = None,
                 }
             }
@@ -288,7 +295,9 @@ impl Driver {
         }
     }
 
-    fn start_attempt(&mut self, transport: TransportKind, timeout: Duration) {
+    /// Opens `transport` and fetches the tokens to say Hello with; a `probe` runs beside
+    /// the connection in use, which it replaces only once it is open.
+    fn start_attempt(&mut self, transport: TransportKind, timeout: Duration, probe: bool) {
         self.attempt += 1;
         let id = self.attempt;
         let tx = self.tx.clone();
@@ -317,6 +326,7 @@ impl Driver {
                 TransportKind::WebSocket => websocket::open(&options.websocket_url, timeout, sink)
                     .await
                     .map(Link::Ws),
+                TransportKind::Http => http::open(&options.http_url, timeout, sink).await.map(Link::Http),
             };
             let outcome = match opened {
                 Err(e) => Err(AttemptError::Open(e)),
@@ -340,6 +350,7 @@ impl Driver {
             let _ = tx.unbounded_send(Input::Attempt {
                 id,
                 transport,
+                probe,
                 outcome,
             });
         });
@@ -350,6 +361,23 @@ impl Driver {
         match input {
             Input::Command(command) => self.command(command),
             Input::Attempt { id, .. } if id != self.attempt => {}
+            Input::Attempt {
+                id,
+                transport,
+                probe: true,
+                outcome,
+            } => {
+                let ready = outcome.ok().filter(|ready| !ready.link.is_closed());
+                if self.connector.probe_done(transport, ready.is_some(), now)
+                    && let Some(ready) = ready
+                {
+                    // Move over: the old transport closes, the session says Hello on the
+                    // new one and recovers its rooms from where it was.
+                    self.link = None;
+                    self.session.transport_closed();
+                    self.adopt(id, *ready, now);
+                }
+            }
             Input::Attempt {
                 transport,
                 outcome: Err(AttemptError::Open(reason)),
@@ -371,6 +399,7 @@ impl Driver {
                 id,
                 transport,
                 outcome: Ok(ready),
+                ..
             } => {
                 self.connector.opened(transport);
                 if ready.link.is_closed() {
@@ -378,15 +407,7 @@ impl Driver {
                     self.connector.closed(Some(Duration::ZERO), now);
                     return;
                 }
-                for (room, token) in ready.room_tokens {
-                    if let Ok(token) = token
-                        && self.session.rooms().any(|r| r.as_str() == room)
-                    {
-                        let _ = self.session.subscribe(&room, Some(&token));
-                    }
-                }
-                self.link = Some((id, ready.link));
-                self.session.connect(&ready.token, now, unix_ms());
+                self.adopt(id, *ready, now);
             }
             Input::Link { id, event } => {
                 if self.link.as_ref().is_none_or(|(current, _)| *current != id) {
@@ -411,6 +432,19 @@ impl Driver {
             Input::Online(true) => self.connector.online(now),
             Input::Online(false) => self.connector.offline(),
         }
+    }
+
+    /// Runs the session over the opened transport of attempt `id`: Hello, then the rooms.
+    fn adopt(&mut self, id: u64, ready: Ready, now: Instant) {
+        for (room, token) in ready.room_tokens {
+            if let Ok(token) = token
+                && self.session.rooms().any(|r| r.as_str() == room)
+            {
+                let _ = self.session.subscribe(&room, Some(&token));
+            }
+        }
+        self.link = Some((id, ready.link));
+        self.session.connect(&ready.token, now, unix_ms());
     }
 
     /// The transport ended without a Disconnect frame.

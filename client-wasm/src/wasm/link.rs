@@ -6,6 +6,7 @@ use std::rc::Rc;
 use prost::Message as _;
 use rtgate_protocol::pb;
 
+use super::http::HttpLink;
 use super::websocket::WsLink;
 use super::webtransport::WtLink;
 
@@ -40,6 +41,8 @@ pub(crate) enum Link {
     Wt(WtLink),
     /// WebSocket.
     Ws(WsLink),
+    /// Plain HTTP.
+    Http(HttpLink),
 }
 
 impl Link {
@@ -48,6 +51,7 @@ impl Link {
         match self {
             Link::Wt(l) => l.is_closed(),
             Link::Ws(l) => l.is_closed(),
+            Link::Http(l) => l.is_closed(),
         }
     }
 
@@ -56,6 +60,7 @@ impl Link {
         match self {
             Link::Wt(l) => l.send(frame),
             Link::Ws(l) => l.send(frame),
+            Link::Http(l) => l.send(frame),
         }
     }
 
@@ -64,6 +69,7 @@ impl Link {
         match self {
             Link::Wt(l) => l.send_datagram(frame),
             Link::Ws(l) => l.send(frame),
+            Link::Http(l) => l.send(frame),
         }
     }
 }

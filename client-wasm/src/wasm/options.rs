@@ -12,9 +12,12 @@ use crate::connector::TransportPreference;
 pub(crate) struct Options {
     pub(crate) webtransport_url: String,
     pub(crate) websocket_url: String,
+    pub(crate) http_url: String,
     pub(crate) cert_hash: Option<Vec<u8>>,
     pub(crate) token: Function,
     pub(crate) prefer: TransportPreference,
+    /// Which transports have a URL (WebTransport, WebSocket, HTTP).
+    pub(crate) enabled: [bool; 3],
     pub(crate) connect_timeout: Duration,
     pub(crate) refresh_margin: Duration,
     pub(crate) client_name: String,
@@ -64,31 +67,57 @@ fn cert_hash(value: &JsValue) -> Result<Vec<u8>, String> {
     }
 }
 
+/// The HTTP fallback beside a WebSocket endpoint: `ws(s)://host/…/ws` becomes
+/// `http(s)://host/…/http`; `None` for any other WebSocket URL.
+fn http_url_beside(websocket_url: &str) -> Option<String> {
+    let rest = websocket_url.strip_suffix("/ws")?;
+    if let Some(host) = rest.strip_prefix("wss://") {
+        Some(format!("https://{host}/http"))
+    } else {
+        rest.strip_prefix("ws://")
+            .map(|host| format!("http://{host}/http"))
+    }
+}
+
 impl Options {
     /// Reads and checks the options object.
     pub(crate) fn parse(object: &JsValue) -> Result<Options, String> {
         let webtransport_url = string(object, "webTransportUrl").unwrap_or_default();
         let websocket_url = string(object, "webSocketUrl").unwrap_or_default();
-        let prefer = match (
-            string(object, "transport").as_deref(),
-            webtransport_url.is_empty(),
-            websocket_url.is_empty(),
-        ) {
-            (_, true, true) => return Err("webTransportUrl or webSocketUrl is required".into()),
-            (Some("webtransport"), true, _) | (Some("websocket"), _, true) => {
-                return Err("the chosen transport has no URL".into());
+        let http_url = match (string(object, "httpUrl"), field(object, "httpFallback")) {
+            (Some(url), _) => url,
+            (None, Some(off)) if off.is_falsy() => String::new(),
+            (None, _) => http_url_beside(&websocket_url).unwrap_or_default(),
+        };
+        let have = [&webtransport_url, &websocket_url, &http_url].map(|u| !u.is_empty());
+        let only = |kind: usize, preference| {
+            if have[kind] {
+                Ok(preference)
+            } else {
+                Err("the chosen transport has no URL".to_string())
             }
-            (Some("webtransport"), _, _) | (None | Some("auto"), false, true) => {
-                TransportPreference::WebTransport
-            }
-            (Some("websocket"), _, _) | (None | Some("auto"), true, false) => TransportPreference::WebSocket,
-            (None | Some("auto"), false, false) => TransportPreference::Auto,
-            (Some(other), _, _) => return Err(format!("unknown transport {other:?}")),
+        };
+        let prefer = match string(object, "transport").as_deref() {
+            None | Some("auto") => match have {
+                [false, false, false] => {
+                    return Err("webTransportUrl, webSocketUrl or httpUrl is required".into());
+                }
+                [true, false, false] => TransportPreference::WebTransport,
+                [false, true, false] => TransportPreference::WebSocket,
+                [false, false, true] => TransportPreference::Http,
+                _ => TransportPreference::Auto,
+            },
+            Some("webtransport") => only(0, TransportPreference::WebTransport)?,
+            Some("websocket") => only(1, TransportPreference::WebSocket)?,
+            Some("http") => only(2, TransportPreference::Http)?,
+            Some(other) => return Err(format!("unknown transport {other:?}")),
         };
         let token = function(object, "token")?.ok_or("token (a function) is required")?;
         Ok(Options {
             webtransport_url,
             websocket_url,
+            http_url,
+            enabled: have,
             cert_hash: field(object, "certificateHash")
                 .map(|v| cert_hash(&v))
                 .transpose()?,

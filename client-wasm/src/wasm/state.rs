@@ -51,6 +51,7 @@ impl StateInfo {
         let transport = match self.transport {
             Some(TransportKind::WebTransport) => "webtransport".into(),
             Some(TransportKind::WebSocket) => "websocket".into(),
+            Some(TransportKind::Http) => "http".into(),
             None => JsValue::NULL,
         };
         let mut entries = vec![

@@ -75,6 +75,8 @@ pub struct Network {
     pub webtransport: bool,
     /// WebSocket upgrades get through.
     pub websocket: bool,
+    /// Plain HTTP requests get through.
+    pub http: bool,
 }
 
 impl Network {
@@ -82,7 +84,16 @@ impl Network {
     pub const OPEN: Network = Network {
         webtransport: true,
         websocket: true,
+        http: true,
     };
+
+    fn allows(&self, transport: ClientTransport) -> bool {
+        match transport {
+            ClientTransport::WebTransport => self.webtransport,
+            ClientTransport::WebSocket => self.websocket,
+            ClientTransport::Http => self.http,
+        }
+    }
 }
 
 /// A peer: one client (session and connector) and, while connected, its link to the
@@ -100,6 +111,8 @@ struct Link {
 struct Stalled {
     transport: ClientTransport,
     gives_up: Instant,
+    /// A probe beside the connection in use (else an open).
+    probe: bool,
 }
 
 struct Peer {
@@ -488,7 +501,11 @@ impl Harness {
                 peer.connector.handle_timeout(now);
             }
             if let Some(stalled) = peer.stalled.take_if(|s| s.gives_up <= now) {
-                peer.connector.open_failed(stalled.transport, now);
+                if stalled.probe {
+                    let _ = peer.connector.probe_done(stalled.transport, false, now);
+                } else {
+                    peer.connector.open_failed(stalled.transport, now);
+                }
             }
         }
     }
@@ -523,44 +540,50 @@ impl Harness {
             match action {
                 ConnectorAction::Open { transport, timeout } => {
                     peer.attempts.push((now, transport));
-                    let allowed = match transport {
-                        ClientTransport::WebTransport => peer.network.webtransport,
-                        ClientTransport::WebSocket => peer.network.websocket,
-                    };
-                    if !allowed {
+                    if !peer.network.allows(transport) {
                         peer.stalled = Some(Stalled {
                             transport,
                             gives_up: now + timeout,
+                            probe: false,
                         });
                         continue;
                     }
-                    let kind = match transport {
-                        ClientTransport::WebTransport => TransportKind::WebTransport,
-                        ClientTransport::WebSocket => TransportKind::WebSocket,
-                    };
-                    let Ok((conn, control)) = node.register(kind, IpAddr::V4(Ipv4Addr::LOCALHOST)) else {
+                    let Some(link) = open_link(&node, transport, send_queue, now, unix_ms) else {
                         // Refused at once (the gateway is shutting down): the open fails.
                         peer.connector.open_failed(transport, now);
                         continue;
                     };
-                    let outbox = Outbox::new(send_queue);
-                    let (lane, rx) = Lane::new(&outbox);
-                    let t = Transport {
-                        kind,
-                        control: lane.clone(),
-                        lanes: Box::new(OneLane(lane)),
-                        datagrams: None,
-                        closer: Box::new(MemoryCloser),
-                    };
-                    let conductor = Conductor::new(node.clone(), conn, t, now, unix_ms);
-                    peer.link = Some(Link {
-                        conductor: Some(conductor),
-                        rx,
-                        control: Some(control),
-                    });
+                    peer.link = Some(link);
                     peer.opened.push(transport);
                     peer.connector.opened(transport);
                     peer.client.connect(&peer.token, now, unix_ms as i64);
+                }
+                ConnectorAction::Probe { transport, timeout } => {
+                    peer.attempts.push((now, transport));
+                    let opened = peer
+                        .network
+                        .allows(transport)
+                        .then(|| open_link(&node, transport, send_queue, now, unix_ms))
+                        .flatten();
+                    let Some(link) = opened else {
+                        peer.stalled = Some(Stalled {
+                            transport,
+                            gives_up: now + timeout,
+                            probe: true,
+                        });
+                        continue;
+                    };
+                    if peer.connector.probe_done(transport, true, now) {
+                        // As the browser driver does: the old link closes, the session
+                        // says Hello on the new one.
+                        if let Some(mut old) = peer.link.take() {
+                            close_from_client(&mut old, now, &mut peer.closes).await;
+                        }
+                        peer.client.transport_closed();
+                        peer.link = Some(link);
+                        peer.opened.push(transport);
+                        peer.client.connect(&peer.token, now, unix_ms as i64);
+                    }
                 }
                 ConnectorAction::Close => {
                     if let Some(mut link) = peer.link.take() {
@@ -667,6 +690,37 @@ impl Harness {
 
 /// The client closes its side of `link`: the gateway sees it go away and winds the
 /// connection down (its code recorded in `closes`).
+/// A new connection to the node over `transport`, as the driver sets one up; `None` when
+/// the node refuses it at once.
+fn open_link(
+    node: &Arc<Node>,
+    transport: ClientTransport,
+    send_queue: usize,
+    now: Instant,
+    unix_ms: u64,
+) -> Option<Link> {
+    let kind = match transport {
+        ClientTransport::WebTransport => TransportKind::WebTransport,
+        ClientTransport::WebSocket => TransportKind::WebSocket,
+        ClientTransport::Http => TransportKind::Http,
+    };
+    let (conn, control) = node.register(kind, IpAddr::V4(Ipv4Addr::LOCALHOST)).ok()?;
+    let outbox = Outbox::new(send_queue);
+    let (lane, rx) = Lane::new(&outbox);
+    let t = Transport {
+        kind,
+        control: lane.clone(),
+        lanes: Box::new(OneLane(lane)),
+        datagrams: None,
+        closer: Box::new(MemoryCloser),
+    };
+    Some(Link {
+        conductor: Some(Conductor::new(node.clone(), conn, t, now, unix_ms)),
+        rx,
+        control: Some(control),
+    })
+}
+
 async fn close_from_client(link: &mut Link, now: Instant, closes: &mut Vec<DisconnectCode>) {
     if let Some(mut c) = link.conductor.take() {
         c.peer_closed();
