@@ -11,7 +11,7 @@ async function seesTyping(page, who) {
   });
 }
 
-for (const transport of ["webtransport", "websocket"]) {
+for (const transport of ["webtransport", "websocket", "http"]) {
   test(`two pages see each other's typing (${transport})`, { timeout: 60_000 }, async (t) => {
     const { gateway, browser } = await setUp(t);
 

@@ -28,4 +28,18 @@ export async function example(): Promise<void> {
   const presence: Presence = await client.presence();
   console.log(presence.users?.length);
   client.close();
+
+  // Plain HTTP only, moving up sooner when a better transport comes back.
+  const fallback = new RtgateClient({
+    webSocketUrl: "wss://gateway.example/ws",
+    httpUrl: "https://gateway.example/http",
+    transport: "auto",
+    fallbackCooldownMs: 60_000,
+    token: () => "token",
+    onStateChange: (s) => {
+      const onHttp: boolean = s.transport === "http";
+      console.log(onHttp);
+    },
+  });
+  fallback.close();
 }

@@ -15,7 +15,11 @@ for (const field of ["user", "role", "conversation", "transport"]) {
 // The WebTransport port is not the page's: the gateway tells it with the certificate hash
 // (or pass ?wt=https://HOST:PORT/wt).
 const host = location.hostname === "localhost" ? "127.0.0.1" : location.hostname;
-const webSocketUrl = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
+// WebSocket and the HTTP fallback go to the page's own origin unless ?ws= and ?http= say
+// otherwise; ?connectTimeoutMs= and ?cooldownMs= tune the fallback.
+const webSocketUrl = params.get("ws") ?? `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
+const httpUrl = params.get("http") ?? `${location.origin}/http`;
+const millis = (name) => (params.has(name) ? Number(params.get(name)) : undefined);
 
 let client = null;
 let room = null;
@@ -98,8 +102,10 @@ async function connect() {
   const webTransportUrl = params.get("wt") ?? `https://${host}:${cert.webtransport_port ?? 4433}/wt`;
 
   client = new RtgateClient({
-    webTransportUrl, webSocketUrl, certificateHash,
+    webTransportUrl, webSocketUrl, httpUrl, certificateHash,
     transport: $("transport").value,
+    connectTimeoutMs: millis("connectTimeoutMs"),
+    fallbackCooldownMs: millis("cooldownMs"),
     token: async () => (await tokens()).token,
     onStateChange: showState,
     onRoomReset: showReset,

@@ -36,6 +36,12 @@ export interface ClientOptions {
   transport?: "auto" | "webtransport" | "websocket" | "http";
   /** How long a transport may take to open before the next one is tried (default 3000). */
   connectTimeoutMs?: number;
+  /**
+   * After a transport failed to open and a later one worked, how long reconnects skip it;
+   * then it is tried beside the running connection, which moves over if it opens
+   * (default 300000).
+   */
+  fallbackCooldownMs?: number;
   /** Refresh the token this long before it expires, at most half its remaining life (default 60000). */
   refreshMarginMs?: number;
   /** Name announced to the gateway. */

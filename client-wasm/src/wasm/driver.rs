@@ -159,6 +159,7 @@ impl Driver {
             prefer: options.prefer,
             connect_timeout: options.connect_timeout,
             enabled: options.enabled,
+            fallback_cooldown: options.fallback_cooldown,
             ..ConnectorConfig::default()
         };
         let network = {

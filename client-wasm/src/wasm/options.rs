@@ -19,6 +19,7 @@ pub(crate) struct Options {
     /// Which transports have a URL (WebTransport, WebSocket, HTTP).
     pub(crate) enabled: [bool; 3],
     pub(crate) connect_timeout: Duration,
+    pub(crate) fallback_cooldown: Duration,
     pub(crate) refresh_margin: Duration,
     pub(crate) client_name: String,
     pub(crate) on_state_change: Option<Function>,
@@ -124,6 +125,7 @@ impl Options {
             token,
             prefer,
             connect_timeout: millis(object, "connectTimeoutMs", 3000),
+            fallback_cooldown: millis(object, "fallbackCooldownMs", 300_000),
             refresh_margin: millis(object, "refreshMarginMs", 60_000),
             client_name: string(object, "clientName").unwrap_or_else(|| "rtgate-wasm".into()),
             on_state_change: function(object, "onStateChange")?,
