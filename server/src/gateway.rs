@@ -513,6 +513,14 @@ impl Gateway {
             },
             backend_stream,
         );
+        // Every node of a gateway signs HTTP fallback session ids alike (a send may land
+        // on any of them).
+        node.http_streams.set_key(
+            Sha256::new_with_prefix(b"rtgate http session ids\0")
+                .chain_update(api_key.as_bytes())
+                .finalize()
+                .into(),
+        );
         let state = HttpState {
             // Development tokens only when the gateway verifies with the secret it made up.
             dev: if dev_mode && config.jwt_secret.is_none() && config.jwt_public_key.is_none() {

@@ -173,7 +173,7 @@ async fn sends_are_taken_once_in_order_and_bad_ones_are_refused() {
     assert_eq!(nonces, [1, 2], "each batch once, in order");
 
     // Not a session, not a number, too large.
-    let bogus = format!("{:032x}-{}", 7u8, gw.gw.node.session.node_id);
+    let bogus = format!("{:064x}-{}", 7u8, gw.gw.node.session.node_id);
     for (url, want) in [
         (format!("{base}/http/send?session={bogus}&seq=0"), 404),
         (format!("{base}/http/send?session=nothing&seq=0"), 404),

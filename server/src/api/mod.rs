@@ -312,10 +312,10 @@ async fn http_send(
     let Ok(axum::extract::Query(query)) = query else {
         return text(StatusCode::BAD_REQUEST, "session and seq are required");
     };
-    let Some(owner) = httpstream::owner_of(&query.session) else {
+    let node = &state.node;
+    let Some(owner) = node.http_streams.owner_of(&query.session) else {
         return text(StatusCode::NOT_FOUND, "no such session");
     };
-    let node = &state.node;
     let body = match axum::body::to_bytes(body, httpstream::max_send_bytes(node)).await {
         Ok(body) => body,
         Err(_) => {

@@ -5,7 +5,9 @@
 //!
 //! A POST may reach any node (no sticky sessions): the session id names the node that
 //! holds the stream, and a node that does not hold it passes the frames on through the
-//! engine's control channel ([`ControlMessage::HttpFrames`]).
+//! engine's control channel ([`ControlMessage::HttpFrames`]). Session ids carry a MAC under
+//! a key the nodes share (derived from the API key), so that a forged one is refused
+//! where it lands instead of costing every node a message.
 //!
 //! [`ControlMessage::HttpFrames`]: crate::engine::bus::ControlMessage::HttpFrames
 
@@ -16,7 +18,9 @@ use std::sync::{Arc, Mutex};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use futures::future::BoxFuture;
+use hmac::{Hmac, Mac};
 use rtgate_protocol::{DisconnectCode, FrameDecoder, FrameError};
+use sha2::Sha256;
 use tokio::sync::{mpsc, oneshot};
 
 use super::websocket::SocketLanes;
@@ -56,13 +60,49 @@ struct Entry {
     next_seq: u64,
 }
 
-/// The HTTP streams this node holds, by session id.
+/// The HTTP streams this node holds, by session id, and the key their ids are signed with.
 #[derive(Default)]
 pub struct Streams {
     map: Mutex<HashMap<String, Entry>>,
+    key: std::sync::OnceLock<[u8; 32]>,
 }
 
 impl Streams {
+    /// Sets the key session ids are signed with: the same on every node of a gateway
+    /// (until set, a random one: a single node's own).
+    pub fn set_key(&self, key: [u8; 32]) {
+        let _ = self.key.set(key);
+    }
+
+    fn mac(&self) -> Hmac<Sha256> {
+        let key = self.key.get_or_init(rand::random);
+        Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length")
+    }
+
+    /// A session id: 128 random bits and their MAC, then the node that holds the stream.
+    fn new_session_id(&self, node_id: &str) -> String {
+        let secret = format!("{:032x}", rand::random::<u128>());
+        let mut mac = self.mac();
+        mac.update(format!("{secret}-{node_id}").as_bytes());
+        let tag = &mac.finalize().into_bytes()[..16];
+        format!("{secret}{}-{node_id}", hex::encode(tag))
+    }
+
+    /// The node named by a session id of this gateway's; `None` for anything else (a
+    /// forged or mangled id).
+    pub fn owner_of<'a>(&self, session: &'a str) -> Option<&'a str> {
+        let (signed, node) = session.split_once('-')?;
+        if signed.len() != 64 || node.is_empty() {
+            return None;
+        }
+        let (secret, tag) = signed.split_at(32);
+        let tag = hex::decode(tag).ok()?;
+        let mut mac = self.mac();
+        mac.update(format!("{secret}-{node}").as_bytes());
+        mac.verify_truncated_left(&tag).ok()?;
+        Some(node)
+    }
+
     fn insert(&self, id: String, tx: mpsc::Sender<Incoming>) {
         self.map
             .lock()
@@ -144,17 +184,6 @@ pub fn split_frames(body: &[u8], max: usize) -> Result<Vec<Bytes>, FrameError> {
     Ok(frames)
 }
 
-/// A session id: 128 random bits, then the node that holds the stream.
-fn new_session_id(node_id: &str) -> String {
-    format!("{:032x}-{node_id}", rand::random::<u128>())
-}
-
-/// The node named by a session id; `None` for anything that is not one.
-pub fn owner_of(session: &str) -> Option<&str> {
-    let (secret, node) = session.split_once('-')?;
-    (secret.len() == 32 && secret.bytes().all(|b| b.is_ascii_hexdigit()) && !node.is_empty()).then_some(node)
-}
-
 /// The most bytes one send may carry: four frames of the largest size.
 pub fn max_send_bytes(node: &Node) -> usize {
     node.session.max_frame_size * 4
@@ -203,7 +232,7 @@ pub fn open(node: Arc<Node>, client: Option<crate::http::ClientConn>) -> Opened 
             };
         }
     };
-    let session = new_session_id(&node.session.node_id);
+    let session = node.http_streams.new_session_id(&node.session.node_id);
     let (incoming_tx, incoming_rx) = mpsc::channel(INCOMING_QUEUE);
     node.http_streams.insert(session.clone(), incoming_tx);
 
@@ -384,18 +413,24 @@ mod tests {
     }
 
     #[test]
-    fn session_ids_name_their_node_and_nothing_else_passes() {
-        let id = new_session_id("n-1.a");
-        assert_eq!(owner_of(&id), Some("n-1.a"));
-        assert_ne!(id, new_session_id("n-1.a"));
-        for bad in [
-            "",
-            "abc-n1",
-            &format!("{:032x}-", 1u8),
-            &format!("{:032}x-n1", 0),
-            "n1",
-        ] {
-            assert_eq!(owner_of(bad), None, "{bad}");
+    fn session_ids_name_their_node_and_only_the_gateways_own_pass() {
+        let (a, b) = (Streams::default(), Streams::default());
+        a.set_key([7; 32]);
+        b.set_key([7; 32]);
+        let id = a.new_session_id("n-1.a");
+        assert_eq!(a.owner_of(&id), Some("n-1.a"));
+        assert_eq!(b.owner_of(&id), Some("n-1.a"), "another node of the gateway");
+        assert_ne!(id, a.new_session_id("n-1.a"));
+        let other = Streams::default();
+        other.set_key([8; 32]);
+        assert_eq!(other.owner_of(&id), None, "another gateway's key");
+        let moved = id.replace("-n-1.a", "-n2");
+        let mut flipped = id.clone().into_bytes();
+        flipped[40] = if flipped[40] == b'0' { b'1' } else { b'0' };
+        let flipped = String::from_utf8(flipped).unwrap();
+        let zeros = format!("{:064x}-n1", 1u8);
+        for bad in ["", "abc-n1", &zeros, &id[..64], "n1", &moved, &flipped] {
+            assert_eq!(a.owner_of(bad), None, "{bad}");
         }
     }
 }
