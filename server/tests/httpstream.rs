@@ -294,4 +294,15 @@ async fn sends_through_another_node_reach_the_session_in_order() {
         0,
         "the session stays on the node of its stream"
     );
+    // A forged session id is refused where it lands, not passed on.
+    let forged = format!("{:064x}-{}", 1u8, a.gw.node.session.node_id);
+    let status = http
+        .http
+        .post(format!("{base_b}/http/send?session={forged}&seq=0"))
+        .body(encode_frame(&ping(1)).to_vec())
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 404);
 }
