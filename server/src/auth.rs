@@ -79,7 +79,26 @@ pub enum Role {
     Admin,
     /// A contact (the widget or an API client); `sub` is the contact id.
     Contact,
+    /// The gateway's own admin console: never in a backend's token (it cannot be
+    /// deserialized); only in tokens the gateway mints (see [`CONSOLE_KID`]).
+    #[serde(skip)]
+    Console,
 }
+
+/// The `kid` of the tokens the gateway mints for its admin console.
+pub const CONSOLE_KID: &str = "rtgate-console";
+
+/// The console's principal id and account (no backend user or account has it).
+pub const CONSOLE_ID: u64 = u64::MAX;
+
+/// The room the console's live figures are published to, one event per node per second:
+/// a public room of the console's own account.
+pub fn console_room() -> RoomName {
+    RoomName::parse(&format!("public:{CONSOLE_ID}:console")).expect("a valid room name")
+}
+
+/// How long a console token is valid.
+pub const CONSOLE_TOKEN_SECS: u64 = 3600;
 
 /// The authenticated party behind a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,13 +123,14 @@ impl Principal {
         match self.role {
             Role::Contact => RoomName::contact(self.id),
             Role::Agent | Role::Admin => RoomName::user(self.id),
+            Role::Console => console_room(),
         }
     }
 
     /// Rooms joined automatically on connect.
     pub fn auto_rooms(&self) -> Vec<RoomName> {
         match self.role {
-            Role::Contact => vec![self.own_room()],
+            Role::Contact | Role::Console => vec![self.own_room()],
             Role::Agent | Role::Admin => {
                 let mut rooms = vec![self.own_room(), RoomName::account(self.account_id)];
                 if self.auto_inboxes {
@@ -309,6 +329,8 @@ impl Revocations {
 #[derive(Debug, Clone)]
 pub struct Authenticator {
     key: TokenKey,
+    /// Signs and verifies the console's tokens (HS256).
+    console_key: Option<Vec<u8>>,
     validation: Validation,
     leeway_secs: u64,
     max_lifetime_secs: u64,
@@ -342,12 +364,67 @@ impl Authenticator {
         }
         Authenticator {
             key,
+            console_key: None,
             validation,
             leeway_secs: LEEWAY_SECS,
             max_lifetime_secs: DEFAULT_MAX_LIFETIME_SECS,
             allow_no_exp: false,
             revocations: Default::default(),
         }
+    }
+
+    /// Mints and accepts console tokens signed with `secret` (the same on every node).
+    pub fn with_console_key(mut self, secret: &[u8]) -> Self {
+        self.console_key = Some(secret.to_vec());
+        self
+    }
+
+    /// A token for the admin console, valid from `now_unix` for [`CONSOLE_TOKEN_SECS`];
+    /// `None` without a console key.
+    pub fn console_token(&self, now_unix: u64) -> Option<String> {
+        let secret = self.console_key.as_ref()?;
+        let mut header = jsonwebtoken::Header::new(Algorithm::HS256);
+        header.kid = Some(CONSOLE_KID.into());
+        let claims = serde_json::json!({
+            "sub": CONSOLE_ID.to_string(),
+            "iat": now_unix,
+            "exp": now_unix + CONSOLE_TOKEN_SECS,
+        });
+        jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_secret(secret)).ok()
+    }
+
+    fn verify_console(&self, token: &str, now_unix: u64) -> Result<Principal, AuthError> {
+        #[derive(Deserialize)]
+        struct ConsoleClaims {
+            sub: String,
+            exp: u64,
+        }
+        let secret = self
+            .console_key
+            .as_ref()
+            .ok_or_else(|| AuthError::Invalid("console tokens are not accepted here".into()))?;
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.validate_exp = false;
+        validation.required_spec_claims.clear();
+        let claims =
+            jsonwebtoken::decode::<ConsoleClaims>(token, &DecodingKey::from_secret(secret), &validation)
+                .map_err(|e| AuthError::Invalid(e.to_string()))?
+                .claims;
+        if claims.sub != CONSOLE_ID.to_string() {
+            return Err(AuthError::Claims("not a console token".into()));
+        }
+        self.check_time(Some(claims.exp), None, now_unix)?;
+        if claims.exp > now_unix + CONSOLE_TOKEN_SECS + self.leeway_secs {
+            return Err(AuthError::Claims("console tokens live an hour at most".into()));
+        }
+        Ok(Principal {
+            id: CONSOLE_ID,
+            account_id: CONSOLE_ID,
+            role: Role::Console,
+            inboxes: Vec::new(),
+            expires_at: Some(claims.exp),
+            auto_inboxes: false,
+        })
     }
 
     /// The revoked tokens this authenticator refuses.
@@ -411,6 +488,9 @@ impl Authenticator {
 
     /// Verifies a connection token at time `now_unix`.
     pub fn verify_connection(&self, token: &str, now_unix: u64) -> Result<Principal, AuthError> {
+        if jsonwebtoken::decode_header(token).is_ok_and(|h| h.kid.as_deref() == Some(CONSOLE_KID)) {
+            return self.verify_console(token, now_unix);
+        }
         let claims: ConnectionClaims = self.decode(token)?;
         if claims.room.is_some() {
             return Err(AuthError::Claims(
@@ -437,6 +517,9 @@ impl Authenticator {
             .ok_or_else(|| AuthError::Claims("sub must be a positive integer id".into()))?;
         if claims.account_id == 0 {
             return Err(AuthError::Claims("account_id must be positive".into()));
+        }
+        if claims.account_id == CONSOLE_ID || id == CONSOLE_ID {
+            return Err(AuthError::Claims("that id is the gateway's own".into()));
         }
         if !self.revocations.is_known() {
             return Err(AuthError::RevocationsUnknown);
@@ -500,6 +583,47 @@ mod tests {
             &jsonwebtoken::EncodingKey::from_secret(SECRET),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn console_tokens_verify_only_under_their_key_and_join_only_the_console_room() {
+        let auth = authenticator().with_console_key(b"console key");
+        let token = auth.console_token(NOW).unwrap();
+        let console = auth.verify_connection(&token, NOW).unwrap();
+        assert_eq!((console.role, console.account_id), (Role::Console, CONSOLE_ID));
+        assert_eq!(console.auto_rooms(), [console_room()]);
+        use crate::authz::{Grant, may_join};
+        assert!(may_join(&console, &console_room(), Grant::Claims));
+        for room in ["user:1", "account:1", "inbox:1", "public:1:lobby"] {
+            assert!(
+                !may_join(&console, &RoomName::parse(room).unwrap(), Grant::Claims),
+                "{room}"
+            );
+        }
+        assert!(
+            auth.verify_connection(&token, NOW + CONSOLE_TOKEN_SECS + 10)
+                .is_err(),
+            "expired"
+        );
+        let other = authenticator().with_console_key(b"another gateway");
+        assert!(other.verify_connection(&token, NOW).is_err());
+        assert!(
+            authenticator().verify_connection(&token, NOW).is_err(),
+            "no console key"
+        );
+        assert!(authenticator().console_token(NOW).is_none());
+        // A backend token cannot claim to be the console.
+        let claims = serde_json::json!({"sub": "7", "account_id": 1, "role": "console", "exp": NOW + 60});
+        let forged = jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET),
+        )
+        .unwrap();
+        assert!(matches!(
+            auth.verify_connection(&forged, NOW),
+            Err(AuthError::Claims(_))
+        ));
     }
 
     #[test]

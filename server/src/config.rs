@@ -401,9 +401,14 @@ pub struct Config {
     #[arg(long, env = "RTGATE_DEMO_DIR", default_value = "server/demo")]
     pub demo_dir: PathBuf,
 
-    /// Directory of the built browser package, served at /demo/pkg.
+    /// Directory of the built browser package, served at /demo/pkg (and /admin/pkg).
     #[arg(long, env = "RTGATE_DEMO_PKG_DIR", default_value = "client-wasm/pkg")]
     pub demo_pkg_dir: PathBuf,
+
+    /// Serve the admin console at /admin/ (its data needs the API key); on by default in
+    /// development mode only.
+    #[arg(long, env = "RTGATE_CONSOLE", num_args = 0..=1, default_missing_value = "true")]
+    pub console: Option<bool>,
 
     /// How long shutdown waits for connections to close.
     #[arg(long, env = "RTGATE_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]

@@ -127,6 +127,11 @@ async fn run_control(
                         node.kick_cable_token(&key, crate::actioncable::TOKEN_DROPPED);
                     }
                 }
+                Some(ControlMessage::ConsoleWatched { origin }) => {
+                    if origin != node.session.node_id {
+                        node.console_watch.watched_from_afar(crate::connection::unix_ms());
+                    }
+                }
                 Some(ControlMessage::HttpFrames { target, session, seq, frames }) => {
                     if target == node.session.node_id {
                         let max = node.session.max_frame_size;
@@ -364,15 +369,20 @@ impl Gateway {
                 TokenKey::hs256(secret.as_bytes()).map_err(|e| StartError::Config(e.to_string()))?
             }
         };
-        let auth = Authenticator::new(key, config.jwt_issuer.as_deref(), config.jwt_audience.as_deref())
-            .with_lifetime(
-                config.token_max_lifetime.as_secs(),
-                config.allow_tokens_without_exp,
-            );
         let api_key = config
             .api_key
             .clone()
             .unwrap_or_else(|| dev.as_ref().expect("dev credentials made").api_key.clone());
+        // The console's tokens are signed with a key every node derives alike.
+        let console_key = Sha256::new_with_prefix(b"rtgate console tokens\0")
+            .chain_update(api_key.as_bytes())
+            .finalize();
+        let auth = Authenticator::new(key, config.jwt_issuer.as_deref(), config.jwt_audience.as_deref())
+            .with_lifetime(
+                config.token_max_lifetime.as_secs(),
+                config.allow_tokens_without_exp,
+            )
+            .with_console_key(&console_key);
 
         let identity = match (&config.cert, &config.key) {
             (Some(cert), Some(key)) => certs::load(cert, key).await?,
@@ -549,6 +559,10 @@ impl Gateway {
                 metrics: metrics_listener.is_none(),
                 demo: dev_mode.then(|| (config.demo_dir.clone(), config.demo_pkg_dir.clone())),
                 body_timeout: config.http_body_timeout,
+                console: config
+                    .console
+                    .unwrap_or(dev_mode)
+                    .then(|| config.demo_pkg_dir.clone()),
             },
         );
         let http_limits = HttpLimits {
@@ -674,17 +688,21 @@ impl Gateway {
             listeners.push(tokio::spawn(run_control(node.clone(), control)));
         }
         let maintenance_engine = engine.clone();
+        let feed = crate::console::run_feed(node.clone(), Duration::from_secs(1));
         let maintenance = tokio::spawn(async move {
             // Histogram samples are folded every second (bounded memory under load);
-            // engine housekeeping runs every ten.
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            for n in 0u64.. {
-                tick.tick().await;
-                crate::metrics::upkeep();
-                if n % 10 == 0 {
-                    maintenance_engine.maintain().await;
+            // engine housekeeping runs every ten; the console's figures go out beside.
+            let upkeep = async {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                for n in 0u64.. {
+                    tick.tick().await;
+                    crate::metrics::upkeep();
+                    if n % 10 == 0 {
+                        maintenance_engine.maintain().await;
+                    }
                 }
-            }
+            };
+            tokio::join!(upkeep, feed);
         });
 
         tracing::info!(%wt_addr, %http_addr, node = %node.session.node_id, "rtgate listening");

@@ -589,6 +589,24 @@ impl Hub {
             .map(|s| s.read().expect("hub lock").len())
             .sum()
     }
+
+    /// Every room with local subscribers, and who they are (each subscriber's own room,
+    /// `user:7` or `contact:9`, once per connection), sorted by room.
+    pub fn members(&self) -> Vec<(RoomName, Vec<RoomName>)> {
+        let mut rooms: Vec<(RoomName, Vec<RoomName>)> = self
+            .shards
+            .iter()
+            .flat_map(|s| {
+                s.read()
+                    .expect("hub lock")
+                    .iter()
+                    .map(|(room, subs)| (room.clone(), subs.iter().map(|s| s.principal.clone()).collect()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        rooms.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        rooms
+    }
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ pub mod authz;
 pub mod certs;
 pub mod config;
 pub mod connection;
+pub mod console;
 pub mod delivery;
 pub mod dev;
 pub mod engine;

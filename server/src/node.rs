@@ -143,6 +143,8 @@ pub struct Node {
     pub pacer: Arc<crate::admission::AcceptPacer>,
     /// The HTTP fallback streams this node holds.
     pub http_streams: crate::transport::httpstream::Streams,
+    /// Whether a console on another node watches the figures.
+    pub console_watch: crate::console::Watch,
 }
 
 impl std::fmt::Debug for Node {
@@ -175,6 +177,7 @@ impl Node {
             addresses: crate::admission::AddressSlots::new(limits.max_per_ip),
             pacer: Arc::new(crate::admission::AcceptPacer::new(limits.accept_rate)),
             http_streams: Default::default(),
+            console_watch: Default::default(),
             limits,
         })
     }

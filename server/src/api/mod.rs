@@ -66,6 +66,8 @@ pub struct RouterOptions {
     pub demo: Option<(std::path::PathBuf, std::path::PathBuf)>,
     /// Request bodies must arrive within this.
     pub body_timeout: std::time::Duration,
+    /// Serve the admin console at `/admin/`, its browser package from this directory.
+    pub console: Option<std::path::PathBuf>,
 }
 
 /// The router serving `/ws`, `/api/v1/*`, `/healthz`, `/readyz`, `/dev/*`, and as
@@ -104,6 +106,9 @@ pub fn router(state: HttpState, options: RouterOptions) -> Router {
             "/mirror/{collection}/{id}",
             put(delivery::put_mirror).delete(delivery::delete_mirror),
         )
+        .route("/console/token", get(console_token))
+        .route("/console/rooms", get(console_rooms))
+        .route("/console/history/{room}", get(console_history))
         .route("/deliveries/dead", get(delivery::dead_letters))
         .route("/deliveries/dead/{id}", axum::routing::delete(delivery::discard))
         .route("/deliveries/dead/{id}/replay", post(delivery::replay))
@@ -124,6 +129,35 @@ pub fn router(state: HttpState, options: RouterOptions) -> Router {
         .route("/dev/cert-hash", get(cert_hash));
     if options.metrics {
         app = app.route("/metrics", get(metrics_text));
+    }
+    if let Some(pkg_dir) = &options.console {
+        use tower_http::services::ServeDir;
+        let asset = |body: &'static str, kind: &'static str| {
+            move || async move {
+                (
+                    [(header::CONTENT_TYPE, kind), (header::CACHE_CONTROL, "no-store")],
+                    body,
+                )
+            }
+        };
+        app = app
+            .route(
+                "/admin",
+                get(|| async { axum::response::Redirect::permanent("/admin/") }),
+            )
+            .route(
+                "/admin/",
+                get(asset(crate::console::PAGE, "text/html; charset=utf-8")),
+            )
+            .route(
+                "/admin/console.js",
+                get(asset(crate::console::SCRIPT, "text/javascript; charset=utf-8")),
+            )
+            .route(
+                "/admin/console.css",
+                get(asset(crate::console::STYLE, "text/css; charset=utf-8")),
+            )
+            .nest_service("/admin/pkg", ServeDir::new(pkg_dir));
     }
     if let Some((demo_dir, pkg_dir)) = &options.demo {
         use tower_http::services::ServeDir;
@@ -362,6 +396,103 @@ fn sized(ws: WebSocketUpgrade, node: &Node) -> WebSocketUpgrade {
         .write_buffer_size(0)
         .max_message_size(max * 4)
         .max_frame_size(max * 4)
+}
+
+/// `GET /api/v1/console/token`: a connection token for the admin console, which joins the
+/// console room with it.
+async fn console_token(State(state): State<HttpState>) -> Response {
+    let now = crate::connection::unix_ms() / 1000;
+    match state.node.auth.console_token(now) {
+        Some(token) => axum::Json(serde_json::json!({
+            "token": token,
+            "room": crate::auth::console_room().as_str(),
+            "expiresAt": now + crate::auth::CONSOLE_TOKEN_SECS,
+        }))
+        .into_response(),
+        None => (StatusCode::NOT_FOUND, "no console key").into_response(),
+    }
+}
+
+/// `GET /api/v1/console/rooms`: the rooms with subscribers on the node that answers, and
+/// who they are.
+async fn console_rooms(State(state): State<HttpState>) -> Response {
+    let rooms: Vec<serde_json::Value> = state
+        .node
+        .engine
+        .hub()
+        .members()
+        .into_iter()
+        .map(|(room, members)| {
+            let members: Vec<&str> = members.iter().map(|m| m.as_str()).collect();
+            serde_json::json!({ "room": room.as_str(), "members": members })
+        })
+        .collect();
+    axum::Json(serde_json::json!({ "node": state.node.session.node_id, "rooms": rooms })).into_response()
+}
+
+/// Query of `/api/v1/console/history/{room}`.
+#[derive(Debug, serde::Deserialize)]
+struct HistoryQuery {
+    limit: Option<u64>,
+}
+
+/// `GET /api/v1/console/history/{room}?limit=N`: the room's position, subscribers and its
+/// newest N events (20 by default, at most 100) still in history.
+async fn console_history(
+    State(state): State<HttpState>,
+    Path(room): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<HistoryQuery>,
+) -> Response {
+    let Ok(room) = RoomName::parse(&room) else {
+        return (StatusCode::UNPROCESSABLE_ENTITY, "invalid room name").into_response();
+    };
+    let engine = &state.node.engine;
+    let info = match with_timeout(engine.room_info(&room)).await {
+        Ok(info) => info,
+        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    };
+    let limit = query.limit.unwrap_or(20).clamp(1, 100);
+    let top = info.pos.offset;
+    let mut events = Vec::new();
+    let mut lost = false;
+    if top > 0 {
+        let cursor = crate::hub::ReplayCursor {
+            epoch: info.pos.epoch.clone(),
+            next: top.saturating_sub(limit - 1).max(1),
+            until: top,
+            after_id: None,
+        };
+        match with_timeout(engine.replay_page(&room, &cursor, 1 << 20)).await {
+            Ok(crate::hub::ReplayPage::Events(publications, _)) => {
+                for p in publications {
+                    if let Ok(pb::ServerFrame {
+                        kind: Some(pb::server_frame::Kind::Event(e)),
+                    }) = pb::ServerFrame::decode(&p.frame[..])
+                    {
+                        let event = e.event.unwrap_or_default();
+                        events.push(serde_json::json!({
+                            "offset": e.offset,
+                            "id": event.id,
+                            "name": event.name,
+                            "json": event.json,
+                            "occurredAtMs": event.occurred_at_ms,
+                        }));
+                    }
+                }
+            }
+            Ok(crate::hub::ReplayPage::Lost(_)) => lost = true,
+            Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+        }
+    }
+    axum::Json(serde_json::json!({
+        "room": room.as_str(),
+        "epoch": info.pos.epoch.to_string(),
+        "offset": top,
+        "subscribers": info.subscribers,
+        "events": events,
+        "lost": lost,
+    }))
+    .into_response()
 }
 
 /// Query of `/dev/token`.

@@ -59,6 +59,11 @@ pub enum ControlMessage {
         /// The token's key (hex SHA-256).
         key: String,
     },
+    /// A console watches on node `origin`: publish figures to the console room for a while.
+    ConsoleWatched {
+        /// The node holding the console's connection.
+        origin: String,
+    },
     /// A batch of client frames for an HTTP fallback session held by `target`.
     HttpFrames {
         /// The node holding the session's stream.
@@ -87,6 +92,7 @@ pub fn encode_control(message: &ControlMessage) -> Vec<u8> {
         )
         .into_bytes(),
         ControlMessage::DropCableToken { origin, key } => format!("T{origin}|{key}").into_bytes(),
+        ControlMessage::ConsoleWatched { origin } => format!("C{origin}").into_bytes(),
         ControlMessage::HttpFrames {
             target,
             session,
@@ -115,6 +121,11 @@ pub fn decode_control(bytes: &[u8]) -> Option<ControlMessage> {
         });
     }
     let text = std::str::from_utf8(rest).ok()?;
+    if kind == b'C' && !text.is_empty() {
+        return Some(ControlMessage::ConsoleWatched {
+            origin: text.to_string(),
+        });
+    }
     if kind == b'T' {
         let (origin, key) = text.split_once('|')?;
         return Some(ControlMessage::DropCableToken {
@@ -234,6 +245,8 @@ mod tests {
             frames: vec![3, b'|', 0, 255],
         };
         assert_eq!(decode_control(&encode_control(&frames)), Some(frames));
+        let watched = ControlMessage::ConsoleWatched { origin: "n1".into() };
+        assert_eq!(decode_control(&encode_control(&watched)), Some(watched));
         for bad in [
             b"Tn1",
             &b""[..],
@@ -244,6 +257,7 @@ mod tests {
             b"Xn1|u:1|0|r",
             b"Hn1|s|x|ab",
             b"Hn1|s",
+            b"C",
         ] {
             assert_eq!(decode_control(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
