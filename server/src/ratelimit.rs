@@ -24,15 +24,30 @@ impl TokenBucket {
 
     /// Takes one token if there is one.
     pub fn take(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last);
-        self.last = now.max(self.last);
-        self.tokens = (self.tokens + elapsed.as_secs_f64() * self.rate).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        self.take_n(1.0, now)
+    }
+
+    /// Takes `n` tokens if there are that many.
+    pub fn take_n(&mut self, n: f64, now: Instant) -> bool {
+        self.refill(now);
+        if self.tokens >= n {
+            self.tokens -= n;
             true
         } else {
             false
         }
+    }
+
+    /// Whether the bucket has refilled to its burst by `now` (nothing to remember).
+    pub fn is_full(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= self.burst
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last);
+        self.last = now.max(self.last);
+        self.tokens = (self.tokens + elapsed.as_secs_f64() * self.rate).min(self.burst);
     }
 
     /// How long until a token is available.

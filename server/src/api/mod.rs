@@ -338,6 +338,7 @@ struct SendQuery {
 /// batch of frames.
 async fn http_send(
     State(state): State<HttpState>,
+    client: Option<Extension<crate::http::ClientConn>>,
     query: Result<axum::extract::Query<SendQuery>, axum::extract::rejection::QueryRejection>,
     body: axum::body::Body,
 ) -> Response {
@@ -360,6 +361,24 @@ async fn http_send(
         }
     };
     if owner != node.session.node_id {
+        let ip = client.map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |Extension(c)| c.addr.ip());
+        let allowed = node
+            .http_streams
+            .forward_budget
+            .lock()
+            .expect("budget lock")
+            .take(
+                &query.session,
+                crate::admission::canonical_ip(ip),
+                body.len(),
+                std::time::Instant::now(),
+            );
+        if !allowed {
+            return text(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too much sent through this node; send again later",
+            );
+        }
         let message = crate::engine::bus::ControlMessage::HttpFrames {
             target: owner.to_string(),
             session: query.session,

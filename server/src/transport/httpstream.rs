@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
@@ -28,6 +29,7 @@ use super::{TransportKind, WriterCloser};
 use crate::connection::{Closer, Incoming, Transport, drive};
 use crate::node::Node;
 use crate::outbox::{Lane, LaneReceiver, Outbox, Queued};
+use crate::ratelimit::TokenBucket;
 
 /// The response header naming the stream's session, to be quoted by every send.
 pub const SESSION_HEADER: &str = "rtgate-session";
@@ -60,11 +62,67 @@ struct Entry {
     next_seq: u64,
 }
 
-/// The HTTP streams this node holds, by session id, and the key their ids are signed with.
+/// Bytes per second one session may have passed on to another node (and the burst).
+const FORWARD_SESSION_RATE: (f64, f64) = (256.0 * 1024.0, 1024.0 * 1024.0);
+/// Bytes per second one client address may have passed on to other nodes (and the burst):
+/// generous, as a whole office behind one proxy shares an address.
+const FORWARD_ADDRESS_RATE: (f64, f64) = (4.0 * 1024.0 * 1024.0, 8.0 * 1024.0 * 1024.0);
+/// Budgets kept before the idle ones are forgotten.
+const FORWARD_BUDGETS: usize = 4096;
+
+/// What this node passes on to other nodes' sessions, per session and per client
+/// address: a send through Redis reaches every node, so one client must not make them all
+/// carry a flood (a session id is valid for its whole life, even before `Hello`).
+#[derive(Debug, Default)]
+pub struct ForwardBudget {
+    sessions: HashMap<String, TokenBucket>,
+    addresses: HashMap<std::net::IpAddr, TokenBucket>,
+}
+
+impl ForwardBudget {
+    /// Takes `bytes` from the budgets of `session` and `ip` at `now`; false (nothing
+    /// taken) when either is spent.
+    pub fn take(&mut self, session: &str, ip: std::net::IpAddr, bytes: usize, now: Instant) -> bool {
+        if self.sessions.len() + self.addresses.len() > FORWARD_BUDGETS {
+            self.sessions.retain(|_, b| !b.is_full(now));
+            self.addresses.retain(|_, b| !b.is_full(now));
+            // Still that many busy ones: nothing new until some are idle (memory stays
+            // bounded; the refused send is answered 429 and comes again).
+            if self.sessions.len() + self.addresses.len() > FORWARD_BUDGETS
+                && !(self.sessions.contains_key(session) && self.addresses.contains_key(&ip))
+            {
+                return false;
+            }
+        }
+        let bytes = bytes.max(1) as f64;
+        let address = self
+            .addresses
+            .entry(ip)
+            .or_insert_with(|| TokenBucket::new(FORWARD_ADDRESS_RATE.0, FORWARD_ADDRESS_RATE.1, now));
+        let mut probe = address.clone();
+        if !probe.take_n(bytes, now) {
+            return false;
+        }
+        let session = self
+            .sessions
+            .entry(session.to_string())
+            .or_insert_with(|| TokenBucket::new(FORWARD_SESSION_RATE.0, FORWARD_SESSION_RATE.1, now));
+        if !session.take_n(bytes, now) {
+            return false;
+        }
+        *address = probe;
+        true
+    }
+}
+
+/// The HTTP streams this node holds, by session id, the key their ids are signed with, and
+/// what it passes on to other nodes.
 #[derive(Default)]
 pub struct Streams {
     map: Mutex<HashMap<String, Entry>>,
     key: std::sync::OnceLock<[u8; 32]>,
+    /// Sends passed on to other nodes.
+    pub forward_budget: Mutex<ForwardBudget>,
 }
 
 impl Streams {
@@ -344,6 +402,8 @@ fn put_frame(chunk: &mut BytesMut, frame: &[u8]) {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn frames(bodies: &[&[u8]]) -> Vec<u8> {
@@ -401,6 +461,40 @@ mod tests {
             streams.deliver("s", 0, &frames(&[b"a", b"b"]), 100, false),
             Delivered::Taken
         );
+    }
+
+    #[test]
+    fn sends_passed_on_are_bounded_per_session_and_per_address() {
+        let t0 = Instant::now();
+        let mut budget = ForwardBudget::default();
+        let ip: std::net::IpAddr = [10, 0, 0, 1].into();
+        let big = 256 * 1024;
+        // A session's burst (four full sends), then its rate.
+        assert_eq!((0..10).filter(|_| budget.take("s1", ip, big, t0)).count(), 4);
+        assert!(budget.take("s1", ip, big, t0 + Duration::from_secs(1)));
+        assert!(!budget.take("s1", ip, big, t0 + Duration::from_secs(1)));
+        // Other sessions of the address share its larger budget.
+        let taken = (0..100)
+            .filter(|n| budget.take(&format!("s{}", n + 2), ip, big, t0 + Duration::from_secs(1)))
+            .count();
+        assert!((20..=40).contains(&taken), "{taken}");
+        // Another address is not held up; small sends pass.
+        assert!(budget.take("t", [10, 0, 0, 2].into(), 100, t0 + Duration::from_secs(1)));
+        // Idle budgets are forgotten once there are many; busy ones are bounded.
+        let later = t0 + Duration::from_secs(60);
+        for n in 0..5000u64 {
+            assert!(budget.take(&format!("x{n}"), ip, 1, later + Duration::from_millis(n)));
+        }
+        assert!(
+            budget.sessions.len() <= FORWARD_BUDGETS,
+            "{}",
+            budget.sessions.len()
+        );
+        let at_once = later + Duration::from_secs(10);
+        let refused = (0..5000)
+            .filter(|n| !budget.take(&format!("y{n}"), ip, 1, at_once))
+            .count();
+        assert!(refused > 0 && budget.sessions.len() <= FORWARD_BUDGETS + 1);
     }
 
     #[test]
