@@ -296,6 +296,19 @@ impl Connector {
         self.backoff.reset();
     }
 
+    /// The transport in use ended before the server welcomed the session, without a word
+    /// from the server (a proxy that lets the upgrade through but not what follows):
+    /// under `Auto` it counts as a failed open, and reconnects skip it for the cooldown.
+    /// Call before [`closed`](Self::closed).
+    pub fn lost_before_welcome(&mut self, now: Instant) {
+        if let ConnectorState::Connected(kind) = self.state
+            && self.config.prefer == TransportPreference::Auto
+            && self.after(kind).is_some()
+        {
+            self.failed_at[kind.index()] = Some(now);
+        }
+    }
+
     /// Opening a transport failed or timed out.
     pub fn open_failed(&mut self, transport: TransportKind, now: Instant) {
         if self.state != ConnectorState::Opening(transport) {
@@ -585,5 +598,37 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn a_transport_lost_before_the_welcome_is_skipped_like_one_that_did_not_open() {
+        let t0 = Instant::now();
+        let mut c = connector(TransportPreference::Auto, t0);
+        open_of(&mut c);
+        c.open_failed(TransportKind::WebTransport, t0);
+        open_of(&mut c);
+        c.open_failed(TransportKind::WebSocket, t0);
+        assert_eq!(open_of(&mut c), TransportKind::Http);
+        c.opened(TransportKind::Http);
+        c.welcomed();
+        // The probe of WebSocket opens, takes the session, and goes silent before Welcome.
+        c.handle_timeout(t0 + Duration::from_secs(60));
+        c.poll_action();
+        c.probe_done(TransportKind::WebTransport, false, t0 + Duration::from_secs(61));
+        c.handle_timeout(t0 + Duration::from_secs(61));
+        assert!(c.probe_done(TransportKind::WebSocket, true, t0 + Duration::from_secs(61)));
+        c.poll_action();
+        c.lost_before_welcome(t0 + Duration::from_secs(70));
+        c.closed(Some(Duration::ZERO), t0 + Duration::from_secs(70));
+        let due = c.poll_timeout().unwrap();
+        c.handle_timeout(due);
+        assert_eq!(open_of(&mut c), TransportKind::Http, "back to what worked");
+        // The last resort is never skipped.
+        c.opened(TransportKind::Http);
+        c.lost_before_welcome(t0 + Duration::from_secs(71));
+        c.closed(Some(Duration::ZERO), t0 + Duration::from_secs(71));
+        let due = c.poll_timeout().unwrap();
+        c.handle_timeout(due);
+        assert_eq!(open_of(&mut c), TransportKind::Http);
     }
 }

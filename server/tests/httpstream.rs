@@ -172,18 +172,39 @@ async fn sends_are_taken_once_in_order_and_bad_ones_are_refused() {
         .collect();
     assert_eq!(nonces, [1, 2], "each batch once, in order");
 
-    // Not a session, not a number, too large.
+    // Not a session, not a number, too large, too many frames.
     let bogus = format!("{:064x}-{}", 7u8, gw.gw.node.session.node_id);
-    for (url, want) in [
-        (format!("{base}/http/send?session={bogus}&seq=0"), 404),
-        (format!("{base}/http/send?session=nothing&seq=0"), 404),
-        (format!("{base}/http/send?session={}&seq=x", http.session), 400),
+    let wide = format!("{}é{}-n1", "a".repeat(31), "a".repeat(31));
+    for (session, seq, want) in [
+        (bogus.as_str(), "0", 404),
+        ("nothing", "0", 404),
+        (wide.as_str(), "0", 400),
+        (http.session.as_str(), "x", 400),
     ] {
-        let status = http.http.post(url).body(vec![0u8]).send().await.unwrap().status();
-        assert_eq!(status.as_u16(), want);
+        let status = http
+            .http
+            .post(format!("{base}/http/send"))
+            .header("rtgate-session", session)
+            .header("rtgate-seq", seq)
+            .body(vec![0u8])
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status.as_u16(), want, "{session} {seq}");
     }
+    let status = http
+        .http
+        .post(format!("{base}/http/send"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 400, "no headers");
     let huge = vec![0u8; gw.gw.node.session.max_frame_size * 4 + 1];
     assert_eq!(http.send_raw(&base, http.seq, huge).await, 413);
+    let many: Vec<u8> = (0..65).flat_map(|n| encode_frame(&ping(n)).to_vec()).collect();
+    assert_eq!(http.send_raw(&base, http.seq, many).await, 413);
 
     // A batch that is not frames ends the session with a framing error.
     assert_eq!(http.send_raw(&base, http.seq, vec![0x05, 1, 2]).await, 400);
@@ -222,10 +243,13 @@ async fn pages_of_any_origin_may_use_it() {
     let gw = TestGateway::start().await;
     let preflight = gw
         .http
-        .request(reqwest::Method::OPTIONS, gw.api("/http/send?session=x&seq=0"))
+        .request(reqwest::Method::OPTIONS, gw.api("/http/send"))
         .header("origin", "https://customer.example")
         .header("access-control-request-method", "POST")
-        .header("access-control-request-headers", "content-type")
+        .header(
+            "access-control-request-headers",
+            "content-type,rtgate-session,rtgate-seq",
+        )
         .send()
         .await
         .unwrap();
@@ -238,11 +262,13 @@ async fn pages_of_any_origin_may_use_it() {
             .unwrap()
             .contains("POST")
     );
-    assert!(
-        h["access-control-allow-headers"]
-            .to_str()
-            .unwrap()
-            .contains("content-type")
+    let allowed = h["access-control-allow-headers"].to_str().unwrap();
+    for name in ["content-type", "rtgate-session", "rtgate-seq"] {
+        assert!(allowed.contains(name), "{allowed}");
+    }
+    assert_eq!(
+        h["access-control-max-age"], "600",
+        "one fixed URL: the preflight is cached"
     );
 
     let stream = gw
@@ -298,7 +324,9 @@ async fn sends_through_another_node_reach_the_session_in_order() {
     let forged = format!("{:064x}-{}", 1u8, a.gw.node.session.node_id);
     let status = http
         .http
-        .post(format!("{base_b}/http/send?session={forged}&seq=0"))
+        .post(format!("{base_b}/http/send"))
+        .header("rtgate-session", &forged)
+        .header("rtgate-seq", "0")
         .body(encode_frame(&ping(1)).to_vec())
         .send()
         .await

@@ -504,8 +504,10 @@ async fn a_network_without_udp_falls_back_to_websocket_and_stays_there_on_reconn
     );
 }
 
+/// The connector and the session over the harness's in-memory links (the HTTP transport
+/// itself is exercised in httpstream.rs and in Chromium).
 #[tokio::test]
-async fn a_network_that_allows_only_http_gets_everything_and_moves_back_up_when_it_can() {
+async fn the_connector_falls_back_to_http_where_nothing_else_gets_through_and_moves_back_up() {
     let mut setup = Setup::default();
     setup.connector.enabled = [true, true, true];
     setup.connector.fallback_cooldown = Duration::from_secs(60);

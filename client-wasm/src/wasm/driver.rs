@@ -288,9 +288,10 @@ impl Driver {
         }
         self.reported = Some(info.clone());
         if let Some(callback) = &self.options.on_state_change {
-            info.retry_in = self
-                .connector
-                .poll_timeout()
+            // The connector's timer while connected is the next probe, not a retry.
+            info.retry_in = matches!(self.connector.state(), ConnectorState::Waiting)
+                .then(|| self.connector.poll_timeout())
+                .flatten()
                 .map(|at| at.saturating_duration_since(Instant::now()));
             call(callback, &info.to_js());
         }
@@ -452,6 +453,9 @@ impl Driver {
     fn link_ended(&mut self, code: Option<u32>, reason: String) {
         if self.link.take().is_none() {
             return;
+        }
+        if !self.session.is_ready() && code.and_then(DisconnectCode::from_code).is_none() {
+            self.connector.lost_before_welcome(Instant::now());
         }
         self.session.transport_closed();
         let advice = match code.and_then(DisconnectCode::from_code) {

@@ -1,7 +1,8 @@
 //! Plain HTTP in the browser, for networks that let neither QUIC nor WebSocket through:
 //! `GET {url}/stream` is read as it arrives (length-prefixed frames, as on a WebTransport
-//! stream); frames go out in numbered `POST {url}/send` batches, one request at a time,
-//! with whatever queued meanwhile in the next.
+//! stream); frames go out in numbered `POST {url}/send` batches (session and number in
+//! headers, so the one URL's CORS preflight is cached), one request at a time, with what
+//! queued meanwhile in the next (at most [`BATCH_FRAMES`] frames, [`BATCH_BYTES`] bytes).
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -18,8 +19,18 @@ use super::js::describe;
 use super::link::{LinkEvent, MAX_SERVER_FRAME, Sink, decode};
 use super::timer::sleep;
 
-/// The response header naming the session.
+/// The response header naming the session (quoted by every send).
 const SESSION_HEADER: &str = "rtgate-session";
+
+/// The request header numbering a send.
+const SEQ_HEADER: &str = "rtgate-seq";
+
+/// Most frames in one send (the gateway takes 64).
+const BATCH_FRAMES: usize = 64;
+
+/// Most bytes in one send unless a single frame is larger (the gateway takes four frames
+/// of its largest size, 256 KiB by default).
+const BATCH_BYTES: usize = 128 * 1024;
 
 /// Sends that fail on the network are tried this many times before the link ends.
 const SEND_ATTEMPTS: u32 = 5;
@@ -29,8 +40,8 @@ struct Shared {
     url: String,
     session: String,
     closed: Cell<bool>,
-    /// Frames waiting for the next send, each length-prefixed.
-    queue: RefCell<Vec<u8>>,
+    /// Frames waiting for a send, each length-prefixed.
+    queue: RefCell<std::collections::VecDeque<bytes::Bytes>>,
     /// A send is in flight (it takes the queue when it is done).
     sending: Cell<bool>,
     seq: Cell<u64>,
@@ -97,7 +108,7 @@ pub(crate) async fn open(url: &str, timeout: Duration, sink: Sink) -> Result<Htt
         url: url.to_string(),
         session,
         closed: Cell::new(false),
-        queue: RefCell::new(Vec::new()),
+        queue: RefCell::new(Default::default()),
         sending: Cell::new(false),
         seq: Cell::new(0),
         sink,
@@ -135,7 +146,7 @@ async fn read(reader: ReadableStreamDefaultReader, shared: Rc<Shared>) {
 /// Sends what is queued, batch after batch, until the queue is empty.
 async fn flush(shared: Rc<Shared>) {
     loop {
-        let batch = std::mem::take(&mut *shared.queue.borrow_mut());
+        let batch = next_batch(&mut shared.queue.borrow_mut());
         if batch.is_empty() || shared.closed.get() {
             shared.sending.set(false);
             return;
@@ -148,15 +159,27 @@ async fn flush(shared: Rc<Shared>) {
     }
 }
 
+/// The frames of the next send, taken from the front of `queue`.
+fn next_batch(queue: &mut std::collections::VecDeque<bytes::Bytes>) -> Vec<u8> {
+    let mut batch = Vec::new();
+    let mut frames = 0;
+    while let Some(frame) = queue.front() {
+        if frames == BATCH_FRAMES || (frames > 0 && batch.len() + frame.len() > BATCH_BYTES) {
+            break;
+        }
+        batch.extend_from_slice(frame);
+        frames += 1;
+        queue.pop_front();
+    }
+    batch
+}
+
 /// Sends one batch until the gateway takes it: again after 409 (an earlier batch still
-/// on its way) and 429 (the session is behind), and after network errors a few times.
+/// on its way) and 429 (the session is behind), and after network errors and 503 a few
+/// times.
 async fn send_batch(shared: &Shared, batch: &[u8]) -> Result<(), String> {
-    let url = format!(
-        "{}/send?session={}&seq={}",
-        shared.url,
-        shared.session,
-        shared.seq.get()
-    );
+    let url = format!("{}/send", shared.url);
+    let seq = shared.seq.get().to_string();
     let mut failures = 0;
     let mut busy = 0u32;
     loop {
@@ -171,6 +194,8 @@ async fn send_batch(shared: &Shared, batch: &[u8]) -> Result<(), String> {
         headers
             .set("content-type", "application/octet-stream")
             .map_err(describe)?;
+        headers.set(SESSION_HEADER, &shared.session).map_err(describe)?;
+        headers.set(SEQ_HEADER, &seq).map_err(describe)?;
         init.set_headers(&headers);
         match JsFuture::from(window_fetch(&url, &init)).await {
             Ok(response) => {
@@ -183,6 +208,13 @@ async fn send_batch(shared: &Shared, batch: &[u8]) -> Result<(), String> {
                         sleep(Duration::from_millis(wait * u64::from(busy.min(10)))).await;
                     }
                     404 => return Err("the http session is gone".into()),
+                    503 => {
+                        failures += 1;
+                        if failures >= SEND_ATTEMPTS {
+                            return Err("http send: the gateway cannot reach the stream's node".into());
+                        }
+                        sleep(Duration::from_millis(250)).await;
+                    }
                     other => return Err(format!("http send answered {other}")),
                 }
             }
@@ -208,10 +240,7 @@ impl HttpLink {
         if self.is_closed() {
             return Err("http stream closed".into());
         }
-        self.shared
-            .queue
-            .borrow_mut()
-            .extend_from_slice(&encode_frame(frame));
+        self.shared.queue.borrow_mut().push_back(encode_frame(frame));
         if !self.shared.sending.replace(true) {
             spawn_local(flush(self.shared.clone()));
         }

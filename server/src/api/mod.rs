@@ -123,7 +123,7 @@ pub fn router(state: HttpState, options: RouterOptions) -> Router {
         .route("/dev/token", get(dev_token))
         .route("/ws", get(ws_upgrade))
         .route("/cable", get(cable_upgrade))
-        .merge(http_fallback_routes())
+        .merge(http_fallback_routes(options.body_timeout))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/dev/cert-hash", get(cert_hash));
@@ -283,18 +283,25 @@ async fn cable_upgrade(
 }
 
 /// The HTTP fallback transport, open to pages of any origin: the session id in the
-/// stream's response header is the only credential a send carries.
-fn http_fallback_routes() -> Router<HttpState> {
+/// stream's response header is the only credential a send carries. Sends go to one fixed
+/// URL (their session and number in headers), so a browser's preflight is cached.
+fn http_fallback_routes(body_timeout: std::time::Duration) -> Router<HttpState> {
     use tower_http::cors::{Any, CorsLayer};
+    let name = header::HeaderName::from_static;
     let cors = CorsLayer::new()
         .allow_origin(Any)
         .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
-        .allow_headers([header::CONTENT_TYPE])
-        .expose_headers([header::HeaderName::from_static(httpstream::SESSION_HEADER)])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            name(httpstream::SESSION_HEADER),
+            name(httpstream::SEQ_HEADER),
+        ])
+        .expose_headers([name(httpstream::SESSION_HEADER)])
         .max_age(std::time::Duration::from_secs(600));
     Router::new()
         .route("/http/stream", get(http_stream))
         .route("/http/send", post(http_send))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(body_timeout))
         .layer(cors)
 }
 
@@ -324,35 +331,36 @@ async fn http_stream(
     response
 }
 
-/// Query of `POST /http/send`.
-#[derive(Debug, serde::Deserialize)]
-struct SendQuery {
-    session: String,
-    seq: u64,
-}
-
-/// `POST /http/send?session=ID&seq=N`: batch `N` (from 0) of the session's frames, each
-/// length-prefixed. 204: taken (or taken before); 202: passed on to the node holding the
-/// stream; 409: an earlier batch is still on its way, send again; 429: the session is
-/// behind, send again later; 404: no such session (open a new stream); 400, 413: not a
-/// batch of frames.
+/// `POST /http/send` with `rtgate-session: ID` and `rtgate-seq: N`: batch `N` (from 0) of
+/// the session's frames, each length-prefixed (docs/protocol.md, section 2, has the
+/// answers).
 async fn http_send(
     State(state): State<HttpState>,
     client: Option<Extension<crate::http::ClientConn>>,
-    query: Result<axum::extract::Query<SendQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
     use httpstream::Delivered;
     let text = |status: StatusCode, message: &str| (status, message.to_string()).into_response();
-    let Ok(axum::extract::Query(query)) = query else {
-        return text(StatusCode::BAD_REQUEST, "session and seq are required");
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let (Some(session), Some(seq)) = (
+        header(httpstream::SESSION_HEADER),
+        header(httpstream::SEQ_HEADER).and_then(|v| v.parse::<u64>().ok()),
+    ) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "rtgate-session and rtgate-seq (a number) are required",
+        );
     };
     let node = &state.node;
-    let Some(owner) = node.http_streams.owner_of(&query.session) else {
+    let Some(owner) = node.http_streams.owner_of(session) else {
         return text(StatusCode::NOT_FOUND, "no such session");
     };
     let body = match axum::body::to_bytes(body, httpstream::max_send_bytes(node)).await {
         Ok(body) => body,
+        Err(err) if is_timeout(&err) => {
+            return text(StatusCode::REQUEST_TIMEOUT, "the body did not arrive in time");
+        }
         Err(_) => {
             return text(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -368,7 +376,7 @@ async fn http_send(
             .lock()
             .expect("budget lock")
             .take(
-                &query.session,
+                session,
                 crate::admission::canonical_ip(ip),
                 body.len(),
                 std::time::Instant::now(),
@@ -381,8 +389,8 @@ async fn http_send(
         }
         let message = crate::engine::bus::ControlMessage::HttpFrames {
             target: owner.to_string(),
-            session: query.session,
-            seq: query.seq,
+            session: session.to_string(),
+            seq,
             frames: body.to_vec(),
         };
         return match with_timeout(node.engine.broadcast_control(&message)).await {
@@ -395,15 +403,13 @@ async fn http_send(
         };
     }
     let max = node.session.max_frame_size;
-    match node
-        .http_streams
-        .deliver(&query.session, query.seq, &body, max, false)
-    {
+    match node.http_streams.deliver(session, seq, &body, max, false) {
         Delivered::Taken | Delivered::Duplicate => StatusCode::NO_CONTENT.into_response(),
         Delivered::Early => text(StatusCode::CONFLICT, "an earlier batch is still on its way"),
         Delivered::Busy => text(StatusCode::TOO_MANY_REQUESTS, "the session is behind"),
         Delivered::Malformed => text(StatusCode::BAD_REQUEST, "not a batch of frames"),
-        Delivered::Unknown => text(StatusCode::NOT_FOUND, "no such session"),
+        Delivered::TooMany => text(StatusCode::PAYLOAD_TOO_LARGE, "a send carries at most 64 frames"),
+        Delivered::Lost | Delivered::Unknown => text(StatusCode::NOT_FOUND, "no such session"),
     }
 }
 
@@ -419,17 +425,22 @@ fn sized(ws: WebSocketUpgrade, node: &Node) -> WebSocketUpgrade {
 
 /// `GET /api/v1/console/token`: a connection token for the admin console, which joins the
 /// console room with it.
-async fn console_token(State(state): State<HttpState>) -> Response {
+async fn console_token(State(state): State<HttpState>, headers: HeaderMap) -> Result<Response, ApiError> {
     let now = crate::connection::unix_ms() / 1000;
-    match state.node.auth.console_token(now) {
-        Some(token) => axum::Json(serde_json::json!({
-            "token": token,
-            "room": crate::auth::console_room().as_str(),
-            "expiresAt": now + crate::auth::CONSOLE_TOKEN_SECS,
-        }))
-        .into_response(),
-        None => (StatusCode::NOT_FOUND, "no console key").into_response(),
-    }
+    let token = state.node.auth.console_token(now).ok_or_else(|| {
+        ApiError::new(
+            answer_format(&headers),
+            StatusCode::NOT_FOUND,
+            ErrorCode::BadRequest,
+            "this gateway mints no console tokens",
+        )
+    })?;
+    Ok(axum::Json(serde_json::json!({
+        "token": token,
+        "room": crate::auth::console_room().as_str(),
+        "expiresAt": now + crate::auth::CONSOLE_TOKEN_SECS,
+    }))
+    .into_response())
 }
 
 /// `GET /api/v1/console/rooms`: the rooms with subscribers on the node that answers, and
@@ -459,17 +470,25 @@ struct HistoryQuery {
 /// newest N events (20 by default, at most 100) still in history.
 async fn console_history(
     State(state): State<HttpState>,
+    headers: HeaderMap,
     Path(room): Path<String>,
-    axum::extract::Query(query): axum::extract::Query<HistoryQuery>,
-) -> Response {
-    let Ok(room) = RoomName::parse(&room) else {
-        return (StatusCode::UNPROCESSABLE_ENTITY, "invalid room name").into_response();
-    };
+    query: Result<axum::extract::Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let format = answer_format(&headers);
+    let axum::extract::Query(query) =
+        query.map_err(|_| ApiError::bad_request(format, "limit must be a number"))?;
+    let room = RoomName::parse(&room).map_err(|e| {
+        ApiError::new(
+            format,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::InvalidRoom,
+            e.to_string(),
+        )
+    })?;
     let engine = &state.node.engine;
-    let info = match with_timeout(engine.room_info(&room)).await {
-        Ok(info) => info,
-        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
-    };
+    let info = with_timeout(engine.room_info(&room))
+        .await
+        .map_err(|e| ApiError::engine(format, &e))?;
     let limit = query.limit.unwrap_or(20).clamp(1, 100);
     let top = info.pos.offset;
     let mut events = Vec::new();
@@ -500,10 +519,10 @@ async fn console_history(
                 }
             }
             Ok(crate::hub::ReplayPage::Lost(_)) => lost = true,
-            Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+            Err(e) => return Err(ApiError::engine(format, &e)),
         }
     }
-    axum::Json(serde_json::json!({
+    Ok(axum::Json(serde_json::json!({
         "room": room.as_str(),
         "epoch": info.pos.epoch.to_string(),
         "offset": top,
@@ -511,7 +530,7 @@ async fn console_history(
         "events": events,
         "lost": lost,
     }))
-    .into_response()
+    .into_response())
 }
 
 /// Query of `/dev/token`.

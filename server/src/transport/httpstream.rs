@@ -1,7 +1,8 @@
 //! HTTP fallback transport, for networks that let nothing through but plain HTTP
 //! requests: `GET /http/stream` answers with a response that does not end, carrying the
 //! server's frames length-prefixed (as on a WebTransport stream); the client's frames come
-//! in `POST /http/send` requests, numbered so that a retried request is taken once.
+//! in `POST /http/send` requests (the session and the send's number in headers), numbered
+//! so that a retried request is taken once.
 //!
 //! A POST may reach any node (no sticky sessions): the session id names the node that
 //! holds the stream, and a node that does not hold it passes the frames on through the
@@ -34,8 +35,14 @@ use crate::ratelimit::TokenBucket;
 /// The response header naming the stream's session, to be quoted by every send.
 pub const SESSION_HEADER: &str = "rtgate-session";
 
+/// The request header numbering a send.
+pub const SEQ_HEADER: &str = "rtgate-seq";
+
 /// Client frames that may wait for the session before sends are refused (429).
 const INCOMING_QUEUE: usize = 256;
+
+/// Most frames one send may carry.
+pub const MAX_SEND_FRAMES: usize = 64;
 
 /// Frames beyond this many are written as one chunk before the next.
 const WRITE_BATCH: usize = 64;
@@ -53,6 +60,12 @@ pub enum Delivered {
     Busy,
     /// The batch was not a sequence of frames; the session closes.
     Malformed,
+    /// The batch carries more than [`MAX_SEND_FRAMES`] frames; nothing was taken.
+    TooMany,
+    /// A batch passed on by another node could not be taken (one before it was lost, or
+    /// the session was behind): the session closes with `server_error`, and the client
+    /// reconnects and recovers.
+    Lost,
     /// No such session here.
     Unknown,
 }
@@ -60,6 +73,17 @@ pub enum Delivered {
 struct Entry {
     tx: mpsc::Sender<Incoming>,
     next_seq: u64,
+    /// Closes the session with `server_error` (it always has room, unlike `tx`).
+    fail: Option<oneshot::Sender<String>>,
+}
+
+impl Entry {
+    fn fail(&mut self, reason: String) -> Delivered {
+        if let Some(fail) = self.fail.take() {
+            let _ = fail.send(reason);
+        }
+        Delivered::Lost
+    }
 }
 
 /// Bytes per second one session may have passed on to another node (and the burst).
@@ -150,7 +174,7 @@ impl Streams {
     /// forged or mangled id).
     pub fn owner_of<'a>(&self, session: &'a str) -> Option<&'a str> {
         let (signed, node) = session.split_once('-')?;
-        if signed.len() != 64 || node.is_empty() {
+        if signed.len() != 64 || !signed.is_ascii() || node.is_empty() {
             return None;
         }
         let (secret, tag) = signed.split_at(32);
@@ -161,11 +185,15 @@ impl Streams {
         Some(node)
     }
 
-    fn insert(&self, id: String, tx: mpsc::Sender<Incoming>) {
-        self.map
-            .lock()
-            .expect("streams lock")
-            .insert(id, Entry { tx, next_seq: 0 });
+    fn insert(&self, id: String, tx: mpsc::Sender<Incoming>, fail: oneshot::Sender<String>) {
+        self.map.lock().expect("streams lock").insert(
+            id,
+            Entry {
+                tx,
+                next_seq: 0,
+                fail: Some(fail),
+            },
+        );
     }
 
     fn remove(&self, id: &str) {
@@ -184,8 +212,9 @@ impl Streams {
 
     /// Hands batch `seq` of client frames (each length-prefixed, frames of at most `max`
     /// bytes) to session `id`. Batches are taken in order, each once. `forwarded`: the
-    /// batch came through another node, after which an early batch means one was lost
-    /// (the session closes) rather than one still on its way.
+    /// batch came through another node, whose client already has its answer: an early
+    /// batch then means one was lost, and a batch that finds the session behind cannot be
+    /// refused; either closes the session ([`Delivered::Lost`]).
     pub fn deliver(&self, id: &str, seq: u64, body: &[u8], max: usize, forwarded: bool) -> Delivered {
         let mut map = self.map.lock().expect("streams lock");
         let Some(entry) = map.get_mut(id) else {
@@ -196,11 +225,11 @@ impl Streams {
         }
         if seq > entry.next_seq {
             if forwarded {
-                let _ = entry.tx.try_send(Incoming::ProtocolError(format!(
+                let reason = format!(
                     "client frames were lost: batch {seq} came before {}",
                     entry.next_seq
-                )));
-                return Delivered::Malformed;
+                );
+                return entry.fail(reason);
             }
             return Delivered::Early;
         }
@@ -212,7 +241,13 @@ impl Streams {
                 return Delivered::Malformed;
             }
         };
+        if frames.len() > MAX_SEND_FRAMES {
+            return Delivered::TooMany;
+        }
         if entry.tx.capacity() < frames.len() {
+            if forwarded {
+                return entry.fail("the session fell behind on the client's frames".into());
+            }
             return Delivered::Busy;
         }
         for frame in frames {
@@ -292,19 +327,21 @@ pub fn open(node: Arc<Node>, client: Option<crate::http::ClientConn>) -> Opened 
     };
     let session = node.http_streams.new_session_id(&node.session.node_id);
     let (incoming_tx, incoming_rx) = mpsc::channel(INCOMING_QUEUE);
-    node.http_streams.insert(session.clone(), incoming_tx);
+    let (fail_tx, fail_rx) = oneshot::channel::<String>();
+    node.http_streams.insert(session.clone(), incoming_tx, fail_tx);
 
     let (body_tx, body_rx) = mpsc::channel::<Result<Bytes, Infallible>>(2);
     let (gone_tx, gone_rx) = oneshot::channel::<()>();
-    // The client's frames, then `Closed` once the response is gone (or the writer ended).
-    let incoming = futures::stream::select(
-        receiver_stream(incoming_rx),
+    // The client's frames; `Closed` once the response is gone (or the writer ended);
+    // `Failed` when client frames were lost on their way through another node.
+    let ends = futures::stream::select(
         futures::stream::once(async move {
             let _ = gone_rx.await;
             Incoming::Closed
         }),
-    )
-    .boxed();
+        futures::stream::once(fail_rx).filter_map(|r| futures::future::ready(r.ok().map(Incoming::Failed))),
+    );
+    let incoming = futures::stream::select(receiver_stream(incoming_rx), ends).boxed();
 
     let outbox = Outbox::new(node.limits.send_queue_bytes);
     let (lane, lane_rx) = Lane::new(&outbox);
@@ -415,10 +452,19 @@ mod tests {
     }
 
     fn streams_with(id: &str, capacity: usize) -> (Streams, mpsc::Receiver<Incoming>) {
+        streams_failing(id, capacity).0
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn streams_failing(
+        id: &str,
+        capacity: usize,
+    ) -> ((Streams, mpsc::Receiver<Incoming>), oneshot::Receiver<String>) {
         let streams = Streams::default();
         let (tx, rx) = mpsc::channel(capacity);
-        streams.insert(id.to_string(), tx);
-        (streams, rx)
+        let (fail, failed) = oneshot::channel();
+        streams.insert(id.to_string(), tx, fail);
+        ((streams, rx), failed)
     }
 
     #[test]
@@ -442,13 +488,46 @@ mod tests {
     }
 
     #[test]
-    fn a_forwarded_batch_after_a_gap_closes_the_session() {
-        let (streams, mut rx) = streams_with("s", 8);
+    fn a_forwarded_batch_after_a_gap_closes_the_session_for_a_reconnect() {
+        let ((streams, _rx), mut failed) = streams_failing("s", 8);
         assert_eq!(
             streams.deliver("s", 2, &frames(&[b"a"]), 100, true),
-            Delivered::Malformed
+            Delivered::Lost
         );
-        assert!(matches!(rx.try_recv(), Ok(Incoming::ProtocolError(_))));
+        assert!(failed.try_recv().unwrap().contains("lost"));
+    }
+
+    #[test]
+    fn a_forwarded_batch_that_finds_the_session_behind_closes_it_even_when_its_queue_is_full() {
+        let ((streams, mut rx), mut failed) = streams_failing("s", 1);
+        assert_eq!(
+            streams.deliver("s", 0, &frames(&[b"a"]), 100, true),
+            Delivered::Taken
+        );
+        assert_eq!(
+            streams.deliver("s", 1, &frames(&[b"b"]), 100, true),
+            Delivered::Lost
+        );
+        assert!(
+            failed.try_recv().is_ok(),
+            "the close does not need room in the queue"
+        );
+        assert!(matches!(rx.try_recv(), Ok(Incoming::Frame(_))));
+    }
+
+    #[test]
+    fn a_send_of_too_many_frames_is_refused_whole() {
+        let (streams, mut rx) = streams_with("s", 256);
+        let many: Vec<&[u8]> = vec![b"x"; MAX_SEND_FRAMES + 1];
+        assert_eq!(
+            streams.deliver("s", 0, &frames(&many), 100, false),
+            Delivered::TooMany
+        );
+        assert!(rx.try_recv().is_err());
+        assert_eq!(
+            streams.deliver("s", 0, &frames(&many[1..]), 100, false),
+            Delivered::Taken
+        );
     }
 
     #[test]
@@ -523,7 +602,8 @@ mod tests {
         flipped[40] = if flipped[40] == b'0' { b'1' } else { b'0' };
         let flipped = String::from_utf8(flipped).unwrap();
         let zeros = format!("{:064x}-n1", 1u8);
-        for bad in ["", "abc-n1", &zeros, &id[..64], "n1", &moved, &flipped] {
+        let wide = format!("{}é{}-n1", "a".repeat(31), "a".repeat(31));
+        for bad in ["", "abc-n1", &zeros, &id[..64], "n1", &moved, &flipped, &wide] {
             assert_eq!(a.owner_of(bad), None, "{bad}");
         }
     }

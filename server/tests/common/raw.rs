@@ -266,7 +266,9 @@ impl RawHttp {
     /// Sends batch `seq` with exactly `body`; its status.
     pub async fn send_raw(&self, base: &str, seq: u64, body: Vec<u8>) -> u16 {
         self.http
-            .post(format!("{base}/http/send?session={}&seq={seq}", self.session))
+            .post(format!("{base}/http/send"))
+            .header("rtgate-session", &self.session)
+            .header("rtgate-seq", seq.to_string())
             .header("content-type", "application/octet-stream")
             .body(body)
             .send()
