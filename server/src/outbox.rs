@@ -285,6 +285,16 @@ impl LaneReceiver {
         self.pop()
     }
 
+    /// Adds what is queued right now to `batch`, up to `max` items in all.
+    pub fn fill_batch(&mut self, batch: &mut Vec<Queued>, max: usize) {
+        while batch.len() < max {
+            match self.pop() {
+                Some(q) => batch.push(q),
+                None => break,
+            }
+        }
+    }
+
     /// The next frame to write; `None` once every sender is gone.
     pub async fn recv(&mut self) -> Option<Bytes> {
         self.recv_queued().await.map(|q| q.frame)

@@ -117,16 +117,10 @@ async fn the_room_browser_lists_who_is_subscribed_and_recent_history() {
 
 #[tokio::test]
 async fn a_console_on_one_node_sees_the_figures_of_every_node() {
-    use common::redis::{SHARED_REDIS, unique_prefix};
+    use common::redis::unique_prefix;
     let prefix = unique_prefix("console");
-    let a = TestGateway::start_with(redis_config(SHARED_REDIS, &prefix))
-        .await
-        .ready()
-        .await;
-    let b = TestGateway::start_with(redis_config(SHARED_REDIS, &prefix))
-        .await
-        .ready()
-        .await;
+    let a = TestGateway::on_shared_redis(&prefix).await;
+    let b = TestGateway::on_shared_redis(&prefix).await;
     // Minted by one node, taken by the other: the nodes share the key.
     let minted = b.get_json("/api/v1/console/token").await;
     let room = minted["room"].as_str().unwrap().to_string();

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::raw::{RawHttp, RawWs, hello, subscribe};
-use common::redis::{SHARED_REDIS, unique_prefix};
+use common::redis::unique_prefix;
 use common::*;
 use rtgate_protocol::pb::{self, client_frame::Kind as C, server_frame::Kind as S};
 use rtgate_protocol::{DisconnectCode, encode_frame};
@@ -288,14 +288,8 @@ async fn pages_of_any_origin_may_use_it() {
 #[tokio::test]
 async fn sends_through_another_node_reach_the_session_in_order() {
     let prefix = unique_prefix("httpfb");
-    let a = TestGateway::start_with(redis_config(SHARED_REDIS, &prefix))
-        .await
-        .ready()
-        .await;
-    let b = TestGateway::start_with(redis_config(SHARED_REDIS, &prefix))
-        .await
-        .ready()
-        .await;
+    let a = TestGateway::on_shared_redis(&prefix).await;
+    let b = TestGateway::on_shared_redis(&prefix).await;
     let (base_a, base_b) = (a.api(""), b.api(""));
     let mut http = RawHttp::open(&base_a).await;
     // Hello through node b, then batches alternating between the nodes.

@@ -423,6 +423,18 @@ fn sized(ws: WebSocketUpgrade, node: &Node) -> WebSocketUpgrade {
         .max_frame_size(max * 4)
 }
 
+/// A room name from a path, or the API's 422 `invalid_room`.
+fn parse_room(format: Format, room: &str) -> Result<RoomName, ApiError> {
+    RoomName::parse(room).map_err(|e| {
+        ApiError::new(
+            format,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::InvalidRoom,
+            e.to_string(),
+        )
+    })
+}
+
 /// `GET /api/v1/console/token`: a connection token for the admin console, which joins the
 /// console room with it.
 async fn console_token(State(state): State<HttpState>, headers: HeaderMap) -> Result<Response, ApiError> {
@@ -477,14 +489,7 @@ async fn console_history(
     let format = answer_format(&headers);
     let axum::extract::Query(query) =
         query.map_err(|_| ApiError::bad_request(format, "limit must be a number"))?;
-    let room = RoomName::parse(&room).map_err(|e| {
-        ApiError::new(
-            format,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            ErrorCode::InvalidRoom,
-            e.to_string(),
-        )
-    })?;
+    let room = parse_room(format, &room)?;
     let engine = &state.node.engine;
     let info = with_timeout(engine.room_info(&room))
         .await
@@ -909,14 +914,7 @@ async fn room_info(
     Path(room): Path<String>,
 ) -> Result<Response, ApiError> {
     let format = answer_format(&headers);
-    let room = RoomName::parse(&room).map_err(|e| {
-        ApiError::new(
-            format,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            ErrorCode::InvalidRoom,
-            e.to_string(),
-        )
-    })?;
+    let room = parse_room(format, &room)?;
     let info = state
         .node
         .engine

@@ -275,12 +275,7 @@ async fn write_loop(
             frame = rx.recv_queued() => {
                 let Some(first) = frame else { break };
                 let mut batch = vec![first];
-                while batch.len() < 64 {
-                    match rx.try_recv_queued() {
-                        Some(f) => batch.push(f),
-                        None => break,
-                    }
-                }
+                rx.fill_batch(&mut batch, 64);
                 let n: usize = batch.iter().map(|q| q.frame.len()).sum();
                 let mut sent = 0;
                 for q in &batch {

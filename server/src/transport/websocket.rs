@@ -146,12 +146,7 @@ async fn write_loop(
             frame = rx.recv_queued() => {
                 let Some(frame) = frame else { break };
                 batch.push(frame);
-                while batch.len() < WRITE_BATCH {
-                    match rx.try_recv_queued() {
-                        Some(f) => batch.push(f),
-                        None => break,
-                    }
-                }
+                rx.fill_batch(&mut batch, WRITE_BATCH);
                 let n: usize = batch.iter().map(|q| q.frame.len()).sum();
                 for q in &batch {
                     if sink.feed(Message::Binary(q.frame.clone())).await.is_err() {

@@ -51,6 +51,14 @@ pub fn config() -> Config {
 }
 
 impl TestGateway {
+    /// A node on the shared Redis under `prefix`, ready.
+    pub async fn on_shared_redis(prefix: &str) -> Self {
+        Self::start_with(redis_config(redis::SHARED_REDIS, prefix))
+            .await
+            .ready()
+            .await
+    }
+
     pub async fn start() -> Self {
         Self::start_with(config()).await
     }
