@@ -70,8 +70,12 @@ pub enum Delivered {
     Unknown,
 }
 
+/// A client frame, or why the send it came in was not frames: all the queue carries
+/// (smaller than an [`Incoming`], whose every slot the queue allocates).
+type ClientItem = Result<Bytes, FrameError>;
+
 struct Entry {
-    tx: mpsc::Sender<Incoming>,
+    tx: mpsc::Sender<ClientItem>,
     next_seq: u64,
     /// Closes the session with `server_error` (it always has room, unlike `tx`).
     fail: Option<oneshot::Sender<String>>,
@@ -185,7 +189,7 @@ impl Streams {
         Some(node)
     }
 
-    fn insert(&self, id: String, tx: mpsc::Sender<Incoming>, fail: oneshot::Sender<String>) {
+    fn insert(&self, id: String, tx: mpsc::Sender<ClientItem>, fail: oneshot::Sender<String>) {
         self.map.lock().expect("streams lock").insert(
             id,
             Entry {
@@ -236,7 +240,7 @@ impl Streams {
         let frames = match split_frames(body, max) {
             Ok(frames) => frames,
             Err(err) => {
-                let _ = entry.tx.try_send(Incoming::FramingError(err));
+                let _ = entry.tx.try_send(Err(err));
                 entry.next_seq += 1;
                 return Delivered::Malformed;
             }
@@ -254,7 +258,7 @@ impl Streams {
             metrics::counter!("rtgate_bytes_received_total", "transport" => "http")
                 .increment(frame.len() as u64);
             // Room was checked under the lock; no other sender adds frames.
-            let _ = entry.tx.try_send(Incoming::Frame(frame));
+            let _ = entry.tx.try_send(Ok(frame));
         }
         entry.next_seq += 1;
         Delivered::Taken
@@ -341,7 +345,11 @@ pub fn open(node: Arc<Node>, client: Option<crate::http::ClientConn>) -> Opened 
         }),
         futures::stream::once(fail_rx).filter_map(|r| futures::future::ready(r.ok().map(Incoming::Failed))),
     );
-    let incoming = futures::stream::select(receiver_stream(incoming_rx), ends).boxed();
+    let frames = receiver_stream(incoming_rx).map(|item| match item {
+        Ok(frame) => Incoming::Frame(frame),
+        Err(err) => Incoming::FramingError(err),
+    });
+    let incoming = futures::stream::select(frames, ends).boxed();
 
     let outbox = Outbox::new(node.limits.send_queue_bytes);
     let (lane, lane_rx) = Lane::new(&outbox);
@@ -446,7 +454,7 @@ mod tests {
         out.to_vec()
     }
 
-    fn streams_with(id: &str, capacity: usize) -> (Streams, mpsc::Receiver<Incoming>) {
+    fn streams_with(id: &str, capacity: usize) -> (Streams, mpsc::Receiver<ClientItem>) {
         streams_failing(id, capacity).0
     }
 
@@ -454,7 +462,7 @@ mod tests {
     fn streams_failing(
         id: &str,
         capacity: usize,
-    ) -> ((Streams, mpsc::Receiver<Incoming>), oneshot::Receiver<String>) {
+    ) -> ((Streams, mpsc::Receiver<ClientItem>), oneshot::Receiver<String>) {
         let streams = Streams::default();
         let (tx, rx) = mpsc::channel(capacity);
         let (fail, failed) = oneshot::channel();
@@ -474,7 +482,7 @@ mod tests {
             Delivered::Taken
         );
         let got: Vec<Bytes> = std::iter::from_fn(|| match rx.try_recv() {
-            Ok(Incoming::Frame(f)) => Some(f),
+            Ok(Ok(f)) => Some(f),
             _ => None,
         })
         .collect();
@@ -507,7 +515,7 @@ mod tests {
             failed.try_recv().is_ok(),
             "the close does not need room in the queue"
         );
-        assert!(matches!(rx.try_recv(), Ok(Incoming::Frame(_))));
+        assert!(matches!(rx.try_recv(), Ok(Ok(_))));
     }
 
     #[test]
@@ -576,7 +584,7 @@ mod tests {
         for body in [frames(&[&[0u8; 50]]), vec![0x05, 1, 2], vec![0xff; 11]] {
             let (streams, mut rx) = streams_with("s", 8);
             assert_eq!(streams.deliver("s", 0, &body, 10, false), Delivered::Malformed);
-            assert!(matches!(rx.try_recv(), Ok(Incoming::FramingError(_))), "{body:?}");
+            assert!(matches!(rx.try_recv(), Ok(Err(_))), "{body:?}");
         }
     }
 
