@@ -369,34 +369,20 @@ async fn http_send(
         }
     };
     if owner != node.session.node_id {
+        use httpstream::PassedOn;
         let ip = client.map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |Extension(c)| c.addr.ip());
-        let allowed = node
+        return match node
             .http_streams
-            .forward_budget
-            .lock()
-            .expect("budget lock")
-            .take(
-                session,
-                crate::admission::canonical_ip(ip),
-                body.len(),
-                std::time::Instant::now(),
-            );
-        if !allowed {
-            return text(
+            .pass_on(node, owner, session, seq, &body, ip)
+            .await
+        {
+            PassedOn::Sent => StatusCode::ACCEPTED.into_response(),
+            PassedOn::OverBudget => text(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too much sent through this node; send again later",
-            );
-        }
-        let message = crate::engine::bus::ControlMessage::HttpFrames {
-            target: owner.to_string(),
-            session: session.to_string(),
-            seq,
-            frames: body.to_vec(),
-        };
-        return match with_timeout(node.engine.broadcast_control(&message)).await {
-            Ok(0) => text(StatusCode::NOT_FOUND, "no such session"),
-            Ok(_) => StatusCode::ACCEPTED.into_response(),
-            Err(_) => text(
+            ),
+            PassedOn::NoOtherNode => text(StatusCode::NOT_FOUND, "no such session"),
+            PassedOn::Unreachable => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "cannot reach the node holding the stream",
             ),

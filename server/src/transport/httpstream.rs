@@ -70,6 +70,19 @@ pub enum Delivered {
     Unknown,
 }
 
+/// What became of a batch passed on to another node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassedOn {
+    /// Published to the other nodes.
+    Sent,
+    /// This node's budget for the session or the client's address is spent.
+    OverBudget,
+    /// No other node listens: the session cannot exist.
+    NoOtherNode,
+    /// The engine did not answer.
+    Unreachable,
+}
+
 /// A client frame, or why the send it came in was not frames: all the queue carries
 /// (smaller than an [`Incoming`], whose every slot the queue allocates).
 type ClientItem = Result<Bytes, FrameError>;
@@ -150,7 +163,7 @@ pub struct Streams {
     map: Mutex<HashMap<String, Entry>>,
     key: std::sync::OnceLock<[u8; 32]>,
     /// Sends passed on to other nodes.
-    pub forward_budget: Mutex<ForwardBudget>,
+    forward_budget: Mutex<ForwardBudget>,
 }
 
 impl Streams {
@@ -220,6 +233,8 @@ impl Streams {
     /// batch then means one was lost, and a batch that finds the session behind cannot be
     /// refused; either closes the session ([`Delivered::Lost`]).
     pub fn deliver(&self, id: &str, seq: u64, body: &[u8], max: usize, forwarded: bool) -> Delivered {
+        // Parsed before the lock every stream of the node shares.
+        let parsed = split_frames(body, max);
         let mut map = self.map.lock().expect("streams lock");
         let Some(entry) = map.get_mut(id) else {
             return Delivered::Unknown;
@@ -237,7 +252,7 @@ impl Streams {
             }
             return Delivered::Early;
         }
-        let frames = match split_frames(body, max) {
+        let frames = match parsed {
             Ok(frames) => frames,
             Err(err) => {
                 let _ = entry.tx.try_send(Err(err));
@@ -255,13 +270,47 @@ impl Streams {
             return Delivered::Busy;
         }
         for frame in frames {
-            metrics::counter!("rtgate_bytes_received_total", "transport" => "http")
-                .increment(frame.len() as u64);
             // Room was checked under the lock; no other sender adds frames.
             let _ = entry.tx.try_send(Ok(frame));
         }
         entry.next_seq += 1;
+        drop(map);
+        metrics::counter!("rtgate_bytes_received_total", "transport" => "http").increment(body.len() as u64);
         Delivered::Taken
+    }
+
+    /// Passes batch `seq` of session `session`, whose stream `owner` holds, on to that node
+    /// through the engine's control channel, within this node's budget for the session and
+    /// for the client's address `ip`.
+    pub async fn pass_on(
+        &self,
+        node: &Node,
+        owner: &str,
+        session: &str,
+        seq: u64,
+        body: &[u8],
+        ip: std::net::IpAddr,
+    ) -> PassedOn {
+        let ip = crate::admission::canonical_ip(ip);
+        let allowed =
+            self.forward_budget
+                .lock()
+                .expect("budget lock")
+                .take(session, ip, body.len(), Instant::now());
+        if !allowed {
+            return PassedOn::OverBudget;
+        }
+        let message = crate::engine::bus::ControlMessage::HttpFrames {
+            target: owner.to_string(),
+            session: session.to_string(),
+            seq,
+            frames: body.to_vec(),
+        };
+        match crate::engine::with_timeout(node.engine.broadcast_control(&message)).await {
+            Ok(0) => PassedOn::NoOtherNode,
+            Ok(_) => PassedOn::Sent,
+            Err(_) => PassedOn::Unreachable,
+        }
     }
 }
 
