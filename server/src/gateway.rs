@@ -146,6 +146,15 @@ async fn run_control(
     }
 }
 
+/// A key for `purpose` that every node with the same API key derives alike.
+fn key_from_api_key(purpose: &[u8], api_key: &str) -> [u8; 32] {
+    Sha256::new_with_prefix(purpose)
+        .chain_update([0])
+        .chain_update(api_key.as_bytes())
+        .finalize()
+        .into()
+}
+
 /// Loads the revocations the engine stores into the node's; whether it could. The first
 /// successful load lets the node accept connection tokens.
 async fn load_revocations(node: &Node) -> bool {
@@ -374,9 +383,7 @@ impl Gateway {
             .clone()
             .unwrap_or_else(|| dev.as_ref().expect("dev credentials made").api_key.clone());
         // The console's tokens are signed with a key every node derives alike.
-        let console_key = Sha256::new_with_prefix(b"rtgate console tokens\0")
-            .chain_update(api_key.as_bytes())
-            .finalize();
+        let console_key = key_from_api_key(b"rtgate console tokens", &api_key);
         let auth = Authenticator::new(key, config.jwt_issuer.as_deref(), config.jwt_audience.as_deref())
             .with_lifetime(
                 config.token_max_lifetime.as_secs(),
@@ -525,12 +532,8 @@ impl Gateway {
         );
         // Every node of a gateway signs HTTP fallback session ids alike (a send may land
         // on any of them).
-        node.http_streams.set_key(
-            Sha256::new_with_prefix(b"rtgate http session ids\0")
-                .chain_update(api_key.as_bytes())
-                .finalize()
-                .into(),
-        );
+        node.http_streams
+            .set_key(key_from_api_key(b"rtgate http session ids", &api_key));
         let state = HttpState {
             // Development tokens only when the gateway verifies with the secret it made up.
             dev: if dev_mode && config.jwt_secret.is_none() && config.jwt_public_key.is_none() {
