@@ -191,11 +191,7 @@ impl Connector {
     /// Whether `kind` failed within the cooldown (the last resort is never skipped).
     fn skipped(&self, kind: TransportKind, now: Instant) -> bool {
         self.after(kind).is_some()
-            && self
-                .failed_at
-                .get(kind.index())
-                .copied()
-                .flatten()
+            && self.failed_at[kind.index()]
                 .is_some_and(|at| now.saturating_duration_since(at) < self.config.fallback_cooldown)
     }
 

@@ -454,11 +454,12 @@ impl Driver {
         if self.link.take().is_none() {
             return;
         }
-        if !self.session.is_ready() && code.and_then(DisconnectCode::from_code).is_none() {
+        let known = code.and_then(DisconnectCode::from_code);
+        if !self.session.is_ready() && known.is_none() {
             self.connector.lost_before_welcome(Instant::now());
         }
         self.session.transport_closed();
-        let advice = match code.and_then(DisconnectCode::from_code) {
+        let advice = match known {
             Some(known) => known
                 .reconnect_advice()
                 .map(|ms| Duration::from_millis(u64::from(ms))),

@@ -98,16 +98,12 @@ impl Options {
                 Err("the chosen transport has no URL".to_string())
             }
         };
+        // `auto` uses the transports that have a URL (`enabled`), in order.
         let prefer = match string(object, "transport").as_deref() {
-            None | Some("auto") => match have {
-                [false, false, false] => {
-                    return Err("webTransportUrl, webSocketUrl or httpUrl is required".into());
-                }
-                [true, false, false] => TransportPreference::WebTransport,
-                [false, true, false] => TransportPreference::WebSocket,
-                [false, false, true] => TransportPreference::Http,
-                _ => TransportPreference::Auto,
-            },
+            None | Some("auto") if have == [false; 3] => {
+                return Err("webTransportUrl, webSocketUrl or httpUrl is required".into());
+            }
+            None | Some("auto") => TransportPreference::Auto,
             Some("webtransport") => only(0, TransportPreference::WebTransport)?,
             Some("websocket") => only(1, TransportPreference::WebSocket)?,
             Some("http") => only(2, TransportPreference::Http)?,
