@@ -328,3 +328,28 @@ async fn sends_through_another_node_reach_the_session_in_order() {
         .status();
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn a_stream_the_gateway_cannot_take_is_one_disconnect_and_no_session() {
+    let mut config = config();
+    config.max_pending_per_ip = 1;
+    let gw = TestGateway::start_with(config).await;
+    let base = gw.api("");
+    // The first stream holds the address's one pending slot (no Hello yet).
+    let _first = RawHttp::open(&base).await;
+    let refused = reqwest::get(format!("{base}/http/stream")).await.unwrap();
+    assert_eq!(refused.status(), 200);
+    assert!(refused.headers().get("rtgate-session").is_none());
+    let body = refused.bytes().await.unwrap();
+    let mut decoder = rtgate_protocol::FrameDecoder::new(1 << 20);
+    decoder.push(&body);
+    let frame = decoder.next_frame().unwrap().expect("one frame");
+    let Some(S::Disconnect(d)) = <pb::ServerFrame as prost::Message>::decode(&frame[..])
+        .unwrap()
+        .kind
+    else {
+        panic!("expected a Disconnect");
+    };
+    assert_eq!(d.code, DisconnectCode::Overloaded.code());
+    assert_eq!(decoder.next_frame().unwrap(), None, "and nothing more");
+}
