@@ -222,9 +222,15 @@ pub struct Config {
     pub client_publish_burst: f64,
 
     /// Redis URL (`redis://host:port/db`): share rooms, history and presence with every
-    /// node on the same Redis. Without it the node runs on its embedded engine.
+    /// node on the same Redis. Without it the node runs on its embedded engine. With
+    /// `--redis-cluster`, the URLs of some of the cluster's nodes, comma-separated.
     #[arg(long, env = "RTGATE_REDIS")]
     pub redis: Option<String>,
+
+    /// `--redis` names a Redis Cluster (Redis 7 or newer): keys and rooms' channels are
+    /// spread over its masters by slot.
+    #[arg(long, env = "RTGATE_REDIS_CLUSTER", requires = "redis")]
+    pub redis_cluster: bool,
 
     /// Prefix of every Redis key and channel.
     #[arg(long, env = "RTGATE_REDIS_PREFIX", default_value = "rtgate")]

@@ -219,6 +219,7 @@ impl Gateway {
         let stores = match &config.redis {
             Some(url) => {
                 let redis = RedisConfig {
+                    cluster: config.redis_cluster,
                     prefix: config.redis_prefix.clone(),
                     history,
                     meta_ttl: config.redis_meta_ttl,

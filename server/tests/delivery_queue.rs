@@ -259,3 +259,20 @@ async fn the_redis_queue_keeps_the_contract() {
     lines(queue()).await;
     exclusive_claims(queue()).await;
 }
+
+#[tokio::test]
+async fn the_redis_queue_keeps_the_contract_on_a_cluster() {
+    let cluster = common::cluster::PrivateCluster::start(3).await;
+    let queue = || {
+        let config = RedisConfig {
+            prefix: unique_prefix("delivery-queue"),
+            cluster: true,
+            ..RedisConfig::new(&cluster.url())
+        };
+        let engine = RedisEngine::new(Arc::new(Hub::new()), config).unwrap();
+        Arc::new(RedisDeliveryQueue::new(engine.commands(), LEASE, WINDOW))
+    };
+    contract(queue()).await;
+    lines(queue()).await;
+    exclusive_claims(queue()).await;
+}

@@ -1,12 +1,14 @@
 //! One behaviour suite for both engines: each behaviour is written once, against the
-//! `Engine` seam, and run on the embedded engine and on Redis (the shared server, a key
-//! prefix per test). Subscribers are driven directly, their frames read from their lane.
+//! `Engine` seam, and run on the embedded engine, on Redis (the shared server, a key
+//! prefix per test) and on a Redis Cluster of three masters (the test's own). Subscribers
+//! are driven directly, their frames read from their lane.
 
 mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::cluster::PrivateCluster;
 use prost::Message as _;
 use rtgate_protocol::{RoomName, pb};
 use rtgate_server::engine::{Engine, HistoryLimits, MemoryEngine, RedisConfig, RedisEngine};
@@ -19,14 +21,8 @@ const LIMITS: HistoryLimits = HistoryLimits {
     max_age: Duration::from_secs(300),
 };
 
-/// The engines under test, each with a fresh hub.
-async fn engines(test: &str) -> Vec<(&'static str, Arc<dyn Engine>)> {
-    let memory: Arc<dyn Engine> = Arc::new(MemoryEngine::new(Arc::new(Hub::new()), LIMITS));
-    let config = RedisConfig {
-        prefix: common::redis::unique_prefix(test),
-        history: LIMITS,
-        ..RedisConfig::new(common::redis::SHARED_REDIS)
-    };
+/// A Redis engine on `config`, ready.
+async fn ready_engine(config: RedisConfig) -> RedisEngine {
     let redis = RedisEngine::new(Arc::new(Hub::new()), config).expect("redis engine");
     for _ in 0..500 {
         // Readiness needs one successful command and the pub/sub connection.
@@ -37,7 +33,35 @@ async fn engines(test: &str) -> Vec<(&'static str, Arc<dyn Engine>)> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(redis.is_ready(), "redis engine ready");
-    vec![("memory", memory), ("redis", Arc::new(redis))]
+    redis
+}
+
+/// The engines under test, each with a fresh hub, and the cluster the last one runs on
+/// (stopped when dropped).
+async fn engines(test: &str) -> (Vec<(&'static str, Arc<dyn Engine>)>, PrivateCluster) {
+    let memory: Arc<dyn Engine> = Arc::new(MemoryEngine::new(Arc::new(Hub::new()), LIMITS));
+    let redis = ready_engine(RedisConfig {
+        prefix: common::redis::unique_prefix(test),
+        history: LIMITS,
+        ..RedisConfig::new(common::redis::SHARED_REDIS)
+    })
+    .await;
+    let cluster = PrivateCluster::start(3).await;
+    let on_cluster = ready_engine(RedisConfig {
+        prefix: common::redis::unique_prefix(test),
+        history: LIMITS,
+        cluster: true,
+        ..RedisConfig::new(&cluster.url())
+    })
+    .await;
+    (
+        vec![
+            ("memory", memory),
+            ("redis", Arc::new(redis)),
+            ("redis cluster", Arc::new(on_cluster)),
+        ],
+        cluster,
+    )
 }
 
 fn event(n: u64) -> Vec<u8> {
@@ -93,7 +117,8 @@ async fn publish_n(engine: &dyn Engine, room: &RoomName, n: u64) -> StreamPos {
 
 #[tokio::test]
 async fn offsets_start_at_one_and_grow_by_one_in_one_epoch() {
-    for (name, engine) in engines("offsets").await {
+    let (all, _cluster) = engines("offsets").await;
+    for (name, engine) in all {
         let room = RoomName::parse("inbox:1").unwrap();
         let a = engine.publish(&room, &event(1), None).await.unwrap().pos;
         let b = engine.publish(&room, &event(2), None).await.unwrap().pos;
@@ -107,7 +132,8 @@ async fn offsets_start_at_one_and_grow_by_one_in_one_epoch() {
 
 #[tokio::test]
 async fn a_subscriber_from_a_position_gets_exactly_what_it_missed_then_live_events() {
-    for (name, engine) in engines("recover").await {
+    let (all, _cluster) = engines("recover").await;
+    for (name, engine) in all {
         let room = RoomName::parse("inbox:2").unwrap();
         let top = publish_n(&*engine, &room, 4).await;
         let (sub, mut rx) = subscriber(&room, 1);
@@ -132,7 +158,8 @@ async fn a_subscriber_from_a_position_gets_exactly_what_it_missed_then_live_even
 
 #[tokio::test]
 async fn positions_that_cannot_be_served_say_recovered_false() {
-    for (name, engine) in engines("lost").await {
+    let (all, _cluster) = engines("lost").await;
+    for (name, engine) in all {
         let room = RoomName::parse("inbox:3").unwrap();
         // History keeps 5: after 8 events, offsets 4..8.
         let top = publish_n(&*engine, &room, 8).await;
@@ -185,7 +212,8 @@ async fn positions_that_cannot_be_served_say_recovered_false() {
 
 #[tokio::test]
 async fn a_room_joined_before_its_first_event_exists_only_once_published() {
-    for (name, engine) in engines("fresh").await {
+    let (all, _cluster) = engines("fresh").await;
+    for (name, engine) in all {
         let room = RoomName::parse("public:1:fresh").unwrap();
         let (sub, mut rx) = subscriber(&room, 1);
         let outcome = engine.subscribe(sub.clone(), None).await.unwrap();
@@ -213,7 +241,8 @@ async fn a_room_joined_before_its_first_event_exists_only_once_published() {
 
 #[tokio::test]
 async fn an_idempotency_key_publishes_once_per_room() {
-    for (name, engine) in engines("idem").await {
+    let (all, _cluster) = engines("idem").await;
+    for (name, engine) in all {
         let room = RoomName::parse("inbox:4").unwrap();
         let other = RoomName::parse("inbox:5").unwrap();
         let first = engine.publish(&room, &event(1), Some("evt-1")).await.unwrap();
@@ -258,17 +287,34 @@ mod presence {
 
     const TTL_MS: u64 = 1_000;
 
-    async fn stores(test: &str) -> Vec<(&'static str, Arc<dyn PresenceStore>)> {
+    async fn stores(test: &str) -> (Vec<(&'static str, Arc<dyn PresenceStore>)>, PrivateCluster) {
         let config = RedisConfig {
             prefix: common::redis::unique_prefix(test),
             ..RedisConfig::new(common::redis::SHARED_REDIS)
         };
         let engine = RedisEngine::new(Arc::new(Hub::new()), config).expect("redis engine");
         let redis: Arc<dyn PresenceStore> = Arc::new(RedisPresence::new(engine.commands(), TTL_MS, None));
-        vec![
-            ("memory", Arc::new(MemoryPresence::new(TTL_MS))),
-            ("redis", redis),
-        ]
+        let cluster = PrivateCluster::start(3).await;
+        let config = RedisConfig {
+            prefix: common::redis::unique_prefix(test),
+            cluster: true,
+            ..RedisConfig::new(&cluster.url())
+        };
+        let engine = RedisEngine::new(Arc::new(Hub::new()), config).expect("redis engine");
+        // Chatwoot's keys too: they live in slots of their own.
+        let on_cluster: Arc<dyn PresenceStore> = Arc::new(RedisPresence::new(
+            engine.commands(),
+            TTL_MS,
+            Some(common::redis::unique_prefix(test)),
+        ));
+        (
+            vec![
+                ("memory", Arc::new(MemoryPresence::new(TTL_MS))),
+                ("redis", redis),
+                ("redis cluster", on_cluster),
+            ],
+            cluster,
+        )
     }
 
     const AGENT: PrincipalId = PrincipalId {
@@ -279,7 +325,8 @@ mod presence {
 
     #[tokio::test]
     async fn online_with_the_first_node_offline_when_the_last_leaves() {
-        for (name, store) in stores("presence-nodes").await {
+        let (all, _cluster) = stores("presence-nodes").await;
+        for (name, store) in all {
             let t = 1_000_000;
             assert!(store.mark_online(AGENT, "n1", t).await.unwrap(), "{name}");
             assert!(
@@ -298,7 +345,8 @@ mod presence {
 
     #[tokio::test]
     async fn entries_of_a_node_that_stops_refreshing_are_reaped_after_the_ttl() {
-        for (name, store) in stores("presence-reap").await {
+        let (all, _cluster) = stores("presence-reap").await;
+        for (name, store) in all {
             // Real clocks: Redis compares with the times given, so use now.
             let t = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -323,7 +371,8 @@ mod presence {
 
     #[tokio::test]
     async fn availability_is_stored_and_effective_only_while_online() {
-        for (name, store) in stores("presence-avail").await {
+        let (all, _cluster) = stores("presence-avail").await;
+        for (name, store) in all {
             let t = 1_000_000;
             assert!(
                 store

@@ -318,6 +318,37 @@ async fn listener_state_claims_are_exclusive_in_memory_and_in_redis() {
 }
 
 #[tokio::test]
+async fn listener_state_claims_are_exclusive_on_a_cluster() {
+    let cluster = common::cluster::PrivateCluster::start(3).await;
+    let prefix = unique_prefix("listener-state");
+    let node = || -> Arc<dyn ListenerState> {
+        let config = RedisConfig {
+            prefix: prefix.clone(),
+            cluster: true,
+            ..RedisConfig::new(&cluster.url())
+        };
+        let engine = RedisEngine::new(Arc::new(Hub::new()), config).unwrap();
+        Arc::new(RedisState::new(engine.commands(), Duration::from_secs(60)))
+    };
+    claims_are_exclusive(vec![node(), node(), node(), node()]).await;
+    // One read across scopes: keys in different slots.
+    let state = node();
+    let people = StateKey::conversation(1, 42, "participants");
+    let claimed = StateKey::contact_inbox(9, "conversation");
+    state.add_members(&people, &[6, 5]).await.unwrap();
+    state.remember(&claimed, "conversation:42").await.unwrap();
+    let view = state
+        .read(&[
+            rtgate_server::events::state::StateRead::Members(people.clone()),
+            rtgate_server::events::state::StateRead::Value(claimed.clone()),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(view.members(&people), [5, 6]);
+    assert_eq!(view.value(&claimed), Some("conversation:42"));
+}
+
+#[tokio::test]
 async fn mirrored_participants_are_notified_of_new_messages() {
     let prefix = unique_prefix("participants");
     let t = TestGateway::start_with(redis_config(SHARED_REDIS, &prefix))

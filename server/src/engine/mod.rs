@@ -9,7 +9,7 @@ mod memory;
 pub mod redis;
 
 pub use memory::MemoryEngine;
-pub use redis::{RedisCommands, RedisConfig, RedisEngine, ShardedPubSub};
+pub use redis::{RedisCommands, RedisConfig, RedisConnection, RedisEngine, ShardedPubSub};
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -274,14 +274,15 @@ impl ListenerState for RedisState {
         if reads.is_empty() {
             return Ok(StateView::default());
         }
-        let mut pipe = redis::pipe();
-        for read in reads {
-            match read {
-                StateRead::Value(key) => pipe.get(self.key(key)),
-                StateRead::Members(key) => pipe.smembers(self.key(key)),
-            };
-        }
-        let replies: Vec<redis::Value> = self.commands.pipe(&pipe).await?;
+        // Keys of different scopes live in different slots of a cluster.
+        let cmds: Vec<redis::Cmd> = reads
+            .iter()
+            .map(|read| match read {
+                StateRead::Value(key) => redis::Cmd::get(self.key(key)),
+                StateRead::Members(key) => redis::Cmd::smembers(self.key(key)),
+            })
+            .collect();
+        let replies = self.commands.each(&cmds).await?;
         let mut view = StateView::default();
         for (read, reply) in reads.iter().zip(replies) {
             match read {

@@ -155,12 +155,11 @@ impl RedisPresence {
 impl PresenceStore for RedisPresence {
     async fn mark_online(&self, who: PrincipalId, node: &str, now_ms: u64) -> Result<bool, EngineError> {
         let added = self.holder_script(&self.online, who, node, now_ms).await?;
-        let mut p = redis::pipe();
-        p.zadd(self.accounts(), who.account, now_ms).ignore();
+        let mut cmds = vec![redis::Cmd::zadd(self.accounts(), who.account, now_ms)];
         if let Some(key) = self.chatwoot_presence(&who) {
-            p.zadd(key, who.id.to_string(), now_ms / 1000).ignore();
+            cmds.push(redis::Cmd::zadd(key, who.id.to_string(), now_ms / 1000));
         }
-        self.pipe::<()>(&p).await?;
+        self.commands.each(&cmds).await?;
         Ok(added == 1)
     }
 
@@ -170,23 +169,29 @@ impl PresenceStore for RedisPresence {
     }
 
     async fn refresh(&self, node: &str, held: &[PrincipalId], now_ms: u64) -> Result<(), EngineError> {
+        // Keys of different accounts live in different slots of a cluster: independent
+        // commands, not one pipeline.
         for chunk in held.chunks(500) {
-            let mut p = redis::pipe();
+            let mut cmds = Vec::with_capacity(chunk.len() * 4 + 1);
             let mut accounts: Vec<u64> = chunk.iter().map(|w| w.account).collect();
+            accounts.sort_unstable();
             accounts.dedup();
+            let mut refreshed = redis::cmd("ZADD");
+            refreshed.arg(self.accounts());
             for account in accounts {
-                p.zadd(self.accounts(), account, now_ms).ignore();
+                refreshed.arg(now_ms).arg(account);
             }
+            cmds.push(refreshed);
             for who in chunk {
                 let holders = self.holders(who);
-                p.zadd(&holders, node, now_ms).ignore();
-                p.pexpire(&holders, self.ttl_ms as i64).ignore();
-                p.sadd(self.online_set(who.account), who.member()).ignore();
+                cmds.push(redis::Cmd::zadd(&holders, node, now_ms));
+                cmds.push(redis::Cmd::pexpire(&holders, self.ttl_ms as i64));
+                cmds.push(redis::Cmd::sadd(self.online_set(who.account), who.member()));
                 if let Some(key) = self.chatwoot_presence(who) {
-                    p.zadd(key, who.id.to_string(), now_ms / 1000).ignore();
+                    cmds.push(redis::Cmd::zadd(key, who.id.to_string(), now_ms / 1000));
                 }
             }
-            self.pipe::<()>(&p).await?;
+            self.commands.each(&cmds).await?;
         }
         Ok(())
     }
@@ -222,18 +227,22 @@ impl PresenceStore for RedisPresence {
         if !stale.is_empty() {
             // Forget the stale accounts left with nobody online (a live node re-adds an
             // account when it refreshes it).
-            let mut p = redis::pipe();
-            for account in &stale {
-                p.scard(self.online_set(*account));
+            let cmds: Vec<redis::Cmd> = stale
+                .iter()
+                .map(|account| redis::Cmd::scard(self.online_set(*account)))
+                .collect();
+            let sizes = self.commands.each(&cmds).await?;
+            let empty: Vec<u64> = stale
+                .iter()
+                .zip(sizes)
+                .filter(|(_, size)| redis::from_redis_value::<u64>(size.clone()).is_ok_and(|n| n == 0))
+                .map(|(account, _)| *account)
+                .collect();
+            if !empty.is_empty() {
+                self.commands
+                    .command::<()>(redis::cmd("ZREM").arg(self.accounts()).arg(&empty))
+                    .await?;
             }
-            let sizes: Vec<u64> = self.pipe(&p).await?;
-            let mut p = redis::pipe();
-            for (account, size) in stale.iter().zip(sizes) {
-                if size == 0 {
-                    p.zrem(self.accounts(), *account).ignore();
-                }
-            }
-            self.pipe::<()>(&p).await?;
         }
         Ok(gone)
     }
@@ -257,14 +266,13 @@ impl PresenceStore for RedisPresence {
             .arg(availability as i32);
         let changed: i64 = self.commands.call(inv).await?;
         if let Some(ns) = &self.chatwoot {
-            let mut p = redis::pipe();
-            p.hset(
-                format!("{ns}:ONLINE_STATUS::{account}"),
-                user.to_string(),
-                availability_name(availability as i32),
-            )
-            .ignore();
-            self.pipe::<()>(&p).await?;
+            self.commands
+                .command::<()>(&redis::Cmd::hset(
+                    format!("{ns}:ONLINE_STATUS::{account}"),
+                    user.to_string(),
+                    availability_name(availability as i32),
+                ))
+                .await?;
         }
         Ok(changed == 1)
     }

@@ -2,6 +2,7 @@
 //! frame-level clients for both transports.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod harness;
 pub mod process;
 pub mod proxy;

@@ -60,6 +60,17 @@ impl Keys {
     }
 }
 
+/// The Redis Cluster slot of `key`: CRC16 (XMODEM) of its hash tag (the first non-empty
+/// `{…}`), or of the whole key without one, modulo 16384.
+pub fn slot(key: &[u8]) -> u16 {
+    let tagged = key.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &key[open + 1..];
+        let close = rest.iter().position(|&b| b == b'}')?;
+        (close > 0).then(|| &rest[..close])
+    });
+    crc16::State::<crc16::XMODEM>::calculate(tagged.unwrap_or(key)) % 16384
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,5 +83,15 @@ mod tests {
         assert_eq!(keys.room_of_channel(keys.channel(&room).as_bytes()), Some(room));
         assert_eq!(keys.room_of_channel(b"other:{conversation:42}:c"), None);
         assert_eq!(keys.room_of_channel(b"rt:test:{nope}:c"), None);
+    }
+
+    #[test]
+    fn slots_are_redis_clusters() {
+        // Values from `CLUSTER KEYSLOT`.
+        assert_eq!(slot(b"foo"), 12182);
+        assert_eq!(slot(b"somekey"), 11058);
+        assert_eq!(slot(b"x:{foo}:y"), 12182);
+        // An empty tag is no tag: the whole key is hashed.
+        assert_ne!(slot(b"x{}foo"), slot(b"foo"));
     }
 }

@@ -26,7 +26,7 @@ mod replies;
 mod scripts;
 
 use commands::unavailable;
-pub use commands::{RedisCommands, RedisStats};
+pub use commands::{RedisCommands, RedisConnection, RedisStats};
 pub use keys::Keys;
 use replies::{Read, parse_page, parse_read};
 pub(crate) use replies::{value_bytes, value_str};
@@ -61,8 +61,10 @@ pub enum ShardedPubSub {
 /// How to use Redis.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// `redis://host:port/db`.
+    /// `redis://host:port/db`; with `cluster`, the seed nodes, comma-separated.
     pub url: String,
+    /// Whether `url` names a Redis Cluster.
+    pub cluster: bool,
     /// Prefix of every key and channel.
     pub prefix: String,
     /// History kept per room.
@@ -80,6 +82,7 @@ impl RedisConfig {
     pub fn new(url: &str) -> Self {
         RedisConfig {
             url: url.to_string(),
+            cluster: false,
             prefix: "rtgate".into(),
             history: HistoryLimits::default(),
             meta_ttl: Duration::from_secs(86_400),
@@ -94,7 +97,7 @@ pub(crate) struct Inner {
     config: RedisConfig,
     keys: Keys,
     commands: Arc<RedisCommands>,
-    pubsub_client: redis::Client,
+    pubsub_target: commands::Target,
     publish_script: redis::Script,
     read_script: redis::Script,
     page_script: redis::Script,
@@ -128,24 +131,17 @@ impl RedisEngine {
     /// An engine on `config`, delivering to `hub`. Connects in the background: a node
     /// starts (not ready) even while Redis is unreachable.
     pub fn new(hub: Arc<Hub>, config: RedisConfig) -> Result<Self, EngineError> {
-        let client =
-            redis::Client::open(config.url.as_str()).map_err(|e| EngineError::Internal(e.to_string()))?;
-        let info = client.get_connection_info().clone();
-        let resp3 = info
-            .redis_settings()
-            .clone()
-            .set_protocol(redis::ProtocolVersion::RESP3);
-        let pubsub_client = redis::Client::open(info.set_redis_settings(resp3))
-            .map_err(|e| EngineError::Internal(e.to_string()))?;
+        let target = commands::Target::open(&config.url, config.cluster, false)?;
+        let pubsub_target = commands::Target::open(&config.url, config.cluster, true)?;
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let stats = Arc::new(RedisStats::default());
         let config_prefix = config.prefix.clone();
         let inner = Arc::new(Inner {
             hub,
             keys: Keys::new(&config.prefix),
-            commands: Arc::new(RedisCommands::new(client, &config, stats.clone())),
+            commands: Arc::new(RedisCommands::new(target, &config, stats.clone())),
             config,
-            pubsub_client,
+            pubsub_target,
             publish_script: redis::Script::new(scripts::PUBLISH),
             read_script: redis::Script::new(scripts::READ),
             page_script: redis::Script::new(scripts::PAGE),

@@ -110,7 +110,7 @@ pub struct RedisQueue {
     first_seen: redis::Script,
     renew: redis::Script,
     release: redis::Script,
-    reader: Mutex<Option<redis::aio::MultiplexedConnection>>,
+    reader: Mutex<Option<crate::engine::RedisConnection>>,
     group_ready: AtomicBool,
     /// Entries handed to this consumer may be pending unseen (at start, after a failed
     /// read, acknowledgement or dead letter): read this consumer's pending list next.
