@@ -73,7 +73,8 @@ struct Opts {
     /// Gateways to start with --rtgate-bin (more than one needs --redis).
     #[arg(long, default_value_t = 1)]
     nodes: usize,
-    /// Redis URL for started gateways (multi-node engine); loopback only.
+    /// Redis URL for started gateways (multi-node engine), or a Redis Cluster's nodes,
+    /// comma-separated, with --gateway-arg=--redis-cluster; loopback only.
     #[arg(long)]
     redis: Option<String>,
     /// Extra flag for started gateways (repeat; e.g. --gateway-arg=--send-queue-bytes=4194304).
@@ -230,7 +231,10 @@ fn validate(o: &Opts, p: &Preset) -> Result<(), String> {
         require_loopback(url)?;
     }
     if let Some(r) = &o.redis {
-        require_loopback(r)?;
+        // One URL, or a Redis Cluster's seed nodes, comma-separated.
+        for url in r.split(',') {
+            require_loopback(url.trim())?;
+        }
     }
     if o.rtgate_bin.is_none() {
         let n = o.api_url.len();

@@ -81,10 +81,7 @@ async fn probe_channels(inner: &Inner) -> Result<Vec<String>, EngineError> {
         return Ok(vec![inner.probe_channel.clone()]);
     }
     // [[start, end, [host, port, id], replicas…], …]
-    let ranges: Vec<redis::Value> = inner
-        .commands
-        .command(redis::cmd("CLUSTER").arg("SLOTS"))
-        .await?;
+    let ranges: Vec<redis::Value> = inner.commands.command(redis::cmd("CLUSTER").arg("SLOTS")).await?;
     let mut masters: HashMap<String, Vec<(u16, u16)>> = HashMap::new();
     for range in &ranges {
         let redis::Value::Array(parts) = range else {
@@ -95,10 +92,7 @@ async fn probe_channels(inner: &Inner) -> Result<Vec<String>, EngineError> {
         else {
             continue;
         };
-        let id = master
-            .get(2)
-            .and_then(super::value_str)
-            .unwrap_or_default();
+        let id = master.get(2).and_then(super::value_str).unwrap_or_default();
         masters.entry(id).or_default().push((*start as u16, *end as u16));
     }
     let mut channels = Vec::new();

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The seed load through a Redis Cluster: starts three redis-server masters on free
+# loopback ports (cluster mode, no persistence, in a scratch directory), joins them with
+# redis-cli --cluster create, runs `rtgate-bench seed` with two gateway nodes on the
+# cluster, then stops the cluster. Writes the bench's report into OUT.
+#
+# Usage: bench/cluster.sh [OUT] [TRANSPORT ws|wt] [extra rtgate-bench flags…]
+# Needs: target/release/rtgate and target/release/rtgate-bench (cargo build --release
+# -p rtgate-server -p rtgate-bench), redis-server and redis-cli (Redis 7).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+out=${1:-/tmp/rtgate-cluster-bench}
+transport=${2:-ws}
+shift $(( $# >= 2 ? 2 : $# ))
+mkdir -p "$out"
+dir=$(mktemp -d)
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+ports=()
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+for _ in 1 2 3; do
+  port=$(free_port)
+  bus=$(free_port)
+  ports+=("$port")
+  redis-server --port "$port" --bind 127.0.0.1 --cluster-enabled yes --cluster-port "$bus" \
+    --cluster-config-file "$dir/nodes-$port.conf" --cluster-node-timeout 2000 \
+    --save "" --appendonly no --dir "$dir" >"$dir/redis-$port.log" 2>&1 &
+  pids+=("$!")
+done
+for port in "${ports[@]}"; do
+  for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+done
+redis-cli --cluster create $(printf '127.0.0.1:%s ' "${ports[@]}") --cluster-replicas 0 --cluster-yes >"$dir/create.log"
+for port in "${ports[@]}"; do
+  for _ in $(seq 200); do
+    redis-cli -p "$port" cluster info | grep -q cluster_state:ok && break
+    sleep 0.05
+  done
+done
+seeds=$(printf 'redis://127.0.0.1:%s,' "${ports[@]}")
+seeds=${seeds%,}
+
+target/release/rtgate-bench seed --rtgate-bin target/release/rtgate --nodes 2 \
+  --redis "$seeds" --gateway-arg=--redis-cluster --transport "$transport" \
+  --label "seed-2-nodes-cluster" --out "$out" "$@"
+for port in "${ports[@]}"; do
+  echo "master 127.0.0.1:$port: $(redis-cli -p "$port" info stats | grep -E 'total_commands_processed|pubsubshard_channels' | tr -d '\r' | tr '\n' ' ')"
+done
