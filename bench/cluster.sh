@@ -51,6 +51,9 @@ seeds=${seeds%,}
 target/release/rtgate-bench seed --rtgate-bin target/release/rtgate --nodes 2 \
   --redis "$seeds" --gateway-arg=--redis-cluster --transport "$transport" \
   --label "seed-2-nodes-cluster" --out "$out" "$@"
+# What each master did: commands processed and CPU seconds (user + system) since it started.
 for port in "${ports[@]}"; do
-  echo "master 127.0.0.1:$port: $(redis-cli -p "$port" info stats | grep -E 'total_commands_processed|pubsubshard_channels' | tr -d '\r' | tr '\n' ' ')"
+  commands=$(redis-cli -p "$port" info stats | tr -d '\r' | sed -n 's/^total_commands_processed://p')
+  cpu=$(redis-cli -p "$port" info cpu | tr -d '\r' | awk -F: '/^used_cpu_(user|sys):/ { s += $2 } END { printf "%.1f", s }')
+  echo "master 127.0.0.1:$port: $commands commands, $cpu CPU s"
 done

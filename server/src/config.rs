@@ -36,6 +36,13 @@ pub struct Config {
     #[arg(long, env = "RTGATE_WT_LISTEN")]
     pub wt_listen: Option<SocketAddr>,
 
+    /// QUIC endpoints sharing the WebTransport port (SO_REUSEPORT), each with its own
+    /// driver task, so that QUIC's packet processing runs on several cores. The kernel
+    /// hands each client address to one endpoint: a client whose address changes
+    /// mid-connection (NAT rebinding) reconnects instead of migrating when above 1.
+    #[arg(long, env = "RTGATE_WT_ENDPOINTS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub wt_endpoints: u16,
+
     /// TCP address of the HTTP listener: WebSocket (/ws), server API (/api/v1), health.
     /// Default: [::]:8080 with --production, 127.0.0.1:8080 in development mode.
     #[arg(long, env = "RTGATE_HTTP_LISTEN")]

@@ -83,8 +83,17 @@ pub struct Gateway {
 }
 
 fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    bind_udp(addr, false)
+}
+
+/// A UDP socket on `addr`; with `shared`, SO_REUSEPORT: several sockets (one per QUIC
+/// endpoint) share the port, the kernel spreading client addresses over them.
+fn bind_udp(addr: SocketAddr, shared: bool) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if shared {
+        socket.set_reuse_port(true)?;
+    }
     if addr.is_ipv6() {
         // Dual stack: browsers resolve localhost to ::1, others use 127.0.0.1.
         socket.set_only_v6(false)?;
@@ -448,33 +457,42 @@ impl Gateway {
         crate::metrics::install();
         let node = Node::new(session, auth, engine.clone(), presence, limits);
 
-        // WebTransport.
-        let socket = udp_socket(config.wt_addr()).map_err(|err| StartError::Bind {
+        // WebTransport: one QUIC endpoint, or several sharing the port.
+        let first = bind_udp(config.wt_addr(), config.wt_endpoints > 1).map_err(|err| StartError::Bind {
             addr: config.wt_addr(),
             err,
         })?;
-        let mut server_config = wtransport::ServerConfig::builder()
-            .with_bind_socket(socket)
-            .with_custom_transport(identity.identity, webtransport::transport_config())
-            .max_idle_timeout(Some(config.heartbeat * 3))
-            .map_err(|e| StartError::Config(format!("idle timeout: {e}")))?
-            .build();
-        // Connection attempts waiting for the accept loop are bounded (quinn's defaults
-        // allow 65,536 of them, with up to 10 MiB buffered each): beyond, QUIC refuses them
-        // without keeping anything.
-        server_config
-            .quic_config_mut()
-            .max_incoming(config.max_handshakes.max(256))
-            .incoming_buffer_size(64 * 1024)
-            .incoming_buffer_size_total(16 << 20);
-        let endpoint = webtransport::bind(server_config).map_err(|err| StartError::Bind {
+        let wt_addr = first.local_addr().map_err(|err| StartError::Bind {
             addr: config.wt_addr(),
             err,
         })?;
-        let wt_addr = endpoint.local_addr().map_err(|err| StartError::Bind {
-            addr: config.wt_addr(),
-            err,
-        })?;
+        let mut sockets = vec![first];
+        for _ in 1..config.wt_endpoints {
+            sockets.push(bind_udp(wt_addr, true).map_err(|err| StartError::Bind { addr: wt_addr, err })?);
+        }
+        let mut endpoints = Vec::with_capacity(sockets.len());
+        for socket in sockets {
+            let mut server_config = wtransport::ServerConfig::builder()
+                .with_bind_socket(socket)
+                .with_custom_transport(
+                    identity.identity.clone_identity(),
+                    webtransport::transport_config(),
+                )
+                .max_idle_timeout(Some(config.heartbeat * 3))
+                .map_err(|e| StartError::Config(format!("idle timeout: {e}")))?
+                .build();
+            // Connection attempts waiting for the accept loop are bounded (quinn's defaults
+            // allow 65,536 of them, with up to 10 MiB buffered each): beyond, QUIC refuses
+            // them without keeping anything.
+            server_config
+                .quic_config_mut()
+                .max_incoming(config.max_handshakes.max(256))
+                .incoming_buffer_size(64 * 1024)
+                .incoming_buffer_size_total(16 << 20);
+            endpoints.push(
+                webtransport::bind(server_config).map_err(|err| StartError::Bind { addr: wt_addr, err })?,
+            );
+        }
 
         // HTTP: WebSocket, server API, health.
         let bind_tcp =
@@ -597,7 +615,7 @@ impl Gateway {
         };
         listeners.push(tokio::spawn(webtransport::accept_loop(
             node.clone(),
-            endpoint,
+            endpoints,
             policy,
             node.shutdown_signal(),
         )));

@@ -114,17 +114,55 @@ impl HandshakePolicy {
     }
 }
 
-/// Accepts sessions until shutdown begins.
+/// Accepts sessions on every endpoint until shutdown begins; then drains the node and
+/// closes the endpoints. The handshake budgets are shared by all endpoints.
 pub async fn accept_loop(
     node: Arc<Node>,
-    endpoint: Endpoint<wtransport::endpoint::endpoint_side::Server>,
+    endpoints: Vec<Endpoint<wtransport::endpoint::endpoint_side::Server>>,
     policy: HandshakePolicy,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let in_flight = Arc::new(InFlight {
         total: Default::default(),
         per_ip: crate::admission::AddressSlots::new(policy.max_per_ip),
     });
+    let loops: Vec<_> = endpoints
+        .into_iter()
+        .enumerate()
+        .map(|(index, endpoint)| {
+            tokio::spawn(accept_on(
+                node.clone(),
+                endpoint,
+                index,
+                policy.clone(),
+                in_flight.clone(),
+                shutdown.clone(),
+            ))
+        })
+        .collect();
+    let mut endpoints = Vec::with_capacity(loops.len());
+    for task in loops {
+        if let Ok(endpoint) = task.await {
+            endpoints.push(endpoint);
+        }
+    }
+    // Refuse new sessions while the existing ones are drained.
+    let _ = node.drain(std::time::Duration::from_secs(3600)).await;
+    for endpoint in endpoints {
+        endpoint.close(VarInt::from_u32(DisconnectCode::Shutdown.code()), b"shutdown");
+    }
+}
+
+/// Accepts sessions on one endpoint until shutdown begins; gives the endpoint back.
+async fn accept_on(
+    node: Arc<Node>,
+    endpoint: Endpoint<wtransport::endpoint::endpoint_side::Server>,
+    index: usize,
+    policy: HandshakePolicy,
+    in_flight: Arc<InFlight>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Endpoint<wtransport::endpoint::endpoint_side::Server> {
+    let label = index.to_string();
     loop {
         tokio::select! {
             incoming = endpoint.accept() => {
@@ -156,6 +194,7 @@ pub async fn accept_loop(
                 // Paced after the checks: attempts refused at once cost no share of the rate.
                 node.pacer.ready().await;
                 in_flight.total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                metrics::counter!("rtgate_webtransport_handshakes_total", "endpoint" => label.clone()).increment(1);
                 let slot = HandshakeSlot {
                     in_flight: in_flight.clone(),
                     _address: handshake_of_ip,
@@ -169,9 +208,7 @@ pub async fn accept_loop(
             }
         }
     }
-    // Refuse new sessions while the existing ones are drained.
-    let _ = node.drain(std::time::Duration::from_secs(3600)).await;
-    endpoint.close(VarInt::from_u32(DisconnectCode::Shutdown.code()), b"shutdown");
+    endpoint
 }
 
 /// A session past its handshake, with its control stream.
