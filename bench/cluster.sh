@@ -57,3 +57,7 @@ for port in "${ports[@]}"; do
   cpu=$(redis-cli -p "$port" info cpu | tr -d '\r' | awk -F: '/^used_cpu_(user|sys):/ { s += $2 } END { printf "%.1f", s }')
   echo "master 127.0.0.1:$port: $commands commands, $cpu CPU s"
 done
+# Calls by command, all masters together (what a delivery costs Redis).
+for port in "${ports[@]}"; do redis-cli -p "$port" info commandstats | tr -d '\r'; done |
+  sed -n 's/^cmdstat_\([^:]*\):calls=\([0-9]*\),.*/\1 \2/p' |
+  awk '{ calls[$1] += $2 } END { for (c in calls) print calls[c], c }' | sort -rn | head -n 12
