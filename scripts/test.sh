@@ -37,6 +37,21 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
 fi
 redis-cli -h 127.0.0.1 -p 6379 ping
 
+log "python tools"
+# The independent WebTransport client (server/tests/wt_dialects.py) runs on aioquic, in a
+# Python environment of the project's own.
+command -v python3 >/dev/null || apt_install python3 python3-venv
+if ! .tools/python/bin/python3 -c 'import aioquic' >/dev/null 2>&1; then
+  rm -rf .tools/python
+  python3 -m venv .tools/python >/dev/null 2>&1 || {
+    apt_install python3-venv
+    rm -rf .tools/python
+    python3 -m venv .tools/python
+  }
+  .tools/python/bin/pip install -q aioquic
+fi
+.tools/python/bin/python3 -c 'import aioquic; print("aioquic", aioquic.__version__)'
+
 log "proxies and systemd"
 # The deployment files (deploy/) are tested as written: nginx (with its stream module, for
 # QUIC over UDP) and HAProxy in front of two nodes, the systemd unit by systemd-analyze.

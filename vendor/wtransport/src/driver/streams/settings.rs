@@ -28,6 +28,10 @@ impl LocalSettingsStream {
             .enable_webtransport()
             .enable_h3_datagrams()
             .webtransport_max_sessions(VarInt::from_u32(1))
+            // The later drafts' settings (Safari), one session: flow control is not
+            // declared, so it stays off whatever the client sends.
+            .wt_max_sessions(VarInt::from_u32(1))
+            .wt_enabled()
             .build();
 
         Self {
