@@ -238,11 +238,7 @@ async fn a_pubsub_connection_quiet_on_one_master_is_found_by_its_probe_and_repai
         .await
         .expect("the quiet connection is found and the gap repaired");
     assert_eq!((r.as_str(), offset, json.as_str()), (room, 2, "2"));
-    let metrics = a.metrics_text().await;
-    let failures = metrics
-        .lines()
-        .find(|l| l.starts_with("rtgate_engine_probe_failures_total"))
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    let failures = metric_value(&a.metrics_text().await, "rtgate_engine_probe_failures_total");
     assert!(failures >= Some(1.0), "counted: {failures:?}");
     client.close();
 }
@@ -391,17 +387,7 @@ async fn domain_events_through_the_stream_and_http_are_routed_on_a_cluster() {
         .client(TransportPreference::WebSocket, &token("agent", 7, 1, &[3]))
         .await;
     agent.subscribe("inbox:3", None).await.unwrap();
-    let message = |id: &str, content: &str| {
-        json!({
-            "id": id,
-            "name": "message.created",
-            "accountId": "1",
-            "occurredAtMs": (now_unix() * 1000).to_string(),
-            "conversation": { "displayId": "42", "inboxId": "3", "contactInboxIds": ["501"] },
-            "message": { "id": "900", "messageType": "MESSAGE_TYPE_OUTGOING", "private": false },
-            "payload": json!({ "id": 900, "content": content }).to_string(),
-        })
-    };
+    let message = |id: &str, content: &str| message_created_event(id, false, content);
     async fn next_in_inbox(events: &mut tokio::sync::mpsc::UnboundedReceiver<ClientEvent>) -> String {
         loop {
             let (room, _, json) = next_room_event(events).await;

@@ -14,15 +14,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 /// A domain event in the JSON mapping, as a Rails backend writes it.
 fn message_created(id: &str, private: bool, content: &str) -> Value {
-    json!({
-        "id": id,
-        "name": "message.created",
-        "accountId": "1",
-        "occurredAtMs": (now_unix() * 1000).to_string(),
-        "conversation": { "displayId": "42", "inboxId": "3", "contactInboxIds": ["501"] },
-        "message": { "id": "900", "messageType": "MESSAGE_TYPE_OUTGOING", "private": private },
-        "payload": json!({ "id": 900, "content": content, "private": private }).to_string(),
-    })
+    message_created_event(id, private, content)
 }
 
 /// The next room event's (room, name, content), presence left out.

@@ -349,10 +349,6 @@ async fn a_pubsub_connection_that_goes_quiet_is_found_by_its_probe_and_repaired(
         .await
         .expect("the quiet connection is found and the gap repaired");
     assert_eq!((room.as_str(), offset, json.as_str()), ("inbox:3", 2, "\"2\""));
-    let metrics = a.metrics_text().await;
-    let failures = metrics
-        .lines()
-        .find(|l| l.starts_with("rtgate_engine_probe_failures_total"))
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    let failures = metric_value(&a.metrics_text().await, "rtgate_engine_probe_failures_total");
     assert!(failures >= Some(1.0), "counted: {failures:?}");
 }

@@ -294,3 +294,25 @@ pub fn event(name: &str) -> pb::Event {
         ..Default::default()
     }
 }
+
+/// A `message.created` domain event in the JSON mapping, as a Rails backend writes it
+/// (conversation 42 of inbox 3, contact inbox 501).
+pub fn message_created_event(id: &str, private: bool, content: &str) -> serde_json::Value {
+    json!({
+        "id": id,
+        "name": "message.created",
+        "accountId": "1",
+        "occurredAtMs": (now_unix() * 1000).to_string(),
+        "conversation": { "displayId": "42", "inboxId": "3", "contactInboxIds": ["501"] },
+        "message": { "id": "900", "messageType": "MESSAGE_TYPE_OUTGOING", "private": private },
+        "payload": json!({ "id": 900, "content": content, "private": private }).to_string(),
+    })
+}
+
+/// The value of the first sample of `name` (any labels) in a Prometheus text.
+pub fn metric_value(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
