@@ -176,35 +176,75 @@ impl Pending {
 /// `probes` and `joined`.
 async fn join_pending(
     inner: &Inner,
-    conn: &mut ClusterConnection,
+    conn: &ClusterConnection,
     pending: &mut Pending,
     refs: &HashMap<RoomName, usize>,
     probes: &mut Vec<String>,
     joined: &mut Vec<RoomName>,
 ) {
-    if pending.control {
-        let sent = tokio::time::timeout(inner.config.timeout, conn.subscribe(inner.keys.control())).await;
-        pending.control = !matches!(sent, Ok(Ok(())));
-    }
-    if !pending.probes.is_empty() {
-        let results = cluster_cmd(inner, conn, true, &pending.probes).await;
-        let mut still = Vec::new();
-        for (probe, ok) in pending.probes.drain(..).zip(results) {
-            if ok { probes.push(probe) } else { still.push(probe) }
-        }
-        pending.probes = still;
-    }
     pending.rooms.retain(|room| refs.contains_key(room));
-    for chunk in std::mem::take(&mut pending.rooms).chunks(256) {
-        let channels: Vec<String> = chunk.iter().map(|room| inner.keys.channel(room)).collect();
-        let results = cluster_cmd(inner, conn, true, &channels).await;
-        for (room, ok) in chunk.iter().zip(results) {
+    let outcome = try_join(inner, conn.clone(), std::mem::take(pending)).await;
+    outcome.apply(pending, refs, probes, joined);
+}
+
+/// What an attempt to join pending channels achieved.
+struct Joined {
+    control: bool,
+    probes: Vec<(String, bool)>,
+    rooms: Vec<(RoomName, bool)>,
+}
+
+impl Joined {
+    /// Moves what was joined out of `pending` (rooms no longer wanted are dropped).
+    fn apply(
+        self,
+        pending: &mut Pending,
+        refs: &HashMap<RoomName, usize>,
+        probes: &mut Vec<String>,
+        joined: &mut Vec<RoomName>,
+    ) {
+        pending.control |= !self.control;
+        for (probe, ok) in self.probes {
             if ok {
-                joined.push(room.clone());
+                probes.push(probe);
             } else {
-                pending.rooms.push(room.clone());
+                pending.probes.push(probe);
             }
         }
+        for (room, ok) in self.rooms {
+            if !refs.contains_key(&room) {
+                continue;
+            }
+            if ok {
+                joined.push(room);
+            } else if !pending.rooms.contains(&room) {
+                pending.rooms.push(room);
+            }
+        }
+    }
+}
+
+/// Joins what `pending` names on a cluster (the control channel, probe channels, rooms'
+/// channels), each on its master.
+async fn try_join(inner: &Inner, mut conn: ClusterConnection, pending: Pending) -> Joined {
+    let control = if pending.control {
+        let sent = tokio::time::timeout(inner.config.timeout, conn.subscribe(inner.keys.control())).await;
+        matches!(sent, Ok(Ok(())))
+    } else {
+        true
+    };
+    let results = cluster_cmd(inner, &conn, true, &pending.probes).await;
+    let probes = pending.probes.into_iter().zip(results).collect();
+    let mut rooms = Vec::with_capacity(pending.rooms.len());
+    for chunk in pending.rooms.chunks(256) {
+        let channels: Vec<String> = chunk.iter().map(|room| inner.keys.channel(room)).collect();
+        let results = cluster_cmd(inner, &conn, true, &channels).await;
+        rooms.extend(chunk.iter().cloned().zip(results));
+    }
+    Joined {
+        control,
+        probes,
+        rooms,
     }
 }
 
@@ -323,6 +363,11 @@ pub(crate) async fn run(inner: Arc<Inner>, mut commands: mpsc::UnboundedReceiver
                 join_pending(&inner, c, &mut pending, &refs, &mut probes, &mut unrepaired).await;
             }
         }
+        // On a cluster, what could not be joined (its master down) is tried again in the
+        // background, so that the other masters' rooms keep flowing meanwhile.
+        let mut rejoin_every = tokio::time::interval(Duration::from_millis(250));
+        rejoin_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut rejoining: Option<oneshot::Receiver<Joined>> = None;
         inner.pubsub_up.store(true, Ordering::Relaxed);
         if connected_before {
             inner.stats.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -345,11 +390,6 @@ pub(crate) async fn run(inner: Arc<Inner>, mut commands: mpsc::UnboundedReceiver
         };
         let mut sequence = 0u64;
         loop {
-            if let Conn::Cluster(c) = &mut conn
-                && !pending.is_empty()
-            {
-                join_pending(&inner, c, &mut pending, &refs, &mut probes, &mut unrepaired).await;
-            }
             if !unrepaired.is_empty() {
                 let mut still = Vec::new();
                 for room in unrepaired.drain(..) {
@@ -360,7 +400,24 @@ pub(crate) async fn run(inner: Arc<Inner>, mut commands: mpsc::UnboundedReceiver
                 unrepaired = still;
             }
             tokio::select! {
-                _ = retry.tick(), if !unrepaired.is_empty() || !pending.is_empty() => {}
+                _ = retry.tick(), if !unrepaired.is_empty() => {}
+                _ = rejoin_every.tick(), if rejoining.is_none() && !pending.is_empty() => {
+                    if let Conn::Cluster(c) = &conn {
+                        pending.rooms.retain(|room| refs.contains_key(room));
+                        let (tx, rx) = oneshot::channel();
+                        let (inner, conn, wanted) = (inner.clone(), c.clone(), std::mem::take(&mut pending));
+                        tokio::spawn(async move {
+                            let _ = tx.send(try_join(&inner, conn, wanted).await);
+                        });
+                        rejoining = Some(rx);
+                    }
+                }
+                joined = async { rejoining.as_mut().expect("guarded").await }, if rejoining.is_some() => {
+                    rejoining = None;
+                    if let Ok(joined) = joined {
+                        joined.apply(&mut pending, &refs, &mut probes, &mut unrepaired);
+                    }
+                }
                 cmd = commands.recv() => match cmd {
                     None => return,
                     Some(Command::Subscribe(room, ack)) => {
