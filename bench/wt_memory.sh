@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Where an idle WebTransport connection's heap goes: the release gateway runs under
+# valgrind's massif (heap profiler: every allocation attributed to its call stack),
+# `rtgate-bench idle-memory` opens N idle WebTransport connections (each says Hello and is
+# welcomed), then the gateway is stopped and the peak snapshot is printed by ms_print.
+# Divide a call site's bytes by N for its cost per connection.
+#
+# Usage: bench/wt_memory.sh [OUT] [CONNECTIONS]
+# Needs: target/release/rtgate and target/release/rtgate-bench (cargo build --release
+# -p rtgate-server -p rtgate-bench; the release profile keeps debug info), valgrind.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+out=${1:-/tmp/rtgate-wt-memory}
+conns=${2:-400}
+mkdir -p "$out"
+
+free_port() {
+  python3 -c 'import socket,sys; s=socket.socket(socket.AF_INET, getattr(socket, sys.argv[1])); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' "$1"
+}
+http_port=$(free_port SOCK_STREAM)
+wt_port=$(free_port SOCK_DGRAM)
+secret=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+key=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+
+# Slowed down about 30 times: generous handshake and hello timeouts.
+RTGATE_LOG=warn valgrind --tool=massif --massif-out-file="$out/massif.out" --threshold=0.5 \
+  target/release/rtgate \
+  --http-listen "127.0.0.1:$http_port" --wt-listen "127.0.0.1:$wt_port" \
+  --jwt-secret "$secret" --api-key "$key" --cert-dir "$out/certs" \
+  --max-connections-per-ip 0 --accept-rate 0 --max-handshakes-per-ip 4096 \
+  --handshake-timeout 120s --hello-timeout 120s >"$out/gateway.log" 2>&1 &
+gateway=$!
+trap 'kill "$gateway" 2>/dev/null || true' EXIT
+for _ in $(seq 600); do
+  curl -fs "http://127.0.0.1:$http_port/healthz" >/dev/null && break
+  sleep 0.1
+done
+hash=$(curl -fs "http://127.0.0.1:$http_port/dev/cert-hash" | python3 -c "import json,sys; print(json.load(sys.stdin)[\"hex\"])")
+
+target/release/rtgate-bench idle-memory --transport wt --connections "$conns" \
+  --wt-url "https://127.0.0.1:$wt_port/wt" --ws-url "ws://127.0.0.1:$http_port/ws" \
+  --api-url "http://127.0.0.1:$http_port" --cert-hash "$hash" \
+  --jwt-secret "$secret" --api-key "$key" --server-pid "$gateway" \
+  --connect-timeout-ms 120000 --duration 10 --out "$out" --label wt-massif | tail -n 4
+
+kill -TERM "$gateway"
+wait "$gateway" || true
+ms_print "$out/massif.out" >"$out/ms_print.txt"
+echo "peak snapshot: $out/ms_print.txt"
