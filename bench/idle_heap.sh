@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
-# Where an idle WebTransport connection's heap goes: the release gateway runs under
-# valgrind's massif (heap profiler: every allocation attributed to its call stack),
-# `rtgate-bench idle-memory` opens N idle WebTransport connections (each says Hello and is
-# welcomed), then the gateway is stopped and the peak snapshot is printed by ms_print.
-# Divide a call site's bytes by N for its cost per connection.
+# Where an idle connection's heap goes: the release gateway runs under valgrind's massif
+# (heap profiler: every allocation attributed to its call stack), `rtgate-bench
+# idle-memory` opens N idle connections (each says Hello and is welcomed), then the gateway
+# is stopped and the peak snapshot is printed by ms_print. Two runs with different N and
+# the difference of their peaks divided by the difference of N give the cost per
+# connection without the fixed costs.
 #
-# Usage: bench/wt_memory.sh [OUT] [CONNECTIONS]
+# Usage: bench/idle_heap.sh [OUT] [CONNECTIONS] [TRANSPORT wt|ws]
 # Needs: target/release/rtgate and target/release/rtgate-bench (cargo build --release
 # -p rtgate-server -p rtgate-bench; the release profile keeps debug info), valgrind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-out=${1:-/tmp/rtgate-wt-memory}
+out=${1:-/tmp/rtgate-idle-heap}
 conns=${2:-400}
+transport=${3:-wt}
 mkdir -p "$out"
 
 free_port() {
@@ -38,11 +40,11 @@ for _ in $(seq 600); do
 done
 hash=$(curl -fs "http://127.0.0.1:$http_port/dev/cert-hash" | python3 -c "import json,sys; print(json.load(sys.stdin)[\"hex\"])")
 
-target/release/rtgate-bench idle-memory --transport wt --connections "$conns" \
+target/release/rtgate-bench idle-memory --transport "$transport" --connections "$conns" \
   --wt-url "https://127.0.0.1:$wt_port/wt" --ws-url "ws://127.0.0.1:$http_port/ws" \
   --api-url "http://127.0.0.1:$http_port" --cert-hash "$hash" \
   --jwt-secret "$secret" --api-key "$key" --server-pid "$gateway" \
-  --connect-timeout-ms 120000 --duration 10 --out "$out" --label wt-massif | tail -n 4
+  --connect-timeout-ms 120000 --duration 10 --out "$out" --label "$transport-massif" | tail -n 4
 
 kill -TERM "$gateway"
 wait "$gateway" || true
