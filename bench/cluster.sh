@@ -9,6 +9,7 @@
 # -p rtgate-server -p rtgate-bench), redis-server and redis-cli (Redis 7).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 
 out=${1:-/tmp/rtgate-cluster-bench}
 transport=${2:-ws}
@@ -16,9 +17,6 @@ shift $(( $# >= 2 ? 2 : $# ))
 mkdir -p "$out"
 dir=$(mktemp -d)
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 ports=()
 pids=()
 cleanup() {

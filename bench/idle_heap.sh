@@ -11,19 +11,17 @@
 # -p rtgate-server -p rtgate-bench; the release profile keeps debug info), valgrind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 
 out=${1:-/tmp/rtgate-idle-heap}
 conns=${2:-400}
 transport=${3:-wt}
 mkdir -p "$out"
 
-free_port() {
-  python3 -c 'import socket,sys; s=socket.socket(socket.AF_INET, getattr(socket, sys.argv[1])); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' "$1"
-}
 http_port=$(free_port SOCK_STREAM)
 wt_port=$(free_port SOCK_DGRAM)
-secret=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
-key=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+secret=$(random_hex)
+key=$(random_hex)
 
 # Slowed down about 30 times: generous handshake and hello timeouts.
 RTGATE_LOG=warn valgrind --tool=massif --massif-out-file="$out/massif.out" --threshold=0.5 \

@@ -9,6 +9,7 @@
 # -p rtgate-server -p rtgate-bench), perf (Debian's linux-perf), taskset, two CPUs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 
 out=${1:-/tmp/rtgate-profile}
 conns=${2:-2000}
@@ -16,13 +17,10 @@ rate=${3:-2000}
 secs=${4:-20}
 mkdir -p "$out"
 
-free_port() {
-  python3 -c 'import socket,sys; s=socket.socket(socket.AF_INET, getattr(socket, sys.argv[1])); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' "$1"
-}
 http_port=$(free_port SOCK_STREAM)
 wt_port=$(free_port SOCK_DGRAM)
-secret=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
-key=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+secret=$(random_hex)
+key=$(random_hex)
 
 RTGATE_LOG=warn taskset -c 0 target/release/rtgate \
   --http-listen "127.0.0.1:$http_port" --wt-listen "127.0.0.1:$wt_port" \
