@@ -282,7 +282,7 @@ impl ListenerState for RedisState {
                 StateRead::Members(key) => redis::Cmd::smembers(self.key(key)),
             })
             .collect();
-        let replies = self.commands.each(&cmds).await?;
+        let replies = self.commands.each(cmds).await?;
         let mut view = StateView::default();
         for (read, reply) in reads.iter().zip(replies) {
             match read {

@@ -159,7 +159,7 @@ impl PresenceStore for RedisPresence {
         if let Some(key) = self.chatwoot_presence(&who) {
             cmds.push(redis::Cmd::zadd(key, who.id.to_string(), now_ms / 1000));
         }
-        self.commands.each(&cmds).await?;
+        self.commands.each(cmds).await?;
         Ok(added == 1)
     }
 
@@ -191,7 +191,7 @@ impl PresenceStore for RedisPresence {
                     cmds.push(redis::Cmd::zadd(key, who.id.to_string(), now_ms / 1000));
                 }
             }
-            self.commands.each(&cmds).await?;
+            self.commands.each(cmds).await?;
         }
         Ok(())
     }
@@ -231,7 +231,7 @@ impl PresenceStore for RedisPresence {
                 .iter()
                 .map(|account| redis::Cmd::scard(self.online_set(*account)))
                 .collect();
-            let sizes = self.commands.each(&cmds).await?;
+            let sizes = self.commands.each(cmds).await?;
             let empty: Vec<u64> = stale
                 .iter()
                 .zip(sizes)

@@ -280,7 +280,7 @@ impl RedisCommands {
     /// Runs independent commands and answers their replies in order: one pipeline on a
     /// server; on a cluster, each on the master of its key's slot, all in flight at once.
     /// For commands whose keys may live in different slots (a pipeline's must not).
-    pub async fn each(&self, cmds: &[Cmd]) -> Result<Vec<Value>, EngineError> {
+    pub async fn each(&self, cmds: Vec<Cmd>) -> Result<Vec<Value>, EngineError> {
         if cmds.is_empty() {
             return Ok(Vec::new());
         }
@@ -294,7 +294,7 @@ impl RedisCommands {
             } else {
                 let mut pipe = redis::pipe();
                 for cmd in cmds {
-                    pipe.add_command(cmd.clone());
+                    pipe.add_command(cmd);
                 }
                 pipe.query_async::<Vec<Value>>(&mut conn).await
             }
