@@ -162,7 +162,8 @@ async fn accept_on(
     in_flight: Arc<InFlight>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Endpoint<wtransport::endpoint::endpoint_side::Server> {
-    let label = index.to_string();
+    let handshakes =
+        metrics::counter!("rtgate_webtransport_handshakes_total", "endpoint" => index.to_string());
     loop {
         tokio::select! {
             incoming = endpoint.accept() => {
@@ -194,7 +195,7 @@ async fn accept_on(
                 // Paced after the checks: attempts refused at once cost no share of the rate.
                 node.pacer.ready().await;
                 in_flight.total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                metrics::counter!("rtgate_webtransport_handshakes_total", "endpoint" => label.clone()).increment(1);
+                handshakes.increment(1);
                 let slot = HandshakeSlot {
                     in_flight: in_flight.clone(),
                     _address: handshake_of_ip,
