@@ -54,11 +54,25 @@ async fn rooms_on_every_master(
     by_master
 }
 
-/// Publishes through the API; the offset, or `None` when the gateway refused (503).
-async fn try_publish(gw: &TestGateway, room: &str, json_payload: &str) -> Option<u64> {
-    let resp = gw
-        .http
-        .post(gw.api("/api/v1/publish"))
+/// A cluster of three masters and two gateway nodes on it, under a prefix of their own.
+async fn two_nodes(test: &str) -> (PrivateCluster, String, TestGateway, TestGateway) {
+    let cluster = PrivateCluster::start(3).await;
+    let prefix = unique_prefix(test);
+    let a = node(&cluster, &prefix).await;
+    let b = node(&cluster, &prefix).await;
+    (cluster, prefix, a, b)
+}
+
+/// Publishes through the API at `publish_url`; the offset, or `None` when the gateway
+/// refused (503) or did not answer.
+async fn try_publish(
+    http: &reqwest::Client,
+    publish_url: &str,
+    room: &str,
+    json_payload: &str,
+) -> Option<u64> {
+    let resp = http
+        .post(publish_url)
         .bearer_auth(API_KEY)
         .json(&json!({
             "rooms": [room],
@@ -78,10 +92,7 @@ async fn try_publish(gw: &TestGateway, room: &str, json_payload: &str) -> Option
 
 #[tokio::test]
 async fn rooms_on_every_master_reach_clients_on_other_nodes_in_order_with_presence() {
-    let cluster = PrivateCluster::start(3).await;
-    let prefix = unique_prefix("cluster");
-    let a = node(&cluster, &prefix).await;
-    let b = node(&cluster, &prefix).await;
+    let (cluster, prefix, a, b) = two_nodes("cluster").await;
     let rooms: Vec<String> = rooms_on_every_master(&cluster, &prefix, "spread", 2)
         .await
         .concat();
@@ -139,10 +150,7 @@ async fn rooms_on_every_master_reach_clients_on_other_nodes_in_order_with_presen
 
 #[tokio::test]
 async fn a_client_moving_to_another_node_recovers_from_history_on_the_cluster() {
-    let cluster = PrivateCluster::start(3).await;
-    let prefix = unique_prefix("cluster-move");
-    let a = node(&cluster, &prefix).await;
-    let b = node(&cluster, &prefix).await;
+    let (cluster, prefix, a, b) = two_nodes("cluster-move").await;
     for rooms in rooms_on_every_master(&cluster, &prefix, "moving", 1).await {
         let room = rooms[0].as_str();
         let (client, mut events) = a
@@ -174,10 +182,7 @@ async fn a_client_moving_to_another_node_recovers_from_history_on_the_cluster() 
 
 #[tokio::test]
 async fn a_lost_pubsub_connection_to_one_master_is_repaired_from_history() {
-    let cluster = PrivateCluster::start(3).await;
-    let prefix = unique_prefix("cluster-gap");
-    let a = node(&cluster, &prefix).await;
-    let b = node(&cluster, &prefix).await;
+    let (cluster, prefix, a, b) = two_nodes("cluster-gap").await;
     let rooms = rooms_on_every_master(&cluster, &prefix, "gap", 1).await;
     let (client, mut events) = a
         .client(TransportPreference::WebSocket, &token("agent", 7, 1, &[]))
@@ -252,10 +257,7 @@ enum Seen {
 
 #[tokio::test]
 async fn a_master_restarted_under_load_loses_nothing_silently() {
-    let mut cluster = PrivateCluster::start(3).await;
-    let prefix = unique_prefix("cluster-restart");
-    let a = node(&cluster, &prefix).await;
-    let b = node(&cluster, &prefix).await;
+    let (mut cluster, prefix, a, b) = two_nodes("cluster-restart").await;
     let by_master = rooms_on_every_master(&cluster, &prefix, "load", 2).await;
     let restarted = 0;
     let rooms: Vec<String> = by_master.concat();
@@ -277,16 +279,9 @@ async fn a_master_restarted_under_load_loses_nothing_silently() {
             let mut refused = 0;
             for n in 0..600u64 {
                 let room = &rooms[n as usize % rooms.len()];
-                let resp = http
-                    .post(&b_url)
-                    .bearer_auth(API_KEY)
-                    .json(&json!({ "rooms": [room], "event": { "name": "client.n", "accountId": "1", "json": n.to_string() } }))
-                    .timeout(Duration::from_secs(5))
-                    .send()
-                    .await;
-                match resp {
-                    Ok(r) if r.status() == 200 => accepted.push((room.clone(), n)),
-                    _ => refused += 1,
+                match try_publish(&http, &b_url, room, &n.to_string()).await {
+                    Some(_) => accepted.push((room.clone(), n)),
+                    None => refused += 1,
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
@@ -306,7 +301,10 @@ async fn a_master_restarted_under_load_loses_nothing_silently() {
     // After the load: one more event per room, to know when everything has arrived.
     for room in &rooms {
         let mut tries = 0;
-        while try_publish(&b, room, "1000000").await.is_none() {
+        while try_publish(&b.http, &b.api("/api/v1/publish"), room, "1000000")
+            .await
+            .is_none()
+        {
             tries += 1;
             assert!(tries < 100, "{room} takes events again");
             tokio::time::sleep(Duration::from_millis(100)).await;
