@@ -60,7 +60,8 @@ command -v nginx >/dev/null && [ -e /usr/lib/nginx/modules/ngx_stream_module.so 
 command -v haproxy >/dev/null || apt_install haproxy
 command -v systemd-analyze >/dev/null || apt_install systemd
 nginx -v
-haproxy -v | head -n 1
+# Only the first line; sed reads all of it (head would end the pipe early: SIGPIPE under pipefail).
+haproxy -v | sed -n 1p
 
 log "format"
 cargo fmt --all -- --check
