@@ -369,12 +369,12 @@ pub(crate) async fn run(inner: Arc<Inner>, mut commands: mpsc::UnboundedReceiver
         rejoin_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut rejoining: Option<oneshot::Receiver<Joined>> = None;
         inner.pubsub_up.store(true, Ordering::Relaxed);
+        let up_since = tokio::time::Instant::now();
         if connected_before {
             inner.stats.reconnects.fetch_add(1, Ordering::Relaxed);
             tracing::info!(rooms = refs.len(), "redis pub/sub reconnected: repairing gaps");
         }
         connected_before = true;
-        backoff = Duration::from_millis(50);
         let mut retry = tokio::time::interval(Duration::from_millis(100));
         let mut probe = tokio::time::interval(PROBE_EVERY);
         probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -528,5 +528,13 @@ pub(crate) async fn run(inner: Arc<Inner>, mut commands: mpsc::UnboundedReceiver
         }
         inner.pubsub_up.store(false, Ordering::Relaxed);
         tracing::warn!("redis pub/sub connection lost");
+        // A link lost again soon after it came up (a cluster master that keeps dropping)
+        // is not retried in a tight loop.
+        if up_since.elapsed() < Duration::from_secs(1) {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        } else {
+            backoff = Duration::from_millis(50);
+        }
     }
 }
